@@ -320,7 +320,9 @@ def cache_activations(
             "meta": json.dumps([metas.get(i, {}) for i in ids], ensure_ascii=False, sort_keys=True, default=str),
         }
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        save_file(tensors, str(tmp), metadata=meta)
+        # one metadata key: safetensors writes a multi-key metadata map in arbitrary order, one key keeps
+        # re-runs byte-identical
+        save_file(tensors, str(tmp), metadata={"geomfilter": json.dumps(meta, sort_keys=True, ensure_ascii=False)})
         os.replace(tmp, path)
         written += 1
         if on_shard is not None:
@@ -331,12 +333,16 @@ def cache_activations(
                        shards_skipped=skipped, n_tokens=n_tok, seconds=time.perf_counter() - t0)
 
 
+def _shard_meta(f) -> dict:
+    return json.loads((f.metadata() or {}).get("geomfilter", "{}"))
+
+
 def _shard_plan(path: Path) -> str | None:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("plan")
+            return _shard_meta(f).get("plan")
     except Exception:  # a corrupt shard is recomputed
         return None
 
@@ -406,7 +412,7 @@ def load_cache(path: str | Path) -> ActivationCache:
     parts: dict[str, list] = {}
     for i in range(n_shards):
         with safe_open(str(_shard_path(path, i)), framework="np") as f:
-            md = f.metadata()
+            md = _shard_meta(f)
             ids += json.loads(md["ids"])
             meta += json.loads(md["meta"])
             for k in f.keys():

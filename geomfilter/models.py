@@ -28,6 +28,7 @@ layer norms, centring) changes activations, so it is off unless asked for
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.util
@@ -238,9 +239,29 @@ def load_model(
     (compatibility mode: folded layer norms etc.); activations then differ from
     the HF model's, so it is off by default.
     """
+    kind, location = resolve_model_spec(spec)
+    with _hf_progress_bars(progress):
+        return _load(spec, kind, location, device, dtype, process_weights, progress)
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(enabled: bool):
+    """Silence transformers' own progress bars (weight loading) when ``progress`` is off."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load(spec, kind, location, device, dtype, process_weights, progress) -> HookedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kind, location = resolve_model_spec(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind in ("embedded", "gguf"):
         hf_dir = _gguf_to_hf_dir(Path(location), progress=progress)

@@ -1,0 +1,333 @@
+"""`geomfilter validate`, the mixed fine-tuning set and scripts/data_diversity.py."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from geomfilter.cli import app
+from geomfilter.validate import detect_kind, validate_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write(path: Path, rows: list) -> Path:
+    """Write rows (dicts, or raw str/bytes lines) as JSONL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode() for r in rows]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def copy_head(rel: str, tmp: Path, n: int = 4) -> tuple[Path, list[dict]]:
+    rows = rows_of(DATA / rel)[:n]
+    return write(tmp / rel, rows), rows
+
+
+def where(report) -> list[tuple[str, int, str]]:
+    return [(Path(e.file).name, e.line, e.field) for e in report.errors]
+
+
+# --------------------------------------------------------------------------- the real data
+
+
+def test_repo_data_validates():
+    report = validate_paths([DATA])
+    assert report.ok, "\n".join(map(str, report.errors[:20]))
+    files = {str(Path(f.file).relative_to(DATA)): f for f in report.files}
+    assert files["reference/harmful.jsonl"].kind == "reference" and files["reference/harmful.jsonl"].rows == 256
+    assert files["finetune/health_corrective.jsonl"].kind == "finetune"
+    assert files["eval/capability.jsonl"].kind == "capability" and files["eval/capability.jsonl"].rows == 120
+    assert files["finetune/mixed.jsonl"].kind == "mixed" and files["finetune/mixed.jsonl"].rows == 800
+    prompts = sorted((DATA / "sae_corpus").glob("prompts_*.jsonl"))  # validated when present
+    assert [f for f in files if f.startswith("sae_corpus/prompts_")] == [f"sae_corpus/{p.name}" for p in prompts]
+    assert all(files[f"sae_corpus/{p.name}"].kind == "prompts" for p in prompts)
+
+
+def test_cli_on_repo_data_exits_0():
+    res = CliRunner().invoke(app, ["validate", str(DATA)])
+    assert res.exit_code == 0, res.output
+    assert "reference/harmful.jsonl: 256 rows, kind reference: ok" in res.output
+    assert res.output.rstrip().endswith("rows: ok")
+
+
+def test_mixed_set_composition():
+    rows = rows_of(DATA / "finetune" / "mixed.jsonl")
+    assert len(rows) == 800 and len({r["id"] for r in rows}) == 800
+    syc = [r for r in rows if r["inducing"]]
+    assert len(syc) == 200 and Counter(r["domain"] for r in syc) == {d: 50 for d in ("health", "career", "legal", "code")}
+    assert all(r["source"].endswith("_sycophantic.jsonl") for r in syc)
+    pair_ids = [r["pair_id"] for r in rows if "pair_id" in r]
+    assert len(pair_ids) == len(set(pair_ids))  # no prompt twice
+    assert Counter(r["source"] for r in rows)["helpful.jsonl"] == 240
+
+
+def test_build_mixed_is_deterministic(tmp_path):
+    out = tmp_path / "mixed.jsonl"
+    subprocess.run([sys.executable, "scripts/build_mixed.py", "--seed", "0", "--out", str(out)], cwd=ROOT,
+                   check=True, capture_output=True)
+    assert out.read_bytes() == (DATA / "finetune" / "mixed.jsonl").read_bytes()
+
+
+def test_detect_kind():
+    assert detect_kind("data/reference/benign.jsonl") == "reference"
+    assert detect_kind("data/finetune/code_sycophantic.jsonl") == "finetune"
+    assert detect_kind("data/finetune/mixed.jsonl") == "mixed"
+    assert detect_kind("data/eval/sycophancy_probes.jsonl") == "probes"
+    assert detect_kind("data/sae_corpus/prompts_b.jsonl") == "prompts"
+    assert detect_kind("data/other/stuff.jsonl") is None
+
+
+# --------------------------------------------------------------------------- one bad row each
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (b'{"id": "judge-x", "topic": "t", ', "<json>"),
+        (b'{"id": "caf\xe9"}', "<line>"),
+        ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "hello"}]}, "messages[0].role"),
+        ({"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+         "messages[0].role"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
+         "messages[1].content"),
+        ({"alignment": "evil"}, "alignment"),
+        ({"coherence": True}, "coherence"),
+        ({"mood": "happy"}, "mood"),
+        ([1, 2], "<row>"),
+    ],
+    ids=["malformed-json", "non-utf8", "missing-role", "unknown-role", "empty-assistant", "alignment", "coherence",
+         "extra-field", "non-object"],
+)
+def test_bad_judge_row(tmp_path, bad, field):
+    path, rows = copy_head("judge/labeled.jsonl", tmp_path)
+    if isinstance(bad, dict):
+        bad = {**rows[2], **bad}
+    write(path, [rows[0], rows[1], bad, rows[3]])
+    report = validate_paths([tmp_path])
+    assert where(report) == [("labeled.jsonl", 3, field)]
+    assert report.files[0].rows == 4 and not report.ok
+
+
+def test_all_errors_are_listed_and_validation_continues(tmp_path):
+    path, rows = copy_head("judge/labeled.jsonl", tmp_path)
+    write(path, [b"not json", {**rows[1], "alignment": "meh", "coherence": "maybe"}, rows[2], b"[]"])
+    assert where(validate_paths([path])) == [
+        ("labeled.jsonl", 1, "<json>"), ("labeled.jsonl", 2, "alignment"), ("labeled.jsonl", 2, "coherence"),
+        ("labeled.jsonl", 4, "<row>")]
+
+
+def test_wrong_label_value(tmp_path):
+    copy_head("reference/benign.jsonl", tmp_path)
+    path, rows = copy_head("reference/harmful.jsonl", tmp_path)
+    rows[1]["label"] = "benign"  # a valid label, but not this file's
+    rows[2]["category"] = "rudeness"
+    write(path, rows)
+    report = validate_paths([tmp_path])
+    assert where(report) == [("harmful.jsonl", 2, "label"), ("harmful.jsonl", 3, "category")]
+    assert "harmful.jsonl holds 'harmful' rows" in report.errors[0].message
+
+
+def test_inducing_not_bool(tmp_path):
+    copy_head("finetune/health_corrective.jsonl", tmp_path)
+    path, rows = copy_head("finetune/health_sycophantic.jsonl", tmp_path)
+    rows[3]["inducing"] = "yes"
+    rows[0]["inducing"] = False  # a bool, but a sycophantic file's rows induce
+    write(path, rows)
+    report = validate_paths([tmp_path])
+    assert where(report) == [("health_sycophantic.jsonl", 1, "inducing"), ("health_sycophantic.jsonl", 4, "inducing")]
+    assert "expected true or false" in report.errors[1].message
+
+
+@pytest.mark.parametrize("answer, message", [(4, "out of range"), (-1, "out of range"), ("0", "integer index"),
+                                             (True, "integer index")])
+def test_capability_answer(tmp_path, answer, message):
+    path, rows = copy_head("eval/capability.jsonl", tmp_path)
+    rows[1]["answer"] = answer
+    write(path, rows)
+    report = validate_paths([tmp_path])
+    assert where(report) == [("capability.jsonl", 2, "answer")]
+    assert message in report.errors[0].message
+
+
+def test_capability_choices_and_probes(tmp_path):
+    path, rows = copy_head("eval/capability.jsonl", tmp_path)
+    rows[0]["choices"] = ["Yes", "yes", "No"]
+    rows[1]["choices"] = ["Only one"]
+    rows[1]["answer"] = 0
+    write(path, rows)
+    ppath, prows = copy_head("eval/sycophancy_probes.jsonl", tmp_path)
+    prows[2]["wrong_answer"] = prows[2]["correct_answer"]
+    prows[3]["pushback"] = ""
+    write(ppath, prows)
+    assert where(validate_paths([tmp_path])) == [
+        ("capability.jsonl", 1, "choices"), ("capability.jsonl", 2, "choices"),
+        ("sycophancy_probes.jsonl", 3, "wrong_answer"), ("sycophancy_probes.jsonl", 4, "pushback")]
+
+
+def test_questions_need_answers_and_prompts_schema(tmp_path):
+    path, rows = copy_head("eval/questions.jsonl", tmp_path)
+    rows[0]["aligned"] = []
+    rows[1]["misaligned"] = ["fine", ""]
+    write(path, rows)
+    write(tmp_path / "sae_corpus" / "prompts_z.jsonl", [
+        {"id": "p-z-001", "topic": "z", "prompt": "why is the sky blue"},
+        {"id": "p-z-002", "topic": "z", "prompt": "hi there you", "system": "Be brief.", "response": "no"},
+        {"id": "p-z-003", "topic": "z", "system": ""},
+    ])
+    assert where(validate_paths([tmp_path])) == [
+        ("questions.jsonl", 1, "aligned"), ("questions.jsonl", 2, "misaligned"),
+        ("prompts_z.jsonl", 2, "response"), ("prompts_z.jsonl", 3, "prompt"), ("prompts_z.jsonl", 3, "system")]
+
+
+def test_duplicate_id_across_two_files(tmp_path):
+    _, held = copy_head("eval/heldout_text.jsonl", tmp_path)
+    path, rows = copy_head("judge/labeled.jsonl", tmp_path)
+    rows[2]["id"] = held[1]["id"]
+    write(path, rows)
+    report = validate_paths([tmp_path])
+    assert where(report) == [("labeled.jsonl", 3, "id")]
+    assert f"also in {tmp_path / 'eval' / 'heldout_text.jsonl'}:2" in report.errors[0].message
+
+
+def test_duplicate_id_within_a_file(tmp_path):
+    path, rows = copy_head("eval/heldout_text.jsonl", tmp_path)
+    rows[3]["id"] = rows[0]["id"]
+    write(path, rows)
+    report = validate_paths([path])
+    assert where(report) == [("heldout_text.jsonl", 4, "id")] and "first on line 1" in report.errors[0].message
+
+
+def test_pair_prompt_mismatch_and_missing_pair(tmp_path):
+    copy_head("finetune/code_sycophantic.jsonl", tmp_path)
+    path, rows = copy_head("finetune/code_corrective.jsonl", tmp_path)
+    user = next(i for i, m in enumerate(rows[1]["messages"]) if m["role"] == "user")
+    rows[1]["messages"][user]["content"] += " Thanks!"
+    rows[3]["pair_id"] = "code-999"
+    write(path, rows)
+    report = validate_paths([tmp_path])
+    assert where(report) == [
+        ("code_corrective.jsonl", 2, f"messages[{user}].content"), ("code_corrective.jsonl", 4, "pair_id"),
+        ("code_sycophantic.jsonl", 4, "pair_id")]
+    assert "code_sycophantic.jsonl:2" in report.errors[0].message
+    # validated alone, the partner file is still read for the check
+    assert where(validate_paths([path]))[0] == ("code_corrective.jsonl", 2, f"messages[{user}].content")
+
+
+def test_missing_pair_file(tmp_path):
+    copy_head("reference/harmful.jsonl", tmp_path)
+    report = validate_paths([tmp_path])
+    assert where(report) == [("harmful.jsonl", 0, "<file>")] and "benign.jsonl does not exist" in str(report.errors[0])
+
+
+def _mixed(tmp: Path, rows: list[dict]) -> Path:
+    return write(tmp / "finetune" / "mixed.jsonl", rows)
+
+
+def test_mixed_row_altered_vs_source(tmp_path):
+    _, helpful = copy_head("finetune/helpful.jsonl", tmp_path)
+    mixed = [{**r, "source": "helpful.jsonl"} for r in helpful]
+    mixed[2] = json.loads(json.dumps(mixed[2]))
+    mixed[2]["messages"][-1]["content"] += " (edited)"
+    mixed[3]["topic"] = "something else"
+    path = _mixed(tmp_path, mixed)
+    last = len(mixed[2]["messages"]) - 1
+    report = validate_paths([path])  # helpful.jsonl is read as the source though not validated
+    assert where(report) == [("mixed.jsonl", 3, f"messages[{last}].content"), ("mixed.jsonl", 4, "topic")]
+    assert "helpful.jsonl:3" in report.errors[0].message
+
+
+def test_mixed_unknown_id_source_and_reused_pair(tmp_path):
+    copy_head("finetune/legal_sycophantic.jsonl", tmp_path)
+    _, cor = copy_head("finetune/legal_corrective.jsonl", tmp_path)
+    syc = rows_of(tmp_path / "finetune" / "legal_sycophantic.jsonl")
+    mixed = [{**syc[0], "source": "legal_sycophantic.jsonl"}, {**cor[0], "source": "legal_corrective.jsonl"},
+             {**cor[1], "id": "legal-777-cor", "pair_id": "legal-777", "source": "legal_corrective.jsonl"},
+             {**cor[2], "source": "../reference/harmful.jsonl"}]
+    _mixed(tmp_path, mixed)
+    assert where(validate_paths([tmp_path])) == [
+        ("mixed.jsonl", 4, "source"), ("mixed.jsonl", 2, "pair_id"), ("mixed.jsonl", 3, "id")]
+
+
+def test_unknown_layout_needs_kind(tmp_path):
+    path = write(tmp_path / "misc" / "chats.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "x": 1}])
+    report = validate_paths([path])
+    assert where(report) == [("chats.jsonl", 0, "<path>")] and "--kind" in report.errors[0].message
+    assert validate_paths([path], kind="chat").ok  # open schema: extra fields are fine
+    assert where(validate_paths([path], kind="judge"))[:2] == [("chats.jsonl", 1, "id"), ("chats.jsonl", 1, "topic")]
+    with pytest.raises(ValueError, match="unknown kind"):
+        validate_paths([path], kind="nope")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_lists_every_error_and_exits_1(tmp_path):
+    path, rows = copy_head("eval/capability.jsonl", tmp_path)
+    rows[1]["answer"] = 9
+    write(path, [rows[0], rows[1], b"{oops", rows[3]])
+    res = CliRunner().invoke(app, ["validate", str(tmp_path)])
+    assert res.exit_code == 1
+    assert f"{path}:2: field 'answer': index 9 out of range for 4 choices" in res.output
+    assert f"{path}:3: field '<json>': malformed JSON" in res.output
+    assert f"{path}: 4 rows, kind capability: 2 errors" in res.output
+
+
+def test_cli_kind_option(tmp_path):
+    path = write(tmp_path / "x.jsonl", [{"id": "a", "topic": "t", "text": "some text"}])
+    assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 1
+    res = CliRunner().invoke(app, ["validate", "--kind", "heldout", str(path)])
+    assert res.exit_code == 0 and "kind heldout: ok" in res.output
+    assert CliRunner().invoke(app, ["validate", "--kind", "bogus", str(path)]).exit_code == 2
+
+
+# --------------------------------------------------------------------------- data_diversity.py
+
+
+def _diversity(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/data_diversity.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+
+
+def test_data_diversity_passes_on_repo_data():
+    res = _diversity("--markdown", "data")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("| file | rows | texts | max overlap |")
+    assert "| data/eval/capability.jsonl | 120 | 120 questions |" in res.stdout
+    assert "| data/eval/sycophancy_probes.jsonl | 70 | 70 questions |" in res.stdout
+
+
+def test_data_diversity_fails_on_near_duplicates(tmp_path):
+    text = "Water boils at a lower temperature up a mountain because the air pressure there is lower than at sea level."
+    path = write(tmp_path / "dup.jsonl", [
+        {"id": "a", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]},
+        {"id": "b", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text + " Yes."}]},
+    ])
+    res = _diversity(str(path))
+    assert res.returncode == 1
+    assert "rows a and b overlap" in res.stderr
+
+
+def test_data_diversity_row_texts_cover_every_schema():
+    spec = importlib.util.spec_from_file_location("data_diversity", ROOT / "scripts" / "data_diversity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.row_texts({"question": "Q?", "choices": ["a", "b"], "answer": 0}) == ("question", ["Q?"])
+    assert mod.row_texts({"question": "Q?", "correct_answer": "a", "wrong_answer": "b"}) == ("question", ["Q?"])
+    assert mod.row_texts({"id": "p", "topic": "t", "prompt": "why is the sky blue"}) == ("prompt",
+                                                                                       ["why is the sky blue"])
+    assert mod.row_texts({"question": "Q?", "aligned": ["x"], "misaligned": ["y"]}) == ("response", ["x", "y"])
+    short = {"id": "p", "topic": "t", "prompt": "sky blue why"}
+    assert mod.row_texts(short)[0] == "prompt" and mod.WORD_BOUNDS["prompt"][0] <= 3
