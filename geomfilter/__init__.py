@@ -9,4 +9,4 @@ __version__ = "0.1.0"
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-__all__ = ["__version__", "DEFAULT_MODEL"]
+__all__ = ["DEFAULT_MODEL", "__version__"]

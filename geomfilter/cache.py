@@ -31,9 +31,10 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -338,12 +339,12 @@ def _shard_meta(f) -> dict:
 
 
 def _shard_plan(path: Path) -> str | None:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return _shard_meta(f).get("plan")
-    except Exception:  # a corrupt shard is recomputed
+    except (OSError, SafetensorError, ValueError):  # a corrupt shard is recomputed
         return None
 
 
@@ -379,7 +380,7 @@ class ActivationCache:
         np.put_along_axis(out, idx.astype(np.int64), np.maximum(val, 0), axis=1)
         return out
 
-    def select(self, mask: np.ndarray) -> "ActivationCache":
+    def select(self, mask: np.ndarray) -> ActivationCache:
         """A view restricted to the rows where ``mask`` is true."""
         mask = np.asarray(mask, dtype=bool)
         keep = np.flatnonzero(mask)
@@ -415,7 +416,7 @@ def load_cache(path: str | Path) -> ActivationCache:
             md = _shard_meta(f)
             ids += json.loads(md["ids"])
             meta += json.loads(md["meta"])
-            for k in f.keys():
+            for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 parts.setdefault(k, []).append(f.get_tensor(k))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     if len(ids) != ident["dataset"]["n_samples"]:

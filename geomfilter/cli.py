@@ -5,11 +5,12 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated
 
 import typer
 
 from . import DEFAULT_MODEL
+from .saes import default_sae_for
 
 app = typer.Typer(
     help="geomfilter: cache SAE activations of chat data, measure decoder-cosine proximity to "
@@ -35,20 +36,13 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def default_sae_for(model_spec: str) -> str | None:
-    """The bundled SAE alias that goes with a model spec, if geomfilter ships one."""
-    from .saes import BUNDLED_SAES
-
-    return model_spec if model_spec in BUNDLED_SAES else None
-
-
 @app.command()
 def cache(
     data: Path = typer.Argument(..., help="Chat JSONL (messages or prompt/response) or a HF dataset directory."),
     model: str = typer.Option(DEFAULT_MODEL, help="Model spec: smollm2-135m-instruct, a TL model name, a HF dir or a .gguf file."),
-    sae: Optional[str] = typer.Option(None, help="SAE spec: 'release:sae_id', a local sae-lens folder, a bundled alias, or 'none'. Default: the model's bundled SAE if there is one, else none."),
-    hook: Optional[str] = typer.Option(None, help="Hook name (default: the SAE's hook, else the model's default mid-depth residual hook)."),
-    out: Optional[Path] = typer.Option(None, help="Output directory (default: runs/cache/<data name>)."),
+    sae: str | None = typer.Option(None, help="SAE spec: 'release:sae_id', a local sae-lens folder, a bundled alias, or 'none'. Default: the model's bundled SAE if there is one, else none."),
+    hook: str | None = typer.Option(None, help="Hook name (default: the SAE's hook, else the model's default mid-depth residual hook)."),
+    out: Path | None = typer.Option(None, help="Output directory (default: runs/cache/<data name>)."),
     top_k: int = typer.Option(64, help="SAE latents kept per sample and pooling (sparse top-k)."),
     shard_size: int = typer.Option(512, help="Samples per shard (the unit of resume)."),
     max_batch_tokens: int = typer.Option(8192, help="Token budget of one padded batch."),
@@ -57,8 +51,8 @@ def cache(
     truncation: Truncation = typer.Option(Truncation.left, help="left: drop the start (keep the response); right: cut the end; error: refuse."),
     response: Response = typer.Option(Response.last, help="Pool the last assistant turn or all assistant turns."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows (written with reasons to the rejects file) instead of stopping."),
-    rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUT/rejects.jsonl)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
+    rejects: Path | None = typer.Option(None, help="Rejects file (default: OUT/rejects.jsonl)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Cache pooled SAE activations (and residual means) of DATA's response tokens."""
@@ -97,7 +91,7 @@ def cache(
 @app.command()
 def hooks(
     model: str = typer.Option(DEFAULT_MODEL, help="Model spec."),
-    contains: Optional[str] = typer.Option(None, help="Only hooks whose name contains this."),
+    contains: str | None = typer.Option(None, help="Only hooks whose name contains this."),
 ):
     """List a model's hook names (the values --hook accepts)."""
     from .models import ModelSpecError, load_model
@@ -138,6 +132,30 @@ def info(cache_dir: Path = typer.Argument(..., help="A cache directory.")):
         summary["data_report"] = {k: rep[k] for k in ("n_rows", "n_valid", "n_rejected", "n_truncated", "truncation", "max_tokens")}
     json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Data files or folders (folders recurse over *.jsonl / *.yaml).")],
+    kind: Annotated[str | None, typer.Option(help="Schema of every file (default: detected from the path): reference, "
+                                             "finetune, helpful, mixed, judge, questions, probes, capability, heldout, "
+                                             "prompts, or chat (any messages JSONL).")] = None,
+):
+    """Check the schema and labels of data files; list every error (file:line: field), exit 1 if any."""
+    from .validate import validate_paths
+
+    try:
+        report = validate_paths(paths, kind=kind)
+    except ValueError as e:
+        _fail(str(e))
+    for err in report.errors:
+        typer.echo(str(err))
+    for f in report.files:
+        typer.echo(str(f))
+    n_rows = sum(f.rows for f in report.files)
+    typer.echo(f"{len(report.files)} files, {n_rows} rows: " + ("ok" if report.ok else f"{len(report.errors)} error(s)"))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry

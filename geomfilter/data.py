@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 ROLES = ("system", "user", "assistant")
 ResponseMode = Literal["last", "all"]
@@ -251,8 +252,7 @@ def write_rejects(path: str | Path, rejects: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
-        for rej in rejects:
-            fh.write(json.dumps(rej, ensure_ascii=False, default=str) + "\n")
+        fh.writelines(json.dumps(rej, ensure_ascii=False, default=str) + "\n" for rej in rejects)
 
 
 def fingerprint(samples: list[Sample]) -> str:

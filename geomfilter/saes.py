@@ -30,6 +30,11 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUNDLED_SAES: dict[str, str] = {}
 
 
+def default_sae_for(model_spec: str) -> str | None:
+    """The bundled SAE alias that goes with a model spec, if geomfilter ships one."""
+    return model_spec if model_spec in BUNDLED_SAES else None
+
+
 class SAESpecError(ValueError):
     """An SAE spec that names nothing loadable."""
 

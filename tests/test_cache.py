@@ -168,6 +168,6 @@ def test_cli_bad_row_and_skip_invalid(tiny_model_dir, chat_file, tmp_path):
     r = CliRunner().invoke(app, args + ["--skip-invalid"])
     assert r.exit_code == 0, r.output
     assert "rows read 24, rejected 1" in r.output
-    rej = [json.loads(line) for line in open(tmp_path / "o" / "rejects.jsonl")]
+    rej = [json.loads(line) for line in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
     assert rej[0]["line"] == 24 and rej[0]["field"] == "messages[1].content"
     assert len(load_cache(tmp_path / "o")) == 23

@@ -30,8 +30,7 @@ def expected(messages, response="last"):
 
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+        fh.writelines((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
     return path
 
 
@@ -95,7 +94,7 @@ def test_truncation_policies_and_report(tmp_path):
     # with skip_invalid the sample is rejected, not lost
     ds = prepare_dataset(p, TOK, max_tokens=30, truncation="right", skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
     assert [s.id for s in ds.samples] == ["short"] and ds.report.n_rejected == 1
-    rej = [json.loads(line) for line in open(tmp_path / "rej.jsonl")]
+    rej = [json.loads(line) for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
     assert rej[0]["line"] == 1 and "no response tokens" in rej[0]["reason"]
 
 
@@ -186,7 +185,7 @@ def test_skip_invalid_partitions_rows_and_writes_rejects(tmp_path):
     r = ds.report
     assert r.n_rows == 5 and r.n_valid == 2 and r.n_rejected == 3
     assert r.n_valid + r.n_rejected == r.n_rows
-    rej = [json.loads(line) for line in open(tmp_path / "rej.jsonl")]
+    rej = [json.loads(line) for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
     assert [(x["line"], x["field"]) for x in rej] == [(2, "<json>"), (3, "messages[0].role"), (5, "id")]
     assert rej[1]["row"] == rows[2] and all(x["file"] == str(p) for x in rej)
 

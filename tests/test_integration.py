@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_cache_real_model_with_random_sae(default_model, tmp_path):
 
     from geomfilter.cache import cache_activations, load_cache
 
-    rows = [json.loads(line) for line in open("data/reference/harmful.jsonl")][:6]
+    rows = [json.loads(line) for line in Path("data/reference/harmful.jsonl").read_text().splitlines()][:6]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ds = prepare_dataset(tmp_path / "d.jsonl", default_model.tokenizer)
     cfg = StandardSAEConfig(d_in=576, d_sae=1152, dtype="float32", device="cpu")
