@@ -219,7 +219,7 @@ def cache_activations(
     hook: str | None = None,
     top_k: int = 64,
     shard_size: int = 512,
-    max_batch_tokens: int = 8192,
+    max_batch_tokens: int = 2048,
     max_batch_size: int = 64,
     progress: bool = True,
     on_shard: Callable[[int, Path], None] | None = None,
