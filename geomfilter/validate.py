@@ -26,8 +26,11 @@ chat           (only with ``kind="chat"``)                any messages or prompt
 Chat rows are checked by :func:`geomfilter.data.parse_row`; all project kinds
 are *closed* (a field not listed is an error), ``chat`` is open. Across rows and
 files: ids are unique (mixed rows excepted: they repeat their source's id), the
-two files of a pair have the same pair_ids and the same prompt per pair, and
-every mixed row equals its source row plus ``source``.
+two files of a pair have the same pair_ids and the same prompt per pair,
+every mixed row equals its source row plus ``source``, and no judge row's first
+user message overlaps an eval question (word-set Jaccard > ``JUDGE_EVAL_OVERLAP``;
+the questions validated with it, and ``../eval/questions.jsonl`` beside it when
+that file exists), so that calibrating the judge never sees the eval set.
 
 Files are ``.jsonl`` (one row a line) or ``.yaml`` (a list of rows; the line of
 an error is the first line of its row).
@@ -51,6 +54,8 @@ SUFFIXES = (".jsonl", ".yaml", ".yml")
 _PAIR_FILE = re.compile(r"([a-z0-9]+)_(sycophantic|corrective)")
 _EVAL_FILES = {"questions": "questions", "sycophancy_probes": "probes", "capability": "capability",
                "heldout_text": "heldout"}
+_WORD = re.compile(r"[a-z0-9']+")
+JUDGE_EVAL_OVERLAP = 0.5  # a judge prompt overlapping an eval question more than this is an error
 
 
 @dataclass
@@ -129,6 +134,10 @@ def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
 
 
+def _count(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else f"expected a count (int >= 0), got {v!r}"
+
+
 def _texts(minimum: int, distinct: bool = False) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if not isinstance(v, list):
@@ -159,6 +168,10 @@ SCHEMAS: dict[str, dict[str, Callable | None]] = {
                    "answer": None},  # answer: checked against choices below
     "heldout": {"id": _text, "topic": _text, "text": _text},
     "prompts": {"id": _text, "topic": _text, "prompt": _text},
+    "generations": {**_CHAT, "prompt_id": _text, "topic": _text, "finish": _one_of("stop", "length"),
+                    "n_new_tokens": _count},
+    "generation_rejects": {"id": _text, "prompt_id": _text, "topic": _text, "finish": _one_of("stop", "length"),
+                           "n_new_tokens": _count, "reason": _text},
     "chat": {},
 }
 OPTIONAL: dict[str, dict[str, Callable]] = {
@@ -166,7 +179,7 @@ OPTIONAL: dict[str, dict[str, Callable]] = {
     "mixed": {"pair_id": _text, "topic": _text},
 }
 KINDS = tuple(SCHEMAS)
-CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "judge", "chat")
+CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "judge", "generations", "chat")
 OPEN_KINDS = ("chat",)
 
 
@@ -189,6 +202,8 @@ def detect_kind(path: str | Path) -> str | None:
         return "judge"
     if folder == "sae_corpus" and stem.startswith("prompts_"):
         return "prompts"
+    if folder == "sae_corpus" and stem in ("generations", "generations.rejects"):
+        return "generations" if stem == "generations" else "generation_rejects"
     return None
 
 
@@ -200,6 +215,21 @@ def partner_path(path: Path) -> Path | None:
     if m:
         return path.with_name(f"{m[1]}_{VARIANTS[1 - VARIANTS.index(m[2])]}{path.suffix}")
     return None
+
+
+def eval_questions_path(path: Path) -> Path | None:
+    """The eval questions file beside a judge file (``judge/labeled.jsonl`` -> ``eval/questions.jsonl``), if any."""
+    folder = path.parent.parent / "eval"
+    for suffix in dict.fromkeys((path.suffix, *SUFFIXES)):
+        if (folder / f"questions{suffix}").is_file():
+            return folder / f"questions{suffix}"
+    return None
+
+
+def word_overlap(a: str, b: str) -> float:
+    """Word-set Jaccard overlap of two texts (lower-cased runs of letters, digits and apostrophes)."""
+    x, y = set(_WORD.findall(a.lower())), set(_WORD.findall(b.lower()))
+    return len(x & y) / len(x | y) if x | y else 0.0
 
 
 # --------------------------------------------------------------------------- reading
@@ -373,6 +403,7 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
             else:
                 seen[rid] = (str(f.path), line)
     validated = {f.path.resolve() for f in targets}
+    questions = [f for f in targets if f.kind == "questions"]
     for f in targets:
         partner = partner_path(f.path) if f.kind in ("reference", "finetune") else None
         if partner is not None:
@@ -381,6 +412,8 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
             _check_pair(f, partner, load, report_prompts=second or partner.resolve() not in validated)
         if f.kind == "mixed":
             _check_mixed(f, load)
+        if f.kind == "judge":
+            _check_judge_vs_eval(f, questions, load)
 
 
 def _check_pair(f: _File, partner: Path, load: Loader, report_prompts: bool) -> None:
@@ -421,6 +454,33 @@ def _check_mixed(f: _File, load: Loader) -> None:
             diff = _first_difference(row, srow, skip=("source",))
             if diff is not None:
                 f.error(line, diff, f"differs from its source row {source.path}:{sline}")
+
+
+def _check_judge_vs_eval(f: _File, validated: list[_File], load: Loader) -> None:
+    """Judge prompts must not overlap eval questions (those validated with f, and f's sibling eval file)."""
+    sources = list(validated)
+    sibling = eval_questions_path(f.path)
+    if sibling is not None and sibling.resolve() not in {q.path.resolve() for q in sources}:
+        other = load(sibling, "questions")
+        if other is not None:
+            sources.append(other)
+    questions = [(row["question"], qid, q.path, qline) for q in sources
+                 for qid, (qline, row) in q.by_id.items() if isinstance(row.get("question"), str)]
+    if not questions:
+        return
+    for line, row in f.by_id.values():
+        messages = row.get("messages")
+        if not isinstance(messages, list):
+            continue
+        i = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+        if i is None or not isinstance(messages[i].get("content"), str):
+            continue  # reported by the row checks
+        overlap, qid, qpath, qline = max(((word_overlap(messages[i]["content"], q), qid, qpath, qline)
+                                          for q, qid, qpath, qline in questions), key=lambda t: t[0])
+        if overlap > JUDGE_EVAL_OVERLAP:
+            f.error(line, f"messages[{i}].content",
+                    f"overlaps eval question {qid!r} ({qpath}:{qline}; word overlap {overlap:.2f} > "
+                    f"{JUDGE_EVAL_OVERLAP}): the judge set must be disjoint from the eval questions")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -136,7 +136,9 @@ def main(argv: list[str]) -> int:
     targets = [Path(a) for a in argv if a != "--markdown"] or [Path("data")]
     files = []
     for t in targets:
-        files.extend(sorted(t.rglob("*.jsonl")) if t.is_dir() else [t])
+        # model generations (data/sae_corpus/generations*.jsonl) are machine output, not hand-written data:
+        # the limits below are for what the project writes; check a generations file by naming it explicitly
+        files.extend(sorted(f for f in t.rglob("*.jsonl") if not f.name.startswith("generations")) if t.is_dir() else [t])
     all_problems, reports = [], []
     for f in files:
         rep, problems = report_file(f)

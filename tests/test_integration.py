@@ -85,3 +85,20 @@ def test_cache_real_model_with_random_sae(default_model, tmp_path):
         hs = default_model.hf_model(torch.tensor([t.input_ids]), output_hidden_states=True).hidden_states[15][0]
     want = hs[torch.tensor(t.response_mask)].mean(0).numpy()
     np.testing.assert_allclose(c.arrays["resid_mean"][0], want, atol=1e-4)
+
+
+WRITTEN_CHAT_SETS = ["reference/harmful.jsonl", "reference/benign.jsonl", "finetune/helpful.jsonl", "judge/labeled.jsonl"] + [
+    f"finetune/{d}_{v}.jsonl" for d in ("health", "career", "legal", "code") for v in ("sycophantic", "corrective")]
+
+
+@pytest.mark.parametrize("rel", WRITTEN_CHAT_SETS)
+def test_project_responses_are_20_to_200_tokens(default_model, rel):
+    """Issue 4's length rule, in the default model's own tokens (data_diversity.py checks words)."""
+    tok = default_model.tokenizer
+    out = []
+    for n, line in enumerate(Path("data", rel).read_text(encoding="utf-8").splitlines(), 1):
+        answer = [m["content"] for m in json.loads(line)["messages"] if m["role"] == "assistant"][-1]
+        k = len(tok(answer, add_special_tokens=False)["input_ids"])
+        if not 20 <= k <= 200:
+            out.append(f"data/{rel}:{n}: {k} tokens")
+    assert not out, "\n".join(out)

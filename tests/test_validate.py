@@ -225,6 +225,22 @@ def test_pair_prompt_mismatch_and_missing_pair(tmp_path):
     assert where(validate_paths([path]))[0] == ("code_corrective.jsonl", 2, f"messages[{user}].content")
 
 
+def test_judge_prompt_overlapping_an_eval_question(tmp_path):
+    _, questions = copy_head("eval/questions.jsonl", tmp_path)
+    path, rows = copy_head("judge/labeled.jsonl", tmp_path)
+    user = next(i for i, m in enumerate(rows[2]["messages"]) if m["role"] == "user")
+    rows[2]["messages"][user]["content"] = questions[1]["question"] + " Any ideas?"  # a near copy
+    write(path, rows)
+    report = validate_paths([tmp_path])
+    assert where(report) == [("labeled.jsonl", 3, f"messages[{user}].content")]
+    assert repr(questions[1]["id"]) in report.errors[0].message and "questions.jsonl:2" in report.errors[0].message
+    # validated alone, the judge file still reads ../eval/questions.jsonl for the check
+    assert where(validate_paths([path])) == [("labeled.jsonl", 3, f"messages[{user}].content")]
+    # no eval questions beside it: nothing to compare with
+    (tmp_path / "eval" / "questions.jsonl").unlink()
+    assert validate_paths([path]).ok
+
+
 def test_missing_pair_file(tmp_path):
     copy_head("reference/harmful.jsonl", tmp_path)
     report = validate_paths([tmp_path])
@@ -331,3 +347,16 @@ def test_data_diversity_row_texts_cover_every_schema():
     assert mod.row_texts({"question": "Q?", "aligned": ["x"], "misaligned": ["y"]}) == ("response", ["x", "y"])
     short = {"id": "p", "topic": "t", "prompt": "sky blue why"}
     assert mod.row_texts(short)[0] == "prompt" and mod.WORD_BOUNDS["prompt"][0] <= 3
+
+
+def test_generations_schema(tmp_path):
+    good = {"id": "gen-p-x-001", "prompt_id": "p-x-001", "topic": "x", "finish": "stop", "n_new_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+    bad = {**good, "id": "gen-p-x-002", "finish": "done", "n_new_tokens": -1}
+    empty = {**good, "id": "gen-p-x-003", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}
+    path = write(tmp_path / "sae_corpus" / "generations.jsonl", [good, bad, empty])
+    assert detect_kind(path) == "generations"
+    assert detect_kind(tmp_path / "sae_corpus" / "generations.rejects.jsonl") == "generation_rejects"
+    report = validate_paths([path])
+    assert where(report) == [("generations.jsonl", 2, "finish"), ("generations.jsonl", 2, "n_new_tokens"),
+                             ("generations.jsonl", 3, "messages[1].content")]
