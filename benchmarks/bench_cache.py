@@ -57,18 +57,13 @@ def prepared(model, n: int):
 
 
 def bare_pass(model, ds, hook: str, max_batch_tokens: int, max_batch_size: int) -> tuple[int, float]:
-    from geomfilter.cache import _batches
+    from geomfilter.cache import pack_batches, pad_batch
     from geomfilter.models import stop_layer
 
     toks = ds.tokenized
     n_tok, t0 = 0, time.perf_counter()
-    for batch in _batches([len(t.input_ids) for t in toks], max_batch_tokens, max_batch_size):
-        w = max(len(toks[i].input_ids) for i in batch)
-        ids = torch.full((len(batch), w), model.tokenizer.pad_token_id)
-        att = torch.zeros_like(ids)
-        for r, i in enumerate(batch):
-            n = len(toks[i].input_ids)
-            ids[r, :n], att[r, :n] = torch.tensor(toks[i].input_ids), 1
+    for batch in pack_batches([len(t.input_ids) for t in toks], max_batch_tokens, max_batch_size):
+        ids, att, _ = pad_batch([toks[i] for i in batch], model.tokenizer.pad_token_id)
         with torch.no_grad():
             model.bridge.run_with_cache(ids, attention_mask=att, names_filter=[hook], stop_at_layer=stop_layer(hook, model.n_layers))
         n_tok += int(att.sum())

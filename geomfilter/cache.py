@@ -41,7 +41,7 @@ import torch
 
 from . import __version__
 from .data import PreparedDataset
-from .models import HookedModel, stop_layer
+from .models import HookedModel
 from .saes import check_compatible, describe, weights_fingerprint
 
 CACHE_FORMAT = "geomfilter-cache/1"
@@ -157,7 +157,7 @@ def _plan_hash(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:16]
 
 
-def _batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+def pack_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
     """Pack sample positions into batches: longest first, padded size under the token budget."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches, cur = [], []
@@ -170,6 +170,20 @@ def _batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> 
     if cur:
         batches.append(cur)
     return batches
+
+
+def pad_batch(samples: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad tokenized samples: ``(input_ids, attention_mask, response_mask)``, each ``[B, T]``."""
+    width = max(len(t.input_ids) for t in samples)
+    tok = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(samples), width), dtype=torch.long)
+    rmask = torch.zeros((len(samples), width), dtype=torch.bool)
+    for r, t in enumerate(samples):
+        n = len(t.input_ids)
+        tok[r, :n] = torch.tensor(t.input_ids)
+        att[r, :n] = 1
+        rmask[r, :n] = torch.tensor(t.response_mask)
+    return tok, att, rmask
 
 
 # --------------------------------------------------------------------------- pooling
@@ -265,7 +279,6 @@ def cache_activations(
     n = len(dataset.tokenized)
     n_shards = manifest["identity"]["n_shards"]
     metas = {s.id: s.meta for s in dataset.samples}
-    stop = stop_layer(hook, model.n_layers)
     pad_id = model.tokenizer.pad_token_id
     device = model.device
 
@@ -287,22 +300,10 @@ def cache_activations(
             continue
         pooled: dict[str, list] = {}
         order: list[int] = []
-        for batch in _batches([len(t.input_ids) for t in part], max_batch_tokens, max_batch_size):
-            width = max(len(part[i].input_ids) for i in batch)
-            tok = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            att = torch.zeros((len(batch), width), dtype=torch.long)
-            rmask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for r, i in enumerate(batch):
-                L = len(part[i].input_ids)
-                tok[r, :L] = torch.tensor(part[i].input_ids)
-                att[r, :L] = 1
-                rmask[r, :L] = torch.tensor(part[i].response_mask)
+        for batch in pack_batches([len(t.input_ids) for t in part], max_batch_tokens, max_batch_size):
+            tok, att, rmask = pad_batch([part[i] for i in batch], pad_id)
             with torch.no_grad():
-                _, cache = model.bridge.run_with_cache(
-                    tok.to(device), attention_mask=att.to(device), names_filter=[hook], stop_at_layer=stop
-                )
-                res = pool_batch(cache[hook], rmask.to(device), sae, top_k)
-            del cache
+                res = pool_batch(model.activations(tok, hook, attention_mask=att), rmask.to(device), sae, top_k)
             for k, v in res.items():
                 pooled.setdefault(k, []).append(v)
             order.extend(batch)

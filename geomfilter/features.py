@@ -14,7 +14,7 @@ import torch
 
 from .cache import ActivationCache
 from .data import PreparedDataset
-from .models import HookedModel, stop_layer
+from .models import HookedModel
 
 
 @dataclass
@@ -53,8 +53,7 @@ def token_activations(model: HookedModel, sae, dataset: PreparedDataset, rows: l
         t = dataset.tokenized[r]
         ids = torch.tensor([t.input_ids], device=model.device)
         with torch.no_grad():
-            _, cache = model.bridge.run_with_cache(ids, names_filter=[hook], stop_at_layer=stop_layer(hook, model.n_layers))
-            acts = sae.encode(cache[hook][0].to(sae.W_enc.dtype))[:, feature].float().cpu()
+            acts = sae.encode(model.activations(ids, hook)[0].to(sae.W_enc.dtype))[:, feature].float().cpu()
         pos = [i for i, m in enumerate(t.response_mask) if m]
         out.append(TokenActivations(
             id=t.id,

@@ -146,12 +146,15 @@ class HookedModel:
     def hook_d(self, hook: str) -> int:
         """Width of the activation at ``hook`` (probes the model on one token)."""
         self.validate_hook(hook)
-        tokens = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        return int(self.activations(torch.zeros(1, 1, dtype=torch.long), hook).shape[-1])
+
+    def activations(self, tokens: torch.Tensor, hook: str, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Activations ``[B, T, d]`` at ``hook``; the forward pass stops after the hooked block."""
+        kw = {} if attention_mask is None else {"attention_mask": attention_mask.to(self.device)}
         with torch.no_grad():
-            _, cache = self.bridge.run_with_cache(
-                tokens, names_filter=[hook], stop_at_layer=stop_layer(hook, self.n_layers)
-            )
-        return int(cache[hook].shape[-1])
+            _, cache = self.bridge.run_with_cache(tokens.to(self.device), names_filter=[hook],
+                                                  stop_at_layer=stop_layer(hook, self.n_layers), **kw)
+        return cache[hook]
 
 
 def stop_layer(hook: str, n_layers: int) -> int | None:

@@ -37,7 +37,7 @@ import torch
 
 from . import DEFAULT_MODEL
 from .data import read_samples
-from .models import HookedModel, stop_layer
+from .models import HookedModel
 
 ARCHITECTURES = ("topk", "standard", "jumprelu")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -131,14 +131,6 @@ def build_token_windows(files: list[str | Path], tokenizer, *, context_size: int
                         n_heldout_samples=len(held), n_tokens=sum(map(len, seqs)))
 
 
-def hook_activations(model: HookedModel, hook: str, tokens: torch.Tensor) -> torch.Tensor:
-    """Activations ``[B, T, d]`` at ``hook`` (the forward stops after the hooked block)."""
-    with torch.no_grad():
-        _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=[hook],
-                                               stop_at_layer=stop_layer(hook, model.n_layers))
-    return cache[hook]
-
-
 def write_cached_activations(model: HookedModel, hook: str, windows: np.ndarray, path: Path, *,
                              batch_size: int = 8, progress: bool = True) -> Path:
     """Run the model once over ``windows`` and save sae-lens' cached-activations dataset.
@@ -168,7 +160,7 @@ def write_cached_activations(model: HookedModel, hook: str, windows: np.ndarray,
     with ArrowWriter(features=features, path=str(arrow)) as writer:
         for i in tqdm(range(0, len(windows), batch_size), unit="batch", desc=f"activations {hook}", disable=not progress):
             tok = torch.from_numpy(windows[i:i + batch_size])
-            acts = hook_activations(model, hook, tok)[:, 1:].float().cpu().numpy()
+            acts = model.activations(tok, hook)[:, 1:].float().cpu().numpy()
             writer.write_batch({hook: list(acts), "token_ids": list(tok[:, 1:].numpy().astype(np.int32))})
         writer.finalize()
     datasets.Dataset.from_file(str(arrow)).save_to_disk(str(path))
@@ -323,7 +315,7 @@ def evaluate_sae(model: HookedModel, sae, hook: str, windows: torch.Tensor, *, c
     batches = range(0, len(windows), batch_size)
     for i in tqdm(batches, desc="eval reconstruction", unit="batch", disable=not progress):
         with torch.no_grad():
-            x = hook_activations(model, hook, windows[i:i + batch_size])[:, 1:].reshape(-1, d_in).float()
+            x = model.activations(windows[i:i + batch_size], hook)[:, 1:].reshape(-1, d_in).float()
             f = sae.encode(x.to(sae_dtype)).float()
             x_hat = sae.decode(f.to(sae_dtype)).float()
         sq_err += float(((x - x_hat) ** 2).sum())

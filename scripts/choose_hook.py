@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from geomfilter import DEFAULT_MODEL
-from geomfilter.cache import _batches
+from geomfilter.cache import pack_batches, pad_batch
 from geomfilter.data import prepare_dataset
 from geomfilter.models import load_model
 
@@ -38,14 +38,8 @@ def pooled_layers(model, ds, layers: list[int], max_batch_tokens: int = 2048) ->
     hooks = [f"blocks.{i}.hook_resid_post" for i in layers]
     out = {i: np.zeros((len(ds), model.d_model), dtype=np.float32) for i in layers}
     toks = ds.tokenized
-    for batch in tqdm(_batches([len(t.input_ids) for t in toks], max_batch_tokens, 64), desc="probe layers", unit="batch"):
-        w = max(len(toks[i].input_ids) for i in batch)
-        ids = torch.full((len(batch), w), model.tokenizer.pad_token_id)
-        att = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids, dtype=torch.bool)
-        for r, i in enumerate(batch):
-            n = len(toks[i].input_ids)
-            ids[r, :n], att[r, :n], mask[r, :n] = torch.tensor(toks[i].input_ids), 1, torch.tensor(toks[i].response_mask)
+    for batch in tqdm(pack_batches([len(t.input_ids) for t in toks], max_batch_tokens, 64), desc="probe layers", unit="batch"):
+        ids, att, mask = pad_batch([toks[i] for i in batch], model.tokenizer.pad_token_id)
         with torch.no_grad():
             _, cache = model.bridge.run_with_cache(ids, attention_mask=att, names_filter=hooks, stop_at_layer=max(layers) + 1)
         m = mask.unsqueeze(-1).float()
