@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.geomfilter-installed
 
-.PHONY: install demo test bench lint
+.PHONY: install demo test bench lint sae
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The bundled default SAE, reproduced end to end (CPU: hours; a GPU is used when present):
+# the model's answers to the project prompts (seeded, resumable), then sae-lens training.
+sae: install
+	$(PY) scripts/build_sae_corpus.py --seed 0
+	$(VENV)/bin/geomfilter train-sae --out data/saes/smollm2-135m-instruct-res14-topk32 --seed 0
 
 bench: install
 	$(PY) benchmarks/bench_cache.py
