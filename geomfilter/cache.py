@@ -186,6 +186,34 @@ def pad_batch(samples: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, t
     return tok, att, rmask
 
 
+def resid_means_by_layer(model: HookedModel, dataset: PreparedDataset, layers: list[int], *,
+                         max_batch_tokens: int = 2048, progress: bool = True) -> dict[int, np.ndarray]:
+    """Response-token mean of ``blocks.L.hook_resid_post`` for several layers in one forward pass per batch.
+
+    Returns ``{layer: [n_samples, d_model]}`` (float32, dataset order). No SAE, nothing
+    written: the cheap way to compare layers (probes, residual baselines).
+    """
+    from tqdm.auto import tqdm
+
+    for layer in layers:
+        model.validate_hook(f"blocks.{layer}.hook_resid_post")
+    hooks = [f"blocks.{i}.hook_resid_post" for i in layers]
+    out = {i: np.zeros((len(dataset), model.d_model), dtype=np.float32) for i in layers}
+    toks = dataset.tokenized
+    batches = pack_batches([len(t.input_ids) for t in toks], max_batch_tokens, 64)
+    for batch in tqdm(batches, desc=f"resid means, {len(layers)} layers", unit="batch", disable=not progress):
+        ids, att, mask = pad_batch([toks[i] for i in batch], model.tokenizer.pad_token_id)
+        stop = max(layers) + 1
+        with torch.no_grad():
+            _, cache = model.bridge.run_with_cache(ids.to(model.device), attention_mask=att.to(model.device),
+                                                   names_filter=hooks,
+                                                   stop_at_layer=stop if stop < model.n_layers else None)
+        m = mask.to(model.device).unsqueeze(-1).float()
+        for layer, hook in zip(layers, hooks):
+            out[layer][batch] = ((cache[hook].float() * m).sum(1) / m.sum(1).clamp_min(1)).cpu().numpy()
+    return out
+
+
 # --------------------------------------------------------------------------- pooling
 
 

@@ -167,6 +167,7 @@ def validate(
         raise typer.Exit(1)
 
 
+_REF_DEFAULT = Path(__file__).resolve().parent.parent / "data" / "reference"
 features_app = typer.Typer(help="Inspect SAE features on a dataset.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 
@@ -218,6 +219,86 @@ def features_top(
             typer.echo(f"  {smp['id']}  {smp['score']:.3f}  [{labels}]\n    top tokens: {toks}")
 
 
+@features_app.command("harmful")
+def features_harmful(
+    harmful: Path = typer.Option(_REF_DEFAULT / "harmful.jsonl", help="Harmful reference answers (chat JSONL)."),
+    benign: Path = typer.Option(_REF_DEFAULT / "benign.jsonl", help="Benign answers to the same prompts."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model spec."),
+    sae: str | None = typer.Option(None, help="SAE spec (default: the model's bundled SAE)."),
+    n: int = typer.Option(100, help="Features to select."),
+    method: str = typer.Option("contrast", help="contrast (mean harmful - benign) or auroc."),
+    min_freq: float = typer.Option(0.05, help="Minimum firing frequency on the harmful rows."),
+    select_frac: float = typer.Option(0.5, help="Fraction of pairs that select; the rest measure (1 = all select)."),
+    seed: int = typer.Option(0, help="Seed of the split."),
+    cache_dir: Path = typer.Option(Path("runs/cache"), help="Where caches are written and reused."),
+    out: Path | None = typer.Option(None, help="Write the feature set (ids, stats, held-out AUROC) as JSON."),
+    show: int = typer.Option(15, help="Rows of the table to print."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Select harmful-behaviour features from the reference sets; report them and their held-out separation."""
+    from .cache import load_cache
+    from .features import harmful_features
+
+    tag = _spec_tag(model, sae if sae is not None else default_sae_for(model), None)
+    caches = []
+    for path in (harmful, benign):
+        _, s, _, _ = _cached(path, model, sae, None, cache_dir / f"ref-{path.stem}-{tag}", device=device,
+                             progress=progress)
+        if s is None:
+            _fail("selecting features needs an SAE: pass --sae")
+        caches.append(load_cache(cache_dir / f"ref-{path.stem}-{tag}"))
+    try:
+        fs = harmful_features(*caches, n=n, method=method, min_freq=min_freq, select_frac=select_frac, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"{len(fs)} harmful features ({method}, min_freq {min_freq}); selection {fs.selection.get('split')}")
+    typer.echo(f"{'id':>6} {'score':>8} {'mean_h':>8} {'mean_b':>8} {'freq_h':>7} {'freq_b':>7} {'auroc':>6}")
+    for st in fs.stats[:show]:
+        typer.echo(f"{st['id']:>6} {st['score']:>8.4f} {st['mean_pos']:>8.4f} {st['mean_neg']:>8.4f} "
+                   f"{st['freq_pos']:>7.2f} {st['freq_neg']:>7.2f} {st['auroc']:>6.3f}")
+    if fs.heldout:
+        h = fs.heldout
+        typer.echo(f"held-out AUROC of the set's summed activation: {h['auroc']:.3f} "
+                   f"[{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n = {h['n_pos']} + {h['n_neg']})")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fs.save(out)
+        typer.echo(f"saved -> {out}")
+
+
+@app.command()
+def respond(
+    data: Path = typer.Argument(..., metavar="DATA", help="Chat JSONL or HF dataset directory."),
+    out: Path = typer.Option(..., help="Output JSONL: each row's prompt with the model's own answer, same id."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model spec."),
+    max_new_tokens: int = typer.Option(96, help="Longest answer."),
+    temperature: float = typer.Option(0.0, help="0 = greedy (the model's most likely answer)."),
+    top_p: float = typer.Option(0.9, help="Nucleus sampling (temperature > 0)."),
+    repetition_penalty: float = typer.Option(1.1, help="Repetition penalty."),
+    batch_size: int = typer.Option(32, help="Prompts per generate call."),
+    seed: int = typer.Option(0, help="Seed (per batch: seed * 100003 + batch index)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Generate the model's own answer to every prompt of DATA (resumable); feed it to score/filter --own."""
+    from .data import DataError, read_samples
+    from .generate import generate_answers, prompts_of_samples
+    from .models import ModelSpecError, load_model
+
+    try:
+        samples = read_samples(data)
+        m = load_model(model, device=device, progress=progress)
+        res = generate_answers(m, prompts_of_samples(samples), out, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                               batch_size=batch_size, seed=seed, progress=progress)
+    except (DataError, ModelSpecError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"{res.n_prompts} prompts: {res.n_skipped} already answered, {res.n_written} written "
+               f"({res.n_new_tokens} tokens, {res.n_new_tokens / max(res.seconds, 1e-9):.0f} tok/s), "
+               f"{res.n_rejected} empty (-> {out.with_suffix('.rejects.jsonl')}) -> {out}")
+
+
 @app.command("train-sae")
 def train_sae_cmd(
     corpus: list[Path] = typer.Argument(None, help="Chat JSONL files (default: the SAE corpus generations + project data)."),
@@ -257,6 +338,257 @@ def train_sae_cmd(
             "ce_loss_zero", "seconds_total")
     typer.echo(json.dumps({k: metrics[k] for k in keys}, indent=2))
     typer.echo(f"saved -> {out} (load with SAE.load_from_disk or --sae {out})")
+
+
+class Strategy(str, Enum):
+    geometry = "geometry"
+    random = "random"
+    projection = "projection"
+    representation = "representation"
+    activation = "activation"
+
+
+def _spec_tag(*parts) -> str:
+    import hashlib
+
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:8]
+
+
+def _scored(data: Path, *, strategy: str, model: str, sae: str | None, hook: str | None, harmful: Path,
+            benign: Path, own: Path | None, cache_dir: Path, drop: float | None, threshold: float | None,
+            n_harmful: int, harmful_method: str, harmful_ids: str | None, min_freq: float, k: int, scorer: str,
+            proximity: str, top_n: int, seed: int, skip_invalid: bool, device: str | None, progress: bool):
+    """Cache DATA and the reference sets (resuming), fit the strategy, score DATA. Bad input -> exit 2."""
+    from .cache import load_cache
+    from .data import DataReport, read_samples
+    from .filtering import make_filter
+
+    sae_spec = sae if sae is not None else default_sae_for(model)
+    if strategy in ("geometry", "activation") and (not sae_spec or sae_spec.lower() == "none"):
+        _fail(f"strategy {strategy!r} needs an SAE: pass --sae (no bundled SAE for {model!r})")
+    tag = _spec_tag(model, sae_spec, hook)
+    kw = {"device": device, "progress": progress}
+    if (data / "manifest.json").is_file():  # a cache directory: the rows come from its source file
+        dcache = load_cache(data)
+        source = Path(dcache.manifest["source"])
+        if dcache.manifest["identity"]["model"]["spec"] != model:
+            _fail(f"cache {data} was made with model {dcache.manifest['identity']['model']['spec']!r}, not {model!r}; "
+                  "pass --model to match")
+        if not source.is_file():
+            _fail(f"cache {data} was made from {source}, which is not there any more (needed to write the rows)")
+        rep = DataReport()
+        by_id = {s.id: s for s in read_samples(source, skip_invalid=True, report=rep)}
+        missing = [i for i in dcache.ids if i not in by_id]
+        if missing:
+            _fail(f"{source} no longer holds {len(missing)} ids of cache {data} (first {missing[0]!r}); re-cache it")
+        samples, rejects = [by_id[i] for i in dcache.ids], rep.rejects
+        m, s, _, _ = _cached(harmful, model, sae, hook, cache_dir / f"ref-{harmful.stem}-{tag}", **kw)
+        if s is not None and dcache.manifest["identity"]["sae"]["weights"] != __import__(
+                "geomfilter.saes", fromlist=["describe"]).describe(s)["weights"]:
+            _fail(f"cache {data} was encoded with another SAE than {sae_spec!r}; pass the same --sae")
+    else:
+        rejects_path = cache_dir / f"{data.stem}-{tag}" / "rejects.jsonl"
+        m, s, ds, _ = _cached(data, model, sae, hook, cache_dir / f"{data.stem}-{tag}", skip_invalid=skip_invalid,
+                              rejects=rejects_path, **kw)
+        dcache = load_cache(cache_dir / f"{data.stem}-{tag}")
+        samples, rejects = ds.samples, ds.report.rejects
+        _cached(harmful, model, sae, hook, cache_dir / f"ref-{harmful.stem}-{tag}", **kw)
+    _cached(benign, model, sae, hook, cache_dir / f"ref-{benign.stem}-{tag}", **kw)
+    hc = load_cache(cache_dir / f"ref-{harmful.stem}-{tag}")
+    bc = load_cache(cache_dir / f"ref-{benign.stem}-{tag}")
+    oc = None
+    if own is not None:
+        _cached(own, model, sae, hook, cache_dir / f"own-{own.stem}-{tag}", **kw)
+        oc = load_cache(cache_dir / f"own-{own.stem}-{tag}")
+    params = {"drop": drop, "threshold": threshold}
+    if strategy in ("geometry", "activation"):
+        ids = [int(x) for x in harmful_ids.split(",")] if harmful_ids else None
+        params.update(n_harmful=n_harmful, harmful_method=harmful_method, min_freq=min_freq, harmful_ids=ids,
+                      seed=seed)
+    if strategy == "geometry":
+        params.update(k=k, scorer=scorer, proximity=proximity)
+    elif strategy == "random":
+        params["seed"] = seed
+    elif strategy == "representation":
+        params["top_n"] = top_n
+    try:
+        f = make_filter(strategy, sae=s, **params).fit(hc, bc)
+        result = f.apply(dcache, own=oc)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+    return f, result, samples, rejects, dcache
+
+
+_DATA_HELP = "Chat JSONL, a HF dataset directory, or a cache directory made by `geomfilter cache`."
+
+
+def _filter_options(func):
+    """The options `score` and `filter` share (added in one place so the two never drift apart)."""
+    import functools
+    import inspect
+
+    shared = {
+        "strategy": (Strategy, typer.Option(Strategy.geometry, help="Scoring strategy.")),
+        "model": (str, typer.Option(DEFAULT_MODEL, help="Model spec.")),
+        "sae": (str | None, typer.Option(None, help="SAE spec (default: the model's bundled SAE).")),
+        "hook": (str | None, typer.Option(None, help="Hook (default: the SAE's hook).")),
+        "harmful": (Path, typer.Option(_REF_DEFAULT / "harmful.jsonl", help="Harmful reference answers (chat JSONL).")),
+        "benign": (Path, typer.Option(_REF_DEFAULT / "benign.jsonl", help="Benign reference answers to the same prompts.")),
+        "own": (Path | None, typer.Option(None, help="The model's own answers to DATA's prompts (same ids; "
+                                          "`geomfilter respond`): geometry/projection/activation then score the "
+                                          "difference sample - own answer.")),
+        "cache_dir": (Path, typer.Option(Path("runs/cache"), help="Where caches are written and reused.")),
+        "n_harmful": (int, typer.Option(100, help="Harmful features to select from the references.")),
+        "harmful_method": (str, typer.Option("contrast", help="contrast (mean harmful - benign) or auroc.")),
+        "harmful_ids": (str | None, typer.Option(None, help="Explicit harmful latent ids, comma-separated "
+                                                 "(e.g. from Neuronpedia); overrides selection.")),
+        "min_freq": (float, typer.Option(0.05, help="A harmful feature must fire on this fraction of harmful rows.")),
+        "k": (int, typer.Option(32, help="geometry: target features per sample.")),
+        "scorer": (str, typer.Option("weighted_mean", help="geometry: weighted_mean, weighted_max, max, top5_mean.")),
+        "proximity": (str, typer.Option("max", help="geometry: max or mean cosine to the harmful set.")),
+        "top_n": (int, typer.Option(10, help="representation: nearest anchors averaged.")),
+        "seed": (int, typer.Option(0, help="Seed (random strategy).")),
+        "skip_invalid": (bool, typer.Option(False, "--skip-invalid", help="Bad rows go to dropped.jsonl with their "
+                                            "reason instead of stopping.")),
+        "device": (str | None, typer.Option(None, help="cpu, cuda, ...")),
+        "progress": (bool, typer.Option(True, help="Show progress bars.")),
+    }
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD] + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
+        for name, (ann, opt) in shared.items()]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs):
+        return func(**kwargs)
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return wrapper
+
+
+@app.command()
+@_filter_options
+def score(
+    data: Path = typer.Argument(..., metavar="DATA", help=_DATA_HELP),
+    out: Path = typer.Option(Path("runs/scores.csv"), help="Scores CSV (id, score, rank, explanation, labels)."),
+    show: int = typer.Option(10, help="Print the highest-scoring rows."),
+    **opts,
+):
+    """Score every row of DATA (higher = closer to harmful) without filtering."""
+    from .filtering import write_filter_outputs
+
+    f, res, samples, rejects, _ = _scored(data, drop=0.0, threshold=None, **_plain(opts))
+    tmp = out.parent / f".{out.stem}-outputs"
+    write_filter_outputs(tmp, res, samples, rejects=rejects)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (tmp / "scores.csv").replace(out)
+    for name in ("kept.jsonl", "dropped.jsonl", "report.json"):
+        (tmp / name).unlink()
+    tmp.rmdir()
+    order = res.rank.argsort()[:show]
+    for i in order:
+        typer.echo(f"{res.rank[i]:>5}  {res.scores[i]:+.4f}  {res.ids[i]}")
+    typer.echo(f"scored {len(res.ids)} rows ({res.strategy}) -> {out}")
+
+
+@app.command("filter")
+@_filter_options
+def filter_cmd(
+    data: Path = typer.Argument(..., metavar="DATA", help=_DATA_HELP),
+    out: Path = typer.Option(..., help="Output folder: kept.jsonl, dropped.jsonl, scores.csv, report.json."),
+    drop: float | None = typer.Option(None, help="Fraction of rows to drop (the highest scores). Default 0.1."),
+    threshold: float | None = typer.Option(None, help="Drop rows scoring above this instead of a fraction."),
+    **opts,
+):
+    """Drop the rows of DATA closest to harmful behaviour; every row ends in kept.jsonl or dropped.jsonl."""
+    from .filtering import write_filter_outputs
+
+    if drop is not None and threshold is not None:
+        _fail("give --drop or --threshold, not both")
+    if drop is None and threshold is None:
+        drop = 0.1
+    o = _plain(opts)
+    f, res, samples, rejects, _ = _scored(data, drop=drop, threshold=threshold, **o)
+    extra = {"data": str(data), "model": o["model"], "hook": _cache_hook(f, res)}
+    if hasattr(f, "features_"):
+        extra["harmful_features"] = {k: v for k, v in f.features_.as_dict().items() if k != "stats"}
+    report = write_filter_outputs(out, res, samples, rejects=rejects, report_extra=extra)
+    typer.echo(f"{report['n_input']} rows: kept {report['n_kept']}, dropped {report['n_dropped']} "
+               f"({report['n_dropped_by_score']} by {res.strategy} score"
+               + (f", {report['n_rejected_invalid']} invalid" if report["n_rejected_invalid"] else "") + f") -> {out}")
+    if "labels" in report:
+        lab = report["labels"]
+        frac = next(k for k in lab if k not in ("field", "base_rate", "n", "auroc"))
+        typer.echo(f"'{lab['field']}' rows: base rate {lab['base_rate']:.3f}, precision of the dropped set "
+                   f"{lab[frac]['precision']:.3f}")
+
+
+@app.command()
+def plot(
+    run: Path = typer.Argument(..., metavar="OUT", help="A `geomfilter filter` output folder (scores.csv + report.json)."),
+    by: list[str] = typer.Option(None, help="Label columns to group scores by (default: every label column with "
+                                 "2..20 values)."),
+    label: str = typer.Option("inducing", help="Boolean column for the precision curve (skipped if absent)."),
+    sae: str | None = typer.Option(None, help="SAE for the decoder plots (default: the model's bundled SAE)."),
+    top: int = typer.Option(30, help="Target features in the cosine heatmap (the most frequent top contributors)."),
+    out: Path | None = typer.Option(None, help="Plot folder (default: OUT/plots)."),
+):
+    """Plots of a filter run: score violins per label, precision curve, cosine heatmap, decoder PCA map."""
+    import csv
+    from collections import Counter
+
+    import numpy as np
+
+    from . import plots
+
+    scores_path, report_path = run / "scores.csv", run / "report.json"
+    if not scores_path.is_file() or not report_path.is_file():
+        _fail(f"{run} is not a `geomfilter filter` output folder (needs scores.csv and report.json)")
+    report = json.loads(report_path.read_text())
+    with open(scores_path, encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["score"] != ""]
+    base = {"id", "source", "line", "decision", "score", "rank", "reason", "explanation"}
+    label_cols = [c for c in (rows[0].keys() if rows else []) if c not in base]
+    score = np.array([float(r["score"]) for r in rows])
+    out = out or run / "plots"
+    made = []
+    groups = by or [c for c in label_cols if 2 <= len({r[c] for r in rows}) <= 20]
+    for col in groups:
+        if col not in label_cols + ["decision"]:
+            _fail(f"--by {col!r}: scores.csv has no such column (label columns: {label_cols})")
+        made += plots.score_violins(score, [r[col] for r in rows], out / f"scores_by_{col}",
+                                    title=f"{report['strategy']} score by {col}")
+    if label in label_cols and {r[label] for r in rows} <= {"True", "False"}:
+        y = np.array([r[label] == "True" for r in rows])
+        if y.any() and (~y).any():
+            made += plots.precision_curves({report["strategy"]: score}, y, out / f"precision_{label}",
+                                           title=f"Precision of the dropped set for '{label}'")
+    hf = report.get("harmful_features")
+    if report["strategy"] == "geometry" and hf:
+        from .geometry import unit_directions
+        from .saes import SAESpecError, load_sae
+
+        spec = sae or default_sae_for(report.get("model", DEFAULT_MODEL))
+        if not spec:
+            _fail("pass --sae for the decoder plots")
+        try:
+            d = unit_directions(load_sae(spec))
+        except SAESpecError as e:
+            _fail(str(e))
+        contrib = Counter(e["feature"] for r in rows if r["explanation"] for e in json.loads(r["explanation"]))
+        targets = [f for f, _ in contrib.most_common(top)]
+        if targets:
+            made += plots.cosine_heatmap(d, targets, hf["ids"], out / "cosine_heatmap")
+        made += plots.decoder_map(d, hf["ids"], out / "decoder_map", highlight={"top contributors": targets})
+    for p in made:
+        typer.echo(str(p))
+
+
+def _plain(opts: dict) -> dict:
+    return {k: (v.value if isinstance(v, Enum) else v) for k, v in opts.items()}
+
+
+def _cache_hook(f, res) -> str | None:
+    return getattr(getattr(f, "ref_", None), "hook", None)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from geomfilter import DEFAULT_MODEL
+from geomfilter.generate import Prompt, generate_answers
 from geomfilter.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,52 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     model = load_model(args.model, device=args.device)
-    tok, hf = model.tokenizer, model.hf_model
-    tok.padding_side = "left"
-    prompts = read_prompts(args.prompts)
-    texts = {r["id"]: tok.apply_chat_template(messages_of(r), tokenize=False, add_generation_prompt=True) for r in prompts}
-    lengths = {i: len(tok(t, add_special_tokens=False)["input_ids"]) for i, t in texts.items()}
-    order = sorted(prompts, key=lambda r: (lengths[r["id"]], r["id"]))[: args.limit]
-    batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
-
-    rejects_path = args.out.with_suffix(".rejects.jsonl")
-    done = set()
-    for path in (args.out, rejects_path):
-        if path.is_file():
-            done |= {json.loads(x)["prompt_id"] for x in path.read_text(encoding="utf-8").splitlines() if x.strip()}
-    todo = [(b, batch) for b, batch in enumerate(batches) if not all(r["id"] in done for r in batch)]
-    print(f"{len(order)} prompts in {len(batches)} batches; {len(batches) - len(todo)} batches already done -> {args.out}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    t0, n_new, n_rej = time.perf_counter(), 0, 0
-    with open(args.out, "a", encoding="utf-8") as out, open(rejects_path, "a", encoding="utf-8") as rej:
-        bar = tqdm(todo, unit="batch", desc="generate", dynamic_ncols=True)
-        for b, batch in bar:
-            batch = [r for r in batch if r["id"] not in done]
-            enc = tok([texts[r["id"]] for r in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            torch.manual_seed(args.seed * 100003 + b)
-            with torch.no_grad():
-                gen = hf.generate(**enc, do_sample=True, temperature=args.temperature, top_p=args.top_p,
-                                  repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            for r, ids in zip(batch, new):
-                ids = ids.tolist()
-                stop = tok.eos_token_id in ids
-                ids = ids[: ids.index(tok.eos_token_id)] if stop else ids
-                answer = tok.decode(ids, skip_special_tokens=True).strip()
-                row = {"id": f"gen-{r['id']}", "prompt_id": r["id"], "topic": r["topic"],
-                       "finish": "stop" if stop else "length", "n_new_tokens": len(ids)}
-                if not answer:
-                    rej.write(json.dumps({**row, "reason": "empty answer"}, ensure_ascii=False) + "\n")
-                    n_rej += 1
-                    continue
-                row["messages"] = messages_of(r) + [{"role": "assistant", "content": answer}]
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n_new += len(ids)
-            out.flush()
-            rej.flush()
-            bar.set_postfix(new_tok_s=f"{n_new / (time.perf_counter() - t0):.0f}")
-    print(f"generated {n_new} answer tokens in {time.perf_counter() - t0:.0f} s; {n_rej} empty answers -> {rejects_path}")
+    prompts = [Prompt(id=f"gen-{r['id']}", messages=messages_of(r), extra={"prompt_id": r["id"], "topic": r["topic"]})
+               for r in read_prompts(args.prompts)]
+    res = generate_answers(model, prompts, args.out, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           top_p=args.top_p, repetition_penalty=args.repetition_penalty, batch_size=args.batch_size,
+                           seed=args.seed, limit=args.limit)
+    print(f"{res.n_prompts} prompts: {res.n_skipped} already done, {res.n_written} answers written "
+          f"({res.n_new_tokens} tokens in {res.seconds:.0f} s), {res.n_rejected} empty -> "
+          f"{args.out.with_suffix('.rejects.jsonl')}")
     return 0
 
 

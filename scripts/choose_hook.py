@@ -18,35 +18,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
 
 from geomfilter import DEFAULT_MODEL
-from geomfilter.cache import pack_batches, pad_batch
+from geomfilter.cache import resid_means_by_layer
 from geomfilter.data import prepare_dataset
 from geomfilter.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def pooled_layers(model, ds, layers: list[int], max_batch_tokens: int = 2048) -> dict[int, np.ndarray]:
-    hooks = [f"blocks.{i}.hook_resid_post" for i in layers]
-    out = {i: np.zeros((len(ds), model.d_model), dtype=np.float32) for i in layers}
-    toks = ds.tokenized
-    for batch in tqdm(pack_batches([len(t.input_ids) for t in toks], max_batch_tokens, 64), desc="probe layers", unit="batch"):
-        ids, att, mask = pad_batch([toks[i] for i in batch], model.tokenizer.pad_token_id)
-        with torch.no_grad():
-            _, cache = model.bridge.run_with_cache(ids, attention_mask=att, names_filter=hooks, stop_at_layer=max(layers) + 1)
-        m = mask.unsqueeze(-1).float()
-        for layer, hook in zip(layers, hooks):
-            pooled = (cache[hook] * m).sum(1) / m.sum(1)
-            out[layer][batch] = pooled.numpy()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     feats, groups, labels = {L: [] for L in args.layers}, [], []
     for label in ("harmful", "benign"):
         ds = prepare_dataset(ROOT / "data" / "reference" / f"{label}.jsonl", model.tokenizer)
-        for layer, x in pooled_layers(model, ds, args.layers).items():
+        for layer, x in resid_means_by_layer(model, ds, args.layers).items():
             feats[layer].append(x)
         groups += [s.meta["pair_id"] for s in ds.samples]
         labels += [int(label == "harmful")] * len(ds)

@@ -1,0 +1,442 @@
+"""Filtering strategies: score every sample, drop the most suspect, keep the rest.
+
+Every strategy has the same scikit-learn-like interface::
+
+    f = GeometryFilter(sae, drop=0.5).fit(harmful_cache, benign_cache)
+    scores = f.score_samples(data_cache)      # higher = closer to harmful = dropped first
+    result = f.apply(data_cache)              # FilterResult; sets f.support_ (kept mask)
+    f.get_support()                           # boolean mask of kept rows
+
+``fit`` learns from the reference caches (harmful and benign answers) and
+returns ``self``; fitted state ends in ``_``. Strategies:
+
+* ``geometry`` - decoder-cosine proximity of the sample's target SAE features to
+  the harmful features (see :mod:`geomfilter.geometry`);
+* ``random`` - a seeded uniform score (the baseline every filter must beat);
+* ``projection`` - the pooled residual projected on the harmful - benign mean
+  direction; with ``own=`` (a cache of the model's own answers to the same
+  prompts) the *projection difference* sample - own answer;
+* ``representation`` - mean cosine of the pooled residual to its ``top_n`` most
+  similar harmful anchors minus the same for benign anchors;
+* ``activation`` - the summed pooled activation of the harmful SAE features.
+
+Dropping: ``drop`` is the fraction removed (exactly ``round(drop * n)`` rows,
+ties broken by input order) or ``threshold`` drops every score above it.
+:func:`write_filter_outputs` turns a result into ``kept.jsonl`` /
+``dropped.jsonl`` (the original rows, byte for byte), ``scores.csv`` and
+``report.json``; every input row ends in exactly one of the two files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .cache import ActivationCache
+from .features import FeatureSet, explicit_features, harmful_features, sample_targets
+from .geometry import SCORERS, feature_proximity, nearest_harmful, score_targets, unit_directions
+
+
+@dataclass
+class FilterResult:
+    """Scores and the kept/dropped decision for every row of a cache, in cache order."""
+
+    ids: list[str]
+    scores: np.ndarray
+    kept: np.ndarray  # bool
+    rank: np.ndarray  # 1 = most suspect
+    threshold: float | None  # threshold mode: rows scoring above it were dropped; None in fraction mode
+    strategy: str
+    params: dict
+    explanations: list[list[dict]] = field(default_factory=list)
+
+    @property
+    def n_dropped(self) -> int:
+        return int((~self.kept).sum())
+
+    def reason(self, i: int) -> str:
+        """Why row ``i`` was kept or dropped, in words."""
+        s = f"{self.strategy} score {self.scores[i]:.4g}, rank {self.rank[i]} of {len(self.ids)}"
+        if self.threshold is not None:
+            return s + (f" <= threshold {self.threshold:.4g}" if self.kept[i] else f" > threshold {self.threshold:.4g}")
+        k = self.n_dropped
+        return s + (f": not among the {k} highest" if self.kept[i] else f": among the {k} highest (dropped)")
+
+
+class SampleFilter:
+    """Base class: subclasses implement ``fit`` and ``score_samples`` (and optionally ``explain``)."""
+
+    strategy: ClassVar[str] = ""
+
+    def __init__(self, drop: float | None = 0.1, threshold: float | None = None):
+        if (drop is None) == (threshold is None):
+            raise ValueError("give exactly one of drop (a fraction) or threshold (a score)")
+        if drop is not None and not 0 <= drop <= 1:
+            raise ValueError(f"drop must be a fraction in [0, 1], got {drop}")
+        self.drop = drop
+        self.threshold = threshold
+
+    # -- to implement
+    def fit(self, harmful: ActivationCache, benign: ActivationCache) -> SampleFilter:
+        return self
+
+    def score_samples(self, cache: ActivationCache, own: ActivationCache | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def explain(self, cache: ActivationCache, rows: np.ndarray, n: int = 3) -> list[list[dict]]:
+        return [[] for _ in rows]
+
+    def params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_") and _jsonable(v)}
+
+    # -- shared
+    def _check_fitted(self) -> None:
+        if not getattr(self, "fitted_", False):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(harmful_cache, benign_cache) first")
+
+    def apply(self, cache: ActivationCache, own: ActivationCache | None = None, explain: int = 3) -> FilterResult:
+        """Score ``cache`` and decide kept/dropped for every row; sets ``scores_`` and ``support_``."""
+        scores = np.asarray(self.score_samples(cache, own=own), dtype=np.float64)
+        if scores.shape != (len(cache),) or not np.isfinite(scores).all():
+            raise RuntimeError(f"{self.strategy}: scores must be finite, one per sample")
+        n = len(scores)
+        order = np.lexsort((np.arange(n), -scores))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(1, n + 1)
+        if self.drop is not None:
+            kept = rank > int(round(self.drop * n))
+            cut = None
+        else:
+            kept = scores <= self.threshold
+            cut = float(self.threshold)
+        self.scores_, self.support_ = scores, kept
+        expl = self.explain(cache, np.arange(n), n=explain) if explain else [[] for _ in range(n)]
+        return FilterResult(ids=list(cache.ids), scores=scores, kept=kept, rank=rank, threshold=cut,
+                            strategy=self.strategy, params=self.params(), explanations=expl)
+
+    def get_support(self, indices: bool = False) -> np.ndarray:
+        """Mask (or indices) of the rows kept by the last :meth:`apply`."""
+        if not hasattr(self, "support_"):
+            raise RuntimeError("call apply(cache) first")
+        return np.flatnonzero(self.support_) if indices else self.support_
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
+class RandomFilter(SampleFilter):
+    """Uniform random scores from ``seed`` (same seed, same data -> same split)."""
+
+    strategy = "random"
+
+    def __init__(self, seed: int = 0, drop: float | None = 0.1, threshold: float | None = None):
+        super().__init__(drop, threshold)
+        self.seed = seed
+
+    def fit(self, harmful=None, benign=None) -> RandomFilter:
+        self.fitted_ = True
+        return self
+
+    def score_samples(self, cache, own=None):
+        return np.random.default_rng(self.seed).random(len(cache))
+
+
+def _resid(cache: ActivationCache) -> np.ndarray:
+    if "resid_mean" not in cache.arrays:
+        raise ValueError(f"cache {cache.path} has no residual means")
+    return cache.arrays["resid_mean"].astype(np.float64)
+
+
+def _same_space(a: ActivationCache, b: ActivationCache, what: str) -> None:
+    if a.hook != b.hook or a.manifest["identity"]["model"] != b.manifest["identity"]["model"]:
+        raise ValueError(f"{what} cache {b.path} was made with another model or hook than {a.path} "
+                         f"({b.hook} vs {a.hook}); cache both the same way")
+
+
+def _own_rows(cache: ActivationCache, own: ActivationCache) -> np.ndarray:
+    pos = {i: r for r, i in enumerate(own.ids)}
+    missing = [i for i in cache.ids if i not in pos]
+    if missing:
+        raise ValueError(f"own-answer cache {own.path} lacks {len(missing)} ids of {cache.path} (first {missing[0]!r})")
+    return np.array([pos[i] for i in cache.ids])
+
+
+class ProjectionFilter(SampleFilter):
+    """Residual projection on the unit harmful - benign mean direction (optionally minus the own answer's)."""
+
+    strategy = "projection"
+
+    def fit(self, harmful, benign) -> ProjectionFilter:
+        d = _resid(harmful).mean(axis=0) - _resid(benign).mean(axis=0)
+        self.direction_ = d / np.linalg.norm(d)
+        self.ref_ = harmful
+        self.fitted_ = True
+        return self
+
+    def score_samples(self, cache, own=None):
+        self._check_fitted()
+        _same_space(self.ref_, cache, "data")
+        s = _resid(cache) @ self.direction_
+        if own is not None:
+            _same_space(self.ref_, own, "own-answer")
+            s = s - (_resid(own) @ self.direction_)[_own_rows(cache, own)]
+        return s
+
+
+class RepresentationFilter(SampleFilter):
+    """Mean cosine to the ``top_n`` nearest harmful anchors minus to the ``top_n`` nearest benign anchors."""
+
+    strategy = "representation"
+
+    def __init__(self, top_n: int = 10, drop: float | None = 0.1, threshold: float | None = None):
+        super().__init__(drop, threshold)
+        self.top_n = top_n
+
+    def fit(self, harmful, benign) -> RepresentationFilter:
+        def unit(x):
+            return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+        self.harmful_, self.benign_ = unit(_resid(harmful)), unit(_resid(benign))
+        self.ref_ = harmful
+        self.fitted_ = True
+        return self
+
+    def score_samples(self, cache, own=None):
+        self._check_fitted()
+        _same_space(self.ref_, cache, "data")
+        x = _resid(cache)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+        def top_mean(anchors):
+            cos = x @ anchors.T
+            n = min(self.top_n, cos.shape[1])
+            return -np.sort(-cos, axis=1)[:, :n].mean(axis=1)
+        return top_mean(self.harmful_) - top_mean(self.benign_)
+
+
+class _HarmfulFeatureFilter(SampleFilter):
+    """Shared fitting of the harmful feature set (selected on the references, or explicit ids)."""
+
+    def __init__(self, n_harmful: int = 100, harmful_method: str = "contrast", min_freq: float = 0.05,
+                 harmful_ids: list[int] | None = None, select_frac: float = 1.0, seed: int = 0,
+                 drop: float | None = 0.1, threshold: float | None = None):
+        super().__init__(drop, threshold)
+        self.n_harmful, self.harmful_method, self.min_freq = n_harmful, harmful_method, min_freq
+        self.harmful_ids, self.select_frac, self.seed = harmful_ids, select_frac, seed
+
+    def _fit_features(self, harmful, benign) -> FeatureSet:
+        if self.harmful_ids is not None:
+            d_sae = harmful.d_sae if harmful is not None else self._d_sae()
+            return explicit_features(list(self.harmful_ids), d_sae)
+        return harmful_features(harmful, benign, n=self.n_harmful, method=self.harmful_method,
+                                min_freq=self.min_freq, select_frac=self.select_frac, seed=self.seed)
+
+    def _d_sae(self) -> int:
+        raise ValueError("explicit harmful ids without reference caches need the SAE's width")
+
+
+class ActivationFilter(_HarmfulFeatureFilter):
+    """Summed pooled (mean) activation of the harmful features in the sample."""
+
+    strategy = "activation"
+
+    def fit(self, harmful, benign) -> ActivationFilter:
+        self.features_ = self._fit_features(harmful, benign)
+        self.fitted_ = True
+        return self
+
+    def score_samples(self, cache, own=None):
+        self._check_fitted()
+        s = self._harmful_sum(cache)
+        if own is not None:
+            s = s - self._harmful_sum(own)[_own_rows(cache, own)]
+        return s
+
+    def _harmful_sum(self, cache: ActivationCache) -> np.ndarray:
+        if cache.d_sae is None:
+            raise ValueError(f"cache {cache.path} has no SAE activations")
+        idx, val = cache.arrays["mean_idx"], cache.arrays["mean_val"]
+        hit = np.isin(idx, np.asarray(self.features_.ids))
+        return np.where(hit, np.maximum(val, 0), 0).sum(axis=1).astype(np.float64)
+
+
+class GeometryFilter(_HarmfulFeatureFilter):
+    """Decoder-cosine proximity of each sample's target features to the harmful features.
+
+    Per latent ``f``: ``p_f`` = ``proximity`` (max or mean) cosine of its decoder
+    direction to the harmful set (self excluded). Per sample: its top-``k``
+    target latents by pooled activation (or their increase over the model's own
+    answer, with ``own=``), aggregated by ``scorer`` (see
+    :data:`geomfilter.geometry.SCORERS`).
+    """
+
+    strategy = "geometry"
+
+    def __init__(self, sae=None, *, k: int = 32, pooling: str = "mean", scorer: str = "weighted_mean",
+                 proximity: str = "max", **kw):
+        super().__init__(**kw)
+        if scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {scorer!r}; choose one of {sorted(SCORERS)}")
+        if sae is None:
+            raise ValueError("GeometryFilter needs the SAE (or its W_dec) for the decoder directions")
+        self.directions = unit_directions(sae)
+        self.k, self.pooling, self.scorer, self.proximity = k, pooling, scorer, proximity
+
+    def _d_sae(self) -> int:
+        return self.directions.shape[0]
+
+    def fit(self, harmful, benign) -> GeometryFilter:
+        if harmful is not None and harmful.d_sae != self.directions.shape[0]:
+            raise ValueError(f"reference cache {harmful.path} has d_sae {harmful.d_sae} but the SAE has "
+                             f"{self.directions.shape[0]} latents: cache the references with the same SAE")
+        self.features_ = self._fit_features(harmful, benign)
+        self.proximity_ = feature_proximity(self.directions, self.features_.ids, agg=self.proximity)
+        self.fitted_ = True
+        return self
+
+    def _targets(self, cache, own=None):
+        if cache.d_sae != self.directions.shape[0]:
+            raise ValueError(f"cache {cache.path} has d_sae {cache.d_sae}, the SAE {self.directions.shape[0]}")
+        return sample_targets(cache, k=self.k, pooling=self.pooling, relative_to=own)
+
+    def score_samples(self, cache, own=None):
+        self._check_fitted()
+        self.targets_ = self._targets(cache, own)
+        return score_targets(self.targets_, self.proximity_, self.scorer)
+
+    def explain(self, cache, rows, n=3):
+        """Per row: the ``n`` target latents contributing most (weight x proximity), with their nearest harmful latents."""
+        t = getattr(self, "targets_", None)
+        if t is None or len(t) != len(cache):
+            t = self._targets(cache)
+        prox = np.nan_to_num(self.proximity_, nan=-1.0)
+        out = []
+        for r in rows:
+            idx, w = t.idx[r], t.weight[r]
+            ok = idx >= 0
+            if not ok.any():
+                out.append([])
+                continue
+            contrib = np.where(ok, w * prox[np.where(ok, idx, 0)], -np.inf)
+            top = np.argsort(-contrib, kind="stable")[:n]
+            top = [j for j in top if ok[j]]
+            near = nearest_harmful(self.directions, self.features_.ids, [int(idx[j]) for j in top], n=1)
+            out.append([{"feature": int(idx[j]), "weight": round(float(w[j]), 4),
+                         "proximity": round(float(prox[idx[j]]), 4),
+                         "nearest_harmful": nh[0][0] if nh else None,
+                         "cosine": round(nh[0][1], 4) if nh else None} for j, nh in zip(top, near)])
+        return out
+
+
+STRATEGIES: dict[str, type[SampleFilter]] = {
+    c.strategy: c for c in (GeometryFilter, RandomFilter, ProjectionFilter, RepresentationFilter, ActivationFilter)
+}
+
+
+def make_filter(strategy: str, *, sae=None, **kw) -> SampleFilter:
+    """Build a strategy by name; ``sae`` is passed to the strategies that need the decoder."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    cls = STRATEGIES[strategy]
+    if cls is GeometryFilter:
+        return cls(sae, **kw)
+    return cls(**kw)
+
+
+# --------------------------------------------------------------------------- outputs
+
+def _raw_rows(source: str) -> dict[int, str] | None:
+    p = Path(source)
+    if not p.is_file():
+        return None
+    with open(p, "rb") as fh:
+        return {n: raw.decode("utf-8", errors="surrogateescape").rstrip("\r\n") for n, raw in enumerate(fh, 1)}
+
+
+def write_filter_outputs(out_dir: str | Path, result: FilterResult, samples: list, *, rejects: list[dict] = (),
+                         report_extra: dict | None = None, label: str | None = "inducing") -> dict:
+    """Write ``kept.jsonl``, ``dropped.jsonl``, ``scores.csv`` and ``report.json``; return the report.
+
+    ``samples`` are the dataset's :class:`~geomfilter.data.Sample` objects in
+    cache order (their ``source``/``line`` locate the original row, written back
+    byte for byte). Rows rejected as invalid (``rejects``, from the data report)
+    go to ``dropped.jsonl`` too, with their reason, so the two files partition
+    the input. If the rows carry a boolean ``label`` field, the report gives the
+    dropped set's precision for it against the base rate.
+    """
+    from .geometry import precision_at
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if [s.id for s in samples] != result.ids:
+        raise ValueError("samples and filter result disagree on ids/order")
+    raw_by_source: dict[str, dict[int, str] | None] = {}
+
+    def raw(s) -> str:
+        if s.source not in raw_by_source:
+            raw_by_source[s.source] = _raw_rows(s.source)
+        rows = raw_by_source[s.source]
+        if rows is not None and s.line in rows:
+            return rows[s.line]
+        return json.dumps({"id": s.id, "messages": s.messages, **s.meta}, ensure_ascii=False)
+
+    kept_rows, dropped_rows = [], []
+    for i, s in enumerate(samples):
+        (kept_rows if result.kept[i] else dropped_rows).append((s.line, raw(s)))
+    for rej in rejects:
+        row = rej.get("row")
+        text = json.dumps(row, ensure_ascii=False) if row is not None else None
+        if text is None and rej.get("file"):
+            rows = _raw_rows(rej["file"]) or {}
+            text = rows.get(rej.get("line"), "")
+        dropped_rows.append((rej.get("line", 0), text))
+    for name, rows in (("kept.jsonl", kept_rows), ("dropped.jsonl", dropped_rows)):
+        tmp = out / (name + ".tmp")
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
+            for _, text in sorted(rows, key=lambda t: t[0]):
+                fh.write(text + "\n")
+        tmp.replace(out / name)
+
+    meta_keys = sorted({k for s in samples for k, v in s.meta.items() if isinstance(v, (str, int, float, bool))})
+    with open(out / "scores.csv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "source", "line", "decision", "score", "rank", "reason", "explanation", *meta_keys])
+        for i, s in enumerate(samples):
+            w.writerow([s.id, s.source, s.line, "kept" if result.kept[i] else "dropped", f"{result.scores[i]:.6g}",
+                        int(result.rank[i]), result.reason(i),
+                        json.dumps(result.explanations[i]) if result.explanations else "",
+                        *[s.meta.get(k, "") for k in meta_keys]])
+        for rej in rejects:
+            w.writerow([rej.get("id", ""), rej.get("file", ""), rej.get("line", ""), "dropped", "", "",
+                        f"invalid row: {rej.get('field')}: {rej.get('message', rej.get('reason', ''))}", "",
+                        *["" for _ in meta_keys]])
+
+    report = {
+        "strategy": result.strategy, "params": result.params,
+        "n_input": len(samples) + len(rejects), "n_kept": int(result.kept.sum()),
+        "n_dropped": result.n_dropped + len(rejects), "n_dropped_by_score": result.n_dropped,
+        "n_rejected_invalid": len(rejects), "drop": result.params.get("drop"), "threshold": result.threshold,
+        "score": {"mean": float(result.scores.mean()), "min": float(result.scores.min()),
+                  "max": float(result.scores.max())} if len(samples) else {},
+    }
+    labels = [s.meta.get(label) for s in samples] if label else []
+    if labels and all(isinstance(v, bool) for v in labels):
+        from .geometry import bootstrap_auroc
+
+        y = np.array(labels)
+        drop_frac = result.n_dropped / max(len(y), 1)
+        report["labels"] = {"field": label, **precision_at(result.scores, y, [drop_frac])}
+        if y.any() and (~y).any():
+            report["labels"]["auroc"] = bootstrap_auroc(result.scores[y], result.scores[~y], n_boot=500)
+    if report_extra:
+        report.update(report_extra)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    return report

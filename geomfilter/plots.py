@@ -1,0 +1,137 @@
+"""Proximity and comparison plots (matplotlib, headless). Each function saves ``<out>.png`` and ``<out>.svg``.
+
+* :func:`score_violins` - score distributions per group (dataset, domain, label);
+* :func:`cosine_heatmap` - decoder cosines of target features vs harmful features;
+* :func:`decoder_map` - 2-D PCA of decoder directions, harmful and target features marked;
+* :func:`precision_curves` - precision of the dropped set vs fraction removed, one line per strategy;
+* :func:`layer_sweep` - a separation metric per layer, one line per strategy.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, out: str | Path) -> list[Path]:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    fig.tight_layout()
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def score_violins(scores: np.ndarray, groups: Sequence, out: str | Path, *, title: str = "Proximity to harmful features",
+                  ylabel: str = "score (higher = closer to harmful)") -> list[Path]:
+    """Violin + jittered points of ``scores`` per group label (groups sorted by median)."""
+    scores = np.asarray(scores, dtype=float)
+    groups = np.asarray([str(g) for g in groups])
+    names = sorted(set(groups.tolist()), key=lambda g: np.median(scores[groups == g]))
+    data = [scores[groups == g] for g in names]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(names) + 2), 4))
+    ax.violinplot(data, showmedians=True, widths=0.8)
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(data, 1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=5, alpha=0.4, color="k")
+    ax.set_xticks(range(1, len(names) + 1), [f"{g}\n(n={len(d)})" for g, d in zip(names, data)], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
+
+
+def cosine_heatmap(directions: np.ndarray, rows: Sequence[int], cols: Sequence[int], out: str | Path, *,
+                   title: str = "Decoder cosine: target vs harmful features") -> list[Path]:
+    """Heatmap of decoder cosines, ``rows`` (e.g. the most frequent target features) x ``cols`` (harmful)."""
+    rows, cols = list(rows), list(cols)
+    cos = directions[rows] @ directions[cols].T
+    fig, ax = plt.subplots(figsize=(min(2 + 0.22 * len(cols), 16), min(1.5 + 0.22 * len(rows), 12)))
+    lim = float(np.abs(cos).max()) or 1.0
+    im = ax.imshow(cos, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=90, fontsize=6)
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=6)
+    ax.set_xlabel("harmful feature")
+    ax.set_ylabel("target feature")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="cosine")
+    return _save(fig, out)
+
+
+def decoder_map(directions: np.ndarray, harmful: Sequence[int], out: str | Path, *,
+                highlight: Mapping[str, Sequence[int]] | None = None, max_background: int = 3000,
+                title: str = "Decoder directions (PCA)") -> list[Path]:
+    """2-D PCA of unit decoder directions: all latents grey, harmful red, other named sets on top."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    n = directions.shape[0]
+    bg = rng.choice(n, min(n, max_background), replace=False)
+    marked = {"harmful": list(harmful), **(highlight or {})}
+    fit_rows = np.unique(np.concatenate([bg, *[np.asarray(v, dtype=int) for v in marked.values()]]))
+    pca = PCA(2, random_state=0).fit(directions[fit_rows])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    xy = pca.transform(directions[bg])
+    ax.scatter(xy[:, 0], xy[:, 1], s=3, color="0.8", label="all latents (sample)")
+    colors = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"]
+    for (name, ids), c in zip(marked.items(), colors):
+        if len(ids):
+            p = pca.transform(directions[list(ids)])
+            ax.scatter(p[:, 0], p[:, 1], s=14, color=c, label=f"{name} ({len(ids)})", alpha=0.8)
+    ev = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC1 ({ev[0]:.1%} of variance)")
+    ax.set_ylabel(f"PC2 ({ev[1]:.1%} of variance)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, markerscale=1.5)
+    return _save(fig, out)
+
+
+def precision_curves(scores: Mapping[str, np.ndarray], labels: np.ndarray, out: str | Path, *,
+                     fractions: Sequence[float] | None = None, title: str = "Precision of the dropped set") -> list[Path]:
+    """Precision of the top-fraction by score, per strategy, with the base rate as a dashed line."""
+    from .geometry import precision_at
+
+    labels = np.asarray(labels, dtype=bool)
+    fractions = list(fractions or np.linspace(0.02, 0.6, 30))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in scores.items():
+        p = precision_at(s, labels, fractions)
+        ax.plot([100 * f for f in fractions], [p[f"{f:g}"]["precision"] for f in fractions], label=name)
+    ax.axhline(labels.mean(), ls="--", color="k", lw=1, label=f"base rate {labels.mean():.2f}")
+    ax.set_xlabel("rows removed (%)")
+    ax.set_ylabel("precision (fraction of removed rows that are positive)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def layer_sweep(values: Mapping[str, Mapping[int, float]], out: str | Path, *, ylabel: str = "AUROC",
+                title: str = "Separation by layer", errors: Mapping[str, Mapping[int, tuple[float, float]]] | None = None
+                ) -> list[Path]:
+    """One line per strategy: ``values[strategy][layer]``; optional ``errors`` as (low, high) bars."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_layer in values.items():
+        layers = sorted(by_layer)
+        y = [by_layer[layer] for layer in layers]
+        if errors and name in errors:
+            lo = [y[i] - errors[name][layer][0] for i, layer in enumerate(layers)]
+            hi = [errors[name][layer][1] - y[i] for i, layer in enumerate(layers)]
+            ax.errorbar(layers, y, yerr=[lo, hi], marker="o", capsize=3, label=name)
+        else:
+            ax.plot(layers, y, marker="o", label=name)
+    ax.axhline(0.5, ls=":", color="k", lw=1)
+    ax.set_xlabel("layer (residual stream after block)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
