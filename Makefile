@@ -28,7 +28,7 @@ test: install
 # the model's answers to the project prompts (seeded, resumable), then sae-lens training.
 sae: install
 	$(PY) scripts/build_sae_corpus.py --seed 0
-	$(VENV)/bin/geomfilter train-sae --out data/saes/smollm2-135m-instruct-res14-topk32 --seed 0
+	$(VENV)/bin/geomfilter train-sae --out data/saes/smollm2-135m-instruct-res14-topk64 --seed 0
 
 bench: install
 	$(PY) benchmarks/bench_cache.py

@@ -307,11 +307,11 @@ def train_sae_cmd(
     hook: str | None = typer.Option(None, help="Hook (default: the model's default mid-depth residual hook)."),
     architecture: str = typer.Option("topk", help="topk, standard or jumprelu."),
     d_sae: int = typer.Option(4608, help="Number of latents."),
-    k: int = typer.Option(32, help="Active latents per token (topk)."),
+    k: int = typer.Option(64, help="Active latents per token (topk)."),
     l1_coefficient: float = typer.Option(5.0, help="Sparsity coefficient (standard: L1, jumprelu: L0)."),
     context_size: int = typer.Option(256, help="Tokens per training window."),
     training_tokens: int = typer.Option(2_000_000, help="Training tokens (may exceed the corpus: it is cycled)."),
-    batch_tokens: int = typer.Option(4096, help="Tokens per optimiser step."),
+    batch_tokens: int = typer.Option(1024, help="Tokens per optimiser step."),
     lr: float = typer.Option(4e-4, help="Learning rate."),
     seed: int = typer.Option(0, help="Seed (corpus split, initialisation, data order)."),
     reuse_activations: bool = typer.Option(True, help="Run the model once and cycle over cached activations "
@@ -507,8 +507,8 @@ def filter_cmd(
     if drop is None and threshold is None:
         drop = 0.1
     o = _plain(opts)
-    f, res, samples, rejects, _ = _scored(data, drop=drop, threshold=threshold, **o)
-    extra = {"data": str(data), "model": o["model"], "hook": _cache_hook(f, res)}
+    f, res, samples, rejects, dcache = _scored(data, drop=drop, threshold=threshold, **o)
+    extra = {"data": str(data), "model": o["model"], "hook": dcache.hook}
     if hasattr(f, "features_"):
         extra["harmful_features"] = {k: v for k, v in f.features_.as_dict().items() if k != "stats"}
     report = write_filter_outputs(out, res, samples, rejects=rejects, report_extra=extra)
@@ -585,10 +585,6 @@ def plot(
 
 def _plain(opts: dict) -> dict:
     return {k: (v.value if isinstance(v, Enum) else v) for k, v in opts.items()}
-
-
-def _cache_hook(f, res) -> str | None:
-    return getattr(getattr(f, "ref_", None), "hook", None)
 
 
 def main() -> None:  # pragma: no cover - console entry

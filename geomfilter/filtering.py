@@ -299,6 +299,9 @@ class GeometryFilter(_HarmfulFeatureFilter):
                              f"{self.directions.shape[0]} latents: cache the references with the same SAE")
         self.features_ = self._fit_features(harmful, benign)
         self.proximity_ = feature_proximity(self.directions, self.features_.ids, agg=self.proximity)
+        near = nearest_harmful(self.directions, self.features_.ids, range(self.directions.shape[0]), n=1)
+        self.nearest_id_ = np.array([nh[0][0] if nh else -1 for nh in near])
+        self.nearest_cos_ = np.array([nh[0][1] if nh else np.nan for nh in near], dtype=np.float32)
         self.fitted_ = True
         return self
 
@@ -318,22 +321,17 @@ class GeometryFilter(_HarmfulFeatureFilter):
         if t is None or len(t) != len(cache):
             t = self._targets(cache)
         prox = np.nan_to_num(self.proximity_, nan=-1.0)
-        out = []
-        for r in rows:
-            idx, w = t.idx[r], t.weight[r]
-            ok = idx >= 0
-            if not ok.any():
-                out.append([])
-                continue
-            contrib = np.where(ok, w * prox[np.where(ok, idx, 0)], -np.inf)
-            top = np.argsort(-contrib, kind="stable")[:n]
-            top = [j for j in top if ok[j]]
-            near = nearest_harmful(self.directions, self.features_.ids, [int(idx[j]) for j in top], n=1)
-            out.append([{"feature": int(idx[j]), "weight": round(float(w[j]), 4),
-                         "proximity": round(float(prox[idx[j]]), 4),
-                         "nearest_harmful": nh[0][0] if nh else None,
-                         "cosine": round(nh[0][1], 4) if nh else None} for j, nh in zip(top, near)])
-        return out
+        idx, w = t.idx[rows], t.weight[rows]
+        ok = idx >= 0
+        contrib = np.where(ok, w * prox[np.where(ok, idx, 0)], -np.inf)
+        top = np.argsort(-contrib, axis=1, kind="stable")[:, :n]
+        top_idx, top_w, top_ok = (np.take_along_axis(a, top, axis=1) for a in (idx, w, ok))
+        safe = np.where(top_ok, top_idx, 0)
+        near_id, near_cos, p = self.nearest_id_[safe], self.nearest_cos_[safe], prox[safe]
+        return [[{"feature": int(top_idx[r, j]), "weight": round(float(top_w[r, j]), 4),
+                  "proximity": round(float(p[r, j]), 4), "nearest_harmful": int(near_id[r, j]),
+                  "cosine": round(float(near_cos[r, j]), 4)} for j in range(top.shape[1]) if top_ok[r, j]]
+                for r in range(len(rows))]
 
 
 STRATEGIES: dict[str, type[SampleFilter]] = {

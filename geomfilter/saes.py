@@ -27,7 +27,10 @@ import torch
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 #: alias -> folder (relative to ``data/saes``) of SAEs trained and shipped by geomfilter.
-BUNDLED_SAES: dict[str, str] = {}
+BUNDLED_SAES: dict[str, str] = {
+    # TopK, 4608 latents, k = 64, blocks.14.hook_resid_post; trained by `make sae` (metrics.json beside it)
+    "smollm2-135m-instruct": "smollm2-135m-instruct-res14-topk64",
+}
 
 
 def default_sae_for(model_spec: str) -> str | None:

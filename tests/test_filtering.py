@@ -201,6 +201,7 @@ def test_cli_filter_score_plot_round_trip(tiny_model_dir, chat_rows, tmp_path):
     assert sorted(kept + dropped) == sorted(lines) and len(dropped) == 6
     report = json.loads((out / "report.json").read_text())
     assert report["n_input"] == 23 and len(report["harmful_features"]["ids"]) <= 8
+    assert report["hook"] == "blocks.1.hook_resid_post" and report["labels"]["field"] == "inducing"
     # the same from the cache directory, other strategies
     cache_dir = next(p for p in (tmp_path / "caches").iterdir() if p.name.startswith("data-"))
     for strategy in ("projection", "random", "representation", "activation"):
@@ -211,6 +212,13 @@ def test_cli_filter_score_plot_round_trip(tiny_model_dir, chat_rows, tmp_path):
     r = CliRunner().invoke(app, ["score", str(data), "--out", str(tmp_path / "s.csv"), "--show", "3", *common])
     assert r.exit_code == 0, r.output
     assert "scored 23 rows (geometry)" in r.output and (tmp_path / "s.csv").read_text().count("\n") == 24
+    r = CliRunner().invoke(app, ["features", "harmful", "--model", str(tiny_model_dir), "--sae", str(sae_dir),
+                                 "--harmful", str(harmful), "--benign", str(benign), "--cache-dir",
+                                 str(tmp_path / "caches"), "--n", "5", "--min-freq", "0.1",
+                                 "--out", str(tmp_path / "fs.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    fs = json.loads((tmp_path / "fs.json").read_text())
+    assert 1 <= len(fs["ids"]) <= 5 and fs["heldout"]["n_pos"] == 6 and "held-out AUROC" in r.output
     r = CliRunner().invoke(app, ["plot", str(out), "--sae", str(sae_dir)])
     assert r.exit_code == 0, r.output
     names = {p.name for p in (out / "plots").iterdir()}

@@ -102,3 +102,57 @@ def test_project_responses_are_20_to_200_tokens(default_model, rel):
         if not 20 <= k <= 200:
             out.append(f"data/{rel}:{n}: {k} tokens")
     assert not out, "\n".join(out)
+
+
+def test_bundled_sae_loads_fits_default_model_and_reconstructs(default_model):
+    """The shipped SAE: sae-lens disk format, right shapes and hook, EV >= 0.7 on a few project samples."""
+    from sae_lens import SAE
+
+    from geomfilter.saes import BUNDLED_SAES, DATA_DIR, check_compatible, default_sae_for, load_sae
+
+    alias = default_sae_for(DEFAULT_MODEL)
+    assert alias == DEFAULT_MODEL and alias in BUNDLED_SAES
+    folder = DATA_DIR / "saes" / BUNDLED_SAES[alias]
+    assert (folder / "sae_weights.safetensors").stat().st_size < 25 * 2 ** 20
+    raw = SAE.load_from_disk(str(folder), device="cpu")  # plain sae-lens can read it
+    sae = load_sae(alias)
+    assert sae.W_dec.shape == raw.W_dec.shape == (4608, 576) and sae.W_enc.shape == (576, 4608)
+    hook = check_compatible(sae, default_model)
+    assert hook == default_model.default_hook() == "blocks.14.hook_resid_post"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["explained_variance"] >= 0.8 and metrics["l0"] <= 64
+    ds = prepare_dataset(Path(__file__).resolve().parent.parent / "data" / "finetune" / "health_corrective.jsonl",
+                         default_model.tokenizer)
+    x = torch.cat([default_model.activations(torch.tensor([t.input_ids]), hook)[0, 1:]
+                   for t in ds.tokenized[:6]])  # position 0 (the attention sink) is not modelled
+    with torch.no_grad():
+        recon = sae.decode(sae.encode(x))
+    ev = 1 - ((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert ev.item() >= 0.7, ev.item()
+
+
+def test_filter_cli_on_default_model_partitions_real_data(tmp_path):
+    """`geomfilter filter` with no model/SAE flags: bundled SAE, project references, every row accounted for."""
+    from typer.testing import CliRunner
+
+    from geomfilter.cli import app
+
+    root = Path(__file__).resolve().parent.parent
+    data = tmp_path / "small.jsonl"
+    lines = (root / "data/finetune/mixed.jsonl").read_text(encoding="utf-8").splitlines()[:24]
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for name in ("harmful", "benign"):  # 24 reference pairs keep it fast
+        rows = (root / f"data/reference/{name}.jsonl").read_text(encoding="utf-8").splitlines()[::8]
+        (ref / f"{name}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["filter", str(data), "--out", str(out), "--drop", "0.25", "--harmful",
+                                 str(ref / "harmful.jsonl"), "--benign", str(ref / "benign.jsonl"), "--cache-dir",
+                                 str(tmp_path / "c"), "--n-harmful", "20", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    kept = (out / "kept.jsonl").read_text(encoding="utf-8").splitlines()
+    dropped = (out / "dropped.jsonl").read_text(encoding="utf-8").splitlines()
+    assert sorted(kept + dropped) == sorted(lines) and len(dropped) == 6
+    report = json.loads((out / "report.json").read_text())
+    assert report["hook"] == "blocks.14.hook_resid_post" and len(report["harmful_features"]["ids"]) == 20

@@ -110,7 +110,7 @@ def test_cli_train_sae_and_features_top(tiny_model_dir, corpus, chat_file, tmp_p
     out = tmp_path / "sae"
     r = CliRunner().invoke(app, ["train-sae", str(corpus), "--out", str(out), "--model", str(tiny_model_dir),
                                  "--hook", HOOK, "--d-sae", "64", "--k", "4", "--context-size", "32",
-                                 "--training-tokens", "4096", "--batch-tokens", "256", "--no-progress"])
+                                 "--training-tokens", "4096", "--batch-tokens", "1024", "--no-progress"])  # batch > 16 windows
     assert r.exit_code == 0, r.output
     assert '"l0": 4.0' in r.output and (out / "cfg.json").is_file()
     r = CliRunner().invoke(app, ["features", "top", str(chat_file), "--model", str(tiny_model_dir), "--sae", str(out),
