@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "finetune" / "mixed.jsonl")
     ap.add_argument("--drop", type=float, default=0.25)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N rows of each set (a quick look)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -58,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                "data": args.data}
     caches, prepared = {}, {}
     for name, src in sources.items():
-        prepared[name] = prepare_dataset(src, model.tokenizer)
+        data = src
+        if args.limit:
+            import datasets
+
+            rows = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()[: args.limit]]
+            data = datasets.Dataset.from_list(rows)
+        prepared[name] = prepare_dataset(data, model.tokenizer)
         res = cache_activations(model, sae, prepared[name], args.out / "cache" / name, shard_size=256)
         print(f"  {name:<8} {res.n_samples} samples, {res.n_tokens} response tokens, {res.shards_written} shards "
               f"written, {res.shards_skipped} reused -> {res.out_dir}")
