@@ -32,6 +32,7 @@ sae: install
 
 bench: install
 	$(PY) benchmarks/bench_cache.py
+	$(PY) benchmarks/bench_score.py
 
 lint: install
 	$(VENV)/bin/ruff check geomfilter tests scripts benchmarks

@@ -35,7 +35,8 @@ def synthetic_cache(n: int, d_sae: int, stored: int, seed: int = 0) -> Activatio
     chunk = 10_000
     for s in range(0, n, chunk):  # distinct latents per row: Gumbel top-k over the firing distribution
         m = min(chunk, n - s)
-        g = np.log(p)[None, :] - np.log(-np.log(rng.random((m, d_sae), dtype=np.float32)))
+        u = np.maximum(rng.random((m, d_sae), dtype=np.float32), np.float32(1e-12))
+        g = np.log(p)[None, :] - np.log(-np.log(u))
         idx[s:s + m] = perm[np.argpartition(-g, stored, axis=1)[:, :stored]]
     val = -np.sort(-rng.exponential(1.0, size=(n, stored)).astype(np.float32), axis=1)
     arrays = {"mean_idx": idx, "mean_val": val, "max_idx": idx, "max_val": val}
