@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()[: args.limit]]
             data = datasets.Dataset.from_list(rows)
         prepared[name] = prepare_dataset(data, model.tokenizer)
-        res = cache_activations(model, sae, prepared[name], args.out / "cache" / name, shard_size=256)
+        res = cache_activations(model, sae, prepared[name], args.out / "cache" / sae_spec / name, shard_size=256)
         print(f"  {name:<8} {res.n_samples} samples, {res.n_tokens} response tokens, {res.shards_written} shards "
               f"written, {res.shards_skipped} reused -> {res.out_dir}")
         caches[name] = load_cache(res.out_dir)
