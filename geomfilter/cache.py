@@ -398,14 +398,16 @@ class ActivationCache:
     def hook(self) -> str:
         return self.manifest["identity"]["hook"]
 
-    def dense(self, pooling: str = "mean") -> np.ndarray:
-        """Dense ``[n, d_sae]`` float32 matrix of the stored top-k pooled SAE activations."""
+    def dense(self, pooling: str = "mean", rows: np.ndarray | None = None) -> np.ndarray:
+        """Dense ``[n, d_sae]`` float32 matrix of the stored top-k pooled SAE activations (of ``rows``, default all)."""
         if self.d_sae is None:
             raise ValueError(f"cache {self.path} has no SAE activations (it was made without an SAE)")
         if pooling not in ("mean", "max"):
             raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
         idx, val = self.arrays[f"{pooling}_idx"], self.arrays[f"{pooling}_val"]
-        out = np.zeros((len(self.ids), self.d_sae), dtype=np.float32)
+        if rows is not None:
+            idx, val = idx[rows], val[rows]
+        out = np.zeros((len(idx), self.d_sae), dtype=np.float32)
         np.put_along_axis(out, idx.astype(np.int64), np.maximum(val, 0), axis=1)
         return out
 

@@ -362,6 +362,7 @@ def _scored(data: Path, *, strategy: str, model: str, sae: str | None, hook: str
     from .cache import load_cache
     from .data import DataReport, read_samples
     from .filtering import make_filter
+    from .saes import describe
 
     sae_spec = sae if sae is not None else default_sae_for(model)
     if strategy in ("geometry", "activation") and (not sae_spec or sae_spec.lower() == "none"):
@@ -383,8 +384,7 @@ def _scored(data: Path, *, strategy: str, model: str, sae: str | None, hook: str
             _fail(f"{source} no longer holds {len(missing)} ids of cache {data} (first {missing[0]!r}); re-cache it")
         samples, rejects = [by_id[i] for i in dcache.ids], rep.rejects
         m, s, _, _ = _cached(harmful, model, sae, hook, cache_dir / f"ref-{harmful.stem}-{tag}", **kw)
-        if s is not None and dcache.manifest["identity"]["sae"]["weights"] != __import__(
-                "geomfilter.saes", fromlist=["describe"]).describe(s)["weights"]:
+        if s is not None and dcache.manifest["identity"]["sae"]["weights"] != describe(s)["weights"]:
             _fail(f"cache {data} was encoded with another SAE than {sae_spec!r}; pass the same --sae")
     else:
         rejects_path = cache_dir / f"{data.stem}-{tag}" / "rejects.jsonl"

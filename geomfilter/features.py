@@ -275,13 +275,7 @@ def sample_targets(cache: ActivationCache, k: int = 32, pooling: str = "mean",
     w = np.zeros((len(cache), k), dtype=np.float32)
     for start in range(0, len(cache), chunk):  # dense differences, a chunk of rows at a time
         rows = np.arange(start, min(start + chunk, len(cache)))
-        diff = _dense_rows(cache, rows, pooling) - _dense_rows(relative_to, own_rows[rows], pooling)
+        diff = cache.dense(pooling, rows) - relative_to.dense(pooling, own_rows[rows])
         idx[rows], w[rows] = _top_k_rows(diff, k)
     return SampleTargets(idx=idx, weight=w, mode="relative")
 
-
-def _dense_rows(cache: ActivationCache, rows: np.ndarray, pooling: str) -> np.ndarray:
-    idx, val = cache.arrays[f"{pooling}_idx"][rows], cache.arrays[f"{pooling}_val"][rows]
-    out = np.zeros((len(rows), cache.d_sae), dtype=np.float32)
-    np.put_along_axis(out, idx.astype(np.int64), np.maximum(val, 0), axis=1)
-    return out
