@@ -583,6 +583,179 @@ def plot(
         typer.echo(str(p))
 
 
+class Method(str, Enum):
+    lora = "lora"
+    gates = "gates"
+    gates_sae = "gates-sae"
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{what}: expected comma-separated integers, got {text!r}")
+
+
+@app.command()
+def finetune(
+    data: list[Path] = typer.Argument(..., help="Chat JSONL file(s) to train on (loss on the last assistant turn)."),
+    out: Path = typer.Option(..., help="Run folder (finetune.json, train_log.jsonl, adapter/ or gates/)."),
+    method: Method = typer.Option(Method.lora, help="lora: PEFT LoRA SFT; gates: attention-output gates only "
+                                  "(base frozen); gates-sae: SAE-latent gates only (base frozen)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model spec."),
+    max_samples: int | None = typer.Option(300, help="Seeded subset of the data (0: all rows)."),
+    epochs: float = typer.Option(1.0, help="Passes over the samples (fractions allowed)."),
+    batch_size: int = typer.Option(4, help="Samples per optimiser step."),
+    lr: float | None = typer.Option(None, help="Learning rate (default: 2e-4 lora, 1e-3 gates)."),
+    warmup_steps: int = typer.Option(10, help="Linear warm-up steps (then linear decay to 0)."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip."),
+    max_tokens: int = typer.Option(512, help="Tokens per sample (left truncation keeps the response)."),
+    seed: int = typer.Option(0, help="Seed (sample subset, order, init)."),
+    lora_r: int = typer.Option(16, help="LoRA rank."),
+    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
+    gate_layers: str | None = typer.Option(None, help="Attention layers to gate, comma-separated (default: all)."),
+    sae: str | None = typer.Option(None, help="gates-sae: SAE spec (default: the model's bundled SAE)."),
+    checkpoint_every: int = typer.Option(0, help="Checkpoint every N steps (0: none until the end)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
+    progress: bool = typer.Option(True, help="Show a progress bar (loss, tokens/s)."),
+):
+    """Fine-tune on DATA's response tokens: LoRA, or gates only (Alignment Gating). Re-running resumes."""
+    from .data import DataError
+    from .finetune import FinetuneConfig, FinetuneError, FinetuneRunner
+    from .gating import GatingError
+    from .models import ModelSpecError
+    from .saes import SAESpecError
+
+    for path in data:
+        if not path.exists():
+            _fail(f"{path}: file not found")
+    try:
+        cfg = FinetuneConfig(data=[str(p) for p in data], out=str(out), method=method.value, model=model,
+                             max_samples=max_samples or None, epochs=epochs, batch_size=batch_size, lr=lr,
+                             warmup_steps=warmup_steps, grad_clip=grad_clip, max_tokens=max_tokens, seed=seed,
+                             lora_r=lora_r, lora_alpha=lora_alpha, gate_layers=_int_list(gate_layers, "--gate-layers"),
+                             sae=sae, checkpoint_every=checkpoint_every, device=device, progress=progress)
+        res = FinetuneRunner(cfg).run()
+    except (FinetuneError, GatingError, DataError, ModelSpecError, SAESpecError) as e:
+        _fail(str(e))
+    if res.skipped:
+        typer.echo(f"already finished: {out} (delete the folder to train again)")
+    typer.echo(f"{res.method}: {res.n_samples} samples, {res.steps} steps, {res.tokens} tokens in {res.seconds:.0f} s "
+               f"({res.tokens_per_s:.0f} tok/s); loss {res.first_loss:.3f} -> {res.final_loss:.3f} -> {out}")
+
+
+def _tuned(model: str, gates: list[Path] | None, gate_scale: float, device: str | None):
+    from .finetune import FinetuneError, load_tuned
+    from .gating import GatingError
+    from .models import ModelSpecError
+    from .saes import SAESpecError
+
+    try:
+        return load_tuned(model, gates=gates or None, gate_scale=gate_scale, device=device)
+    except (FinetuneError, GatingError, ModelSpecError, SAESpecError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., metavar="DIR", help="A `geomfilter finetune` run folder, or a model spec."),
+    prompts: list[str] = typer.Argument(..., metavar="PROMPT...", help="User messages, one answer each."),
+    gates: list[Path] = typer.Option(None, help="Gate folders / gate runs to attach as well (repeatable)."),
+    gate_scale: float = typer.Option(1.0, help="g_a = 1 + a (g - 1): 1 learned gates (amplify), -1 the mirror "
+                                     "2 - g (suppress), 0 off."),
+    max_new_tokens: int = typer.Option(120, help="Tokens to generate per answer."),
+    temperature: float = typer.Option(0.0, help="0: greedy; > 0: sampling."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    system: str | None = typer.Option(None, help="Optional system message."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+):
+    """Answer PROMPTs with a fine-tuned model (and gates at --gate-scale)."""
+    import torch
+
+    tm = _tuned(model, gates, gate_scale, device)
+    tok, hf = tm.tokenizer, tm.hf_model
+    for i, prompt in enumerate(prompts):
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        torch.manual_seed(seed + i)
+        kw = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        with torch.no_grad():
+            gen = hf.generate(**{k: v.to(tm.device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
+                              pad_token_id=tok.pad_token_id, **kw)
+        answer = tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        typer.echo(f"### {prompt}\n{answer}\n")
+
+
+gates_app = typer.Typer(help="Inspect learned gates.", no_args_is_help=True)
+app.add_typer(gates_app, name="gates")
+
+
+@gates_app.command("analyze")
+def gates_analyze(
+    gates: Path = typer.Argument(..., help="A gates folder or a gates fine-tune run."),
+    data: Path = typer.Option(..., help="Chat JSONL whose response tokens the movement is averaged over."),
+    out: Path = typer.Option(..., help="Folder for gate_analysis.json and the plots."),
+    harmful_features: Path | None = typer.Option(None, help="SAE gates: a feature set JSON (`geomfilter features "
+                                                 "harmful --out`) to relate the most-moved latents to."),
+    max_samples: int = typer.Option(64, help="Rows of DATA to run."),
+    top: int = typer.Option(50, help="Most-moved latents reported."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+):
+    """Which heads (attention gates) or latents (SAE gates) moved most; SAE latents vs harmful features."""
+    from .data import DataError
+    from .features import FeatureSet
+    from .gating import GatingError, analyze_gates
+
+    harmful = FeatureSet.load(harmful_features).ids if harmful_features else None
+    try:
+        s = analyze_gates(gates, data, harmful=harmful, max_samples=max_samples, top=top, out=out, device=device)
+    except (GatingError, DataError) as e:
+        _fail(str(e))
+    if s["family"] == "attention":
+        for h in s["top_heads"][:5]:
+            typer.echo(f"layer {h['layer']:>2} head {h['head']:>2}: mean |g-1| {h['mean_abs']:.4f}")
+    elif "geometry" in s:
+        g = s["geometry"]
+        typer.echo(f"top {g['top']} moved latents: mean max-cosine to harmful {g['moved_mean_cos']:.3f} vs "
+                   f"{g['rest_mean_cos']:.3f} for the other firing latents (AUROC {g['auroc_moved_vs_rest']:.3f}); "
+                   f"{g['n_moved_harmful']} are harmful features ({g['expected_harmful_by_chance']:.1f} by chance)")
+    typer.echo(str(out / "gate_analysis.json"))
+
+
+eval_app = typer.Typer(help="Evaluate models and fine-tune runs.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("preference")
+def eval_preference(
+    model: str = typer.Argument(..., metavar="DIR", help="A `geomfilter finetune` run folder, or a model spec."),
+    questions: Path = typer.Option(Path("data/eval/questions.jsonl"), help="Broad questions with aligned and "
+                                   "misaligned reference answers."),
+    gates: list[Path] = typer.Option(None, help="Gate folders / gate runs to attach (repeatable)."),
+    gate_scale: float = typer.Option(1.0, help="Gate scale alpha."),
+    out: Path | None = typer.Option(None, help="Write the result (with per-question rows) as JSON."),
+    batch_size: int = typer.Option(16, help="Answers per forward pass."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+):
+    """Log-prob preference for misaligned over aligned reference answers (nats/token; > 0 prefers misaligned)."""
+    from .evaluate import EvalDataError, logprob_preference
+
+    tm = _tuned(model, gates, gate_scale, device)
+    try:
+        r = logprob_preference(tm, questions, batch_size=batch_size)
+    except EvalDataError as e:
+        _fail(str(e))
+    typer.echo(f"preference {r.mean:+.4f} nats/token [95% CI {r.lo:+.4f}, {r.hi:+.4f}] over {r.n} questions "
+               f"({r.n_answers} answers)")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"model": model, "gates": [str(g) for g in gates or []], "gate_scale": gate_scale,
+                                   **r.as_dict()}, indent=2) + "\n")
+
+
 def _plain(opts: dict) -> dict:
     return {k: (v.value if isinstance(v, Enum) else v) for k, v in opts.items()}
 

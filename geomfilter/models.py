@@ -250,6 +250,30 @@ def load_model(
         return _load(spec, kind, location, device, dtype, process_weights, progress)
 
 
+def load_causal_lm(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: torch.dtype = torch.float32,
+                   progress: bool = True) -> tuple[Any, Any, dict]:
+    """Load a model spec as a plain HF causal LM (no bridge): ``(hf_model, tokenizer, info)``.
+
+    What fine-tuning (PEFT LoRA, gates) and evaluation use: the same weights
+    :func:`load_model` wraps, without transformer-lens' in-place module
+    replacement. The tokenizer gets a pad token (eos) when it has none.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind, location = resolve_model_spec(spec)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with _hf_progress_bars(progress):
+        if kind in ("embedded", "gguf"):
+            location = str(_gguf_to_hf_dir(Path(location), progress=progress))
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        hf_model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = {"spec": spec, "kind": kind, "location": location, "n_layers": int(hf_model.config.num_hidden_layers),
+            "d_model": int(hf_model.config.hidden_size), "dtype": str(dtype).replace("torch.", "")}
+    return hf_model, tokenizer, info
+
+
 @contextlib.contextmanager
 def _hf_progress_bars(enabled: bool):
     """Silence transformers' own progress bars (weight loading) when ``progress`` is off."""

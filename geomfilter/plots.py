@@ -4,7 +4,10 @@
 * :func:`cosine_heatmap` - decoder cosines of target features vs harmful features;
 * :func:`decoder_map` - 2-D PCA of decoder directions, harmful and target features marked;
 * :func:`precision_curves` - precision of the dropped set vs fraction removed, one line per strategy;
-* :func:`layer_sweep` - a separation metric per layer, one line per strategy.
+* :func:`layer_sweep` - a separation metric per layer, one line per strategy;
+* :func:`gate_heads` - mean gate movement ``|g - 1|`` per layer and head (attention gates);
+* :func:`gate_latents` - SAE-gate movement per latent vs its decoder cosine to the harmful set;
+* :func:`condition_bars` - one metric per condition with CI error bars.
 """
 from __future__ import annotations
 
@@ -134,4 +137,57 @@ def layer_sweep(values: Mapping[str, Mapping[int, float]], out: str | Path, *, y
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def gate_heads(head_abs: np.ndarray, layers: Sequence[int], out: str | Path, *,
+               title: str = "Attention-gate movement per head") -> list[Path]:
+    """Heatmap ``[layer, head]`` of the mean ``|g - 1|`` of learned attention gates."""
+    head_abs = np.asarray(head_abs, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * head_abs.shape[1] + 2), max(3.5, 0.25 * len(layers) + 1.5)))
+    im = ax.imshow(head_abs, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
+    ax.set_xticks(range(head_abs.shape[1]), [str(x) for x in range(head_abs.shape[1])], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="mean |g - 1| over response tokens")
+    return _save(fig, out)
+
+
+def gate_latents(effect: np.ndarray, proximity: np.ndarray, moved: Sequence[int], out: str | Path, *,
+                 harmful: Sequence[int] = (), title: str = "SAE-gate movement vs proximity to harmful features"
+                 ) -> list[Path]:
+    """Scatter: each firing latent's gate effect (x, log) vs its max decoder cosine to the harmful set (y)."""
+    effect, proximity = np.asarray(effect, dtype=float), np.asarray(proximity, dtype=float)
+    ok = (effect > 0) & np.isfinite(proximity)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.scatter(effect[ok], proximity[ok], s=5, alpha=0.35, color="0.5", label="latents")
+    mv = np.asarray([m for m in moved if ok[m]], dtype=int)
+    ax.scatter(effect[mv], proximity[mv], s=16, color="tab:orange", label=f"top {len(mv)} moved")
+    hm = np.asarray([h for h in harmful if ok[h]], dtype=int)
+    if hm.size:
+        ax.scatter(effect[hm], proximity[hm], s=16, marker="x", color="tab:red", label="harmful features")
+    ax.set_xscale("log")
+    ax.set_xlabel("gate effect: mean |g - 1| * a * ||W_dec|| per token")
+    ax.set_ylabel("max decoder cosine to a harmful feature")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def condition_bars(values: Mapping[str, Mapping[str, float]], out: str | Path, *, ylabel: str,
+                   title: str = "", zero_line: bool = True) -> list[Path]:
+    """Bars per condition (``{"mean", "lo", "hi"}`` each) with asymmetric CI error bars."""
+    names = list(values)
+    mean = np.array([values[n]["mean"] for n in names], dtype=float)
+    lo = np.array([values[n]["lo"] for n in names], dtype=float)
+    hi = np.array([values[n]["hi"] for n in names], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 4.2))
+    ax.bar(range(len(names)), mean, yerr=[mean - lo, hi - mean], capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    if zero_line:
+        ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     return _save(fig, out)

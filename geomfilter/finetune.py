@@ -1,0 +1,466 @@
+"""Fine-tuning on response tokens: plain LoRA SFT and gate-only training (Alignment Gating).
+
+``FinetuneRunner(FinetuneConfig(...)).run()`` (or ``geomfilter finetune``) trains
+one of three methods on chat JSONL data, with the loss on the *response*
+tokens only (the prompt is masked, using the same exact response masks as the
+activation cache):
+
+* ``lora`` -- PEFT LoRA on the HF model: the plain fine-tune, e.g. the
+  "misaligned model" of an emergent-misalignment experiment;
+* ``gates`` -- the base model frozen, only attention-output gates train
+  (:class:`~geomfilter.gating.AttentionGates`);
+* ``gates-sae`` -- the base model frozen, only SAE-latent gates train
+  (:class:`~geomfilter.gating.SAEGates`, default: the model's bundled SAE).
+
+AdamW, linear warm-up then linear decay, gradient clipping, a seeded sample
+order (the sample selection and every epoch's order derive from ``seed``),
+checkpoints every ``checkpoint_every`` steps (trainable weights + optimiser +
+scheduler + RNG state), and resume: re-running on the same ``out`` continues
+from the newest checkpoint and reaches the same weights as an uninterrupted
+run; a finished run is skipped. A progress bar shows loss and tokens/s.
+
+Run folder: ``finetune.json`` (config, data fingerprint, results),
+``train_log.jsonl`` (one row per step), ``adapter/`` (LoRA, peft format) or
+``gates/`` (gates.safetensors + gates.json), ``checkpoints/step-NNNNNN/``.
+:func:`load_tuned` loads a run (or a plain model spec) for evaluation or
+generation, optionally with gates from another run at a gate scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import DEFAULT_MODEL
+
+METHODS = ("lora", "gates", "gates-sae")
+DEFAULT_LR = {"lora": 2e-4, "gates": 1e-3, "gates-sae": 1e-3}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RUN_FILE = "finetune.json"
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning config or run folder that cannot be used."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that decides a fine-tune's result (saved in ``finetune.json``)."""
+
+    data: list[str]
+    out: str
+    method: str = "lora"
+    model: str = DEFAULT_MODEL
+    max_samples: int | None = 300  # seeded subset of the data (None: all of it)
+    epochs: float = 1.0
+    batch_size: int = 4  # samples per optimiser step
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_tokens: int = 512  # per sample (left truncation keeps the response)
+    seed: int = 0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    gate_layers: list[int] | None = None  # attention gates: None = every layer
+    sae: str | None = None  # gates-sae: SAE spec (None: the model's bundled SAE)
+    checkpoint_every: int = 0  # steps; 0: only the final weights (and a checkpoint on interruption)
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise FinetuneError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        if not self.data:
+            raise FinetuneError("no training data given")
+        for name in ("batch_size", "max_tokens", "lora_r"):
+            if getattr(self, name) < 1:
+                raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise FinetuneError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise FinetuneError(f"max_samples must be >= 1 or None, got {self.max_samples}")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
+
+    def identity(self) -> dict:
+        """The fields that decide the weights (a resumed run must match them)."""
+        d = dataclasses.asdict(self)
+        for k in ("out", "checkpoint_every", "device", "progress"):
+            d.pop(k)
+        d["lr"] = self.learning_rate
+        return d
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    method: str
+    n_samples: int
+    steps: int
+    tokens: int  # all tokens processed (prompt + response)
+    response_tokens: int  # tokens the loss was computed on
+    seconds: float
+    tokens_per_s: float
+    first_loss: float
+    final_loss: float  # mean over the last 10% of steps
+    skipped: bool = False  # the run was already finished
+    stopped_early: bool = False  # stop_after was hit: resumable
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def _prepare(cfg: FinetuneConfig, tokenizer) -> tuple[list, str]:
+    from .data import prepare_dataset
+
+    tokenized, fps = [], []
+    for path in cfg.data:
+        ds = prepare_dataset(path, tokenizer, max_tokens=cfg.max_tokens)
+        tokenized.extend(ds.tokenized)
+        fps.append(ds.fingerprint)
+    ids = [t.id for t in tokenized]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise FinetuneError(f"sample id {dup!r} appears twice across {cfg.data}; ids must be unique")
+    if cfg.max_samples is not None and cfg.max_samples < len(tokenized):
+        rng = np.random.default_rng(cfg.seed)
+        keep = np.sort(rng.choice(len(tokenized), cfg.max_samples, replace=False))
+        tokenized = [tokenized[i] for i in keep]
+    fp = hashlib.sha256("|".join(fps + [",".join(t.id for t in tokenized)]).encode()).hexdigest()[:16]
+    return tokenized, fp
+
+
+def _order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _batch_indices(n: int, cfg: FinetuneConfig, step: int) -> list[int]:
+    """Sample indices of optimiser step ``step``: the seeded epoch orders, concatenated, cut in batches."""
+    start = step * cfg.batch_size
+    out = []
+    for pos in range(start, start + cfg.batch_size):
+        epoch, i = divmod(pos, n)
+        out.append(int(_order(n, cfg.seed, epoch)[i]))
+    return out
+
+
+def collate(samples: list, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 off the response)."""
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(samples), width), dtype=torch.long)
+    labels = torch.full((len(samples), width), -100, dtype=torch.long)
+    for r, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[r, :n] = torch.tensor(s.input_ids)
+        att[r, :n] = 1
+        mask = torch.tensor(s.response_mask, dtype=torch.bool)
+        labels[r, :n] = torch.where(mask, ids[r, :n], torch.tensor(-100))
+    return {"input_ids": ids, "attention_mask": att, "labels": labels}
+
+
+def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) tokens."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+# ---------------------------------------------------------------------------------------------
+class FinetuneRunner:
+    """``FinetuneRunner(cfg).run()``: train, checkpoint, resume, save (see the module docstring)."""
+
+    def __init__(self, cfg: FinetuneConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+
+    # -- model and trainable parameters ---------------------------------------------------------
+    def _build(self):
+        from .models import load_causal_lm
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        hf, tok, info = load_causal_lm(cfg.model, device=cfg.device, progress=cfg.progress)
+        for p in hf.parameters():
+            p.requires_grad_(False)
+        gates = None
+        if cfg.method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            present = {n.split(".")[-1] for n, _ in hf.named_modules()}
+            targets = [t for t in cfg.lora_targets if t in present]
+            if not targets:
+                raise FinetuneError(f"none of the LoRA targets {cfg.lora_targets} is a module of {cfg.model!r}")
+            lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=targets, bias="none", task_type="CAUSAL_LM")
+            hf = get_peft_model(hf, lcfg)
+            trainable = {n: p for n, p in hf.named_parameters() if p.requires_grad}
+        elif cfg.method == "gates":
+            from .gating import AttentionGates
+
+            gates = AttentionGates.for_model(hf, cfg.gate_layers, model_spec=cfg.model).to(hf.device)
+            gates.attach(hf)
+            trainable = {f"gates.{n}": p for n, p in gates.named_parameters()}
+        else:
+            from .gating import SAEGates
+            from .saes import default_sae_for, load_sae
+
+            spec = cfg.sae or default_sae_for(cfg.model)
+            if spec is None:
+                raise FinetuneError(f"method gates-sae needs an SAE: pass sae= (no bundled SAE for {cfg.model!r})")
+            gates = SAEGates(load_sae(spec, device=str(hf.device)), spec, model=cfg.model).to(hf.device)
+            gates.attach(hf)
+            trainable = {f"gates.{n}": p for n, p in gates.named_parameters()}
+        hf.train()
+        return hf, tok, info, gates, dict(sorted(trainable.items()))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoints(self) -> list[Path]:
+        return sorted((self.out / "checkpoints").glob("step-*"))
+
+    def _save_checkpoint(self, step, trainable, opt, sched, stats) -> None:
+        from safetensors.torch import save_file
+
+        final = self.out / "checkpoints" / f"step-{step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({n: p.detach().cpu().contiguous() for n, p in trainable.items()}, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **stats}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self._checkpoints()[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self, path: Path, trainable, opt, sched) -> tuple[int, dict]:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "trainable.safetensors"))
+        if set(state) != set(trainable):
+            raise FinetuneError(f"{path}: checkpoint parameters do not match this config's trainable parameters")
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(state[n].to(p.device))
+        extra = torch.load(path / "optimizer.pt", weights_only=False)
+        opt.load_state_dict(extra["optimizer"])
+        sched.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        stats = json.loads((path / "state.json").read_text())
+        return int(stats.pop("step")), stats
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> FinetuneResult:
+        """Train (or resume, or skip when finished). ``stop_after``: stop after that many steps with a
+        checkpoint, as if interrupted (running again resumes)."""
+        cfg = self.cfg
+        run_file = self.out / RUN_FILE
+        if run_file.is_file():
+            done = json.loads(run_file.read_text())
+            if done.get("config") != json.loads(json.dumps(cfg.identity())):
+                raise FinetuneError(f"{self.out} already holds a different fine-tune ({run_file}); "
+                                    "use another --out or delete the folder")
+            if done.get("finished"):
+                return FinetuneResult(**{**done["result"], "out": self.out, "skipped": True})
+        self.out.mkdir(parents=True, exist_ok=True)
+        hf, tok, info, gates, trainable = self._build()
+        samples, fingerprint = _prepare(cfg, tok)
+        n = len(samples)
+        total_steps = max(1, math.ceil(n * cfg.epochs / cfg.batch_size))
+        opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        warm = max(0, min(cfg.warmup_steps, total_steps - 1))
+
+        def lr_lambda(s: int) -> float:
+            if s < warm:
+                return (s + 1) / (warm + 1)
+            return max(0.0, (total_steps - s) / max(1, total_steps - warm))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        meta = {"config": cfg.identity(), "finished": False, "data_fingerprint": fingerprint, "n_samples": n,
+                "total_steps": total_steps, "model_info": info}
+        run_file.write_text(json.dumps(meta, indent=2) + "\n")
+        step, stats = 0, {"tokens": 0, "response_tokens": 0, "seconds": 0.0, "first_loss": float("nan")}
+        ckpts = self._checkpoints()
+        if ckpts:
+            step, stats = self._load_checkpoint(ckpts[-1], trainable, opt, sched)
+        log_path = self.out / "train_log.jsonl"
+        if step == 0:
+            log_path.write_text("")
+        else:  # keep the log rows of the steps the checkpoint covers
+            rows = [r for r in log_path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+            log_path.write_text("".join(r + "\n" for r in rows))
+        pad = tok.pad_token_id
+        bar = tqdm(total=total_steps, initial=step, desc=f"finetune {cfg.method}", unit="step",
+                   disable=not cfg.progress, dynamic_ncols=True)
+        t_start, tokens_at_start, stopped = time.perf_counter(), stats["tokens"], False
+        device = next(hf.parameters()).device
+        with open(log_path, "a") as log:
+            while step < total_steps:
+                if stop_after is not None and step >= stop_after:
+                    stopped = True
+                    break
+                batch = collate([samples[i] for i in _batch_indices(n, cfg, step)], pad)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = response_loss(logits, batch["labels"])
+                if not torch.isfinite(loss):
+                    raise FinetuneError(f"step {step}: loss is {loss.item()} (try a lower lr than {cfg.learning_rate})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                step += 1
+                n_tok, n_resp = int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())
+                stats["tokens"] += n_tok
+                stats["response_tokens"] += n_resp
+                if math.isnan(stats["first_loss"]):
+                    stats["first_loss"] = float(loss.detach())
+                elapsed = stats["seconds"] + time.perf_counter() - t_start
+                row = {"step": step, "loss": round(float(loss), 5), "lr": sched.get_last_lr()[0],
+                       "grad_norm": round(float(gnorm), 5), "tokens": stats["tokens"], "seconds": round(elapsed, 2)}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                rate = (stats["tokens"] - tokens_at_start) / max(1e-9, time.perf_counter() - t_start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{rate:.0f}")
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+                    self._save_checkpoint(step, trainable, opt, sched,
+                                          {**stats, "seconds": elapsed})
+        bar.close()
+        stats["seconds"] += time.perf_counter() - t_start
+        if stopped:
+            self._save_checkpoint(step, trainable, opt, sched, stats)
+        losses = [json.loads(r)["loss"] for r in log_path.read_text().splitlines() if r.strip()]
+        tail = losses[-max(1, len(losses) // 10):]
+        result = FinetuneResult(out=self.out, method=cfg.method, n_samples=n, steps=step, tokens=stats["tokens"],
+                                response_tokens=stats["response_tokens"], seconds=round(stats["seconds"], 2),
+                                tokens_per_s=round(stats["tokens"] / max(1e-9, stats["seconds"]), 1),
+                                first_loss=float(stats["first_loss"]), final_loss=float(np.mean(tail)),
+                                stopped_early=stopped)
+        if stopped:
+            return result
+        hf.eval()
+        if cfg.method == "lora":
+            hf.save_pretrained(str(self.out / "adapter"))
+        else:
+            gates.save(self.out / "gates", extra={"trained_on": cfg.data, "base_model": cfg.model,
+                                                  "steps": step, "seed": cfg.seed})
+            gates.detach()
+        meta.update({"finished": True, "result": result.as_dict()})
+        run_file.write_text(json.dumps(meta, indent=2) + "\n")
+        shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        return result
+
+
+def finetune(cfg: FinetuneConfig, stop_after: int | None = None) -> FinetuneResult:
+    """Shorthand for ``FinetuneRunner(cfg).run(stop_after)``."""
+    return FinetuneRunner(cfg).run(stop_after=stop_after)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading a run for evaluation / generation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TunedModel:
+    """A HF causal LM (base, or merged LoRA) with gates attached at ``gate_scale``."""
+
+    hf_model: Any
+    tokenizer: Any
+    gates: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def set_gate_scale(self, alpha: float) -> None:
+        for g in self.gates:
+            g.alpha = float(alpha)
+        self.info["gate_scale"] = float(alpha)
+
+    def close(self) -> None:
+        for g in self.gates:
+            g.detach()
+        self.gates = []
+
+
+def read_run(folder: str | Path) -> dict:
+    """The ``finetune.json`` of a finished run folder (clear error otherwise)."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        raise FinetuneError(f"{folder} is not a fine-tune run folder (no {RUN_FILE})")
+    meta = json.loads(path.read_text())
+    if not meta.get("finished"):
+        raise FinetuneError(f"{folder}: the fine-tune has not finished (run it again to resume)")
+    return meta
+
+
+def load_tuned(model: str | Path = DEFAULT_MODEL, *, gates: list[str | Path] | str | Path | None = None,
+               gate_scale: float = 1.0, device: str | None = None, progress: bool = False) -> TunedModel:
+    """Load a fine-tune run folder or a plain model spec, with gates attached.
+
+    ``model``: a run folder (LoRA runs load their base model with the adapter
+    merged; gate runs their base model with their own gates) or a model spec.
+    ``gates``: more gate folders / gate runs to attach (e.g. gates learned on
+    one narrow domain, plugged into a LoRA model). All gates use ``gate_scale``
+    (1 amplify, -1 the mirror ``2 - g``, 0 off).
+    """
+    from .gating import load_gates
+    from .models import load_causal_lm
+
+    extra = [] if gates is None else [gates] if isinstance(gates, (str, Path)) else list(gates)
+    gate_dirs: list[Path] = []
+    info: dict = {"model": str(model), "gates": [str(g) for g in extra], "gate_scale": float(gate_scale)}
+    run = Path(model) / RUN_FILE
+    if run.is_file():
+        meta = read_run(model)
+        base = meta["config"]["model"]
+        hf, tok, minfo = load_causal_lm(base, device=device, progress=progress)
+        method = meta["config"]["method"]
+        if method == "lora":
+            from peft import PeftModel
+
+            hf = PeftModel.from_pretrained(hf, str(Path(model) / "adapter")).merge_and_unload()
+        else:
+            gate_dirs.append(Path(model) / "gates")
+        info.update({"base_model": base, "method": method})
+    else:
+        hf, tok, minfo = load_causal_lm(str(model), device=device, progress=progress)
+        info.update({"base_model": str(model), "method": "base"})
+    gate_dirs += [Path(g) for g in extra]
+    hf.eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    attached = []
+    for d in gate_dirs:
+        g = load_gates(d, device=str(next(hf.parameters()).device))
+        for p in g.parameters():
+            p.requires_grad_(False)
+        attached.append(g.attach(hf, alpha=gate_scale))
+    info["model_info"] = minfo
+    return TunedModel(hf_model=hf, tokenizer=tok, gates=attached, info=info)

@@ -1,0 +1,551 @@
+"""Alignment Gating: learnable gates that can amplify or suppress what a fine-tune relied on.
+
+Method (after "Emergent Misalignment Can Be Induced by Sycophancy and Reversed via
+Alignment Gating", arXiv 2606.09068). Every gated attention layer gets
+
+    g = 2 * sigmoid(W_g h + b)
+
+computed from the hidden states ``h`` that feed the layer's q/k/v projections,
+one value per token and per head-dimension (the width of the attention output),
+multiplied into the attention output *before* the output projection. ``W_g = 0``
+and ``b = 0`` at init, so ``g == 1`` exactly and the model is unchanged. The base
+weights stay frozen; only the gates train (``geomfilter.finetune``), so they
+learn the representations the fine-tuning data's behaviour relies on.
+
+* amplify: use ``g`` (``alpha = 1``); suppress: the mirror ``2 - g`` (``alpha = -1``).
+* our continuous control: ``g_alpha = 1 + alpha * (g - 1)``; ``alpha = 0`` is the
+  ungated model (the hooks are skipped, so it is bit-identical), other values
+  interpolate or extrapolate.
+* our second family, tying gating to geometry: :class:`SAEGates` gate each
+  latent of an SAE at its hook. The residual stream ``x`` becomes
+  ``x + sum_i (g_i - 1) * a_i(x) * W_dec[i]`` -- each latent's contribution is
+  scaled by its gate, the SAE's reconstruction error is left untouched, and an
+  open gate (``g == 1``) adds exactly zero.
+
+Gates attach with forward hooks to any compatible HF causal LM (the base model,
+a merged LoRA fine-tune, a ``peft`` model) or to a :class:`~geomfilter.models.HookedModel`
+(its transformer-lens bridge runs the same modules, so the gates act there too).
+They are saved on their own (``gates.safetensors`` + ``gates.json``) and
+:func:`load_gates` brings them back. :func:`gate_movement` measures which heads,
+units or latents moved, and :func:`sae_gate_geometry` relates the most-moved SAE
+latents to harmful features by decoder cosine.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+GATES_WEIGHTS = "gates.safetensors"
+GATES_CONFIG = "gates.json"
+FORMAT_VERSION = 1
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)(?:\.|$)")
+
+
+class GatingError(ValueError):
+    """Gates that do not fit the model they are attached to, or an unreadable gates folder."""
+
+
+def _hf(model: Any) -> nn.Module:
+    """The torch module of a HookedModel, a TunedModel or a plain (peft) HF model."""
+    return getattr(model, "hf_model", model)
+
+
+class Gate(nn.Module):
+    """``g = 2 * sigmoid(W h + b)``, zero-initialised (open: ``g == 1``)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        g = 2.0 * torch.sigmoid(self.proj(h.to(self.proj.weight.dtype)))
+        return g if alpha == 1.0 else 1.0 + alpha * (g - 1.0)
+
+
+class _Recorder:
+    """Running sums of gate movement while ``gate_movement`` runs the model."""
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+        self.mask: torch.Tensor | None = None  # [B, T] tokens that count
+
+    def add(self, key: str, name: str, value: torch.Tensor) -> None:
+        """Add ``value [B, T, d]`` summed over the counted tokens."""
+        if self.mask is not None and self.mask.shape == value.shape[:2]:
+            value = value * self.mask[..., None].to(value.dtype)
+        total = value.detach().float().sum(dim=(0, 1)).cpu()
+        slot = self.sums.setdefault(key, {})
+        slot[name] = slot[name] + total if name in slot else total
+
+    def count(self, key: str, value: torch.Tensor) -> None:
+        n = float(self.mask.sum()) if self.mask is not None and self.mask.shape == value.shape[:2] else float(
+            value.shape[0] * value.shape[1])
+        slot = self.sums.setdefault(key, {})
+        slot["_n"] = slot.get("_n", torch.tensor(0.0)) + n
+
+
+class _GateSet(nn.Module):
+    """Shared attach/detach/save logic of the two gate families."""
+
+    family = ""
+
+    def __init__(self):
+        super().__init__()
+        self.alpha = 1.0
+        self._handles: list = []
+        self._recorder: _Recorder | None = None
+
+    # -- attaching ------------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self, model: Any, alpha: float | None = None) -> _GateSet:
+        """Hook the gates into ``model`` (``alpha``: the gate scale, default 1 = learned gates).
+
+        Returns self, which is also a context manager that detaches on exit::
+
+            with gates.attach(model, alpha=-1):
+                model.generate(...)
+        """
+        if self.attached:
+            raise GatingError("these gates are already attached; detach() them first")
+        if alpha is not None:
+            self.alpha = float(alpha)
+        self._handles = self._install(_hf(model))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> _GateSet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def _install(self, model: nn.Module) -> list:
+        raise NotImplementedError
+
+    # -- saving ---------------------------------------------------------------------------------
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        """Write ``gates.safetensors`` (the gate parameters only) and ``gates.json`` (their config)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / GATES_WEIGHTS))
+        cfg = {"format_version": FORMAT_VERSION, **self.config(), **(extra or {})}
+        (folder / GATES_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+        return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# attention-output gates (the paper's family)
+# ---------------------------------------------------------------------------------------------
+def attention_projections(model: Any) -> dict[int, tuple[nn.Module, nn.Module]]:
+    """``{layer: (q_proj, o_proj)}`` of every attention block (Llama/Mistral/Qwen/Gemma naming).
+
+    Works through ``peft`` wrappers and transformer-lens bridges (both keep the
+    ``layers.N`` path and the projection modules). Raises :class:`GatingError`
+    for architectures without separate ``q_proj``/``o_proj`` (e.g. GPT-2's fused ``c_attn``).
+    """
+    found: dict[int, tuple[nn.Module, nn.Module]] = {}
+    for name, mod in _hf(model).named_modules():
+        q, o = getattr(mod, "q_proj", None), getattr(mod, "o_proj", None)
+        if isinstance(q, nn.Module) and isinstance(o, nn.Module):
+            m = _LAYER.search(name)
+            if m and int(m.group(1)) not in found:
+                found[int(m.group(1))] = (q, o)
+    if not found:
+        raise GatingError(
+            f"no attention block with q_proj/o_proj found in {type(_hf(model)).__name__}: attention gates support "
+            "Llama-style attention (Llama, Mistral, Qwen, Gemma, SmolLM); fused projections such as GPT-2's "
+            "c_attn are not supported"
+        )
+    return dict(sorted(found.items()))
+
+
+def _in_features(linear: nn.Module) -> int:
+    base = getattr(linear, "base_layer", linear)  # peft LoRA wrapper
+    return int(base.in_features)
+
+
+class AttentionGates(_GateSet):
+    """One :class:`Gate` per chosen attention layer (``d_model -> n_heads * head_dim``)."""
+
+    family = "attention"
+
+    def __init__(self, layers: Sequence[int], d_in: int, d_out: int, n_heads: int, model: str | None = None):
+        super().__init__()
+        if not layers:
+            raise GatingError("at least one layer must be gated")
+        if d_out % n_heads:
+            raise GatingError(f"gate width {d_out} is not a multiple of n_heads={n_heads}")
+        self.layers = sorted(int(x) for x in layers)
+        self.d_in, self.d_out, self.n_heads, self.model_spec = int(d_in), int(d_out), int(n_heads), model
+        self.gates = nn.ModuleDict({str(layer): Gate(self.d_in, self.d_out) for layer in self.layers})
+        self._h: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def for_model(cls, model: Any, layers: Sequence[int] | None = None, model_spec: str | None = None) -> AttentionGates:
+        """Open gates sized for ``model``; ``layers=None`` gates every attention layer."""
+        proj = attention_projections(model)
+        use = list(proj) if layers is None else [int(x) for x in layers]
+        missing = sorted(set(use) - set(proj))
+        if missing:
+            raise GatingError(f"the model has no attention layer(s) {missing}; it has layers 0..{max(proj)}")
+        q, o = proj[use[0]]
+        config = getattr(_hf(model), "config", None)
+        n_heads = int(getattr(config, "num_attention_heads", 0) or 1)
+        return cls(use, _in_features(q), _in_features(o), n_heads, model=model_spec)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_out // self.n_heads
+
+    def config(self) -> dict:
+        return {"family": self.family, "layers": self.layers, "d_in": self.d_in, "d_out": self.d_out,
+                "n_heads": self.n_heads, "model": self.model_spec}
+
+    def _install(self, model: nn.Module) -> list:
+        proj = attention_projections(model)
+        handles = []
+        try:
+            for layer in self.layers:
+                if layer not in proj:
+                    raise GatingError(f"gates for layer {layer} but the model's attention layers are 0..{max(proj)}")
+                q, o = proj[layer]
+                if (_in_features(q), _in_features(o)) != (self.d_in, self.d_out):
+                    raise GatingError(
+                        f"layer {layer}: gates map {self.d_in} -> {self.d_out} but the model's q_proj takes "
+                        f"{_in_features(q)} and o_proj takes {_in_features(o)} (gates trained for {self.model_spec!r})"
+                    )
+                handles.append(q.register_forward_pre_hook(self._capture_hook(layer), with_kwargs=True))
+                handles.append(o.register_forward_pre_hook(self._gate_hook(layer), with_kwargs=True))
+        except Exception:
+            for h in handles:
+                h.remove()
+            raise
+        return handles
+
+    def _capture_hook(self, layer: int):
+        def hook(_mod, args, kwargs):
+            self._h[layer] = args[0] if args else kwargs["input"]
+
+        return hook
+
+    def _gate_hook(self, layer: int):
+        def hook(_mod, args, kwargs):
+            h = self._h.pop(layer, None)
+            if h is None:
+                raise GatingError(f"layer {layer}: o_proj ran without q_proj having run first")
+            if self.alpha == 0.0 and self._recorder is None:
+                return None
+            x = args[0] if args else kwargs["input"]
+            g = self.gates[str(layer)](h, self.alpha)
+            if self._recorder is not None:
+                self._recorder.add(f"layer{layer}", "abs", (g - 1.0).abs())
+                self._recorder.add(f"layer{layer}", "signed", g - 1.0)
+                self._recorder.count(f"layer{layer}", g)
+            if self.alpha == 0.0:
+                return None
+            y = x * g.to(x.dtype)
+            return ((y,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": y})
+
+        return hook
+
+
+# ---------------------------------------------------------------------------------------------
+# SAE-latent gates (our extension)
+# ---------------------------------------------------------------------------------------------
+def decoder_layers(model: Any) -> nn.ModuleList:
+    """The model's list of transformer blocks (``model.layers`` / ``transformer.h``)."""
+    for name, mod in _hf(model).named_modules():
+        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h") and len(mod) > 0:
+            return mod
+    raise GatingError(f"no list of transformer blocks (…layers / …h) found in {type(_hf(model)).__name__}")
+
+
+def resid_post_layer(hook: str) -> int:
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
+    if not m:
+        raise GatingError(f"SAE gates need an SAE on a residual-stream hook blocks.L.hook_resid_post, not {hook!r}")
+    return int(m.group(1))
+
+
+class SAEGates(_GateSet):
+    """Gates on an SAE's latents at its hook: ``x -> x + ((g - 1) * a(x)) @ W_dec``, ``g = 2 sigmoid(W x + b)``.
+
+    The SAE itself is frozen and not saved with the gates (``gates.json``
+    records its spec; :func:`load_gates` loads it again).
+    """
+
+    family = "sae"
+
+    def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None):
+        super().__init__()
+        from .saes import sae_hook_name
+
+        self.hook = hook or sae_hook_name(sae)
+        self.layer = resid_post_layer(self.hook)
+        self.sae_spec, self.model_spec = sae_spec, model
+        self.d_in, self.d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
+        object.__setattr__(self, "sae", sae)  # not a submodule: never trained, never saved
+        for p in sae.parameters():
+            p.requires_grad_(False)
+        self.gate = Gate(self.d_in, self.d_sae)
+
+    def config(self) -> dict:
+        return {"family": self.family, "sae": self.sae_spec, "hook": self.hook, "layer": self.layer,
+                "d_in": self.d_in, "d_sae": self.d_sae, "model": self.model_spec}
+
+    def _install(self, model: nn.Module) -> list:
+        layers = decoder_layers(model)
+        if self.layer >= len(layers):
+            raise GatingError(f"SAE hook {self.hook} but the model has {len(layers)} layers")
+        d_model = getattr(getattr(model, "config", None), "hidden_size", self.d_in)
+        if int(d_model) != self.d_in:
+            raise GatingError(f"the SAE reads width {self.d_in} but the model's residual stream is {d_model}")
+        self.sae.to(next(model.parameters()).device)
+        self.gate.to(next(model.parameters()).device)
+        return [layers[self.layer].register_forward_hook(self._latent_hook)]
+
+    def _latent_hook(self, _mod, _args, output):
+        if self.alpha == 0.0 and self._recorder is None:
+            return None
+        x = output[0] if isinstance(output, tuple) else output
+        sae_dtype = self.sae.W_dec.dtype
+        a = self.sae.encode(x.to(sae_dtype)).float()
+        g = self.gate(x, self.alpha)
+        if self._recorder is not None:
+            norms = self.sae.W_dec.detach().float().norm(dim=1)
+            self._recorder.add("sae", "abs", (g - 1.0).abs())
+            self._recorder.add("sae", "signed", g - 1.0)
+            self._recorder.add("sae", "effect", ((g - 1.0) * a).abs() * norms)
+            self._recorder.add("sae", "active", (a > 0).float())
+            self._recorder.count("sae", g)
+        if self.alpha == 0.0:
+            return None
+        delta = ((g - 1.0) * a) @ self.sae.W_dec.float()
+        y = x + delta.to(x.dtype)
+        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and analysis
+# ---------------------------------------------------------------------------------------------
+def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None) -> AttentionGates | SAEGates:
+    """Load gates saved by :meth:`_GateSet.save` (an SAE-gates folder loads its SAE by spec unless ``sae`` is given)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "gates" / GATES_CONFIG).is_file():  # a fine-tune run folder
+        folder = folder / "gates"
+    cfg_path, w_path = folder / GATES_CONFIG, folder / GATES_WEIGHTS
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise GatingError(f"{folder} is not a gates folder (needs {GATES_CONFIG} and {GATES_WEIGHTS})")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise GatingError(f"{cfg_path}: line {e.lineno}: not valid JSON ({e.msg})") from e
+    family = cfg.get("family")
+    if family == "attention":
+        gates: _GateSet = AttentionGates(cfg["layers"], cfg["d_in"], cfg["d_out"], cfg["n_heads"], model=cfg.get("model"))
+    elif family == "sae":
+        if sae is None:
+            from .saes import load_sae
+
+            sae = load_sae(cfg["sae"])
+        gates = SAEGates(sae, cfg["sae"], hook=cfg.get("hook"), model=cfg.get("model"))
+    else:
+        raise GatingError(f"{cfg_path}: field 'family': expected 'attention' or 'sae', got {family!r}")
+    state = load_file(str(w_path))
+    missing, unexpected = gates.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise GatingError(f"{w_path}: gate weights do not match {cfg_path} (missing {missing}, unexpected {unexpected})")
+    if device is not None:
+        gates.to(device)
+    gates.meta = cfg  # type: ignore[attr-defined]
+    return gates
+
+
+@torch.no_grad()
+def gate_movement(gates: _GateSet, model: Any, batches: Iterable[dict]) -> dict:
+    """How far the learned gates move from open on real inputs (at alpha = 1).
+
+    ``batches`` yields ``{"input_ids", "attention_mask"}`` (and optionally
+    ``"count_mask"``: which tokens to average over, e.g. response tokens).
+    Returns, per gated unit, the mean ``|g - 1|`` and the mean signed ``g - 1``;
+    attention gates also per head (mean over the head's dimensions); SAE gates
+    also each latent's firing frequency and its mean change of contribution to
+    the residual stream ``|g - 1| * a * ||W_dec||``.
+    """
+    hf = _hf(model)
+    was_attached, alpha = gates.attached, gates.alpha
+    rec = _Recorder()
+    gates._recorder = rec
+    if not was_attached:
+        gates.attach(hf, alpha=1.0)
+    else:
+        gates.alpha = 1.0
+    try:
+        device = next(hf.parameters()).device
+        for batch in batches:
+            rec.mask = batch.get("count_mask", batch["attention_mask"]).to(device)
+            hf(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+    finally:
+        gates._recorder = None
+        gates.alpha = alpha
+        if not was_attached:
+            gates.detach()
+    out: dict[str, Any] = {"family": gates.family}
+    if isinstance(gates, AttentionGates):
+        abs_rows, signed_rows = [], []
+        for layer in gates.layers:
+            s = rec.sums.get(f"layer{layer}")
+            if s is None:
+                raise GatingError(f"layer {layer}: the gates never ran (empty batches?)")
+            abs_rows.append((s["abs"] / s["_n"]).numpy())
+            signed_rows.append((s["signed"] / s["_n"]).numpy())
+        unit_abs, unit_signed = np.stack(abs_rows), np.stack(signed_rows)
+        per_head = unit_abs.reshape(len(gates.layers), gates.n_heads, gates.head_dim).mean(-1)
+        order = np.argsort(-per_head, axis=None)[:10]
+        out.update({
+            "layers": gates.layers, "n_heads": gates.n_heads, "head_dim": gates.head_dim,
+            "n_tokens": float(rec.sums[f"layer{gates.layers[0]}"]["_n"]),
+            "unit_abs": unit_abs, "unit_signed": unit_signed, "head_abs": per_head,
+            "top_heads": [{"layer": gates.layers[i // gates.n_heads], "head": int(i % gates.n_heads),
+                           "mean_abs": float(per_head.reshape(-1)[i])} for i in order],
+        })
+    else:
+        s = rec.sums.get("sae")
+        if s is None:
+            raise GatingError("the SAE gates never ran (empty batches?)")
+        n = s["_n"]
+        freq = (s["active"] / n).numpy()
+        out.update({
+            "n_tokens": float(n), "latent_abs": (s["abs"] / n).numpy(), "latent_signed": (s["signed"] / n).numpy(),
+            "latent_effect": (s["effect"] / n).numpy(), "latent_freq": freq,
+        })
+    return out
+
+
+def sae_gate_geometry(movement: dict, directions: np.ndarray, harmful: Sequence[int], top: int = 50,
+                      min_freq: float = 1e-3) -> dict:
+    """Decoder cosine of the most-moved SAE latents to the harmful features.
+
+    Latents are ranked by ``latent_effect`` among those firing on at least
+    ``min_freq`` of the counted tokens (a gate on a latent that never fires
+    changes nothing). Compares their max cosine to the harmful set (self-matches
+    excluded) with the other firing latents': means and the AUROC that a
+    top-moved latent sits closer to harmful features than a non-moved one.
+    """
+    from .geometry import auroc, feature_proximity, nearest_harmful
+
+    if movement.get("family") != "sae":
+        raise GatingError("sae_gate_geometry needs the movement of SAE gates")
+    prox = feature_proximity(directions, harmful, agg="max")
+    eligible = np.flatnonzero(movement["latent_freq"] >= min_freq)
+    if len(eligible) <= top:
+        raise GatingError(f"only {len(eligible)} latents fire on >= {min_freq:g} of tokens; need more than top={top}")
+    ranked = eligible[np.argsort(-movement["latent_effect"][eligible], kind="stable")]
+    moved, rest = ranked[:top], ranked[top:]
+    near = nearest_harmful(directions, harmful, moved.tolist(), n=1)
+    harmful_set = {int(h) for h in harmful}
+    rows = []
+    for i, lat in enumerate(moved):
+        nh = near[i][0] if near[i] else (None, float("nan"))
+        rows.append({"latent": int(lat), "effect": float(movement["latent_effect"][lat]),
+                     "signed": float(movement["latent_signed"][lat]), "freq": float(movement["latent_freq"][lat]),
+                     "is_harmful": int(lat) in harmful_set, "max_cos_harmful": float(prox[lat]),
+                     "nearest_harmful": None if nh[0] is None else int(nh[0]), "cos": float(nh[1])})
+    return {
+        "top": top, "min_freq": min_freq, "n_eligible": int(len(eligible)),
+        "moved_mean_cos": float(prox[moved].mean()), "rest_mean_cos": float(prox[rest].mean()),
+        "auroc_moved_vs_rest": float(auroc(prox[moved], prox[rest])),
+        "n_moved_harmful": int(sum(r["is_harmful"] for r in rows)),
+        "expected_harmful_by_chance": float(top * len(harmful_set & set(eligible.tolist())) / len(eligible)),
+        "latents": rows,
+    }
+
+
+def analyze_gates(gates_dir: str | Path, data: str | Path, *, model: str | None = None,
+                  harmful: Sequence[int] | None = None, max_samples: int = 64, batch_size: int = 8, top: int = 50,
+                  out: str | Path | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Which heads/units (attention gates) or latents (SAE gates) moved most, on DATA's response tokens.
+
+    Loads the gates' base model (or ``model``), runs the first ``max_samples``
+    rows of ``data`` with the learned gates (alpha = 1) and averages over their
+    response tokens. For SAE gates with a ``harmful`` feature set, adds
+    :func:`sae_gate_geometry`. With ``out``: writes ``gate_analysis.json`` and
+    the plot(s) there. Returns the JSON-able summary.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import prepare_dataset
+    from .finetune import collate
+    from .models import load_causal_lm
+    from . import plots
+
+    gates = load_gates(gates_dir)
+    spec = model or gates.meta.get("base_model") or gates.meta.get("model")
+    if spec is None:
+        raise GatingError(f"{gates_dir}: the gates record no base model; pass model=")
+    hf, tok, _ = load_causal_lm(spec, device=device, progress=progress)
+    gates.to(next(hf.parameters()).device)
+    ds = prepare_dataset(data, tok, max_tokens=512)
+    rows = ds.tokenized[:max_samples]
+    if not rows:
+        raise GatingError(f"{data}: no samples to measure the gates on")
+
+    def batches():
+        for i in tqdm(range(0, len(rows), batch_size), desc="gate movement", disable=not progress):
+            b = collate(rows[i:i + batch_size], tok.pad_token_id)
+            yield {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "count_mask": b["labels"] != -100}
+
+    mv = gate_movement(gates, hf, batches())
+    summary: dict[str, Any] = {"gates": str(gates_dir), "model": spec, "data": str(data), "n_samples": len(rows),
+                               "n_tokens": mv["n_tokens"], "family": mv["family"]}
+    out = Path(out) if out is not None else None
+    if isinstance(gates, AttentionGates):
+        summary["top_heads"] = mv["top_heads"]
+        summary["layer_mean_abs"] = {int(layer): float(v) for layer, v in zip(gates.layers, mv["head_abs"].mean(1))}
+        summary["head_abs"] = mv["head_abs"].round(6).tolist()
+        if out is not None:
+            summary["plots"] = [str(p) for p in plots.gate_heads(mv["head_abs"], gates.layers, out / "gate_heads")]
+    else:
+        order = np.argsort(-mv["latent_effect"], kind="stable")[:top]
+        summary["top_latents"] = [{"latent": int(i), "effect": float(mv["latent_effect"][i]),
+                                   "signed": float(mv["latent_signed"][i]), "freq": float(mv["latent_freq"][i])}
+                                  for i in order]
+        if harmful is not None:
+            from .geometry import feature_proximity, unit_directions
+
+            d = unit_directions(gates.sae)
+            geo = sae_gate_geometry(mv, d, harmful, top=top)
+            summary["geometry"] = geo
+            if out is not None:
+                prox = feature_proximity(d, harmful, agg="max")
+                summary["plots"] = [str(p) for p in plots.gate_latents(
+                    mv["latent_effect"], prox, [r["latent"] for r in geo["latents"]], out / "gate_latents",
+                    harmful=list(harmful))]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gate_analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
