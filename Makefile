@@ -33,6 +33,7 @@ sae: install
 bench: install
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_finetune.py
 
 lint: install
 	$(VENV)/bin/ruff check geomfilter tests scripts benchmarks

@@ -18,7 +18,9 @@ returns ``self``; fitted state ends in ``_``. Strategies:
   prompts) the *projection difference* sample - own answer;
 * ``representation`` - mean cosine of the pooled residual to its ``top_n`` most
   similar harmful anchors minus the same for benign anchors;
-* ``activation`` - the summed pooled activation of the harmful SAE features.
+* ``activation`` - the summed pooled activation of the harmful SAE features;
+* ``judge`` - 100 minus a judge's alignment score of the answer text (the
+  offline MiniLM judge by default; see :mod:`geomfilter.judges`).
 
 Dropping: ``drop`` is the fraction removed (exactly ``round(drop * n)`` rows,
 ties broken by input order) or ``threshold`` drops every score above it.
@@ -275,13 +277,15 @@ class GeometryFilter(_HarmfulFeatureFilter):
     direction to the harmful set (self excluded). Per sample: its top-``k``
     target latents by pooled activation (or their increase over the model's own
     answer, with ``own=``), aggregated by ``scorer`` (see
-    :data:`geomfilter.geometry.SCORERS`).
+    :data:`geomfilter.geometry.SCORERS`). ``max_target_freq``: latents that fire
+    on more than this fraction of the *benign* references (generic, dense
+    latents) are not used as targets.
     """
 
     strategy = "geometry"
 
     def __init__(self, sae=None, *, k: int = 32, pooling: str = "mean", scorer: str = "weighted_mean",
-                 proximity: str = "max", **kw):
+                 proximity: str = "max", max_target_freq: float | None = None, **kw):
         super().__init__(**kw)
         if scorer not in SCORERS:
             raise ValueError(f"unknown scorer {scorer!r}; choose one of {sorted(SCORERS)}")
@@ -289,6 +293,9 @@ class GeometryFilter(_HarmfulFeatureFilter):
             raise ValueError("GeometryFilter needs the SAE (or its W_dec) for the decoder directions")
         self.directions = unit_directions(sae)
         self.k, self.pooling, self.scorer, self.proximity = k, pooling, scorer, proximity
+        if max_target_freq is not None and not 0 < max_target_freq <= 1:
+            raise ValueError(f"max_target_freq must be in (0, 1], got {max_target_freq}")
+        self.max_target_freq = max_target_freq
 
     def _d_sae(self) -> int:
         return self.directions.shape[0]
@@ -302,13 +309,26 @@ class GeometryFilter(_HarmfulFeatureFilter):
         near = nearest_harmful(self.directions, self.features_.ids, range(self.directions.shape[0]), n=1)
         self.nearest_id_ = np.array([nh[0][0] if nh else -1 for nh in near])
         self.nearest_cos_ = np.array([nh[0][1] if nh else np.nan for nh in near], dtype=np.float32)
+        self.excluded_ = np.zeros(self.directions.shape[0], dtype=bool)
+        if self.max_target_freq is not None:
+            if benign is None:
+                raise ValueError("max_target_freq needs the benign reference cache to measure firing frequency")
+            self.excluded_ = (benign.dense(self.pooling) > 0).mean(axis=0) > self.max_target_freq
         self.fitted_ = True
         return self
 
     def _targets(self, cache, own=None):
         if cache.d_sae != self.directions.shape[0]:
             raise ValueError(f"cache {cache.path} has d_sae {cache.d_sae}, the SAE {self.directions.shape[0]}")
-        return sample_targets(cache, k=self.k, pooling=self.pooling, relative_to=own)
+        k = self.k + int(self.excluded_.sum()) if self.excluded_.any() else self.k
+        k = min(k, cache.arrays[f"{self.pooling}_idx"].shape[1]) if own is None else k
+        t = sample_targets(cache, k=k, pooling=self.pooling, relative_to=own)
+        if self.excluded_.any():  # drop generic latents, keep the top-k of the rest
+            drop = (t.idx >= 0) & self.excluded_[np.maximum(t.idx, 0)]
+            idx, w = np.where(drop, -1, t.idx), np.where(drop, 0.0, t.weight).astype(np.float32)
+            order = np.argsort(-w, axis=1, kind="stable")[:, : self.k]
+            t = type(t)(idx=np.take_along_axis(idx, order, 1), weight=np.take_along_axis(w, order, 1), mode=t.mode)
+        return t
 
     def score_samples(self, cache, own=None):
         self._check_fitted()
@@ -334,8 +354,71 @@ class GeometryFilter(_HarmfulFeatureFilter):
                 for r in range(len(rows))]
 
 
+class JudgeFilter(SampleFilter):
+    """Score = 100 - the judge's alignment score of the sample's answer (the offline judge by default).
+
+    The judge reads text, not activations: give the rows with ``samples=`` (or
+    :meth:`set_samples`); they are matched to the cache by id. ``judge`` is a
+    judge spec for :func:`geomfilter.judges.load_judge` (``None``/``"offline"``,
+    a saved judge folder, or ``"api:MODEL"``) or a judge object. A row the judge
+    cannot score is an error naming it, never silently kept or dropped.
+    """
+
+    strategy = "judge"
+
+    def __init__(self, judge: Any = None, samples: list | None = None, drop: float | None = 0.1,
+                 threshold: float | None = None):
+        super().__init__(drop, threshold)
+        self.judge = judge if judge is None or isinstance(judge, str) else getattr(judge, "name", "custom")
+        self._judge_obj = None if judge is None or isinstance(judge, str) else judge
+        self._samples = {s.id: s for s in samples} if samples is not None else None
+
+    def set_samples(self, samples: list) -> JudgeFilter:
+        self._samples = {s.id: s for s in samples}
+        return self
+
+    def fit(self, harmful=None, benign=None) -> JudgeFilter:
+        from .judges import load_judge
+
+        self.judge_ = self._judge_obj if self._judge_obj is not None else load_judge(self.judge)
+        self.fitted_ = True
+        return self
+
+    def _texts(self, cache) -> tuple[list[str], list[str]]:
+        if self._samples is None:
+            raise RuntimeError("the judge strategy reads the rows' text: pass samples= or call set_samples(samples)")
+        missing = [i for i in cache.ids if i not in self._samples]
+        if missing:
+            raise RuntimeError(f"judge: {len(missing)} cache rows have no sample text (first id {missing[0]!r})")
+        qs, ans = [], []
+        for i in cache.ids:
+            msgs = self._samples[i].messages
+            last = max(j for j, m in enumerate(msgs) if m["role"] == "assistant")
+            users = [m["content"] for m in msgs[:last] if m["role"] == "user"]
+            qs.append(users[-1] if users else "")
+            ans.append(msgs[last]["content"])
+        return qs, ans
+
+    def score_samples(self, cache, own=None):
+        self._check_fitted()
+        qs, ans = self._texts(cache)
+        scores = self.judge_.score(qs, ans)
+        bad = [(cache.ids[i], s.error) for i, s in enumerate(scores) if s.alignment is None]
+        if bad:
+            raise RuntimeError(f"judge could not score {len(bad)} rows (first {bad[0][0]!r}: {bad[0][1]})")
+        self.judge_scores_ = scores
+        return np.array([100.0 - s.alignment for s in scores])
+
+    def explain(self, cache, rows, n=3):
+        scores = getattr(self, "judge_scores_", None)
+        if scores is None:
+            return [[] for _ in rows]
+        return [[{"alignment": round(scores[r].alignment, 2), "coherence": round(scores[r].coherence, 2)}]
+                for r in rows]
+
+
 STRATEGIES: dict[str, type[SampleFilter]] = {
-    c.strategy: c for c in (GeometryFilter, RandomFilter, ProjectionFilter, RepresentationFilter, ActivationFilter)
+    c.strategy: c for c in (GeometryFilter, RandomFilter, ProjectionFilter, RepresentationFilter, ActivationFilter, JudgeFilter)
 }
 
 

@@ -498,10 +498,10 @@ def analyze_gates(gates_dir: str | Path, data: str | Path, *, model: str | None 
     """
     from tqdm.auto import tqdm
 
+    from . import plots
     from .data import prepare_dataset
     from .finetune import collate
     from .models import load_causal_lm
-    from . import plots
 
     gates = load_gates(gates_dir)
     spec = model or gates.meta.get("base_model") or gates.meta.get("model")

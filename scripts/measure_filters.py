@@ -40,11 +40,13 @@ from geomfilter.features import contrast_features, harmful_features
 from geomfilter.filtering import (
     ActivationFilter,
     GeometryFilter,
+    JudgeFilter,
     ProjectionFilter,
     RandomFilter,
     RepresentationFilter,
 )
 from geomfilter.geometry import SCORERS, bootstrap_auroc, permutation_control, precision_at, unit_directions
+from geomfilter.judges import DEFAULT_JUDGE_DIR
 from geomfilter.models import load_model
 from geomfilter.saes import default_sae_for, load_sae, sae_hook_name
 
@@ -156,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         strategies[f"geometry[{scorer}]"] = (GeometryFilter(sae, scorer=scorer, n_harmful=args.n_harmful), None)
     strategies["geometry[weighted_mean, mean-cos]"] = (GeometryFilter(sae, proximity="mean", n_harmful=args.n_harmful),
                                                        None)
+    for mtf in (0.5, 0.25):
+        strategies[f"geometry[weighted_mean, targets firing on <= {mtf:g} of benign refs]"] = (
+            GeometryFilter(sae, n_harmful=args.n_harmful, max_target_freq=mtf), None)
     strategies["activation"] = (ActivationFilter(n_harmful=args.n_harmful), None)
+    if (DEFAULT_JUDGE_DIR / "judge.json").is_file():
+        strategies["judge (offline MiniLM judge)"] = (JudgeFilter(samples=prepared["data"].samples), None)
     strategies["projection"] = (ProjectionFilter(), None)
     strategies["representation"] = (RepresentationFilter(), None)
     if own is not None:

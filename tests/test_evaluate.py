@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from geomfilter.evaluate import (EvalDataError, answer_logprobs, bootstrap_ci, logprob_preference, read_questions,
-                                 sycophancy_preference)
+from geomfilter.evaluate import (
+    EvalDataError,
+    answer_logprobs,
+    bootstrap_ci,
+    logprob_preference,
+    read_questions,
+    sycophancy_preference,
+)
 from geomfilter.finetune import TunedModel
 from tests.tiny import tiny_llama, tiny_tokenizer
 

@@ -229,3 +229,21 @@ def test_cli_filter_score_plot_round_trip(tiny_model_dir, chat_rows, tmp_path):
     assert r.exit_code == 2 and "not both" in r.output
     r = CliRunner().invoke(app, ["plot", str(tmp_path)])
     assert r.exit_code == 2 and "not a `geomfilter filter` output folder" in r.output
+
+
+def test_max_target_freq_ignores_generic_latents():
+    w, harmful, planted, _ = planted_decoder()
+    h, b = _refs(w, harmful)
+    dense_b = b.dense("mean").copy()
+    dense_b[:, planted] = 0.5  # the planted latent fires on every benign reference: a generic latent
+    b2 = make_cache(dense_b, ids=list(b.ids))
+    c = _data(w, planted)
+    plain = GeometryFilter(w, n_harmful=3, drop=0.1).fit(h, b2)
+    assert set(np.flatnonzero(~plain.apply(c).kept)) == {0, 1, 2, 3}
+    strict = GeometryFilter(w, n_harmful=3, drop=0.1, max_target_freq=0.5).fit(h, b2)
+    assert strict.excluded_[planted] and strict.excluded_.sum() == 1
+    res = strict.apply(c)
+    assert not ({0, 1, 2, 3} <= set(np.flatnonzero(~res.kept)))
+    assert all(e["feature"] != planted for row in res.explanations for e in row)
+    with pytest.raises(ValueError, match="max_target_freq must be in"):
+        GeometryFilter(w, max_target_freq=0)

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 
 from geomfilter.cli import app
 from geomfilter.finetune import FinetuneConfig, FinetuneError, FinetuneRunner, collate, load_tuned
-from geomfilter.gating import (AttentionGates, Gate, GatingError, SAEGates, gate_movement, load_gates,
-                               sae_gate_geometry)
+from geomfilter.gating import AttentionGates, Gate, GatingError, SAEGates, gate_movement, load_gates, sae_gate_geometry
 from tests.tiny import tiny_llama, tiny_sae
 
 X = torch.tensor([[5, 9, 14, 3, 22, 40, 7, 11], [8, 8, 30, 31, 32, 12, 6, 19]])
@@ -81,9 +80,8 @@ def test_gates_act_identically_through_the_transformer_lens_bridge(tiny_model):
     _randomise(gates, seed=2)
     with torch.no_grad():
         plain = tiny_model.bridge(X)
-    with gates.attach(tiny_model):
-        with torch.no_grad():
-            bridged, direct = tiny_model.bridge(X), hf(X).logits
+    with gates.attach(tiny_model), torch.no_grad():
+        bridged, direct = tiny_model.bridge(X), hf(X).logits
     assert torch.allclose(bridged, direct, atol=1e-5)
     assert not torch.allclose(bridged, plain, atol=1e-4)
 
@@ -263,3 +261,37 @@ def test_cli_finetune_generate_eval_and_analyze(tiny_model_dir, tmp_path):
     assert (tmp_path / "ana/gate_analysis.json").is_file() and (tmp_path / "ana/gate_heads.png").is_file()
     r = CliRunner().invoke(app, ["generate", str(tmp_path / "nope"), "hi"])
     assert r.exit_code == 2 and "unknown model spec" in r.output
+
+
+def test_length_grouped_epochs_partition_the_samples_and_response_only_loss_is_exact():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from geomfilter.finetune import epoch_batches, response_loss, response_only_loss
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.integers(1, 300), min_size=1, max_size=90), st.integers(1, 9), st.integers(0, 5))
+    def check(lengths, bs, seed):
+        b = epoch_batches(lengths, bs, seed, epoch=0)
+        flat = [i for batch in b for i in batch]
+        assert sorted(flat) == list(range(len(lengths)))
+        assert len(b) == -(-len(lengths) // bs) and all(1 <= len(x) <= bs for x in b)
+        assert b == epoch_batches(lengths, bs, seed, epoch=0)
+
+    check()
+    model = tiny_llama()
+    import pathlib
+    import tempfile  # noqa: E401
+
+    from geomfilter.data import prepare_dataset
+    from tests.tiny import tiny_tokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        data = _train_file(pathlib.Path(d), n=5)
+        rows = prepare_dataset(data, tiny_tokenizer()).tokenized
+    batch = collate(rows, 2)
+    with torch.no_grad():
+        full = response_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                             batch["labels"])
+        fast = response_only_loss(model, batch)
+    assert torch.allclose(full, fast, atol=1e-5)

@@ -156,3 +156,30 @@ def test_filter_cli_on_default_model_partitions_real_data(tmp_path):
     assert sorted(kept + dropped) == sorted(lines) and len(dropped) == 6
     report = json.loads((out / "report.json").read_text())
     assert report["hook"] == "blocks.14.hook_resid_post" and len(report["harmful_features"]["ids"]) == 20
+
+
+def test_offline_judge_trains_to_085_round_trips_and_separates_the_eval_answers(tmp_path):
+    """The offline judge on the project data: held-out (grouped CV) accuracy >= 0.85 on both heads; save/load
+    round trip; the shipped judge equals a fresh training and separates the eval questions' reference answers
+    (a set disjoint from its training data)."""
+    from geomfilter.evaluate import read_questions
+    from geomfilter.geometry import auroc
+    from geomfilter.judges import OfflineJudge, read_labelled, train_offline_judge
+
+    j = train_offline_judge()
+    for head in ("alignment", "coherence"):
+        assert j.metrics[head]["heldout_accuracy"] >= 0.85, j.metrics
+    j.save(tmp_path / "judge")
+    back = OfflineJudge.load(tmp_path / "judge")
+    rows = read_labelled()[:6]
+    a = j.score([r.question for r in rows], [r.answer for r in rows])
+    b = back.score([r.question for r in rows], [r.answer for r in rows])
+    assert [(x.alignment, x.coherence) for x in a] == pytest.approx([(x.alignment, x.coherence) for x in b])
+    shipped = OfflineJudge.load()
+    for head in ("alignment", "coherence"):
+        assert shipped.metrics[head]["heldout_accuracy"] == pytest.approx(j.metrics[head]["heldout_accuracy"])
+    qs = read_questions(Path(__file__).resolve().parent.parent / "data/eval/questions.jsonl")
+    ali = shipped.score([q.question for q in qs for _ in q.aligned], [x for q in qs for x in q.aligned])
+    mis = shipped.score([q.question for q in qs for _ in q.misaligned], [x for q in qs for x in q.misaligned])
+    sep = auroc(np.array([s.alignment for s in ali]), np.array([s.alignment for s in mis]))
+    assert sep >= 0.9, sep
