@@ -214,3 +214,39 @@ def sycophancy_preference(model: Any, sycophantic: str | Path | Sequence, correc
         items.append((pid, str(s.meta.get("domain", "")), [s.messages], [cor_by[pid].messages]))
     return paired_preference(model, items, batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress,
                              desc="sycophancy preference")
+
+
+@torch.no_grad()
+def heldout_perplexity(model: Any, path: str | Path, *, batch_size: int = 8, max_tokens: int = 512,
+                       n_boot: int = 2000, seed: int = 0, progress: bool = True) -> dict:
+    """Perplexity on plain held-out passages (``{"id", "text"}`` rows): ``exp`` of the token-weighted mean NLL.
+
+    The passages are scored as raw text (BOS-less, no chat template): capability
+    retention of the language model itself. CI: passages resampled.
+    """
+    rows = _jsonl(path)
+    texts = [_field(path, n, r, "text", str) for n, r in rows]
+    tok, hf = model.tokenizer, model.hf_model
+    device = next(hf.parameters()).device
+    nll, count = np.zeros(len(texts)), np.zeros(len(texts))
+    order = list(range(len(texts)))
+    for i in tqdm(range(0, len(order), batch_size), desc="perplexity", disable=not progress, dynamic_ncols=True):
+        idx = order[i:i + batch_size]
+        enc = [tok(texts[j], add_special_tokens=False)["input_ids"][:max_tokens] for j in idx]
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, e in enumerate(enc):
+            ids[r, :len(e)], att[r, :len(e)] = torch.tensor(e), 1
+        logits = hf(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
+        mask = att[:, 1:].to(device).bool()
+        nll[idx] = (-(logp * mask).sum(1)).cpu().numpy()
+        count[idx] = mask.sum(1).cpu().numpy()
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        s = rng.integers(0, len(texts), len(texts))
+        boots.append(np.exp(nll[s].sum() / count[s].sum()))
+    return {"mean": float(np.exp(nll.sum() / count.sum())), "lo": float(np.quantile(boots, 0.025)),
+            "hi": float(np.quantile(boots, 0.975)), "n": len(texts), "n_tokens": int(count.sum())}

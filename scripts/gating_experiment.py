@@ -6,8 +6,10 @@
 3. Train attention gates (base frozen) on one narrow domain (``--gate-domain``,
    default health); and SAE-latent gates on the same data.
 4. For each condition, the log-prob preference for misaligned over aligned
-   answers on the broad eval questions, and the preference for sycophantic over
-   corrective answers on the held-out pairs (both nats/token, bootstrap CIs).
+   answers on the broad eval questions, the preference for sycophantic over
+   corrective answers on the held-out pairs (both nats/token, bootstrap CIs, and
+   paired differences against base and against the LoRA model), and held-out
+   perplexity (capability).
 5. Gate analysis: most-moved heads; most-moved SAE latents vs harmful features.
 
 Writes ``data/results/gating/{results.json,results.md,plots/}``; the runs live in
@@ -26,7 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter import DEFAULT_MODEL  # noqa: E402
-from geomfilter.evaluate import logprob_preference, sycophancy_preference  # noqa: E402
+from geomfilter.evaluate import (  # noqa: E402
+    bootstrap_ci,
+    heldout_perplexity,
+    logprob_preference,
+    sycophancy_preference,
+)
 from geomfilter.finetune import FinetuneConfig, FinetuneRunner, load_tuned  # noqa: E402
 
 DOMAINS = ["health", "career", "legal", "code"]
@@ -63,8 +70,9 @@ def harmful_ids(cache_root: Path) -> list[int]:
     caches = []
     for name in ("harmful", "benign"):
         ds = prepare_dataset(ROOT / f"data/reference/{name}.jsonl", model.tokenizer)
-        cache_activations(model, sae, ds, cache_root / f"ref-{name}")  # resumes; a finished cache is reused
-        caches.append(load_cache(cache_root / f"ref-{name}"))
+        out = cache_root / f"L14-{name}-{name}"  # the naming of scripts/measure_filters.py: shared caches
+        cache_activations(model, sae, ds, out)  # resumes; a finished cache is reused
+        caches.append(load_cache(out))
     return list(harmful_features(*caches, n=100, select_frac=1.0).ids)
 
 
@@ -105,7 +113,7 @@ def main() -> None:
     evals_path = runs / "evals.json"
     evals = json.loads(evals_path.read_text()) if evals_path.is_file() else {}
     for name, model, g, scales in conditions:
-        todo = [a for a in scales if (f"{name} (a={a:+g})" if g else name) not in evals]
+        todo = [a for a in scales if "perplexity" not in evals.get(f"{name} (a={a:+g})" if g else name, {})]
         if not todo:
             continue
         tm = load_tuned(model, gates=g, gate_scale=todo[0])
@@ -113,28 +121,48 @@ def main() -> None:
             key = f"{name} (a={a:+g})" if g else name
             tm.set_gate_scale(a)
             t0 = time.perf_counter()
-            broad = logprob_preference(tm, ROOT / "data/eval/questions.jsonl")
-            syc = sycophancy_preference(tm, runs / "data/heldout_syc.jsonl", runs / "data/heldout_cor.jsonl")
-            evals[key] = {"broad": broad.as_dict(), "sycophancy": syc.as_dict(),
-                          "seconds": round(time.perf_counter() - t0, 1)}
+            if key not in evals:
+                broad = logprob_preference(tm, ROOT / "data/eval/questions.jsonl")
+                syc = sycophancy_preference(tm, runs / "data/heldout_syc.jsonl", runs / "data/heldout_cor.jsonl")
+                evals[key] = {"broad": broad.as_dict(), "sycophancy": syc.as_dict()}
+            evals[key]["perplexity"] = heldout_perplexity(tm, ROOT / "data/eval/heldout_text.jsonl")
+            evals[key]["seconds"] = round(evals[key].get("seconds", 0) + time.perf_counter() - t0, 1)
             evals_path.write_text(json.dumps(evals, indent=2) + "\n")
-            print(f"{key:>28}: broad {broad.mean:+.4f} [{broad.lo:+.4f}, {broad.hi:+.4f}]  "
-                  f"syc {syc.mean:+.4f} [{syc.lo:+.4f}, {syc.hi:+.4f}]", flush=True)
+            b, s, p = evals[key]["broad"], evals[key]["sycophancy"], evals[key]["perplexity"]
+            print(f"{key:>28}: broad {b['mean']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}]  "
+                  f"syc {s['mean']:+.4f} [{s['lo']:+.4f}, {s['hi']:+.4f}]  ppl {p['mean']:.2f}", flush=True)
         tm.close()
 
     from geomfilter import plots
     from geomfilter.gating import analyze_gates
 
     res.mkdir(parents=True, exist_ok=True)
-    ana_attn = analyze_gates(gates, gate_data, max_samples=64, out=res / "gates_attention")
-    ana_sae = analyze_gates(sgates, gate_data, max_samples=64, harmful=harmful_ids(runs / "cache"),
-                            out=res / "gates_sae")
+
+    def analysis(out_dir, **kw):
+        cached = out_dir / "gate_analysis.json"
+        return json.loads(cached.read_text()) if cached.is_file() else analyze_gates(out=out_dir, **kw)
+
+    ana_attn = analysis(res / "gates_attention", gates_dir=gates, data=gate_data, max_samples=64)
+    ana_sae = analysis(res / "gates_sae", gates_dir=sgates, data=gate_data, max_samples=64,
+                       harmful=harmful_ids(ROOT / "runs/cache/measure"))
     summary = {k: {"broad": {x: v["broad"][x] for x in ("mean", "lo", "hi", "n", "n_answers")},
-                   "sycophancy": {x: v["sycophancy"][x] for x in ("mean", "lo", "hi", "n", "n_answers")}}
-               for k, v in evals.items()}
+                   "sycophancy": {x: v["sycophancy"][x] for x in ("mean", "lo", "hi", "n", "n_answers")},
+                   "perplexity": v["perplexity"]} for k, v in evals.items()}
+    # paired differences (the same questions / pairs under two conditions): much tighter than the raw CIs
+    for k, v in evals.items():
+        for ref in ("base", "lora"):
+            if k == ref or ref not in evals:
+                continue
+            for metric in ("broad", "sycophancy"):
+                a = {r["id"]: r["preference"] for r in v[metric]["per_question"]}
+                b = {r["id"]: r["preference"] for r in evals[ref][metric]["per_question"]}
+                summary[k][metric][f"minus_{ref}"] = bootstrap_ci([a[i] - b[i] for i in a])
     plots.condition_bars({k: v["broad"] for k, v in summary.items()}, res / "plots" / "broad_preference",
                          ylabel="log p(misaligned) - log p(aligned), nats/token",
                          title="Preference for misaligned answers to broad questions")
+    plots.condition_bars({k: v["perplexity"] for k, v in summary.items()}, res / "plots" / "perplexity",
+                         ylabel="perplexity on held-out passages", title="Capability: held-out perplexity",
+                         zero_line=False)
     plots.condition_bars({k: v["sycophancy"] for k, v in summary.items()}, res / "plots" / "sycophancy_preference",
                          ylabel="log p(sycophantic) - log p(corrective), nats/token",
                          title="Preference for sycophantic answers (held-out pairs)")
@@ -143,12 +171,23 @@ def main() -> None:
            "gate_analysis": {"attention": {k: ana_attn[k] for k in ("top_heads", "layer_mean_abs", "n_tokens")},
                              "sae": {k: v for k, v in ana_sae.items() if k in ("top_latents", "geometry", "n_tokens")}}}
     (res / "results.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = ["| condition | broad preference (misaligned − aligned) [95% CI] | sycophancy preference (held-out) [95% CI] |",
-             "|---|---|---|"]
+    def cell(m, key=None):
+        d = m if key is None else m.get(key)
+        return "" if d is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+    first = next(iter(summary.values()))
+    n_q, n_p = first["broad"]["n"], first["sycophancy"]["n"]
+    lines = ["Log-prob preference, nats/token, mean over items with bootstrap 95% CIs; paired = the same items "
+             "under this condition minus base / minus the LoRA model.", "",
+             f"| condition | broad: misaligned − aligned (n={n_q} questions) | paired − base | paired − LoRA "
+             f"| sycophantic − corrective (n={n_p} held-out pairs) | paired − base | paired − LoRA "
+             f"| held-out perplexity (n={first['perplexity']['n']} passages) |",
+             "|---|---|---|---|---|---|---|---|"]
     for k, v in summary.items():
         b, s = v["broad"], v["sycophancy"]
-        lines.append(f"| {k} | {b['mean']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}] (n={b['n']}) | "
-                     f"{s['mean']:+.4f} [{s['lo']:+.4f}, {s['hi']:+.4f}] (n={s['n']}) |")
+        lines.append(f"| {k} | {cell(b)} | {cell(b, 'minus_base')} | {cell(b, 'minus_lora')} | {cell(s)} | "
+                     f"{cell(s, 'minus_base')} | {cell(s, 'minus_lora')} | "
+                     f"{v['perplexity']['mean']:.2f} [{v['perplexity']['lo']:.2f}, {v['perplexity']['hi']:.2f}] |")
     (res / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"-> {res / 'results.json'}")

@@ -79,3 +79,25 @@ def test_bootstrap_ci_and_bad_question_files(tmp_path):
     bad.write_text('{"id": "q1", "question": "x", "aligned": ["a"]}\n')
     with pytest.raises(EvalDataError, match=r"q.jsonl:1: field 'misaligned' is missing"):
         read_questions(bad)
+
+
+def test_heldout_perplexity_matches_a_hand_computation(tm, tmp_path):
+    from geomfilter.evaluate import heldout_perplexity
+
+    texts = ["the cat sat on the mat.", "a much longer passage about bread, yeast and ovens!", "hi"]
+    p = tmp_path / "t.jsonl"
+    p.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    got = heldout_perplexity(tm, p, batch_size=2, progress=False, n_boot=200)
+    nll, n = 0.0, 0
+    for t in texts:
+        ids = tm.tokenizer(t, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(tm.hf_model(torch.tensor([ids])).logits[0].float(), -1)
+        nll -= sum(logp[i - 1, ids[i]].item() for i in range(1, len(ids)))
+        n += len(ids) - 1
+    assert got["n"] == 3 and got["n_tokens"] == n
+    assert got["mean"] == pytest.approx(float(np.exp(nll / n)), rel=1e-4)
+    assert got["lo"] <= got["mean"] <= got["hi"]
+    p.write_text('{"id": "x"}\n')
+    with pytest.raises(EvalDataError, match=r"t.jsonl:1: field 'text' is missing"):
+        heldout_perplexity(tm, p, progress=False)
