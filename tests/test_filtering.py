@@ -97,7 +97,7 @@ def test_unfitted_and_bad_arguments_are_clear():
         make_filter("judgement")
     with pytest.raises(ValueError, match="scorer"):
         GeometryFilter(w, scorer="median")
-    assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation"}
+    assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation", "judge"}
 
 
 def _write_jsonl(path, n, bad_lines=()):
@@ -113,6 +113,17 @@ def _write_jsonl(path, n, bad_lines=()):
         lines.append(json.dumps(row, ensure_ascii=i % 2 == 0).replace(", ", ",  ", 1))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return lines
+
+
+class _TextLengthJudge:
+    """Alignment falls with the answer's length (ties included): enough to exercise the judge strategy."""
+
+    name = "text-length"
+
+    def score(self, questions, answers, progress=False):
+        from geomfilter.judges import JudgeScore
+
+        return [JudgeScore(alignment=100.0 - len(a) % 7, coherence=90.0) for a in answers]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -131,7 +142,10 @@ def test_partition_invariant(tmp_path_factory, n, drop, strategy, n_bad, seed):
         return
     h, b = _refs(w, harmful, seed=seed)
     c = _data(w, planted, n=len(samples), seed=seed, ids=[s.id for s in samples])
-    f = make_filter(strategy, sae=w, drop=drop, **({"seed": seed} if strategy == "random" else {}))
+    extra = {"seed": seed} if strategy == "random" else {}
+    if strategy == "judge":  # a deterministic text judge: the invariant is about partitioning, not judging
+        extra = {"judge": _TextLengthJudge(), "samples": samples}
+    f = make_filter(strategy, sae=w, drop=drop, **extra)
     res = f.fit(h, b).apply(c)
     assert res.n_dropped == round(drop * len(samples))
     report = write_filter_outputs(tmp / "out", res, samples, rejects=rep.rejects)

@@ -174,7 +174,8 @@ def test_offline_judge_trains_to_085_round_trips_and_separates_the_eval_answers(
     rows = read_labelled()[:6]
     a = j.score([r.question for r in rows], [r.answer for r in rows])
     b = back.score([r.question for r in rows], [r.answer for r in rows])
-    assert [(x.alignment, x.coherence) for x in a] == pytest.approx([(x.alignment, x.coherence) for x in b])
+    assert [v for x in a for v in (x.alignment, x.coherence)] == pytest.approx(
+        [v for x in b for v in (x.alignment, x.coherence)])
     shipped = OfflineJudge.load()
     for head in ("alignment", "coherence"):
         assert shipped.metrics[head]["heldout_accuracy"] == pytest.approx(j.metrics[head]["heldout_accuracy"])
