@@ -801,7 +801,7 @@ def judge_score(
 ):
     """Score DATA's answers for alignment and coherence (0-100)."""
     from .data import DataError, read_samples
-    from .judges import JudgeError, load_judge
+    from .judges import JudgeError, load_judge, question_and_answer
 
     try:
         samples = read_samples(data)
@@ -809,13 +809,8 @@ def judge_score(
             else load_judge(judge)
     except (DataError, JudgeError, FileNotFoundError) as e:
         _fail(str(e))
-    qs, ans = [], []
-    for s_ in samples:
-        last = max(i for i, m in enumerate(s_.messages) if m["role"] == "assistant")
-        users = [m["content"] for m in s_.messages[:last] if m["role"] == "user"]
-        qs.append(users[-1] if users else "")
-        ans.append(s_.messages[last]["content"])
-    scores = j.score(qs, ans, progress=True)
+    pairs = [question_and_answer(s_.messages) for s_ in samples]
+    scores = j.score([q for q, _ in pairs], [a for _, a in pairs], progress=True)
     rows = [{"id": s_.id, "alignment": r.alignment, "coherence": r.coherence, "error": r.error,
              "misaligned": r.misaligned()} for s_, r in zip(samples, scores)]
     if out is not None:

@@ -188,6 +188,25 @@ def _iter_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
                 yield n, DataError(str(path), n, "<json>", f"malformed JSON: {e.msg} at column {e.colno}")
 
 
+def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> list[tuple[int, dict]]:
+    """``(line_no, object)`` for every non-blank line of a JSONL file of objects (evaluation and judge files).
+
+    A missing file, a line that is not UTF-8 JSON, or a line that is not an
+    object raises ``error`` with ``file:line`` and the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found")
+    out = []
+    for n, row in _iter_jsonl(path):
+        if isinstance(row, DataError):
+            raise error(f"{path}:{n}: {row.reason}")
+        if not isinstance(row, dict):
+            raise error(f"{path}:{n}: expected a JSON object")
+        out.append((n, row))
+    return out
+
+
 def _iter_hf(ds: Any, source: str) -> Iterable[tuple[int, Any]]:
     for i, row in enumerate(ds):
         yield i + 1, dict(row)

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,21 +51,9 @@ class BroadQuestion:
 
 
 def _jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalDataError(f"{path}: file not found")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalDataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise EvalDataError(f"{path}:{n}: expected a JSON object")
-        rows.append((n, row))
-    return rows
+    from .data import jsonl_objects
+
+    return jsonl_objects(path, EvalDataError)
 
 
 def _field(path, n, row, name, kind):

@@ -390,14 +390,10 @@ class JudgeFilter(SampleFilter):
         missing = [i for i in cache.ids if i not in self._samples]
         if missing:
             raise RuntimeError(f"judge: {len(missing)} cache rows have no sample text (first id {missing[0]!r})")
-        qs, ans = [], []
-        for i in cache.ids:
-            msgs = self._samples[i].messages
-            last = max(j for j, m in enumerate(msgs) if m["role"] == "assistant")
-            users = [m["content"] for m in msgs[:last] if m["role"] == "user"]
-            qs.append(users[-1] if users else "")
-            ans.append(msgs[last]["content"])
-        return qs, ans
+        from .judges import question_and_answer
+
+        pairs = [question_and_answer(self._samples[i].messages) for i in cache.ids]
+        return [q for q, _ in pairs], [a for _, a in pairs]
 
     def score_samples(self, cache, own=None):
         self._check_fitted()
