@@ -46,6 +46,11 @@ class _Stub:
                 self.wfile.write(data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # join handler threads on close (a slow reply must not outlive the test) and stay quiet when a client
+        # that timed out has gone away (socketserver would print the traceback from a background thread)
+        self.server.daemon_threads = False
+        self.server.block_on_close = True
+        self.server.handle_error = lambda request, client_address: None
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
