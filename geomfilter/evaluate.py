@@ -103,15 +103,19 @@ def answer_logprobs(model: Any, conversations: Sequence[list[dict]], *, batch_si
     out = np.zeros(len(toks))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-        b = collate([toks[i] for i in idx], tok.pad_token_id)
-        logits = hf(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        labels = b["labels"][:, 1:].to(device)
-        mask = labels != -100
-        picked = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0]
-        per = (picked * mask).sum(1) / mask.sum(1)
-        out[idx] = per.cpu().numpy()
+        sums, counts = _labelled_logprob_sums(hf, collate([toks[i] for i in idx], tok.pad_token_id), device)
+        out[idx] = sums / counts
     return out
+
+
+def _labelled_logprob_sums(hf: Any, batch: dict, device) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a :func:`~geomfilter.finetune.collate` batch: summed log-prob of its labelled tokens, and their count."""
+    logits = hf(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    labels = batch["labels"][:, 1:].to(device)
+    mask = labels != -100
+    picked = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+    return (picked * mask).sum(1).cpu().numpy(), mask.sum(1).cpu().numpy()
 
 
 @dataclass
@@ -213,23 +217,20 @@ def heldout_perplexity(model: Any, path: str | Path, *, batch_size: int = 8, max
     """
     rows = _jsonl(path)
     texts = [_field(path, n, r, "text", str) for n, r in rows]
+    from .data import TokenizedSample
+    from .finetune import collate
+
     tok, hf = model.tokenizer, model.hf_model
     device = next(hf.parameters()).device
     nll, count = np.zeros(len(texts)), np.zeros(len(texts))
-    order = list(range(len(texts)))
-    for i in tqdm(range(0, len(order), batch_size), desc="perplexity", disable=not progress, dynamic_ncols=True):
-        idx = order[i:i + batch_size]
-        enc = [tok(texts[j], add_special_tokens=False)["input_ids"][:max_tokens] for j in idx]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-        att = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, e in enumerate(enc):
-            ids[r, :len(e)], att[r, :len(e)] = torch.tensor(e), 1
-        logits = hf(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
-        mask = att[:, 1:].to(device).bool()
-        nll[idx] = (-(logp * mask).sum(1)).cpu().numpy()
-        count[idx] = mask.sum(1).cpu().numpy()
+    for i in tqdm(range(0, len(texts), batch_size), desc="perplexity", disable=not progress, dynamic_ncols=True):
+        idx = list(range(i, min(i + batch_size, len(texts))))
+        rows = []
+        for j in idx:  # every token is scored (the first only as context)
+            ids = tok(texts[j], add_special_tokens=False)["input_ids"][:max_tokens]
+            rows.append(TokenizedSample(id=str(j), input_ids=ids, response_mask=[True] * len(ids)))
+        sums, counts = _labelled_logprob_sums(hf, collate(rows, tok.pad_token_id), device)
+        nll[idx], count[idx] = -sums, counts
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
