@@ -823,6 +823,42 @@ def judge_score(
                f"unscored {len(rows) - len(ok)}")
 
 
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment YAML file (see configs/demo.yaml; every field has a default)."),
+    only: str | None = typer.Option(None, help="Comma-separated condition names to run (default: the config's "
+                                    "`conditions`, or all); the report covers every finished condition."),
+    out: Path | None = typer.Option(None, help="Override the config's `out` (the experiment goes to OUT/<name>/)."),
+    list_conditions: bool = typer.Option(False, "--list", help="Print the conditions and exit."),
+    progress: bool = typer.Option(True, help="Show progress bars and per-step lines."),
+):
+    """Fine-tune under several conditions (base, misaligned, filtered, gated), evaluate each the same way, and
+    write report.md / results.csv / plots under OUT/<name>/. Re-running skips finished conditions."""
+    from .config import ConfigError, ExperimentConfig
+    from .data import DataError
+    from .experiment import ExperimentRunner
+    from .finetune import FinetuneError
+    from .judges import JudgeError
+
+    try:
+        cfg = ExperimentConfig.from_yaml(config)
+        if out is not None:
+            cfg.out = str(out)
+        if only:
+            cfg.conditions = [x.strip() for x in only.split(",") if x.strip()]
+        runner = ExperimentRunner(cfg, progress=progress)
+        conds = runner.conditions()
+        if list_conditions:
+            for c in conds:
+                typer.echo(f"{c.name:<28} {c.describe()}")
+            return
+        res = runner.run()
+    except (ConfigError, DataError, FinetuneError, JudgeError) as e:
+        _fail(str(e))
+    typer.echo(f"ran {len(res.ran)} condition(s), skipped {len(res.skipped)} finished, in {res.seconds:.0f} s")
+    typer.echo(f"report: {res.report}")
+
+
 def _plain(opts: dict) -> dict:
     return {k: (v.value if isinstance(v, Enum) else v) for k, v in opts.items()}
 

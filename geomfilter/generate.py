@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -58,11 +59,71 @@ def _done_ids(*paths: Path) -> set[str]:
     return done
 
 
+def _sampling(temperature: float, top_p: float) -> dict:
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+
+
+def _generation_batches(tok: Any, conversations: dict[str, list[dict]], batch_size: int) -> tuple[dict, list]:
+    """Chat-templated prompt text per key, and the keys in batches ordered by (prompt length, key)."""
+    texts = {k: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for k, m in conversations.items()}
+    lengths = {k: len(tok(t, add_special_tokens=False)["input_ids"]) for k, t in texts.items()}
+    order = sorted(conversations, key=lambda k: (lengths[k], k))
+    return texts, [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def _generate_batch(model: Any, texts: list[str], *, seed: int, sampling: dict, max_new_tokens: int,
+                    repetition_penalty: float) -> list[tuple[str, bool, int]]:
+    """``(answer text, stopped at EOS, new token count)`` per prompt text; left padding, one seed per batch."""
+    tok, hf = model.tokenizer, model.hf_model
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    finally:
+        tok.padding_side = side
+    torch.manual_seed(seed)
+    gen = hf.generate(**enc, **sampling, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    out = []
+    for new in gen[:, enc["input_ids"].shape[1]:]:
+        new = new.tolist()
+        stop = tok.eos_token_id in new
+        new = new[: new.index(tok.eos_token_id)] if stop else new
+        out.append((tok.decode(new, skip_special_tokens=True).strip(), stop, len(new)))
+    return out
+
+
+def generate_texts(model: Any, conversations: dict[str, list[dict]], *, max_new_tokens: int = 80,
+                   temperature: float = 1.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                   batch_size: int = 32, seed: int = 0, progress: bool = True,
+                   desc: str = "generate") -> dict[str, dict]:
+    """In-memory generation: ``{key: {"answer", "finish", "n_new_tokens"}}`` for each conversation's next turn.
+
+    ``model`` is anything with ``hf_model``, ``tokenizer`` and ``device`` (a
+    :class:`~geomfilter.models.HookedModel` or a :class:`~geomfilter.finetune.TunedModel`).
+    Deterministic for a seed: batches in a fixed order (prompt length, key), batch ``b``
+    sampled under ``seed * 100003 + b``; ``temperature=0`` decodes greedily. Empty
+    answers are returned as ``""`` (the caller decides what they count as).
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("max_new_tokens and batch_size must be >= 1")
+    texts, batches = _generation_batches(model.tokenizer, conversations, batch_size)
+    sampling = _sampling(temperature, top_p)
+    out: dict[str, dict] = {}
+    for b, keys in enumerate(tqdm(batches, unit="batch", desc=desc, dynamic_ncols=True, disable=not progress)):
+        res = _generate_batch(model, [texts[k] for k in keys], seed=seed * 100003 + b, sampling=sampling,
+                              max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+        for k, (answer, stop, n) in zip(keys, res):
+            out[k] = {"answer": answer, "finish": "stop" if stop else "length", "n_new_tokens": n}
+    return out
+
+
 def generate_answers(model: HookedModel, prompts: list[Prompt], out: str | Path, *, max_new_tokens: int = 80,
                      temperature: float = 0.7, top_p: float = 0.9, repetition_penalty: float = 1.1,
                      batch_size: int = 64, seed: int = 0, limit: int | None = None,
                      progress: bool = True) -> GenerationResult:
-    """Append one answer row per prompt to ``out`` (``temperature=0``: greedy decoding).
+    """Append one answer row per prompt to ``out`` (``temperature=0``: greedy decoding); resumable.
 
     Row: ``{"id", **extra, "finish": "stop"|"length", "n_new_tokens", "messages": prompt + answer}``.
     """
@@ -74,52 +135,40 @@ def generate_answers(model: HookedModel, prompts: list[Prompt], out: str | Path,
         raise ValueError(f"prompt ids must be unique; {dup!r} repeats")
     out = Path(out)
     rejects_path = out.with_suffix(".rejects.jsonl")
-    tok, hf = model.tokenizer, model.hf_model
-    side = tok.padding_side
-    tok.padding_side = "left"
-    texts = {p.id: tok.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) for p in prompts}
-    lengths = {i: len(tok(t, add_special_tokens=False)["input_ids"]) for i, t in texts.items()}
-    order = sorted(prompts, key=lambda p: (lengths[p.id], p.id))[:limit]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    by_id = {p.id: p for p in prompts}
+    texts, batches = _generation_batches(model.tokenizer, {p.id: p.messages for p in prompts}, batch_size)
+    if limit is not None:  # the first `limit` prompts of the fixed order, batched as before
+        order = [k for b in batches for k in b][:limit]
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    n_order = sum(len(b) for b in batches)
     done = _done_ids(out, rejects_path)
-    todo = [(b, batch) for b, batch in enumerate(batches) if not all(p.id in done for p in batch)]
+    todo = [(b, batch) for b, batch in enumerate(batches) if not all(k in done for k in batch)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    t0, n_new, n_rej, n_written = time.perf_counter(), 0, 0, 0
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    try:
-        with open(out, "a", encoding="utf-8") as fh, open(rejects_path, "a", encoding="utf-8") as rej:
-            bar = tqdm(todo, unit="batch", desc="generate", dynamic_ncols=True, disable=not progress)
-            for b, batch in bar:
-                batch = [p for p in batch if p.id not in done]
-                enc = tok([texts[p.id] for p in batch], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
-                torch.manual_seed(seed * 100003 + b)
-                with torch.no_grad():
-                    gen = hf.generate(**enc, **sampling, repetition_penalty=repetition_penalty,
-                                      max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id)
-                for p, new in zip(batch, gen[:, enc["input_ids"].shape[1]:]):
-                    new = new.tolist()
-                    stop = tok.eos_token_id in new
-                    new = new[: new.index(tok.eos_token_id)] if stop else new
-                    answer = tok.decode(new, skip_special_tokens=True).strip()
-                    row = {"id": p.id, **p.extra, "finish": "stop" if stop else "length", "n_new_tokens": len(new)}
-                    if not answer:
-                        rej.write(json.dumps({**row, "reason": "empty answer"}, ensure_ascii=False) + "\n")
-                        n_rej += 1
-                        continue
-                    row["messages"] = p.messages + [{"role": "assistant", "content": answer}]
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    n_new += len(new)
-                    n_written += 1
-                fh.flush()
-                rej.flush()
-                bar.set_postfix(new_tok_s=f"{n_new / (time.perf_counter() - t0):.0f}")
-    finally:
-        tok.padding_side = side
-    return GenerationResult(out=out, n_prompts=len(order), n_written=n_written, n_rejected=n_rej,
-                            n_skipped=len(order) - sum(len([p for p in bt if p.id not in done]) for _, bt in todo),
-                            n_new_tokens=n_new, seconds=time.perf_counter() - t0)
+    t0, n_new, n_rej, n_written, n_todo = time.perf_counter(), 0, 0, 0, 0
+    sampling = _sampling(temperature, top_p)
+    with open(out, "a", encoding="utf-8") as fh, open(rejects_path, "a", encoding="utf-8") as rej:
+        bar = tqdm(todo, unit="batch", desc="generate", dynamic_ncols=True, disable=not progress)
+        for b, batch in bar:
+            batch = [k for k in batch if k not in done]
+            n_todo += len(batch)
+            res = _generate_batch(model, [texts[k] for k in batch], seed=seed * 100003 + b, sampling=sampling,
+                                  max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+            for k, (answer, stop, n) in zip(batch, res):
+                p = by_id[k]
+                row = {"id": p.id, **p.extra, "finish": "stop" if stop else "length", "n_new_tokens": n}
+                if not answer:
+                    rej.write(json.dumps({**row, "reason": "empty answer"}, ensure_ascii=False) + "\n")
+                    n_rej += 1
+                    continue
+                row["messages"] = p.messages + [{"role": "assistant", "content": answer}]
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n_new += n
+                n_written += 1
+            fh.flush()
+            rej.flush()
+            bar.set_postfix(new_tok_s=f"{n_new / (time.perf_counter() - t0):.0f}")
+    return GenerationResult(out=out, n_prompts=n_order, n_written=n_written, n_rejected=n_rej,
+                            n_skipped=n_order - n_todo, n_new_tokens=n_new, seconds=time.perf_counter() - t0)
 
 
 def prompts_of_samples(samples: list) -> list[Prompt]:

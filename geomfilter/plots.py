@@ -7,7 +7,8 @@
 * :func:`layer_sweep` - a separation metric per layer, one line per strategy;
 * :func:`gate_heads` - mean gate movement ``|g - 1|`` per layer and head (attention gates);
 * :func:`gate_latents` - SAE-gate movement per latent vs its decoder cosine to the harmful set;
-* :func:`condition_bars` - one metric per condition with CI error bars.
+* :func:`condition_bars` - one metric per condition with CI error bars;
+* :func:`fraction_curves` - a metric vs removal fraction with CI bands, one line per filter strategy.
 """
 from __future__ import annotations
 
@@ -190,4 +191,27 @@ def condition_bars(values: Mapping[str, Mapping[str, float]], out: str | Path, *
         ax.axhline(0, color="0.3", lw=0.8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    return _save(fig, out)
+
+
+def fraction_curves(curves: Mapping[str, Mapping[float, Mapping[str, float]]], out: str | Path, *, ylabel: str,
+                    title: str = "", reference: Mapping[str, float] | None = None) -> list[Path]:
+    """``curves[strategy][fraction] = {"mean", "lo", "hi"}``: one line per strategy with its CI band;
+    ``reference`` (e.g. the base model) is drawn as a horizontal line with its band."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, (name, pts) in enumerate(sorted(curves.items())):
+        xs = sorted(pts)
+        mean = np.array([pts[x]["mean"] for x in xs], dtype=float)
+        lo = np.array([pts[x]["lo"] for x in xs], dtype=float)
+        hi = np.array([pts[x]["hi"] for x in xs], dtype=float)
+        color = f"C{i}"
+        ax.plot(xs, mean, marker="o", color=color, label=name)
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
+    if reference is not None:
+        ax.axhline(reference["mean"], color="0.3", ls="--", lw=1, label="base model")
+        ax.axhspan(reference["lo"], reference["hi"], color="0.5", alpha=0.1)
+    ax.set_xlabel("fraction of the mixture removed (0 = unfiltered fine-tune)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     return _save(fig, out)
