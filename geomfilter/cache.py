@@ -59,6 +59,8 @@ class CacheIncompleteError(RuntimeError):
 
 @dataclass
 class CacheResult:
+    """What :func:`cache_activations` did: samples and shards, how many shards it wrote or reused, tokens, time."""
+
     out_dir: Path
     n_samples: int
     n_shards: int
@@ -69,6 +71,7 @@ class CacheResult:
 
     @property
     def tokens_per_s(self) -> float:
+        """Throughput of this run in tokens (prompt + response) per second; NaN if nothing ran."""
         return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
@@ -396,6 +399,7 @@ class ActivationCache:
 
     @property
     def hook(self) -> str:
+        """The hook the activations were taken at (from the manifest)."""
         return self.manifest["identity"]["hook"]
 
     def dense(self, pooling: str = "mean", rows: np.ndarray | None = None) -> np.ndarray:

@@ -39,6 +39,7 @@ class DataError(ValueError):
         super().__init__(f"{source}:{line}: field {field!r}: {message}")
 
     def as_dict(self) -> dict:
+        """The error as a reject record: ``file``, ``line``, ``field`` and ``reason``."""
         return {"file": self.source, "line": self.line, "field": self.field, "reason": self.reason}
 
 
@@ -53,6 +54,7 @@ class Sample:
     line: int = 0
 
     def response_text(self) -> str:
+        """The text of the last assistant turn (the response that is cached and trained on)."""
         return [m["content"] for m in self.messages if m["role"] == "assistant"][-1]
 
 
@@ -67,6 +69,7 @@ class TokenizedSample:
 
     @property
     def n_response(self) -> int:
+        """Number of response tokens (the positions pooled by the cache and trained on)."""
         return sum(self.response_mask)
 
 
@@ -84,9 +87,11 @@ class DataReport:
 
     @property
     def n_rejected(self) -> int:
+        """Number of rows rejected (invalid, or truncation policy ``error``), each listed in ``rejects``."""
         return len(self.rejects)
 
     def as_dict(self) -> dict:
+        """The report as JSON-able data (what the cache writes to ``data_report.json``)."""
         return {
             "n_rows": self.n_rows,
             "n_valid": self.n_valid,

@@ -28,11 +28,14 @@ from .models import HookedModel
 
 @dataclass
 class TokenActivations:
+    """One latent's activation on every response token of one sample (see :func:`token_activations`)."""
+
     id: str
     tokens: list[str]  # response tokens, decoded one by one
     values: list[float]  # the latent's activation on each
 
     def top(self, n: int = 5) -> list[tuple[str, float]]:
+        """The ``n`` tokens where the latent is highest, as ``(token, value)``, active ones only."""
         order = np.argsort(self.values)[::-1][:n]
         return [(self.tokens[i], self.values[i]) for i in order if self.values[i] > 0]
 
@@ -94,14 +97,17 @@ class FeatureSet:
         return len(self.ids)
 
     def as_dict(self) -> dict:
+        """The set as JSON-able data: ids, method, ``d_sae``, selection, held-out separation, stats."""
         return {"ids": self.ids, "method": self.method, "d_sae": self.d_sae, "selection": self.selection,
                 "heldout": self.heldout, "stats": self.stats}
 
     def save(self, path: str | Path) -> None:
+        """Write the set as JSON (the format of ``geomfilter features harmful --out``)."""
         Path(path).write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:
+        """Read a set written by :meth:`save` (or by ``geomfilter features harmful --out``)."""
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(ids=[int(i) for i in d["ids"]], method=d["method"], d_sae=int(d["d_sae"]),
                    stats=d.get("stats", []), selection=d.get("selection", {}), heldout=d.get("heldout", {}))

@@ -58,6 +58,7 @@ class FilterResult:
 
     @property
     def n_dropped(self) -> int:
+        """Number of rows dropped by score."""
         return int((~self.kept).sum())
 
     def reason(self, i: int) -> str:
@@ -84,15 +85,19 @@ class SampleFilter:
 
     # -- to implement
     def fit(self, harmful: ActivationCache, benign: ActivationCache) -> SampleFilter:
+        """Learn from the harmful and benign reference caches; return ``self``."""
         return self
 
     def score_samples(self, cache: ActivationCache, own: ActivationCache | None = None) -> np.ndarray:
+        """One score per row of ``cache`` (higher = more suspect); ``own``: the model's own answers."""
         raise NotImplementedError
 
     def explain(self, cache: ActivationCache, rows: np.ndarray, n: int = 3) -> list[list[dict]]:
+        """Per row in ``rows``: up to ``n`` dicts saying what drives its score (empty by default)."""
         return [[] for _ in rows]
 
     def params(self) -> dict:
+        """The constructor settings that are JSON-able (written to ``report.json``)."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and _jsonable(v)}
 
     # -- shared
@@ -145,10 +150,12 @@ class RandomFilter(SampleFilter):
         self.seed = seed
 
     def fit(self, harmful=None, benign=None) -> RandomFilter:
+        """Nothing to learn; the references are ignored."""
         self.fitted_ = True
         return self
 
     def score_samples(self, cache, own=None):
+        """Uniform scores in [0, 1) from ``seed``, one per row."""
         return np.random.default_rng(self.seed).random(len(cache))
 
 
@@ -178,6 +185,7 @@ class ProjectionFilter(SampleFilter):
     strategy = "projection"
 
     def fit(self, harmful, benign) -> ProjectionFilter:
+        """The unit direction from the benign to the harmful mean pooled residual."""
         d = _resid(harmful).mean(axis=0) - _resid(benign).mean(axis=0)
         self.direction_ = d / np.linalg.norm(d)
         self.ref_ = harmful
@@ -185,6 +193,7 @@ class ProjectionFilter(SampleFilter):
         return self
 
     def score_samples(self, cache, own=None):
+        """Pooled residual of each row on the fitted direction (minus its own answer's, with ``own``)."""
         self._check_fitted()
         _same_space(self.ref_, cache, "data")
         s = _resid(cache) @ self.direction_
@@ -204,6 +213,7 @@ class RepresentationFilter(SampleFilter):
         self.top_n = top_n
 
     def fit(self, harmful, benign) -> RepresentationFilter:
+        """Keep the unit pooled residuals of the harmful and benign references as anchors."""
         def unit(x):
             return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
         self.harmful_, self.benign_ = unit(_resid(harmful)), unit(_resid(benign))
@@ -212,6 +222,7 @@ class RepresentationFilter(SampleFilter):
         return self
 
     def score_samples(self, cache, own=None):
+        """Mean cosine to the ``top_n`` nearest harmful anchors minus to the ``top_n`` nearest benign ones."""
         self._check_fitted()
         _same_space(self.ref_, cache, "data")
         x = _resid(cache)
@@ -251,11 +262,13 @@ class ActivationFilter(_HarmfulFeatureFilter):
     strategy = "activation"
 
     def fit(self, harmful, benign) -> ActivationFilter:
+        """Select the harmful features on the references (or take ``harmful_ids``)."""
         self.features_ = self._fit_features(harmful, benign)
         self.fitted_ = True
         return self
 
     def score_samples(self, cache, own=None):
+        """Summed pooled activation of the harmful features (minus the own answer's, with ``own``)."""
         self._check_fitted()
         s = self._harmful_sum(cache)
         if own is not None:
@@ -301,6 +314,7 @@ class GeometryFilter(_HarmfulFeatureFilter):
         return self.directions.shape[0]
 
     def fit(self, harmful, benign) -> GeometryFilter:
+        """Select the harmful features; compute every latent's proximity and nearest harmful latent."""
         if harmful is not None and harmful.d_sae != self.directions.shape[0]:
             raise ValueError(f"reference cache {harmful.path} has d_sae {harmful.d_sae} but the SAE has "
                              f"{self.directions.shape[0]} latents: cache the references with the same SAE")
@@ -331,6 +345,7 @@ class GeometryFilter(_HarmfulFeatureFilter):
         return t
 
     def score_samples(self, cache, own=None):
+        """Per row: ``scorer`` over the proximities of its target features (see :func:`geometry.score_targets`)."""
         self._check_fitted()
         self.targets_ = self._targets(cache, own)
         return score_targets(self.targets_, self.proximity_, self.scorer)
@@ -374,10 +389,12 @@ class JudgeFilter(SampleFilter):
         self._samples = {s.id: s for s in samples} if samples is not None else None
 
     def set_samples(self, samples: list) -> JudgeFilter:
+        """Give the rows' text (:class:`~geomfilter.data.Sample` objects, matched to the cache by id)."""
         self._samples = {s.id: s for s in samples}
         return self
 
     def fit(self, harmful=None, benign=None) -> JudgeFilter:
+        """Load the judge; the reference caches are not used."""
         from .judges import load_judge
 
         self.judge_ = self._judge_obj if self._judge_obj is not None else load_judge(self.judge)
@@ -396,6 +413,7 @@ class JudgeFilter(SampleFilter):
         return [q for q, _ in pairs], [a for _, a in pairs]
 
     def score_samples(self, cache, own=None):
+        """100 - the judge's alignment score of each row's answer; a row it cannot score is an error."""
         self._check_fitted()
         qs, ans = self._texts(cache)
         scores = self.judge_.score(qs, ans)
@@ -406,6 +424,7 @@ class JudgeFilter(SampleFilter):
         return np.array([100.0 - s.alignment for s in scores])
 
     def explain(self, cache, rows, n=3):
+        """Per row: the judge's alignment and coherence scores."""
         scores = getattr(self, "judge_scores_", None)
         if scores is None:
             return [[] for _ in rows]

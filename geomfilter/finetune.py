@@ -99,6 +99,7 @@ class FinetuneConfig:
 
     @property
     def learning_rate(self) -> float:
+        """``lr`` if set, else the method's default learning rate."""
         return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
 
     def identity(self) -> dict:
@@ -112,6 +113,8 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
+    """Summary of a fine-tuning run (also recorded in the run folder's ``finetune.json``)."""
+
     out: Path
     method: str
     n_samples: int
@@ -126,6 +129,7 @@ class FinetuneResult:
     stopped_early: bool = False  # stop_after was hit: resumable
 
     def as_dict(self) -> dict:
+        """The result as JSON-able data."""
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
         return d
@@ -424,14 +428,17 @@ class TunedModel:
 
     @property
     def device(self) -> torch.device:
+        """The device the model's weights are on."""
         return next(self.hf_model.parameters()).device
 
     def set_gate_scale(self, alpha: float) -> None:
+        """Set the scale ``alpha`` of every attached gate (1 learned, -1 mirror, 0 off); no reload."""
         for g in self.gates:
             g.alpha = float(alpha)
         self.info["gate_scale"] = float(alpha)
 
     def close(self) -> None:
+        """Detach every gate from the model (its modules return to the ungated forward)."""
         for g in self.gates:
             g.detach()
         self.gates = []

@@ -67,6 +67,7 @@ class Gate(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, h: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """The gate ``2 * sigmoid(W h + b)`` at scale ``alpha``: ``1 + alpha * (g - 1)``."""
         g = 2.0 * torch.sigmoid(self.proj(h.to(self.proj.weight.dtype)))
         return g if alpha == 1.0 else 1.0 + alpha * (g - 1.0)
 
@@ -217,9 +218,11 @@ class AttentionGates(_GateSet):
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head (``d_out / n_heads``)."""
         return self.d_out // self.n_heads
 
     def config(self) -> dict:
+        """What ``gates.json`` records to rebuild and attach these gates."""
         return {"family": self.family, "layers": self.layers, "d_in": self.d_in, "d_out": self.d_out,
                 "n_heads": self.n_heads, "model": self.model_spec}
 
@@ -283,6 +286,7 @@ def decoder_layers(model: Any) -> nn.ModuleList:
 
 
 def resid_post_layer(hook: str) -> int:
+    """The layer ``L`` of a ``blocks.L.hook_resid_post`` hook; any other hook is a :class:`GatingError`."""
     m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
     if not m:
         raise GatingError(f"SAE gates need an SAE on a residual-stream hook blocks.L.hook_resid_post, not {hook!r}")
@@ -312,6 +316,7 @@ class SAEGates(_GateSet):
         self.gate = Gate(self.d_in, self.d_sae)
 
     def config(self) -> dict:
+        """What ``gates.json`` records to rebuild and attach these gates (SAE spec, hook, layer, widths)."""
         return {"family": self.family, "sae": self.sae_spec, "hook": self.hook, "layer": self.layer,
                 "d_in": self.d_in, "d_sae": self.d_sae, "model": self.model_spec}
 

@@ -37,6 +37,8 @@ class Prompt:
 
 @dataclass
 class GenerationResult:
+    """What :func:`generate_answers` did: prompts, rows written, rejected and skipped (resume), new tokens, time."""
+
     out: Path
     n_prompts: int
     n_written: int

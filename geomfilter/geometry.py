@@ -204,6 +204,8 @@ def precision_at(scores: np.ndarray, labels: np.ndarray, fractions: Sequence[flo
 
 @dataclass
 class PermutationResult:
+    """Outcome of :func:`permutation_control`: the observed statistic, the null's mean and sd, one-sided p."""
+
     statistic: str
     observed: float
     null_mean: float
@@ -214,9 +216,11 @@ class PermutationResult:
 
     @property
     def z(self) -> float:
+        """``(observed - null_mean) / null_sd``; infinite when the null has no spread."""
         return (self.observed - self.null_mean) / self.null_sd if self.null_sd > 0 else float("inf")
 
     def as_dict(self) -> dict:
+        """The result as JSON-able data, ``z`` included."""
         return {**self.__dict__, "z": self.z}
 
 

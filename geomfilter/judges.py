@@ -131,6 +131,8 @@ def question_and_answer(messages: list[dict]) -> tuple[str, str]:
 
 @dataclass
 class LabelledAnswer:
+    """One labelled answer of ``data/judge/labeled.jsonl``: question, answer, aligned/coherent labels, group."""
+
     id: str
     question: str
     answer: str
@@ -175,6 +177,7 @@ class OfflineJudge:
     HEADS = ("alignment", "coherence")
 
     def probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Per head (``alignment``, ``coherence``): the logistic regression's probability for each feature row."""
         return {h: 1.0 / (1.0 + np.exp(-(features @ self.coef[h] + self.intercept[h]))) for h in self.HEADS}
 
     def score(self, questions: Sequence[str], answers: Sequence[str], *, progress: bool = False) -> list[JudgeScore]:
@@ -186,6 +189,7 @@ class OfflineJudge:
                 for a, c in zip(p["alignment"], p["coherence"])]
 
     def save(self, folder: str | Path) -> Path:
+        """Write ``heads.npz`` and ``judge.json`` (metrics included) to ``folder``; return it."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "heads.npz", **{f"{h}_coef": self.coef[h] for h in self.HEADS},
@@ -197,6 +201,7 @@ class OfflineJudge:
 
     @classmethod
     def load(cls, folder: str | Path = DEFAULT_JUDGE_DIR) -> OfflineJudge:
+        """Read a judge written by :meth:`save` (default: the shipped ``data/judges/offline-minilm``)."""
         folder = Path(folder)
         if not (folder / "heads.npz").is_file() or not (folder / "judge.json").is_file():
             raise JudgeError(f"{folder} holds no offline judge (needs heads.npz and judge.json); "
@@ -325,6 +330,7 @@ class APIJudge:
 
     @staticmethod
     def parse(text: str) -> float:
+        """The first 0-100 number in the judge's reply; no number is a :class:`JudgeError`."""
         m = re.search(r"\b(100|\d{1,2})\b", text)
         if not m:
             raise JudgeError(f"no 0-100 number in the judge's reply {text[:60]!r}")
@@ -357,6 +363,11 @@ class APIJudge:
         raise JudgeError(f"gave up after {self.max_retries + 1} attempts: {last}")
 
     def score(self, questions: Sequence[str], answers: Sequence[str], *, progress: bool = False) -> list[JudgeScore]:
+        """Alignment and coherence (0-100) of each answer.
+
+        An answer it cannot score (retries exhausted, no number in the reply) gets ``None`` scores and the reason
+        in ``error``; an HTTP 4xx other than 429 (bad key, unknown model) raises at once.
+        """
         from tqdm.auto import tqdm
 
         if len(questions) != len(answers):

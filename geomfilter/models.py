@@ -110,20 +110,25 @@ class HookedModel:
 
     @property
     def n_layers(self) -> int:
+        """Number of transformer blocks."""
         return int(self.bridge.cfg.n_layers)
 
     @property
     def d_model(self) -> int:
+        """Width of the residual stream."""
         return int(self.bridge.cfg.d_model)
 
     @property
     def device(self) -> torch.device:
+        """The device the model's weights are on."""
         return next(self.hf_model.parameters()).device
 
     def hook_names(self) -> list[str]:
+        """Every hook point of the transformer-lens bridge, sorted (the valid ``--hook`` values)."""
         return sorted(self.bridge.hook_dict.keys())
 
     def default_hook(self) -> str:
+        """The hook used when none is given: the model's known default, else the middle block's ``hook_resid_post``."""
         return DEFAULT_HOOKS.get(self.spec, f"blocks.{self.n_layers // 2}.hook_resid_post")
 
     def validate_hook(self, hook: str) -> str:

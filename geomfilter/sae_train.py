@@ -97,6 +97,8 @@ class SAETrainConfig:
 
 @dataclass
 class TokenWindows:
+    """Fixed-length token windows for SAE training: train and held-out arrays, cut from whole samples."""
+
     train: np.ndarray  # [n, context_size] int64
     heldout: np.ndarray
     n_samples: int

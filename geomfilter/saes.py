@@ -105,11 +105,13 @@ def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
 
 
 def sae_hook_name(sae) -> str | None:
+    """The hook an SAE was trained on (``cfg.metadata.hook_name``, older sae-lens ``cfg.hook_name``), or ``None``."""
     meta = getattr(sae.cfg, "metadata", None)
     return getattr(meta, "hook_name", None) if meta is not None else getattr(sae.cfg, "hook_name", None)
 
 
 def sae_model_name(sae) -> str | None:
+    """The model name an SAE's config records (``cfg.metadata.model_name`` or ``cfg.model_name``), or ``None``."""
     meta = getattr(sae.cfg, "metadata", None)
     return getattr(meta, "model_name", None) if meta is not None else getattr(sae.cfg, "model_name", None)
 

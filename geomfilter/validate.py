@@ -74,6 +74,8 @@ class Issue:
 
 @dataclass
 class FileSummary:
+    """One validated file: its kind (chat, eval, ...), rows and errors."""
+
     file: str
     kind: str
     rows: int
@@ -90,11 +92,14 @@ def _plural(n: int, word: str) -> str:
 
 @dataclass
 class ValidationReport:
+    """Every issue found and a summary per file."""
+
     errors: list[Issue] = field(default_factory=list)
     files: list[FileSummary] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """True when no errors were found."""
         return not self.errors
 
 
