@@ -21,11 +21,15 @@ app = typer.Typer(
 
 
 class Response(str, Enum):
+    """Which assistant turns are the response: the last one, or all of them."""
+
     last = "last"
     all = "all"
 
 
 class Truncation(str, Enum):
+    """What to do with a conversation longer than ``--max-tokens``: cut the left, the right, or fail."""
+
     left = "left"
     right = "right"
     error = "error"
@@ -341,6 +345,8 @@ def train_sae_cmd(
 
 
 class Strategy(str, Enum):
+    """The filtering strategies of :data:`geomfilter.filtering.STRATEGIES`."""
+
     geometry = "geometry"
     random = "random"
     projection = "projection"
@@ -592,6 +598,8 @@ def plot(
 
 
 class Method(str, Enum):
+    """Fine-tuning methods: LoRA, attention-output gates, SAE-latent gates."""
+
     lora = "lora"
     gates = "gates"
     gates_sae = "gates-sae"
@@ -864,6 +872,7 @@ def _plain(opts: dict) -> dict:
 
 
 def main() -> None:  # pragma: no cover - console entry
+    """Console entry point of ``geomfilter``."""
     app()
 
 
