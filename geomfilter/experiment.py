@@ -31,8 +31,10 @@ the end from every finished condition.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +168,17 @@ class ExperimentRunner:
     # ------------------------------------------------------------------ filtering
     def _filter_all(self, conds: list[Condition], paths: dict[str, Path]) -> None:
         """Cache references + mixture with the SAE once, then write every filtered condition's ``filter/``."""
-        todo = [c for c in conds if c.strategy and not (self.root / c.name / "filter" / "report.json").is_file()]
+        cfg = self.cfg
+        inputs = {name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for name, p in paths.items()}
+        ident = {"inputs": inputs, "model": cfg.model, "sae": cfg.sae, "hook": cfg.hook, "seed": cfg.seed,
+                 "max_tokens": cfg.train.max_tokens}
+
+        def done(c: Condition) -> bool:
+            f = self.root / c.name / "filter" / "inputs.json"
+            return (self.root / c.name / "filter" / "report.json").is_file() and f.is_file() and \
+                json.loads(f.read_text()) == {**ident, "strategy": c.strategy, "fraction": c.fraction}
+
+        todo = [c for c in conds if c.strategy and not done(c)]
         if not todo:
             return
         from .cache import cache_activations, load_cache
@@ -175,7 +187,6 @@ class ExperimentRunner:
         from .models import load_model
         from .saes import default_sae_for, load_sae
 
-        cfg = self.cfg
         model = load_model(cfg.model, device=cfg.device, progress=self.progress)
         sae_spec = cfg.sae or default_sae_for(cfg.model)
         if sae_spec is None and any(c.strategy in ("geometry", "activation") for c in todo):
@@ -185,7 +196,8 @@ class ExperimentRunner:
         caches, prepared = {}, {}
         for name, path in paths.items():
             prepared[name] = prepare_dataset(path, model.tokenizer, max_tokens=cfg.train.max_tokens)
-            res = cache_activations(model, sae, prepared[name], self.root / "cache" / name, hook=cfg.hook,
+            tag = _hash([inputs[name], sae_spec, cfg.hook, cfg.train.max_tokens])[:8]
+            res = cache_activations(model, sae, prepared[name], self.root / "cache" / f"{name}-{tag}", hook=cfg.hook,
                                     progress=self.progress)
             caches[name] = load_cache(res.out_dir)
         for c in todo:
@@ -196,10 +208,23 @@ class ExperimentRunner:
                 kw["samples"] = prepared["mixture"].samples
             f = make_filter(c.strategy, sae=sae, **kw).fit(caches["harmful"], caches["benign"])
             result = f.apply(caches["mixture"], explain=3 if c.strategy == "geometry" else 0)
+            kept_path = self.root / c.name / "filter" / "kept.jsonl"
+            old_kept = kept_path.read_bytes() if kept_path.is_file() else None
             report = write_filter_outputs(self.root / c.name / "filter", result, prepared["mixture"].samples,
                                           rejects=prepared["mixture"].report.rejects)
             if report["n_kept"] + report["n_dropped"] != report["n_input"]:  # the partition invariant
                 raise RuntimeError(f"{c.name}: kept + dropped != input ({report})")
+            if old_kept is not None and old_kept != kept_path.read_bytes():  # derived artefacts are stale now
+                for stale in (self.root / c.name / "run", self.root / c.name / METRICS_FILE):
+                    if stale.is_dir():
+                        shutil.rmtree(stale)
+                    elif stale.is_file():
+                        stale.unlink()
+                if self.progress:
+                    print(f"[experiment] {c.name}: the filter's kept set changed; its fine-tune and metrics "
+                          "will be redone", flush=True)
+            (self.root / c.name / "filter" / "inputs.json").write_text(
+                json.dumps({**ident, "strategy": c.strategy, "fraction": c.fraction}, indent=2) + "\n")
             if self.progress:
                 from .report import dropped_precision
 
@@ -225,21 +250,57 @@ class ExperimentRunner:
                                 max_samples=g.n_samples, epochs=g.epochs, batch_size=t.batch_size, lr=g.lr,
                                 max_tokens=t.max_tokens, seed=cfg.seed, checkpoint_every=25, device=cfg.device,
                                 progress=self.progress)
+        ident = self._train_identity(data, method)
+        ident_file = out / "experiment_identity.json"
+        if out.is_dir() and (not ident_file.is_file() or json.loads(ident_file.read_text()) != ident):
+            if self.progress:
+                print(f"[experiment] {out}: its training data or settings changed; retraining", flush=True)
+            shutil.rmtree(out)
         res = FinetuneRunner(fc).run()
+        ident_file.write_text(json.dumps(ident, indent=2) + "\n")
         if self.progress and not res.skipped:
             print(f"[experiment] trained {out}: {res.n_samples} samples, {res.steps} steps, {res.seconds:.0f} s, "
                   f"loss {res.first_loss:.3f} -> {res.final_loss:.3f}", flush=True)
         return res.as_dict()
 
-    def _model_dir(self, c: Condition, paths: dict[str, Path]) -> tuple[str, dict | None]:
-        """Train the condition's model if it needs one; its spec or run folder, and the training record."""
+    def _training_data(self, c: Condition, paths: dict[str, Path]) -> Path | None:
+        """The file the condition's model was fine-tuned on (None: the base model)."""
         if c.kind == "base":
-            return self.cfg.model, None
+            return None
         if c.kind == "gated":
-            base = self.conditions_by_name[c.model_from]
-            return self._model_dir(base, paths)
-        data = paths["mixture"] if c.strategy is None else self.root / c.name / "filter" / "kept.jsonl"
-        run = self.root / c.name / "run"
+            return self._training_data(self.conditions_by_name[c.model_from], paths)
+        return paths["mixture"] if c.strategy is None else self.root / c.name / "filter" / "kept.jsonl"
+
+    def _run_dir(self, c: Condition) -> Path | None:
+        if c.kind == "gated":
+            return self._run_dir(self.conditions_by_name[c.model_from])
+        return None if c.kind == "base" else self.root / c.name / "run"
+
+    def _train_identity(self, data: Path, method: str) -> dict:
+        """What decides a fine-tune's weights: the data's bytes and the settings."""
+        cfg = self.cfg
+        ident = {"data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest(), "method": method,
+                 "model": cfg.model, "seed": cfg.seed, "train": dataclasses.asdict(cfg.train)}
+        if method == "gates":
+            ident["gates"] = dataclasses.asdict(cfg.gates)
+        return ident
+
+    def condition_identity(self, c: Condition, paths: dict[str, Path]) -> dict:
+        """Everything a condition's metrics depend on; a finished condition whose identity differs is redone."""
+        ident: dict[str, Any] = {"eval": self.eval_identity()}
+        data = self._training_data(c, paths)
+        if data is not None:
+            ident["train"] = self._train_identity(data, "lora")
+        if c.kind == "gated":
+            ident["gates"] = self._train_identity(Path(self.cfg.gates.data), "gates")
+            ident["gate_scale"] = c.gate_scale
+        return ident
+
+    def _model_dir(self, c: Condition, paths: dict[str, Path]) -> tuple[str, dict | None]:
+        """Train the condition's model if it needs one (resuming); its spec or run folder, and the training record."""
+        data, run = self._training_data(c, paths), self._run_dir(c)
+        if data is None:
+            return self.cfg.model, None
         return str(run), self._finetune(data, run)
 
     # ------------------------------------------------------------------ evaluation
@@ -309,16 +370,16 @@ class ExperimentRunner:
         conds = self.conditions()
         self.conditions_by_name = {c.name: c for c in self.conditions_all()}
         paths = self._prepare_data()
-        ident = self.eval_identity()
-        todo = [c for c in conds if not self._finished(c, ident)]
+        self._filter_all([c for c in conds if c.strategy], paths)  # (re)computes only what changed
+        idents = {c.name: self.condition_identity(c, paths) for c in conds}
+        todo = [c for c in conds if not self._finished(c, idents[c.name])]
         skipped = [c.name for c in conds if c not in todo]
         if self.progress and skipped:
             print(f"[experiment] already finished (skipped): {', '.join(skipped)}", flush=True)
-        self._filter_all([c for c in todo if c.strategy], paths)
-        gates_dir = None
+        gates_dir, gates_training = None, None
         if any(c.kind == "gated" for c in todo):
             gates_dir = self.root / "gates" / "run"
-            self._finetune(Path(cfg.gates.data), gates_dir, method="gates")
+            gates_training = self._finetune(Path(cfg.gates.data), gates_dir, method="gates")
         for c in todo:
             tc = time.perf_counter()
             out = self.root / c.name
@@ -335,7 +396,8 @@ class ExperimentRunner:
             record = {"condition": c.name, "description": c.describe(), "kind": c.kind, "strategy": c.strategy,
                       "fraction": c.fraction, "gate_scale": c.gate_scale, "model": model_spec,
                       "gates": str(gates_dir) if c.kind == "gated" else None, "training": training,
-                      "training_data": self._training_data_stats(c, paths), "eval_identity": ident,
+                      "gates_training": gates_training if c.kind == "gated" else None,
+                      "training_data": self._training_data_stats(c, paths), "identity": idents[c.name],
                       "metrics": metrics, "seconds": round(time.perf_counter() - tc, 1), "finished": True}
             (out / METRICS_FILE).write_text(json.dumps(record, indent=2, default=float) + "\n")
             if self.progress:
@@ -363,14 +425,12 @@ class ExperimentRunner:
         if not path.is_file():
             return False
         rec = json.loads(path.read_text())
-        return bool(rec.get("finished")) and _hash(rec.get("eval_identity")) == _hash(ident)
+        return bool(rec.get("finished")) and _hash(rec.get("identity")) == _hash(ident)
 
     def _training_data_stats(self, c: Condition, paths: dict[str, Path]) -> dict | None:
-        if c.kind == "base":
+        data = self._training_data(c, paths)
+        if data is None:
             return None
-        if c.kind == "gated":
-            return self._training_data_stats(self.conditions_by_name[c.model_from], paths)
-        data = paths["mixture"] if c.strategy is None else self.root / c.name / "filter" / "kept.jsonl"
         rows = [json.loads(x) for x in _lines(data)]
         lab = [r.get("inducing") for r in rows]
         out = {"file": str(data), "n_rows": len(rows)}

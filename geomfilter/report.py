@@ -128,9 +128,11 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
              "|---|---|---|---|---|---|---|---|---|"]
     for name, rec in finished.items():
         m = rec["metrics"]
-        td = rec.get("training_data")
+        td, tr = rec.get("training_data"), rec.get("training") or {}
         trained = "—" if not td else f"{td['n_rows']} rows" + (f" ({td['inducing_share']:.2f})"
                                                                if "inducing_share" in td else "")
+        if tr.get("response_tokens"):
+            trained += f", {tr['response_tokens']:,} response tokens"
         lines.append(f"| {name} | {trained} | {_ci(m['misalignment_rate'])} (n={m['misalignment_rate']['n']}) "
                      f"| {_ci(m['alignment'], 1)} | {_ci(m['coherence'], 1)} "
                      f"| {_ci(m['logprob_preference'], signed=True)} (n={m['logprob_preference']['n']}) "

@@ -181,6 +181,14 @@ def test_experiment_runs_every_condition_reports_and_resumes(experiment_yaml, ca
     r2 = ExperimentRunner(cfg2, progress=False).run()
     assert r2.ran == ["misaligned"] and r2.metrics["misaligned"]["metrics"]["misalignment_rate"]["n_answers"] == 4
     assert r2.metrics["misaligned"]["training"]["skipped"] is True
+    # other gate settings retrain the gates (and only them) for the gated condition asked for
+    cfg3 = ExperimentConfig.from_yaml(experiment_yaml)
+    cfg3.gates.epochs = 2.0
+    cfg3.conditions = ["misaligned+mirror-gates"]
+    r3 = ExperimentRunner(cfg3, progress=False).run()
+    rec = r3.metrics["misaligned+mirror-gates"]
+    assert r3.ran == ["misaligned+mirror-gates"] and rec["training"]["skipped"] is True
+    assert rec["gates_training"]["skipped"] is False and rec["gates_training"]["steps"] == 4  # 6 rows x 2 epochs / 4
 
 
 def test_cli_experiment_list_and_run_only(experiment_yaml):
