@@ -23,6 +23,12 @@ fingerprints, tokenizer, pooling, versions), ``data_report.json``, and
 Re-running after a kill skips finished shards and produces byte-identical
 files; a manifest that disagrees (other model, SAE, hook, data or pooling)
 refuses to mix and says which fields differ.
+
+Backends share the pieces: ``prepare_cache_dir`` (checks, manifest),
+``shard_samples`` / ``shard_done`` (the shard plan, resume), ``compute_shard``
+(one shard's arrays) and ``write_shard`` (the atomic writer);
+``cache_activations`` runs them in this process, ``geomfilter.distributed``
+on Ray Data actors.
 """
 from __future__ import annotations
 
@@ -110,14 +116,19 @@ def _tokenizer_info(tokenizer: Any) -> dict:
     }
 
 
+def model_identity(model: HookedModel) -> dict:
+    """The model part of a manifest's identity: spec, kind, sizes and a weights fingerprint (no location)."""
+    model_id = {k: v for k, v in model.info.items() if k != "location"}
+    model_id["weights"] = weights_fingerprint(model.hf_model)
+    return model_id
+
+
 def build_manifest(model: HookedModel, sae, dataset: PreparedDataset, hook: str, *,
                    top_k: int, shard_size: int) -> dict:
     """The manifest of a cache run: ``identity`` must match to resume; ``versions`` is informative."""
-    model_id = {k: v for k, v in model.info.items() if k != "location"}
-    model_id["weights"] = weights_fingerprint(model.hf_model)
     identity = {
         "format": CACHE_FORMAT,
-        "model": model_id,
+        "model": model_identity(model),
         "hook": hook,
         "sae": describe(sae) if sae is not None else None,
         "dataset": {
@@ -255,7 +266,7 @@ def pool_batch(acts: torch.Tensor, mask: torch.Tensor, sae, top_k: int) -> dict[
 # --------------------------------------------------------------------------- main entry
 
 
-def cache_activations(
+def prepare_cache_dir(
     model: HookedModel,
     sae,
     dataset: PreparedDataset,
@@ -266,17 +277,13 @@ def cache_activations(
     shard_size: int = 512,
     max_batch_tokens: int = 2048,
     max_batch_size: int = 64,
-    progress: bool = True,
-    on_shard: Callable[[int, Path], None] | None = None,
-) -> CacheResult:
-    """Cache pooled activations of ``model`` (and ``sae`` codes) on ``dataset`` into ``out_dir``.
+) -> tuple[str, dict]:
+    """Check the arguments, then create ``out_dir`` with its manifest (or check the one there).
 
-    ``sae`` may be ``None`` (residual means only). ``hook`` defaults to the
-    SAE's hook, else the model's default hook. ``on_shard(i, path)`` is called
-    after each shard is written (progress reporting, tests).
+    Returns ``(hook, manifest)``. Raises before anything is written when the SAE,
+    hook or arguments are wrong, and :class:`CacheMismatchError` when ``out_dir``
+    holds a cache made from something else. Every backend (local, Ray) starts here.
     """
-    from safetensors.torch import save_file
-
     if sae is not None:
         hook = check_compatible(sae, model, hook)
     else:
@@ -302,16 +309,106 @@ def cache_activations(
             )
         vdiff = _diff(old.get("versions"), manifest["versions"])
         if vdiff:
-            warnings.warn(f"resuming {out_dir} with other library versions: {'; '.join(vdiff)}", stacklevel=2)
+            warnings.warn(f"resuming {out_dir} with other library versions: {'; '.join(vdiff)}", stacklevel=3)
     else:
         _atomic_write_text(mpath, json.dumps(manifest, indent=2, sort_keys=True))
     _atomic_write_text(out_dir / "data_report.json", json.dumps(dataset.report.as_dict(), indent=2, default=str))
+    return hook, manifest
 
+
+def shard_samples(dataset: PreparedDataset, shard_size: int, si: int) -> list:
+    """The tokenized samples of shard ``si`` (dataset order): the shard plan every backend uses."""
+    return dataset.tokenized[si * shard_size:(si + 1) * shard_size]
+
+
+def shard_done(out_dir: str | Path, si: int, ids: list[str]) -> bool:
+    """True when shard ``si`` of ``out_dir`` is written and was planned for exactly these sample ``ids``."""
+    path = _shard_path(Path(out_dir), si)
+    return path.is_file() and _shard_plan(path) == _plan_hash(ids)
+
+
+def compute_shard(
+    model: HookedModel,
+    sae,
+    part: list,
+    hook: str,
+    *,
+    top_k: int,
+    max_batch_tokens: int,
+    max_batch_size: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The pooled arrays of one shard's samples ``part``, in ``part``'s order (CPU tensors, shard format).
+
+    Samples are sorted by length and packed into padded batches under the token
+    budget; ``on_batch(n_samples, n_tokens)`` is called after each batch. The one
+    routine behind every backend, so their shards are byte-identical.
+    """
+    pad_id = model.tokenizer.pad_token_id
+    pooled: dict[str, list] = {}
+    order: list[int] = []
+    for batch in pack_batches([len(t.input_ids) for t in part], max_batch_tokens, max_batch_size):
+        tok, att, rmask = pad_batch([part[i] for i in batch], pad_id)
+        with torch.no_grad():
+            res = pool_batch(model.activations(tok, hook, attention_mask=att), rmask.to(model.device), sae, top_k)
+        for k, v in res.items():
+            pooled.setdefault(k, []).append(v)
+        order.extend(batch)
+        if on_batch is not None:
+            on_batch(len(batch), int(att.sum()))
+    inv = torch.empty(len(order), dtype=torch.long)
+    inv[torch.tensor(order)] = torch.arange(len(order))
+    return {k: torch.cat(v)[inv].contiguous() for k, v in pooled.items()}
+
+
+def write_shard(out_dir: str | Path, si: int, ids: list[str], metas: list[dict],
+                tensors: dict[str, torch.Tensor]) -> Path:
+    """Write shard ``si`` (its sample ``ids``, their extra fields ``metas``, the pooled ``tensors``) atomically."""
+    from safetensors.torch import save_file
+
+    path = _shard_path(Path(out_dir), si)
+    meta = {
+        "format": CACHE_FORMAT,
+        "shard": str(si),
+        "plan": _plan_hash(ids),
+        "ids": json.dumps(ids, ensure_ascii=False),
+        "meta": json.dumps(metas, ensure_ascii=False, sort_keys=True, default=str),
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # one metadata key: safetensors writes a multi-key metadata map in arbitrary order, one key keeps
+    # re-runs byte-identical
+    save_file(tensors, str(tmp), metadata={"geomfilter": json.dumps(meta, sort_keys=True, ensure_ascii=False)})
+    os.replace(tmp, path)
+    return path
+
+
+def cache_activations(
+    model: HookedModel,
+    sae,
+    dataset: PreparedDataset,
+    out_dir: str | Path,
+    *,
+    hook: str | None = None,
+    top_k: int = 64,
+    shard_size: int = 512,
+    max_batch_tokens: int = 2048,
+    max_batch_size: int = 64,
+    progress: bool = True,
+    on_shard: Callable[[int, Path], None] | None = None,
+) -> CacheResult:
+    """Cache pooled activations of ``model`` (and ``sae`` codes) on ``dataset`` into ``out_dir``.
+
+    ``sae`` may be ``None`` (residual means only). ``hook`` defaults to the
+    SAE's hook, else the model's default hook. ``on_shard(i, path)`` is called
+    after each shard is written (progress reporting, tests). The Ray backend
+    (:func:`geomfilter.distributed.cache_activations_ray`) writes the same files.
+    """
+    hook, manifest = prepare_cache_dir(model, sae, dataset, out_dir, hook=hook, top_k=top_k, shard_size=shard_size,
+                                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+    out_dir = Path(out_dir)
     n = len(dataset.tokenized)
     n_shards = manifest["identity"]["n_shards"]
     metas = {s.id: s.meta for s in dataset.samples}
-    pad_id = model.tokenizer.pad_token_id
-    device = model.device
 
     bar = None
     if progress:
@@ -321,42 +418,24 @@ def cache_activations(
     written = skipped = n_tok = 0
     t0 = time.perf_counter()
     for si in range(n_shards):
-        part = dataset.tokenized[si * shard_size:(si + 1) * shard_size]
+        part = shard_samples(dataset, shard_size, si)
         ids = [t.id for t in part]
-        path = _shard_path(out_dir, si)
-        if path.is_file() and _shard_plan(path) == _plan_hash(ids):
+        if shard_done(out_dir, si, ids):
             skipped += 1
             if bar is not None:
                 bar.update(len(part))
             continue
-        pooled: dict[str, list] = {}
-        order: list[int] = []
-        for batch in pack_batches([len(t.input_ids) for t in part], max_batch_tokens, max_batch_size):
-            tok, att, rmask = pad_batch([part[i] for i in batch], pad_id)
-            with torch.no_grad():
-                res = pool_batch(model.activations(tok, hook, attention_mask=att), rmask.to(device), sae, top_k)
-            for k, v in res.items():
-                pooled.setdefault(k, []).append(v)
-            order.extend(batch)
-            n_tok += int(att.sum())
+
+        def on_batch(n_samples: int, n_tokens: int, si: int = si) -> None:
+            nonlocal n_tok
+            n_tok += n_tokens
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(n_samples)
                 bar.set_postfix(tok_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.0f}", shard=f"{si + 1}/{n_shards}")
-        inv = torch.empty(len(order), dtype=torch.long)
-        inv[torch.tensor(order)] = torch.arange(len(order))
-        tensors = {k: torch.cat(v)[inv].contiguous() for k, v in pooled.items()}
-        meta = {
-            "format": CACHE_FORMAT,
-            "shard": str(si),
-            "plan": _plan_hash(ids),
-            "ids": json.dumps(ids, ensure_ascii=False),
-            "meta": json.dumps([metas.get(i, {}) for i in ids], ensure_ascii=False, sort_keys=True, default=str),
-        }
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        # one metadata key: safetensors writes a multi-key metadata map in arbitrary order, one key keeps
-        # re-runs byte-identical
-        save_file(tensors, str(tmp), metadata={"geomfilter": json.dumps(meta, sort_keys=True, ensure_ascii=False)})
-        os.replace(tmp, path)
+
+        tensors = compute_shard(model, sae, part, hook, top_k=top_k, max_batch_tokens=max_batch_tokens,
+                                max_batch_size=max_batch_size, on_batch=on_batch)
+        path = write_shard(out_dir, si, ids, [metas.get(i, {}) for i in ids], tensors)
         written += 1
         if on_shard is not None:
             on_shard(si, path)

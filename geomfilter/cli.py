@@ -40,6 +40,20 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+class Backend(str, Enum):
+    """Where the work runs: in this process, or on a Ray cluster."""
+
+    local = "local"
+    ray = "ray"
+
+
+_BACKEND_HELP = ("local: this process; ray: Ray Data actors, one model + SAE each (pip install "
+                 "'geomfilter\\[distributed]'); the same shards and manifest either way, resumable alike.")
+_ACTORS_HELP = "ray: number of actors (default: the cluster's GPUs, one each, if it has any, else its CPUs)."
+_ADDRESS_HELP = ("ray: address of a running Ray cluster, e.g. 'auto' (default: $RAY_ADDRESS if set, else a local "
+                 "Ray started for this run).")
+
+
 @app.command()
 def cache(
     data: Path = typer.Argument(..., help="Chat JSONL (messages or prompt/response) or a HF dataset directory."),
@@ -58,13 +72,17 @@ def cache(
     rejects: Path | None = typer.Option(None, help="Rejects file (default: OUT/rejects.jsonl)."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    backend: Backend = typer.Option(Backend.local, help=_BACKEND_HELP),
+    num_actors: int | None = typer.Option(None, min=1, help=_ACTORS_HELP),
+    ray_address: str | None = typer.Option(None, help=_ADDRESS_HELP),
 ):
     """Cache pooled SAE activations (and residual means) of DATA's response tokens."""
     out = out or Path("runs") / "cache" / data.stem
     _, _, ds, res = _cached(data, model, sae, hook, out, top_k=top_k, shard_size=shard_size,
                             max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, max_tokens=max_tokens,
                             truncation=truncation.value, response=response.value, skip_invalid=skip_invalid,
-                            rejects=rejects or out / "rejects.jsonl", device=device, progress=progress)
+                            rejects=rejects or out / "rejects.jsonl", device=device, progress=progress,
+                            backend=backend.value, num_actors=num_actors, ray_address=ray_address)
     r = ds.report
     typer.echo(
         f"cached {res.n_samples} samples ({res.n_tokens} tokens, {res.tokens_per_s:.0f} tok/s; "
@@ -75,15 +93,38 @@ def cache(
     )
 
 
+# The caching backend of the `_cached` calls that pass none (`score` sets it around its run): backend,
+# num_actors, ray_address.
+_BACKEND_DEFAULTS: dict = {}
+
+
 def _cached(data: Path, model: str, sae: str | None, hook: str | None, out: Path, *, rejects: Path | None = None,
             skip_invalid: bool = False, max_tokens: int = 1024, truncation: str = "left", response: str = "last",
-            device: str | None = None, progress: bool = True, **cache_kw):
-    """Load model + SAE, prepare DATA and cache it into OUT (resuming); bad input -> exit 2 with the reason."""
+            device: str | None = None, progress: bool = True, backend: str | None = None,
+            num_actors: int | None = None, ray_address: str | None = None, **cache_kw):
+    """Load model + SAE, prepare DATA and cache it into OUT (resuming); bad input -> exit 2 with the reason.
+
+    ``backend='ray'`` computes the shards on Ray Data actors (`geomfilter.distributed`); unset, the
+    backend, ``num_actors`` and ``ray_address`` come from ``_BACKEND_DEFAULTS`` (default: local).
+    """
     from .cache import CacheMismatchError, cache_activations
     from .data import DataError, prepare_dataset
     from .models import HookNameError, ModelSpecError, load_model
     from .saes import SAECompatibilityError, SAESpecError, load_sae
 
+    if backend is None:
+        backend = _BACKEND_DEFAULTS.get("backend", "local")
+        num_actors = _BACKEND_DEFAULTS.get("num_actors") if num_actors is None else num_actors
+        ray_address = _BACKEND_DEFAULTS.get("ray_address") if ray_address is None else ray_address
+    dist_errors: tuple = ()
+    if backend == "ray":
+        from . import distributed
+
+        try:
+            distributed.require_ray()
+        except distributed.RayNotInstalledError as e:
+            _fail(str(e))
+        dist_errors = (distributed.ShardAccountingError, distributed.WorkerMismatchError, ConnectionError)
     sae_spec = sae if sae is not None else default_sae_for(model)
     try:
         m = load_model(model, device=device, progress=progress)
@@ -94,9 +135,15 @@ def _cached(data: Path, model: str, sae: str | None, hook: str | None, out: Path
             typer.echo(f"no SAE for {model!r}: caching residual means only (pass --sae to encode)", err=True)
         ds = prepare_dataset(data, m.tokenizer, response=response, max_tokens=max_tokens, truncation=truncation,
                              skip_invalid=skip_invalid, rejects_path=rejects)
-        res = cache_activations(m, s, ds, out, hook=hook, progress=progress, **cache_kw)
+        if backend == "ray":
+            res = distributed.cache_activations_ray(m, s, ds, out, sae_spec=sae_spec if s is not None else None,
+                                                    model_spec=model, hook=hook, num_actors=num_actors,
+                                                    ray_address=ray_address, device=device, progress=progress,
+                                                    **cache_kw)
+        else:
+            res = cache_activations(m, s, ds, out, hook=hook, progress=progress, **cache_kw)
     except (DataError, ModelSpecError, HookNameError, SAESpecError, SAECompatibilityError,
-            CacheMismatchError, FileNotFoundError, ValueError) as e:
+            CacheMismatchError, FileNotFoundError, ValueError, *dist_errors) as e:
         _fail(str(e))
     return m, s, ds, res
 
@@ -485,12 +532,21 @@ def score(
     data: Path = typer.Argument(..., metavar="DATA", help=_DATA_HELP),
     out: Path = typer.Option(Path("runs/scores.csv"), help="Scores CSV (id, score, rank, explanation, labels)."),
     show: int = typer.Option(10, help="Print the highest-scoring rows."),
+    backend: Backend = typer.Option(Backend.local, help="Backend of the caching passes. " + _BACKEND_HELP),
+    num_actors: int | None = typer.Option(None, min=1, help=_ACTORS_HELP),
+    ray_address: str | None = typer.Option(None, help=_ADDRESS_HELP),
     **opts,
 ):
     """Score every row of DATA (higher = closer to harmful) without filtering."""
     from .filtering import write_filter_outputs
 
-    f, res, samples, rejects, _ = _scored(data, drop=0.0, threshold=None, **_plain(opts))
+    saved = dict(_BACKEND_DEFAULTS)
+    _BACKEND_DEFAULTS.update(backend=backend.value, num_actors=num_actors, ray_address=ray_address)
+    try:
+        f, res, samples, rejects, _ = _scored(data, drop=0.0, threshold=None, **_plain(opts))
+    finally:
+        _BACKEND_DEFAULTS.clear()
+        _BACKEND_DEFAULTS.update(saved)
     tmp = out.parent / f".{out.stem}-outputs"
     write_filter_outputs(tmp, res, samples, rejects=rejects)
     out.parent.mkdir(parents=True, exist_ok=True)
