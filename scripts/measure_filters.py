@@ -18,7 +18,10 @@ never informs a fit), and we report, with the default model and its bundled SAE:
 * the held-out separation of the harmful feature set itself (selected on half the reference pairs,
   measured on the other half);
 * a layer sweep: the residual strategies (projection, representation) at every ``--layers`` hook,
-  and geometry at each layer that has an SAE (``--sae-at LAYER=SPEC``; the bundled SAE's layer always).
+  and the SAE strategies at each layer that has an SAE (``--sae-at LAYER=SPEC``; the bundled SAE's layer
+  always): geometry with the default scorer, the best geometry variant of the table, geometry relative to
+  the own answer (with ``--own``), harmful-feature activation, and the harmful set's held-out AUROC, e.g.
+  ``--sae-at 6=data/saes/smollm2-135m-instruct-res6-topk64``.
 
 Writes ``results.json``, ``results.md`` and plots (PNG + SVG) under ``--out``. Caches go to
 ``runs/cache`` and are reused on a re-run.
@@ -154,13 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     results["harmful_features_heldout"] = fs_split.heldout | {"n_features": len(fs_split)}
     # ... and the set the filters use (all reference pairs; the mixed set is never used to fit)
     strategies: dict[str, tuple] = {}
-    for scorer in SCORERS:
-        strategies[f"geometry[{scorer}]"] = (GeometryFilter(sae, scorer=scorer, n_harmful=args.n_harmful), None)
-    strategies["geometry[weighted_mean, mean-cos]"] = (GeometryFilter(sae, proximity="mean", n_harmful=args.n_harmful),
-                                                       None)
+    # geometry variants by their GeometryFilter arguments (the layer sweep rebuilds the best one at every SAE layer)
+    geo_kw: dict[str, dict] = {f"geometry[{scorer}]": {"scorer": scorer} for scorer in SCORERS}
+    geo_kw["geometry[weighted_mean, mean-cos]"] = {"proximity": "mean"}
     for mtf in (0.5, 0.25):
-        strategies[f"geometry[weighted_mean, targets firing on <= {mtf:g} of benign refs]"] = (
-            GeometryFilter(sae, n_harmful=args.n_harmful, max_target_freq=mtf), None)
+        geo_kw[f"geometry[weighted_mean, targets firing on <= {mtf:g} of benign refs]"] = {"max_target_freq": mtf}
+    for name, kw in geo_kw.items():
+        strategies[name] = (GeometryFilter(sae, n_harmful=args.n_harmful, **kw), None)
     strategies["activation"] = (ActivationFilter(n_harmful=args.n_harmful), None)
     if (DEFAULT_JUDGE_DIR / "judge.json").is_file():
         strategies["judge (offline MiniLM judge)"] = (JudgeFilter(samples=prepared["data"].samples), None)
@@ -218,14 +221,36 @@ def main(argv: list[str] | None = None) -> int:
             s = f.fit(lc["harmful"], lc["benign"]).score_samples(lc["data"])
             m = metrics(s, meta, args.n_boot)
             sweep[name][layer] = {"auroc": m["auroc"], "p@25": m["precision"]["0.25"]["precision"]}
+    # the SAE strategies at every layer that has an SAE (same arguments as in the table above): geometry with
+    # the default scorer, the best geometry variant, geometry relative to the own answer, harmful-feature activation
+    sae_strats: dict[str, tuple] = {"geometry": ({}, False)}
+    if best != "geometry[weighted_mean]":
+        sae_strats["best geometry variant"] = (geo_kw[best], False)
+    if own is not None:
+        sae_strats["geometry, own answer"] = ({}, True)
+    sae_strats["activation"] = (None, False)
+    sweep |= {name: {} for name in sae_strats if name not in sweep}
+    harmful_by_layer = {}
     for layer, s_ in saes.items():
         cl = caches[layer]
-        g = GeometryFilter(s_, scorer=best.split("[")[1].split("]")[0].split(",")[0], n_harmful=args.n_harmful)
-        s = g.fit(cl["harmful"], cl["benign"]).score_samples(cl["data"])
-        m = metrics(s, meta, args.n_boot)
-        sweep["geometry"][layer] = {"auroc": m["auroc"], "p@25": m["precision"]["0.25"]["precision"],
-                                    "sae": sae_specs[layer]}
+        for name, (kw, rel) in sae_strats.items():
+            f = (ActivationFilter(n_harmful=args.n_harmful) if kw is None
+                 else GeometryFilter(s_, n_harmful=args.n_harmful, **kw))
+            s = f.fit(cl["harmful"], cl["benign"]).score_samples(cl["data"], own=cl.get("own") if rel else None)
+            m = metrics(s, meta, args.n_boot)
+            sweep[name][layer] = {"auroc": m["auroc"], "p@25": m["precision"]["0.25"]["precision"],
+                                  "sae": sae_specs[layer]}
+        hf = harmful_features(cl["harmful"], cl["benign"], n=args.n_harmful, select_frac=0.5, n_boot=args.n_boot)
+        harmful_by_layer[layer] = hf.heldout | {"n_features": len(hf), "sae": sae_specs[layer]}
     results["layer_sweep"] = {k: {str(layer): v for layer, v in by.items()} for k, by in sweep.items()}
+    results["layer_sweep_best_geometry_variant"] = best
+    results["harmful_features_heldout_by_layer"] = {str(k): v for k, v in sorted(harmful_by_layer.items())}
+    print("layer sweep (AUROC sycophantic vs other, 95% CI):")
+    for layer in layers:
+        print(f"  L{layer:<3}" + "  ".join(f"{k} {fmt_ci(by[layer]['auroc'])}" for k, by in sweep.items()
+                                            if layer in by))
+    for layer, h in sorted(harmful_by_layer.items()):
+        print(f"  harmful feature set at L{layer}, held out: AUROC {fmt_ci(h)}")
 
     # plots
     po = args.out / "plots"
@@ -285,6 +310,17 @@ def render_markdown(r: dict) -> str:
     for layer in layers:
         cells = [fmt_ci(by[str(layer)]["auroc"]) if str(layer) in by else "" for by in r["layer_sweep"].values()]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines += ["", "Projection and representation use the residual stream at each layer; the SAE columns (geometry "
+              "with the default `weighted_mean` scorer"
+              + (f", the best geometry variant `{r['layer_sweep_best_geometry_variant']}`"
+                 if "best geometry variant" in r["layer_sweep"] else "")
+              + (", geometry relative to the own answer" if "geometry, own answer" in r["layer_sweep"] else "")
+              + ", activation of the harmful features) use the SAE of that layer: "
+              + ", ".join(f"`{v}` (layer {k})" for k, v in r["sae"].items()) + "."]
+    hbl = r.get("harmful_features_heldout_by_layer", {})
+    if hbl:
+        lines += ["", "Harmful feature set held out, per SAE layer: "
+                  + "; ".join(f"layer {k}: AUROC {fmt_ci(h)}" for k, h in hbl.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
