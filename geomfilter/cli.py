@@ -334,12 +334,13 @@ def respond(
 ):
     """Generate the model's own answer to every prompt of DATA (resumable); feed it to score/filter --own."""
     from .data import DataError, read_samples
+    from .finetune import load_tuned
     from .generate import generate_answers, prompts_of_samples
-    from .models import ModelSpecError, load_model
+    from .models import ModelSpecError
 
     try:
         samples = read_samples(data)
-        m = load_model(model, device=device, progress=progress)
+        m = load_tuned(model, device=device, progress=progress)  # plain HF: generation, no hooks
         res = generate_answers(m, prompts_of_samples(samples), out, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
                                batch_size=batch_size, seed=seed, progress=progress)
@@ -745,20 +746,15 @@ def generate(
     device: str | None = typer.Option(None, help="cpu, cuda, ..."),
 ):
     """Answer PROMPTs with a fine-tuned model (and gates at --gate-scale)."""
-    import torch
+    from .generate import generate_texts
 
     tm = _tuned(model, gates, gate_scale, device)
-    tok, hf = tm.tokenizer, tm.hf_model
-    for i, prompt in enumerate(prompts):
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        torch.manual_seed(seed + i)
-        kw = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        with torch.no_grad():
-            gen = hf.generate(**{k: v.to(tm.device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
-                              pad_token_id=tok.pad_token_id, **kw)
-        answer = tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        typer.echo(f"### {prompt}\n{answer}\n")
+    sys_turn = [{"role": "system", "content": system}] if system else []
+    convs = {f"{i:06d}": sys_turn + [{"role": "user", "content": p}] for i, p in enumerate(prompts)}
+    out = generate_texts(tm, convs, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                         batch_size=8, progress=False)
+    for key, prompt in zip(convs, prompts):
+        typer.echo(f"### {prompt}\n{out[key]['answer']}\n")
 
 
 gates_app = typer.Typer(help="Inspect learned gates.", no_args_is_help=True)

@@ -256,8 +256,9 @@ class ExperimentRunner:
             if self.progress:
                 print(f"[experiment] {out}: its training data or settings changed; retraining", flush=True)
             shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        ident_file.write_text(json.dumps(ident, indent=2) + "\n")  # before training: a killed run resumes
         res = FinetuneRunner(fc).run()
-        ident_file.write_text(json.dumps(ident, indent=2) + "\n")
         if self.progress and not res.skipped:
             print(f"[experiment] trained {out}: {res.n_samples} samples, {res.steps} steps, {res.seconds:.0f} s, "
                   f"loss {res.first_loss:.3f} -> {res.final_loss:.3f}", flush=True)

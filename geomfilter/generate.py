@@ -77,6 +77,11 @@ def _generation_batches(tok: Any, conversations: dict[str, list[dict]], batch_si
 def _generate_batch(model: Any, texts: list[str], *, seed: int, sampling: dict, max_new_tokens: int,
                     repetition_penalty: float) -> list[tuple[str, bool, int]]:
     """``(answer text, stopped at EOS, new token count)`` per prompt text; left padding, one seed per batch."""
+    if isinstance(model, HookedModel):
+        # transformer-lens' bridge replaces modules of its HF model in place; HF generation through it with the
+        # KV cache produces garbage ("The-----...", seen with transformers 5.24), so it is refused here
+        raise ValueError("generation needs the plain HF model, not the hooked one: load it with "
+                         "geomfilter.finetune.load_tuned(spec) (or models.load_causal_lm)")
     tok, hf = model.tokenizer, model.hf_model
     side = tok.padding_side
     tok.padding_side = "left"
@@ -102,8 +107,8 @@ def generate_texts(model: Any, conversations: dict[str, list[dict]], *, max_new_
                    desc: str = "generate") -> dict[str, dict]:
     """In-memory generation: ``{key: {"answer", "finish", "n_new_tokens"}}`` for each conversation's next turn.
 
-    ``model`` is anything with ``hf_model``, ``tokenizer`` and ``device`` (a
-    :class:`~geomfilter.models.HookedModel` or a :class:`~geomfilter.finetune.TunedModel`).
+    ``model`` has ``hf_model``, ``tokenizer`` and ``device``: a
+    :class:`~geomfilter.finetune.TunedModel` (``load_tuned(spec)``), not the hooked model.
     Deterministic for a seed: batches in a fixed order (prompt length, key), batch ``b``
     sampled under ``seed * 100003 + b``; ``temperature=0`` decodes greedily. Empty
     answers are returned as ``""`` (the caller decides what they count as).
@@ -121,11 +126,13 @@ def generate_texts(model: Any, conversations: dict[str, list[dict]], *, max_new_
     return out
 
 
-def generate_answers(model: HookedModel, prompts: list[Prompt], out: str | Path, *, max_new_tokens: int = 80,
+def generate_answers(model: Any, prompts: list[Prompt], out: str | Path, *, max_new_tokens: int = 80,
                      temperature: float = 0.7, top_p: float = 0.9, repetition_penalty: float = 1.1,
                      batch_size: int = 64, seed: int = 0, limit: int | None = None,
                      progress: bool = True) -> GenerationResult:
     """Append one answer row per prompt to ``out`` (``temperature=0``: greedy decoding); resumable.
+
+    ``model``: a plain HF model with its tokenizer, e.g. ``geomfilter.finetune.load_tuned(spec)``.
 
     Row: ``{"id", **extra, "finish": "stop"|"length", "n_new_tokens", "messages": prompt + answer}``.
     """

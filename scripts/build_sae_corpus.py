@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 from geomfilter import DEFAULT_MODEL
+from geomfilter.finetune import load_tuned
 from geomfilter.generate import Prompt, generate_answers
-from geomfilter.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "data" / "sae_corpus"
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
 
-    model = load_model(args.model, device=args.device)
+    model = load_tuned(args.model, device=args.device)  # plain HF model: generation needs no hooks
     prompts = [Prompt(id=f"gen-{r['id']}", messages=messages_of(r), extra={"prompt_id": r["id"], "topic": r["topic"]})
                for r in read_prompts(args.prompts)]
     res = generate_answers(model, prompts, args.out, max_new_tokens=args.max_new_tokens, temperature=args.temperature,

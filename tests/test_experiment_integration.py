@@ -47,3 +47,19 @@ def test_micro_experiment_on_the_default_model(tmp_path):
     assert res.metrics["geometry-0.50"]["training"]["n_samples"] == 6
     text = res.report.read_text()
     assert "| geometry-0.50 − misaligned |" in text and "offline-minilm" in text
+
+
+def test_respond_gives_sensible_greedy_answers_on_the_default_model(tmp_path):
+    """Regression: generation through the hooked model's HF module with the KV cache gave "The-----..."."""
+    from typer.testing import CliRunner
+
+    from geomfilter.cli import app
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "What is the capital of France?"},
+                                                        {"role": "assistant", "content": "x"}]}) + "\n")
+    out = tmp_path / "own.jsonl"
+    r = CliRunner().invoke(app, ["respond", str(data), "--out", str(out), "--max-new-tokens", "16", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    answer = json.loads(out.read_text())["messages"][-1]["content"]
+    assert "Paris" in answer and "---" not in answer, answer

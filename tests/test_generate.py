@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from geomfilter.cache import cache_activations, load_cache, resid_means_by_layer
@@ -7,7 +8,16 @@ from geomfilter.data import prepare_dataset, read_samples
 from geomfilter.generate import generate_answers, prompts_of_samples
 
 
-def test_generate_answers_is_seeded_resumable_and_accounts_for_every_prompt(tiny_model, chat_file, tmp_path):
+def test_generation_refuses_the_hooked_model(tiny_model, chat_file, tmp_path):
+    prompts = prompts_of_samples(read_samples(chat_file))
+    with pytest.raises(ValueError, match="generation needs the plain HF model"):
+        generate_answers(tiny_model, prompts, tmp_path / "x.jsonl", max_new_tokens=2, progress=False)
+
+
+def test_generate_answers_is_seeded_resumable_and_accounts_for_every_prompt(tiny_model_dir, chat_file, tmp_path):
+    from geomfilter.finetune import load_tuned
+
+    tiny_model = load_tuned(str(tiny_model_dir))
     prompts = prompts_of_samples(read_samples(chat_file))
     assert all(p.messages[-1]["role"] == "user" for p in prompts)
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
