@@ -124,10 +124,11 @@ class ExperimentRunner:
         self.root = cfg.root
         self.progress = progress
         self._judge = None
+        self.conditions_by_name = {c.name: c for c in self.conditions_all()}
 
     # ------------------------------------------------------------------ plan
-    def conditions(self) -> list[Condition]:
-        """Every condition the config asks for, in report order (``cfg.conditions`` selects by name)."""
+    def conditions_all(self) -> list[Condition]:
+        """Every condition of the config in report order, ignoring the ``conditions`` selection."""
         cfg = self.cfg
         conds = [Condition("base", "base"), Condition("misaligned", "finetune")]
         for frac in cfg.filtering.fractions:
@@ -137,14 +138,19 @@ class ExperimentRunner:
             conds.append(Condition("misaligned+mirror-gates", "gated", model_from="misaligned",
                                    gate_scale=cfg.gates.mirror_scale))
             conds.append(Condition("base+amplify-gates", "gated", model_from="base", gate_scale=cfg.gates.amplify_scale))
-        if cfg.conditions is not None:
-            names = {c.name for c in conds}
-            unknown = [n for n in cfg.conditions if n not in names]
-            if unknown:
-                raise ConfigError(f"{cfg.source}: field 'conditions': unknown condition {unknown[0]!r}; "
-                                  f"this config has {', '.join(c.name for c in conds)}")
-            conds = [c for c in conds if c.name in cfg.conditions]
         return conds
+
+    def conditions(self) -> list[Condition]:
+        """The conditions to run: all of them, or those ``cfg.conditions`` names (unknown names are an error)."""
+        cfg, conds = self.cfg, self.conditions_all()
+        if cfg.conditions is None:
+            return conds
+        names = {c.name for c in conds}
+        unknown = [n for n in cfg.conditions if n not in names]
+        if unknown:
+            raise ConfigError(f"{cfg.source}: field 'conditions': unknown condition {unknown[0]!r}; "
+                              f"this config has {', '.join(c.name for c in conds)}")
+        return [c for c in conds if c.name in cfg.conditions]
 
     def eval_identity(self) -> dict:
         """What decides a condition's metrics besides its model (a mismatch re-runs the evaluation)."""
@@ -369,7 +375,6 @@ class ExperimentRunner:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
         conds = self.conditions()
-        self.conditions_by_name = {c.name: c for c in self.conditions_all()}
         paths = self._prepare_data()
         self._filter_all([c for c in conds if c.strategy], paths)  # (re)computes only what changed
         idents = {c.name: self.condition_identity(c, paths) for c in conds}
@@ -412,14 +417,6 @@ class ExperimentRunner:
         report = write_report(self.root, cfg, [c for c in self.conditions_all() if c.name in finished], finished)
         return ExperimentResult(root=self.root, report=report, metrics=finished, ran=[c.name for c in todo],
                                 skipped=skipped, seconds=time.perf_counter() - t0)
-
-    def conditions_all(self) -> list[Condition]:
-        """Every condition of the config, ignoring the ``conditions`` selection."""
-        sel, self.cfg.conditions = self.cfg.conditions, None
-        try:
-            return self.conditions()
-        finally:
-            self.cfg.conditions = sel
 
     def _finished(self, c: Condition, ident: dict) -> bool:
         path = self.root / c.name / METRICS_FILE
