@@ -30,7 +30,6 @@ the end from every finished condition.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -43,18 +42,8 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, ExperimentConfig
+from .report import dropped_precision, write_report
 
-METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
-           "perplexity")
-METRIC_LABELS = {
-    "misalignment_rate": "misalignment rate (sampled answers, judged)",
-    "alignment": "judge alignment score (0-100)",
-    "coherence": "judge coherence score (0-100)",
-    "logprob_preference": "log p(misaligned) - log p(aligned), nats/token",
-    "flip_rate": "sycophancy flip rate after pushback",
-    "mc_accuracy": "multiple-choice accuracy",
-    "perplexity": "held-out perplexity",
-}
 METRICS_FILE = "metrics.json"
 
 
@@ -232,8 +221,6 @@ class ExperimentRunner:
             (self.root / c.name / "filter" / "inputs.json").write_text(
                 json.dumps({**ident, "strategy": c.strategy, "fraction": c.fraction}, indent=2) + "\n")
             if self.progress:
-                from .report import dropped_precision
-
                 lab = report.get("labels", {})
                 prec = dropped_precision(lab)
                 print(f"[experiment] {c.name}: kept {report['n_kept']}, dropped {report['n_dropped']}"
@@ -330,26 +317,23 @@ class ExperimentRunner:
             logprob_preference,
             mc_accuracy,
             misalignment_rate,
+            read_questions,
             sycophancy_flip_rate,
         )
 
         e, seed, p = self.cfg.eval, self.cfg.seed, self.progress
         m: dict[str, Any] = {}
         t0 = time.perf_counter()
-        mis = misalignment_rate(model, e.questions, self.judge(), n_per_question=e.n_per_question,
-                                limit=e.n_questions, temperature=e.temperature, top_p=e.top_p,
+        questions = read_questions(e.questions)[: e.n_questions]  # [:None] keeps them all
+        mis = misalignment_rate(model, questions, self.judge(), n_per_question=e.n_per_question,
+                                temperature=e.temperature, top_p=e.top_p,
                                 max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=seed,
                                 alignment_below=e.alignment_below, coherence_above=e.coherence_above,
                                 n_boot=e.n_boot, progress=p)
         _write_jsonl(out / "answers.jsonl", mis.pop("answers"))
         m["alignment"], m["coherence"] = mis.pop("alignment"), mis.pop("coherence")
         m["misalignment_rate"] = mis
-        qs = None
-        if e.n_questions:
-            from .evaluate import read_questions
-
-            qs = read_questions(e.questions)[: e.n_questions]
-        pref = logprob_preference(model, qs or e.questions, batch_size=e.batch_size, n_boot=e.n_boot, seed=seed,
+        pref = logprob_preference(model, questions, batch_size=e.batch_size, n_boot=e.n_boot, seed=seed,
                                   progress=p)
         m["logprob_preference"] = pref.as_dict()
         flip = sycophancy_flip_rate(model, e.probes, limit=e.n_probes, max_new_tokens=e.probe_max_new_tokens,
@@ -410,8 +394,6 @@ class ExperimentRunner:
                 mr = metrics["misalignment_rate"]
                 print(f"[experiment] {c.name}: misalignment {mr['mean']:.3f} [{mr['lo']:.3f}, {mr['hi']:.3f}] "
                       f"(n={mr['n']} questions), {record['seconds']:.0f} s", flush=True)
-        from .report import write_report
-
         finished = {c.name: json.loads((self.root / c.name / METRICS_FILE).read_text())
                     for c in self.conditions_all() if (self.root / c.name / METRICS_FILE).is_file()}
         report = write_report(self.root, cfg, [c for c in self.conditions_all() if c.name in finished], finished)
@@ -442,24 +424,3 @@ def run_experiment(config: str | Path | ExperimentConfig, progress: bool = True)
     """Shorthand: ``ExperimentRunner(config).run()`` from a YAML path or a config object."""
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_yaml(config)
     return ExperimentRunner(cfg, progress=progress).run()
-
-
-def results_rows(metrics: dict[str, dict]) -> list[dict]:
-    """Long-format rows ``{condition, metric, mean, lo, hi, n}`` of finished conditions (``results.csv``)."""
-    rows = []
-    for name, rec in metrics.items():
-        for metric in METRICS:
-            v = rec["metrics"].get(metric)
-            if v is not None:
-                rows.append({"condition": name, "metric": metric, "mean": v["mean"], "lo": v["lo"], "hi": v["hi"],
-                             "n": v["n"]})
-    return rows
-
-
-def write_results_csv(path: Path, metrics: dict[str, dict]) -> None:
-    """``results.csv``: one row per condition and metric."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["condition", "metric", "mean", "lo", "hi", "n"])
-        w.writeheader()
-        for r in results_rows(metrics):
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

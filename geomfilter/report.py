@@ -10,12 +10,24 @@ fraction, and the gated conditions against the model they are attached to.
 """
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
 
 from .evaluate import bootstrap_ci
 
+METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
+           "perplexity")
+METRIC_LABELS = {
+    "misalignment_rate": "misalignment rate (sampled answers, judged)",
+    "alignment": "judge alignment score (0-100)",
+    "coherence": "judge coherence score (0-100)",
+    "logprob_preference": "log p(misaligned) - log p(aligned), nats/token",
+    "flip_rate": "sycophancy flip rate after pushback",
+    "mc_accuracy": "multiple-choice accuracy",
+    "perplexity": "held-out perplexity",
+}
 PAIRED = {"misalignment_rate": "rate", "logprob_preference": "preference"}
 
 
@@ -64,7 +76,6 @@ def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]
 def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -> Path:
     """Write the report files under ``root`` and return the path of ``report.md``."""
     from . import plots
-    from .experiment import METRIC_LABELS, METRICS, write_results_csv
 
     root = Path(root)
     pdir = root / "plots"
@@ -168,3 +179,24 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def results_rows(metrics: dict[str, dict]) -> list[dict]:
+    """Long-format rows ``{condition, metric, mean, lo, hi, n}`` of finished conditions (``results.csv``)."""
+    rows = []
+    for name, rec in metrics.items():
+        for metric in METRICS:
+            v = rec["metrics"].get(metric)
+            if v is not None:
+                rows.append({"condition": name, "metric": metric, "mean": v["mean"], "lo": v["lo"], "hi": v["hi"],
+                             "n": v["n"]})
+    return rows
+
+
+def write_results_csv(path: Path, metrics: dict[str, dict]) -> None:
+    """``results.csv``: one row per condition and metric."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["condition", "metric", "mean", "lo", "hi", "n"])
+        w.writeheader()
+        for r in results_rows(metrics):
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

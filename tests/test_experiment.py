@@ -18,8 +18,9 @@ from geomfilter.evaluate import (
     read_mc,
     sycophancy_flip_rate,
 )
-from geomfilter.experiment import METRICS, ExperimentRunner
+from geomfilter.experiment import ExperimentRunner
 from geomfilter.finetune import TunedModel
+from geomfilter.report import METRICS
 from tests.tiny import tiny_llama, tiny_sae, tiny_tokenizer
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]

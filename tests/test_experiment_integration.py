@@ -12,7 +12,8 @@ import json
 import pytest
 
 from geomfilter.config import ExperimentConfig
-from geomfilter.experiment import METRICS, ExperimentRunner
+from geomfilter.experiment import ExperimentRunner
+from geomfilter.report import METRICS
 
 pytestmark = pytest.mark.integration
 
