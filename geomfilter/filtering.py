@@ -24,16 +24,14 @@ returns ``self``; fitted state ends in ``_``. Strategies:
 
 Dropping: ``drop`` is the fraction removed (exactly ``round(drop * n)`` rows,
 ties broken by input order) or ``threshold`` drops every score above it.
-:func:`write_filter_outputs` turns a result into ``kept.jsonl`` /
+:func:`~geomfilter.outputs.write_filter_outputs` turns a result into ``kept.jsonl`` /
 ``dropped.jsonl`` (the original rows, byte for byte), ``scores.csv`` and
-``report.json``; every input row ends in exactly one of the two files.
+``report.json``, written atomically; every input row ends in exactly one of the two files.
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,6 +39,7 @@ import numpy as np
 from .cache import ActivationCache
 from .features import FeatureSet, explicit_features, harmful_features, sample_targets
 from .geometry import SCORERS, feature_proximity, nearest_harmful, score_targets, unit_directions
+from .outputs import write_filter_outputs  # noqa: F401 (re-exported: the writer of a FilterResult)
 
 
 @dataclass
@@ -78,8 +77,10 @@ class SampleFilter:
     def __init__(self, drop: float | None = 0.1, threshold: float | None = None):
         if (drop is None) == (threshold is None):
             raise ValueError("give exactly one of drop (a fraction) or threshold (a score)")
-        if drop is not None and not 0 <= drop <= 1:
+        if drop is not None and not 0 <= drop <= 1:  # NaN fails this too
             raise ValueError(f"drop must be a fraction in [0, 1], got {drop}")
+        if threshold is not None and not np.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold}")
         self.drop = drop
         self.threshold = threshold
 
@@ -437,6 +438,30 @@ STRATEGIES: dict[str, type[SampleFilter]] = {
 }
 
 
+def check_filter_params(strategy: str, **params) -> None:
+    """Raise ``ValueError`` for settings a strategy would refuse, before anything is cached or loaded.
+
+    ``params`` are :func:`make_filter`'s keyword arguments (without the SAE and the samples).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    SampleFilter(params.get("drop"), params.get("threshold"))  # exactly one of drop/threshold, each in range
+    checks = {
+        "n_harmful": (lambda v: v >= 1, "must be >= 1"),
+        "k": (lambda v: v >= 1, "must be >= 1"),
+        "top_n": (lambda v: v >= 1, "must be >= 1"),
+        "min_freq": (lambda v: 0 <= v <= 1, "must be a fraction in [0, 1]"),
+        "max_target_freq": (lambda v: v is None or 0 < v <= 1, "must be in (0, 1]"),
+        "harmful_method": (lambda v: v in ("contrast", "auroc"), "must be 'contrast' or 'auroc'"),
+        "scorer": (lambda v: v in SCORERS, f"must be one of {sorted(SCORERS)}"),
+        "proximity": (lambda v: v in ("max", "mean"), "must be 'max' or 'mean'"),
+        "harmful_ids": (lambda v: v is None or (len(v) > 0 and min(v) >= 0), "must be non-negative latent ids"),
+    }
+    for name, value in params.items():
+        if name in checks and not checks[name][0](value):
+            raise ValueError(f"--{name.replace('_', '-')} {value!r}: {checks[name][1]}")
+
+
 def make_filter(strategy: str, *, sae=None, **kw) -> SampleFilter:
     """Build a strategy by name; ``sae`` is passed to the strategies that need the decoder."""
     if strategy not in STRATEGIES:
@@ -445,94 +470,3 @@ def make_filter(strategy: str, *, sae=None, **kw) -> SampleFilter:
     if cls is GeometryFilter:
         return cls(sae, **kw)
     return cls(**kw)
-
-
-# --------------------------------------------------------------------------- outputs
-
-def _raw_rows(source: str) -> dict[int, str] | None:
-    p = Path(source)
-    if not p.is_file():
-        return None
-    with open(p, "rb") as fh:
-        return {n: raw.decode("utf-8", errors="surrogateescape").rstrip("\r\n") for n, raw in enumerate(fh, 1)}
-
-
-def write_filter_outputs(out_dir: str | Path, result: FilterResult, samples: list, *, rejects: list[dict] = (),
-                         report_extra: dict | None = None, label: str | None = "inducing") -> dict:
-    """Write ``kept.jsonl``, ``dropped.jsonl``, ``scores.csv`` and ``report.json``; return the report.
-
-    ``samples`` are the dataset's :class:`~geomfilter.data.Sample` objects in
-    cache order (their ``source``/``line`` locate the original row, written back
-    byte for byte). Rows rejected as invalid (``rejects``, from the data report)
-    go to ``dropped.jsonl`` too, with their reason, so the two files partition
-    the input. If the rows carry a boolean ``label`` field, the report gives the
-    dropped set's precision for it against the base rate.
-    """
-    from .geometry import precision_at
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if [s.id for s in samples] != result.ids:
-        raise ValueError("samples and filter result disagree on ids/order")
-    raw_by_source: dict[str, dict[int, str] | None] = {}
-
-    def raw(s) -> str:
-        if s.source not in raw_by_source:
-            raw_by_source[s.source] = _raw_rows(s.source)
-        rows = raw_by_source[s.source]
-        if rows is not None and s.line in rows:
-            return rows[s.line]
-        return json.dumps({"id": s.id, "messages": s.messages, **s.meta}, ensure_ascii=False)
-
-    kept_rows, dropped_rows = [], []
-    for i, s in enumerate(samples):
-        (kept_rows if result.kept[i] else dropped_rows).append((s.line, raw(s)))
-    for rej in rejects:
-        row = rej.get("row")
-        text = json.dumps(row, ensure_ascii=False) if row is not None else None
-        if text is None and rej.get("file"):
-            rows = _raw_rows(rej["file"]) or {}
-            text = rows.get(rej.get("line"), "")
-        dropped_rows.append((rej.get("line", 0), text))
-    for name, rows in (("kept.jsonl", kept_rows), ("dropped.jsonl", dropped_rows)):
-        tmp = out / (name + ".tmp")
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-            for _, text in sorted(rows, key=lambda t: t[0]):
-                fh.write(text + "\n")
-        tmp.replace(out / name)
-
-    meta_keys = sorted({k for s in samples for k, v in s.meta.items() if isinstance(v, (str, int, float, bool))})
-    with open(out / "scores.csv", "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "source", "line", "decision", "score", "rank", "reason", "explanation", *meta_keys])
-        for i, s in enumerate(samples):
-            w.writerow([s.id, s.source, s.line, "kept" if result.kept[i] else "dropped", f"{result.scores[i]:.6g}",
-                        int(result.rank[i]), result.reason(i),
-                        json.dumps(result.explanations[i]) if result.explanations else "",
-                        *[s.meta.get(k, "") for k in meta_keys]])
-        for rej in rejects:
-            w.writerow([rej.get("id", ""), rej.get("file", ""), rej.get("line", ""), "dropped", "", "",
-                        f"invalid row: {rej.get('field')}: {rej.get('message', rej.get('reason', ''))}", "",
-                        *["" for _ in meta_keys]])
-
-    report = {
-        "strategy": result.strategy, "params": result.params,
-        "n_input": len(samples) + len(rejects), "n_kept": int(result.kept.sum()),
-        "n_dropped": result.n_dropped + len(rejects), "n_dropped_by_score": result.n_dropped,
-        "n_rejected_invalid": len(rejects), "drop": result.params.get("drop"), "threshold": result.threshold,
-        "score": {"mean": float(result.scores.mean()), "min": float(result.scores.min()),
-                  "max": float(result.scores.max())} if len(samples) else {},
-    }
-    labels = [s.meta.get(label) for s in samples] if label else []
-    if labels and all(isinstance(v, bool) for v in labels):
-        from .geometry import bootstrap_auroc
-
-        y = np.array(labels)
-        drop_frac = result.n_dropped / max(len(y), 1)
-        report["labels"] = {"field": label, **precision_at(result.scores, y, [drop_frac])}
-        if y.any() and (~y).any():
-            report["labels"]["auroc"] = bootstrap_auroc(result.scores[y], result.scores[~y], n_boot=500)
-    if report_extra:
-        report.update(report_extra)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
-    return report
