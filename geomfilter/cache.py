@@ -18,11 +18,24 @@ batch on the response tokens only. No activation tensor of the whole dataset is
 ever held, so memory does not grow with the dataset.
 
 Output (``out_dir``): ``manifest.json`` (model, hook, SAE, dataset and token
-fingerprints, tokenizer, pooling, versions), ``data_report.json``, and
-``shard-00000.safetensors`` ... written atomically (temp file + rename).
-Re-running after a kill skips finished shards and produces byte-identical
-files; a manifest that disagrees (other model, SAE, hook, data or pooling)
-refuses to mix and says which fields differ.
+fingerprints, tokenizer, pooling, versions, the plan of every shard),
+``data_report.json``, the rejects file when asked for, and
+``shard-00000.safetensors`` ... written atomically (temp file + rename, the
+permissions the umask gives a new file). Nothing is written into a folder
+before its manifest is accepted.
+
+Content addressed: every row is fingerprinted by :func:`geomfilter.data.sample_hash`
+(id, messages, extra fields); a shard stores the hashes of its rows and its
+*plan* (a hash of its rows' ids and hashes), the manifest the plan of every
+shard. Re-running after a kill skips the shards whose plan is the expected one
+and produces byte-identical files; an unreadable shard is recomputed. A
+manifest that disagrees (other model, SAE, hook, options, or another source)
+refuses to mix and says which fields differ; the same source file with edited,
+added or removed rows updates the cache: only the shards whose rows changed are
+recomputed. :func:`load_cache` refuses a shard that is unreadable
+(:class:`CacheCorruptError`) or not the manifest's plan, and
+:func:`check_samples_match` tells a cache whose source rows changed since
+(:class:`CacheStaleError`).
 
 Backends share the pieces: ``prepare_cache_dir`` (checks, manifest),
 ``shard_samples`` / ``shard_done`` (the shard plan, resume), ``compute_shard``
@@ -46,7 +59,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import PreparedDataset
+from .data import PreparedDataset, Sample, atomic_write_text, fingerprint, publish_file, sample_hash, write_rejects
 from .models import HookedModel
 from .saes import check_compatible, describe, weights_fingerprint
 
@@ -61,6 +74,14 @@ class CacheMismatchError(RuntimeError):
 
 class CacheIncompleteError(RuntimeError):
     """A cache directory is missing shards (an interrupted run)."""
+
+
+class CacheCorruptError(RuntimeError):
+    """A cache file (a shard or the manifest) cannot be read: truncated, overwritten, not a cache file."""
+
+
+class CacheStaleError(CacheMismatchError):
+    """A cache's source rows changed since it was made: its activations are those of the old rows."""
 
 
 @dataclass
@@ -125,7 +146,11 @@ def model_identity(model: HookedModel) -> dict:
 
 def build_manifest(model: HookedModel, sae, dataset: PreparedDataset, hook: str, *,
                    top_k: int, shard_size: int) -> dict:
-    """The manifest of a cache run: ``identity`` must match to resume; ``versions`` is informative."""
+    """The manifest of a cache run: ``identity`` must match to resume; ``versions`` is informative.
+
+    ``shards`` is the plan of every shard (:func:`shard_plan`): what :func:`load_cache`
+    checks each shard file against (it follows from the identity and the rows).
+    """
     identity = {
         "format": CACHE_FORMAT,
         "model": model_identity(model),
@@ -145,30 +170,68 @@ def build_manifest(model: HookedModel, sae, dataset: PreparedDataset, hook: str,
         "shard_size": shard_size,
         "n_shards": max(1, -(-len(dataset.tokenized) // shard_size)),
     }
-    return {"identity": identity, "source": dataset.source, "versions": _versions()}
+    shards = [shard_plan(shard_samples(dataset, shard_size, si)) for si in range(identity["n_shards"])]
+    return {"identity": identity, "source": dataset.source, "versions": _versions(), "shards": shards}
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, cache's value, this run's value)`` of every leaf that differs."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
             out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
         return out
-    return [] if a == b else [f"{prefix}: cache has {a!r}, this run has {b!r}"]
+    return [] if a == b else [(prefix, a, b)]
+
+
+def _diff_text(diffs: list[tuple[str, Any, Any]]) -> list[str]:
+    return [f"{k}: cache has {a!r}, this run has {b!r}" for k, a, b in diffs]
+
+
+# The identity fields that change when the rows of the source file change (and nothing else does).
+_ROW_FIELDS = {"dataset.fingerprint", "dataset.tokens_fingerprint", "dataset.n_samples", "n_shards"}
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """Both name the same existing file or folder (a ``<Dataset>`` object is never the same as another)."""
+    if not a or not b:
+        return False
+    pa, pb = Path(a), Path(b)
+    try:
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    except OSError:
+        return False
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _shard_path(out_dir: Path, i: int) -> Path:
     return out_dir / f"shard-{i:05d}.safetensors"
 
 
-def _plan_hash(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:16]
+def shard_plan(part: list) -> str:
+    """The plan of a shard: a hash of its samples' ids and content hashes, in order (what resume compares)."""
+    h = hashlib.sha256()
+    for t in part:
+        h.update(f"{t.id}\t{t.content_hash}\n".encode("utf-8", errors="surrogatepass"))
+    return h.hexdigest()[:16]
+
+
+def _read_manifest(path: Path) -> dict:
+    """The manifest of cache folder ``path``; :class:`CacheCorruptError` when it cannot be read."""
+    mpath = path / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("identity"), dict):
+            raise ValueError("not a geomfilter cache manifest (no 'identity')")
+        int(manifest["identity"]["n_shards"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CacheCorruptError(
+            f"{mpath} cannot be read ({type(e).__name__}: {e}): the cache is damaged. Delete the folder {path} and "
+            "re-run `geomfilter cache` to make it again") from e
+    return manifest
 
 
 def pack_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
@@ -277,12 +340,20 @@ def prepare_cache_dir(
     shard_size: int = 512,
     max_batch_tokens: int = 2048,
     max_batch_size: int = 64,
+    rejects_path: str | Path | None = None,
 ) -> tuple[str, dict]:
     """Check the arguments, then create ``out_dir`` with its manifest (or check the one there).
 
     Returns ``(hook, manifest)``. Raises before anything is written when the SAE,
-    hook or arguments are wrong, and :class:`CacheMismatchError` when ``out_dir``
-    holds a cache made from something else. Every backend (local, Ray) starts here.
+    hook or arguments are wrong, :class:`CacheMismatchError` when ``out_dir``
+    holds a cache made from something else, and :class:`CacheCorruptError` when
+    its manifest cannot be read. A cache of the same source file whose rows
+    changed is updated: the new manifest is written and the shards that no
+    longer match it are recomputed by the backend (and shards past the new end
+    removed). Once the folder is accepted, ``data_report.json`` and, when
+    ``rejects_path`` is given, the rejects file are (re)written, so both describe
+    this run (a rejects file is removed when nothing was rejected). Every
+    backend (local, Ray) starts here.
     """
     if sae is not None:
         hook = check_compatible(sae, model, hook)
@@ -295,24 +366,38 @@ def prepare_cache_dir(
     if not dataset.tokenized:
         raise ValueError(f"dataset {dataset.source} has no samples to cache")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     manifest = build_manifest(model, sae, dataset, hook, top_k=top_k, shard_size=shard_size)
     mpath = out_dir / "manifest.json"
+    write = True
     if mpath.is_file():
-        old = json.loads(mpath.read_text(encoding="utf-8"))
+        old = _read_manifest(out_dir)
         diffs = _diff(old.get("identity"), manifest["identity"])
-        if diffs:
+        if diffs and not ({k for k, _, _ in diffs} <= _ROW_FIELDS and _same_file(old.get("source"), dataset.source)):
             raise CacheMismatchError(
                 f"{out_dir} already holds a cache made from something else; refusing to mix. "
-                "Differences:\n  " + "\n  ".join(diffs) + "\nUse another --out directory or delete this one."
+                "Differences:\n  " + "\n  ".join(_diff_text(diffs)) + "\nUse another --out directory or delete this one."
             )
-        vdiff = _diff(old.get("versions"), manifest["versions"])
-        if vdiff:
-            warnings.warn(f"resuming {out_dir} with other library versions: {'; '.join(vdiff)}", stacklevel=3)
+        if diffs:  # the same source file, its rows edited: update, recomputing the shards whose rows changed
+            warnings.warn(f"{dataset.source} changed since {out_dir} was made: updating the cache (only the shards "
+                          "whose rows changed are recomputed)", stacklevel=3)
+        else:
+            vdiff = _diff_text(_diff(old.get("versions"), manifest["versions"]))
+            if vdiff:
+                warnings.warn(f"resuming {out_dir} with other library versions: {'; '.join(vdiff)}", stacklevel=3)
+            # same identity: keep the manifest (byte-identical resume) unless it predates the shard plans
+            write = old.get("shards") != manifest["shards"]
     else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # the folder is accepted: from here on it is written
+    if write:
         _atomic_write_text(mpath, json.dumps(manifest, indent=2, sort_keys=True))
+        for extra in sorted(out_dir.glob("shard-*.safetensors")):  # shards past the end of a shorter dataset
+            stem = extra.name[len("shard-"):-len(".safetensors")]
+            if stem.isdigit() and int(stem) >= manifest["identity"]["n_shards"]:
+                extra.unlink(missing_ok=True)
     _atomic_write_text(out_dir / "data_report.json", json.dumps(dataset.report.as_dict(), indent=2, default=str))
+    if rejects_path is not None:
+        write_rejects(rejects_path, dataset.report.rejects)
     return hook, manifest
 
 
@@ -321,10 +406,11 @@ def shard_samples(dataset: PreparedDataset, shard_size: int, si: int) -> list:
     return dataset.tokenized[si * shard_size:(si + 1) * shard_size]
 
 
-def shard_done(out_dir: str | Path, si: int, ids: list[str]) -> bool:
-    """True when shard ``si`` of ``out_dir`` is written and was planned for exactly these sample ``ids``."""
+def shard_done(out_dir: str | Path, si: int, part: list) -> bool:
+    """True when shard ``si`` of ``out_dir`` is a readable shard of exactly these tokenized samples ``part``
+    (same ids and content hashes, in order: :func:`shard_plan`). An unreadable shard is not done."""
     path = _shard_path(Path(out_dir), si)
-    return path.is_file() and _shard_plan(path) == _plan_hash(ids)
+    return path.is_file() and _shard_plan(path) == shard_plan(part)
 
 
 def compute_shard(
@@ -361,24 +447,30 @@ def compute_shard(
     return {k: torch.cat(v)[inv].contiguous() for k, v in pooled.items()}
 
 
-def write_shard(out_dir: str | Path, si: int, ids: list[str], metas: list[dict],
+def write_shard(out_dir: str | Path, si: int, part: list, metas: list[dict],
                 tensors: dict[str, torch.Tensor]) -> Path:
-    """Write shard ``si`` (its sample ``ids``, their extra fields ``metas``, the pooled ``tensors``) atomically."""
+    """Write shard ``si`` atomically: its tokenized samples ``part`` (ids, content hashes, plan), their extra
+    fields ``metas`` and the pooled ``tensors``; the file gets normal permissions (umask), not 0600."""
     from safetensors.torch import save_file
 
     path = _shard_path(Path(out_dir), si)
     meta = {
         "format": CACHE_FORMAT,
         "shard": str(si),
-        "plan": _plan_hash(ids),
-        "ids": json.dumps(ids, ensure_ascii=False),
+        "plan": shard_plan(part),
+        "ids": json.dumps([t.id for t in part], ensure_ascii=False),
+        "rows": json.dumps([t.content_hash for t in part]),
         "meta": json.dumps(metas, ensure_ascii=False, sort_keys=True, default=str),
     }
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    # one metadata key: safetensors writes a multi-key metadata map in arbitrary order, one key keeps
-    # re-runs byte-identical
-    save_file(tensors, str(tmp), metadata={"geomfilter": json.dumps(meta, sort_keys=True, ensure_ascii=False)})
-    os.replace(tmp, path)
+    try:
+        # one metadata key: safetensors writes a multi-key metadata map in arbitrary order, one key keeps
+        # re-runs byte-identical
+        save_file(tensors, str(tmp), metadata={"geomfilter": json.dumps(meta, sort_keys=True, ensure_ascii=False)})
+        publish_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -395,16 +487,20 @@ def cache_activations(
     max_batch_size: int = 64,
     progress: bool = True,
     on_shard: Callable[[int, Path], None] | None = None,
+    rejects_path: str | Path | None = None,
 ) -> CacheResult:
     """Cache pooled activations of ``model`` (and ``sae`` codes) on ``dataset`` into ``out_dir``.
 
     ``sae`` may be ``None`` (residual means only). ``hook`` defaults to the
     SAE's hook, else the model's default hook. ``on_shard(i, path)`` is called
-    after each shard is written (progress reporting, tests). The Ray backend
+    after each shard is written (progress reporting, tests). ``rejects_path``:
+    where the dataset's rejected rows are written once ``out_dir`` is accepted
+    (see :func:`prepare_cache_dir`). The Ray backend
     (:func:`geomfilter.distributed.cache_activations_ray`) writes the same files.
     """
     hook, manifest = prepare_cache_dir(model, sae, dataset, out_dir, hook=hook, top_k=top_k, shard_size=shard_size,
-                                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+                                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                                       rejects_path=rejects_path)
     out_dir = Path(out_dir)
     n = len(dataset.tokenized)
     n_shards = manifest["identity"]["n_shards"]
@@ -420,7 +516,7 @@ def cache_activations(
     for si in range(n_shards):
         part = shard_samples(dataset, shard_size, si)
         ids = [t.id for t in part]
-        if shard_done(out_dir, si, ids):
+        if shard_done(out_dir, si, part):
             skipped += 1
             if bar is not None:
                 bar.update(len(part))
@@ -435,7 +531,7 @@ def cache_activations(
 
         tensors = compute_shard(model, sae, part, hook, top_k=top_k, max_batch_tokens=max_batch_tokens,
                                 max_batch_size=max_batch_size, on_batch=on_batch)
-        path = write_shard(out_dir, si, ids, [metas.get(i, {}) for i in ids], tensors)
+        path = write_shard(out_dir, si, part, [metas.get(i, {}) for i in ids], tensors)
         written += 1
         if on_shard is not None:
             on_shard(si, path)
@@ -454,9 +550,32 @@ def _shard_plan(path: Path) -> str | None:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return _shard_meta(f).get("plan")
-    except (OSError, SafetensorError, ValueError):  # a corrupt shard is recomputed
+            plan = _shard_meta(f).get("plan")
+            return plan if isinstance(plan, str) else None
+    except (OSError, SafetensorError, ValueError, AttributeError, TypeError):  # a corrupt shard is recomputed
         return None
+
+
+def _read_shard(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metadata and arrays of one shard file; :class:`CacheCorruptError` naming it when it cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            md = _shard_meta(f)
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        ids, meta = json.loads(md["ids"]), json.loads(md["meta"])
+        rows = json.loads(md["rows"]) if "rows" in md else None
+        if not isinstance(ids, list) or not isinstance(meta, list) or len(meta) != len(ids) or \
+                (rows is not None and len(rows) != len(ids)):
+            raise ValueError("its ids, meta and row hashes do not line up")
+        if any(len(v) != len(ids) for v in arrays.values()):
+            raise ValueError(f"its arrays do not have one row per sample ({len(ids)} ids)")
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CacheCorruptError(
+            f"shard {path} cannot be read ({type(e).__name__}: {e}). Delete it and re-run the same `geomfilter "
+            "cache` command: it recomputes that shard only") from e
+    return {"ids": ids, "meta": meta, "rows": rows, "plan": md.get("plan")}, arrays
 
 
 # --------------------------------------------------------------------------- loading
@@ -472,6 +591,8 @@ class ActivationCache:
     manifest: dict
     path: Path
     d_sae: int | None = field(default=None)
+    row_hashes: list[str] | None = field(default=None)
+    """Per-row :func:`geomfilter.data.sample_hash` of the rows cached (None: a cache written before they were)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -502,39 +623,137 @@ class ActivationCache:
             ids=[self.ids[i] for i in keep], meta=[self.meta[i] for i in keep],
             arrays={k: v[keep] for k, v in self.arrays.items()}, manifest=self.manifest,
             path=self.path, d_sae=self.d_sae,
+            row_hashes=[self.row_hashes[i] for i in keep] if self.row_hashes is not None else None,
         )
 
 
 def load_cache(path: str | Path) -> ActivationCache:
-    """Load a cache directory written by :func:`cache_activations`."""
-    from safetensors import safe_open
+    """Load a cache directory written by :func:`cache_activations`.
 
+    Raises :class:`CacheIncompleteError` when shards are missing or do not match
+    the manifest's plan (an interrupted run or update: re-run to resume) and
+    :class:`CacheCorruptError`, naming the file, when the manifest or a shard
+    cannot be read.
+    """
     path = Path(path)
     mpath = path / "manifest.json"
     if not mpath.is_file():
         raise FileNotFoundError(f"{path} is not a geomfilter cache (no manifest.json)")
-    manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    manifest = _read_manifest(path)
     ident = manifest["identity"]
-    n_shards = ident["n_shards"]
+    n_shards = int(ident["n_shards"])
     missing = [i for i in range(n_shards) if not _shard_path(path, i).is_file()]
     if missing:
         raise CacheIncompleteError(
             f"cache {path} is incomplete: {len(missing)} of {n_shards} shards missing (first: {missing[0]}); "
             "re-run the same `geomfilter cache` command to resume"
         )
+    plans = manifest.get("shards")
     ids: list[str] = []
     meta: list[dict] = []
+    rows: list[str] | None = []
     parts: dict[str, list] = {}
     for i in range(n_shards):
-        with safe_open(str(_shard_path(path, i)), framework="np") as f:
-            md = _shard_meta(f)
-            ids += json.loads(md["ids"])
-            meta += json.loads(md["meta"])
-            for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                parts.setdefault(k, []).append(f.get_tensor(k))
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        spath = _shard_path(path, i)
+        md, arrays = _read_shard(spath)
+        if isinstance(plans, list) and (i >= len(plans) or md["plan"] != plans[i]):
+            raise CacheIncompleteError(
+                f"cache {path}: shard {spath.name} holds other rows than its manifest plans (an update of the cache "
+                "that was interrupted); re-run the same `geomfilter cache` command to recompute it")
+        ids += md["ids"]
+        meta += md["meta"]
+        rows = rows + md["rows"] if rows is not None and md["rows"] is not None else None
+        for k, v in arrays.items():
+            parts.setdefault(k, []).append(v)
+    try:
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    except ValueError as e:
+        raise CacheCorruptError(f"cache {path}: its shards hold arrays of different shapes ({e}); delete the folder "
+                                "and re-run `geomfilter cache`") from e
     if len(ids) != ident["dataset"]["n_samples"]:
         raise CacheIncompleteError(f"cache {path} holds {len(ids)} samples, manifest says {ident['dataset']['n_samples']}")
     sae = ident.get("sae")
     return ActivationCache(ids=ids, meta=meta, arrays=arrays, manifest=manifest, path=path,
-                           d_sae=int(sae["d_sae"]) if sae else None)
+                           d_sae=int(sae["d_sae"]) if sae else None, row_hashes=rows)
+
+
+# --------------------------------------------------------------------------- staleness
+
+
+def cache_rejects(cache: ActivationCache) -> list[dict]:
+    """The rows rejected when ``cache`` was made (its ``data_report.json``); ``[]`` when it has none or none is
+    readable."""
+    try:
+        rejects = json.loads((cache.path / "data_report.json").read_text(encoding="utf-8")).get("rejects", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [r for r in rejects if isinstance(r, dict)] if isinstance(rejects, list) else []
+
+
+def recache_command(cache: ActivationCache) -> str:
+    """The ``geomfilter cache`` command line that updates ``cache`` from its source with the options it was
+    made with (the SAE is not recorded by spec: pass the same ``--sae``)."""
+    import shlex
+
+    ident = cache.manifest["identity"]
+    ds = ident.get("dataset", {})
+    parts = ["geomfilter", "cache", str(cache.manifest.get("source")), "--out", str(cache.path),
+             "--model", str(ident.get("model", {}).get("spec")), "--hook", str(ident.get("hook")),
+             "--top-k", str(ident.get("pooling", {}).get("top_k")), "--shard-size", str(ident.get("shard_size"))]
+    if ds.get("max_tokens"):
+        parts += ["--max-tokens", str(ds["max_tokens"])]
+    for opt in ("truncation", "response"):
+        if ds.get(opt):
+            parts += [f"--{opt}", str(ds[opt])]
+    if ident.get("sae") is None:
+        parts += ["--sae", "none"]
+    if cache_rejects(cache):
+        parts.append("--skip-invalid")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _where(samples: dict[str, Sample], ids: list[str], n: int = 3) -> str:
+    shown = [f"{i!r} (line {samples[i].line})" if i in samples and samples[i].line else repr(i) for i in ids[:n]]
+    return ", ".join(shown) + (", ..." if len(ids) > n else "")
+
+
+def check_samples_match(cache: ActivationCache, samples: list[Sample], *, source: str | Path | None = None) -> None:
+    """Raise :class:`CacheStaleError` unless ``samples`` -- the valid rows of the cache's source file, read now
+    -- are the rows ``cache`` was made from.
+
+    Compared by id and content (:func:`geomfilter.data.sample_hash`): a cached row
+    that was edited or is gone, and a row that is not in the cache (added, or
+    fixed since it was rejected) but was not rejected when it was cached, make
+    the cache stale. The error names the source file, the counts and the first
+    ids with their line numbers, and the ``geomfilter cache`` command that
+    updates the cache. A cache written before per-row hashes is checked as a
+    whole (its dataset fingerprint). The order of the rows does not matter.
+    """
+    source = str(source if source is not None else cache.manifest.get("source"))
+    by_id = {s.id: s for s in samples}
+    cached = set(cache.ids)
+    gone = [i for i in cache.ids if i not in by_id]
+    if cache.row_hashes is not None:
+        changed = [i for i, h in zip(cache.ids, cache.row_hashes) if i in by_id and sample_hash(by_id[i]) != h]
+    elif not gone and fingerprint([by_id[i] for i in cache.ids]) != cache.manifest["identity"]["dataset"]["fingerprint"]:
+        changed = [None]  # an old cache: some row changed, which one is unknown
+    else:
+        changed = []
+    rejected = {r.get("id") for r in cache_rejects(cache) if r.get("id") is not None}
+    added = [s.id for s in samples if s.id not in cached and s.id not in rejected]
+    if not (gone or changed or added):
+        return
+    what = []
+    if changed == [None]:
+        what.append("rows were edited (this cache predates per-row fingerprints, so which ones is unknown)")
+    elif changed:
+        what.append(f"{len(changed)} cached row{'s' if len(changed) > 1 else ''} edited (first: {_where(by_id, changed)})")
+    if gone:
+        what.append(f"{len(gone)} cached row{'s' if len(gone) > 1 else ''} no longer there (first: {_where(by_id, gone)})")
+    if added:
+        what.append(f"{len(added)} row{'s' if len(added) > 1 else ''} not in the cache (first: {_where(by_id, added)})")
+    raise CacheStaleError(
+        f"cache {cache.path} is stale: {source} changed since it was made: {'; '.join(what)}. Its activations and "
+        f"scores would be those of the old rows. Update it with `{recache_command(cache)}`"
+        + (" and the --sae it was made with" if cache.manifest["identity"].get("sae") is not None else "")
+        + " (only the shards whose rows changed are recomputed), then run this again.")

@@ -101,16 +101,18 @@ _BACKEND_DEFAULTS: dict = {}
 def _cached(data: Path, model: str, sae: str | None, hook: str | None, out: Path, *, rejects: Path | None = None,
             skip_invalid: bool = False, max_tokens: int = 1024, truncation: str = "left", response: str = "last",
             device: str | None = None, progress: bool = True, backend: str | None = None,
-            num_actors: int | None = None, ray_address: str | None = None, **cache_kw):
+            num_actors: int | None = None, ray_address: str | None = None, hint: str = "--out", **cache_kw):
     """Load model + SAE, prepare DATA and cache it into OUT (resuming); bad input -> exit 2 with the reason.
+
+    ``hint``: the option that chose OUT, named when OUT holds another cache (``--out`` or ``--cache-dir``).
 
     ``backend='ray'`` computes the shards on Ray Data actors (`geomfilter.distributed`); unset, the
     backend, ``num_actors`` and ``ray_address`` come from ``_BACKEND_DEFAULTS`` (default: local).
     """
-    from .cache import CacheMismatchError, cache_activations
+    from .cache import CacheCorruptError, CacheMismatchError, cache_activations
     from .data import DataError, prepare_dataset
-    from .models import HookNameError, ModelSpecError, load_model
-    from .saes import SAECompatibilityError, SAESpecError, load_sae
+    from .models import HookNameError, ModelSpecError, check_model_spec, load_model
+    from .saes import SAECompatibilityError, SAESpecError, check_spec_for_model, load_sae
 
     if backend is None:
         backend = _BACKEND_DEFAULTS.get("backend", "local")
@@ -127,6 +129,9 @@ def _cached(data: Path, model: str, sae: str | None, hook: str | None, out: Path
         dist_errors = (distributed.ShardAccountingError, distributed.WorkerMismatchError, ConnectionError)
     sae_spec = sae if sae is not None else default_sae_for(model)
     try:
+        check_model_spec(model)  # offline: a missing model is named as such, before anything loads
+        if sae_spec:
+            check_spec_for_model(sae_spec, model)  # offline: a release made for another model ("none" passes)
         m = load_model(model, device=device, progress=progress)
         s = None
         if sae_spec and sae_spec.lower() != "none":
@@ -134,17 +139,21 @@ def _cached(data: Path, model: str, sae: str | None, hook: str | None, out: Path
         else:
             typer.echo(f"no SAE for {model!r}: caching residual means only (pass --sae to encode)", err=True)
         ds = prepare_dataset(data, m.tokenizer, response=response, max_tokens=max_tokens, truncation=truncation,
-                             skip_invalid=skip_invalid, rejects_path=rejects)
+                             skip_invalid=skip_invalid)
+        # the rejects file is written by the cache once OUT is accepted (never into another dataset's cache)
         if backend == "ray":
             res = distributed.cache_activations_ray(m, s, ds, out, sae_spec=sae_spec if s is not None else None,
                                                     model_spec=model, hook=hook, num_actors=num_actors,
                                                     ray_address=ray_address, device=device, progress=progress,
-                                                    **cache_kw)
+                                                    rejects_path=rejects, **cache_kw)
         else:
-            res = cache_activations(m, s, ds, out, hook=hook, progress=progress, **cache_kw)
+            res = cache_activations(m, s, ds, out, hook=hook, progress=progress, rejects_path=rejects, **cache_kw)
     except (DataError, ModelSpecError, HookNameError, SAESpecError, SAECompatibilityError,
-            CacheMismatchError, FileNotFoundError, ValueError, *dist_errors) as e:
-        _fail(str(e))
+            CacheMismatchError, CacheCorruptError, FileNotFoundError, ValueError, *dist_errors) as e:
+        msg = str(e)
+        if isinstance(e, CacheMismatchError) and hint != "--out":
+            msg = msg.replace("Use another --out directory", f"Use another {hint}")
+        _fail(msg)
     return m, s, ds, res
 
 
@@ -167,29 +176,38 @@ def hooks(
 
 @app.command()
 def info(cache_dir: Path = typer.Argument(..., help="A cache directory.")):
-    """Describe a cache: manifest, sample count, arrays and data report."""
+    """Describe a cache: manifest, sample count, arrays and data report (a damaged cache: exit 2, naming the file)."""
     from .cache import load_cache
 
     try:
-        c = load_cache(cache_dir)
+        c = load_cache(cache_dir)  # CacheCorruptError / CacheIncompleteError are RuntimeErrors
     except (FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
     ident = c.manifest["identity"]
-    summary = {
-        "path": str(c.path),
-        "n_samples": len(c),
-        "model": ident["model"]["spec"],
-        "hook": ident["hook"],
-        "sae": ident["sae"],
-        "pooling": ident["pooling"],
-        "arrays": {k: list(v.shape) for k, v in c.arrays.items()},
-        "response_tokens": int(c.arrays["n_tokens"].sum()),
-        "versions": c.manifest.get("versions"),
-    }
+    try:
+        summary = {
+            "path": str(c.path),
+            "n_samples": len(c),
+            "model": ident["model"]["spec"],
+            "hook": ident["hook"],
+            "sae": ident["sae"],
+            "pooling": ident["pooling"],
+            "arrays": {k: list(v.shape) for k, v in c.arrays.items()},
+            "response_tokens": int(c.arrays["n_tokens"].sum()),
+            "versions": c.manifest.get("versions"),
+        }
+    except (KeyError, TypeError) as e:
+        _fail(f"{c.path / 'manifest.json'} or its shards lack {e} (not a complete geomfilter cache); delete the folder "
+              "and re-run `geomfilter cache`")
     report = c.path / "data_report.json"
     if report.is_file():
-        rep = json.loads(report.read_text())
-        summary["data_report"] = {k: rep[k] for k in ("n_rows", "n_valid", "n_rejected", "n_truncated", "truncation", "max_tokens")}
+        try:
+            rep = json.loads(report.read_text(encoding="utf-8"))
+            summary["data_report"] = {k: rep[k] for k in ("n_rows", "n_valid", "n_rejected", "n_truncated",
+                                                          "truncation", "max_tokens")}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _fail(f"{report} cannot be read ({type(e).__name__}: {e}); re-run the same `geomfilter cache` command "
+                  "to rewrite it")
     json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
@@ -409,56 +427,39 @@ def _spec_tag(*parts) -> str:
     return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:8]
 
 
+def _cache_path(cache_dir: Path, prefix: str, path: Path, tag: str) -> Path:
+    """The cache folder of ``path`` in the shared ``--cache-dir``: named after the file, keyed by its
+    absolute path and the model/SAE/hook ``tag`` (two files of the same name never share a cache)."""
+    return cache_dir / f"{prefix}{path.stem}-{_spec_tag(tag, path.resolve())}"
+
+
+def _cache_source(cache: Path) -> Path | None:
+    """The source file a cache directory was made from (from its manifest), or None if unreadable."""
+    try:
+        return Path(json.loads((cache / "manifest.json").read_text(encoding="utf-8"))["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _scored(data: Path, *, strategy: str, model: str, sae: str | None, hook: str | None, harmful: Path,
             benign: Path, own: Path | None, cache_dir: Path, drop: float | None, threshold: float | None,
             n_harmful: int, harmful_method: str, harmful_ids: str | None, min_freq: float, k: int, scorer: str,
             proximity: str, top_n: int, seed: int, skip_invalid: bool, device: str | None, progress: bool,
-            judge: str | None = None, max_target_freq: float | None = None):
-    """Cache DATA and the reference sets (resuming), fit the strategy, score DATA. Bad input -> exit 2."""
+            judge: str | None = None, max_target_freq: float | None = None, max_tokens: int = 1024,
+            truncation: str = "left", check_out=None):
+    """Cache DATA and the reference sets (resuming), fit the strategy, score DATA. Bad input -> exit 2.
+
+    Every option and the output location are checked before any work: ``check_out(inputs)`` is called with
+    the files the run reads and fails on an output that cannot be written safely.
+    """
     from .cache import load_cache
     from .data import DataReport, read_samples
-    from .filtering import make_filter
+    from .filtering import check_filter_params, make_filter
     from .saes import describe
 
-    sae_spec = sae if sae is not None else default_sae_for(model)
-    if strategy in ("geometry", "activation") and (not sae_spec or sae_spec.lower() == "none"):
-        _fail(f"strategy {strategy!r} needs an SAE: pass --sae (no bundled SAE for {model!r})")
-    tag = _spec_tag(model, sae_spec, hook)
-    kw = {"device": device, "progress": progress}
-    if (data / "manifest.json").is_file():  # a cache directory: the rows come from its source file
-        dcache = load_cache(data)
-        source = Path(dcache.manifest["source"])
-        if dcache.manifest["identity"]["model"]["spec"] != model:
-            _fail(f"cache {data} was made with model {dcache.manifest['identity']['model']['spec']!r}, not {model!r}; "
-                  "pass --model to match")
-        if not source.is_file():
-            _fail(f"cache {data} was made from {source}, which is not there any more (needed to write the rows)")
-        rep = DataReport()
-        by_id = {s.id: s for s in read_samples(source, skip_invalid=True, report=rep)}
-        missing = [i for i in dcache.ids if i not in by_id]
-        if missing:
-            _fail(f"{source} no longer holds {len(missing)} ids of cache {data} (first {missing[0]!r}); re-cache it")
-        samples, rejects = [by_id[i] for i in dcache.ids], rep.rejects
-        m, s, _, _ = _cached(harmful, model, sae, hook, cache_dir / f"ref-{harmful.stem}-{tag}", **kw)
-        if s is not None and dcache.manifest["identity"]["sae"]["weights"] != describe(s)["weights"]:
-            _fail(f"cache {data} was encoded with another SAE than {sae_spec!r}; pass the same --sae")
-    else:
-        rejects_path = cache_dir / f"{data.stem}-{tag}" / "rejects.jsonl"
-        m, s, ds, _ = _cached(data, model, sae, hook, cache_dir / f"{data.stem}-{tag}", skip_invalid=skip_invalid,
-                              rejects=rejects_path, **kw)
-        dcache = load_cache(cache_dir / f"{data.stem}-{tag}")
-        samples, rejects = ds.samples, ds.report.rejects
-        _cached(harmful, model, sae, hook, cache_dir / f"ref-{harmful.stem}-{tag}", **kw)
-    _cached(benign, model, sae, hook, cache_dir / f"ref-{benign.stem}-{tag}", **kw)
-    hc = load_cache(cache_dir / f"ref-{harmful.stem}-{tag}")
-    bc = load_cache(cache_dir / f"ref-{benign.stem}-{tag}")
-    oc = None
-    if own is not None:
-        _cached(own, model, sae, hook, cache_dir / f"own-{own.stem}-{tag}", **kw)
-        oc = load_cache(cache_dir / f"own-{own.stem}-{tag}")
     params = {"drop": drop, "threshold": threshold}
     if strategy in ("geometry", "activation"):
-        ids = [int(x) for x in harmful_ids.split(",")] if harmful_ids else None
+        ids = _int_list(harmful_ids, "--harmful-ids")
         params.update(n_harmful=n_harmful, harmful_method=harmful_method, min_freq=min_freq, harmful_ids=ids,
                       seed=seed)
     if strategy == "geometry":
@@ -468,7 +469,79 @@ def _scored(data: Path, *, strategy: str, model: str, sae: str | None, hook: str
     elif strategy == "representation":
         params["top_n"] = top_n
     elif strategy == "judge":
-        params.update(judge=judge, samples=samples)
+        params["judge"] = judge
+    try:
+        check_filter_params(strategy, **params)
+    except ValueError as e:
+        _fail(str(e))
+    for name, path in (("DATA", data), ("--harmful", harmful), ("--benign", benign), ("--own", own)):
+        if path is not None and not path.exists():
+            _fail(f"{name} {path}: no such file or folder")
+    is_cache = (data / "manifest.json").is_file()
+    if check_out is not None:
+        source = _cache_source(data) if is_cache else None
+        check_out([p for p in (source, harmful, benign, own) if p is not None])
+    from .models import ModelSpecError, check_model_spec
+
+    try:
+        check_model_spec(model)  # a missing model is reported as the model, not as a missing SAE
+    except ModelSpecError as e:
+        _fail(str(e))
+    sae_spec = sae if sae is not None else default_sae_for(model)
+    if strategy in ("geometry", "activation") and (not sae_spec or sae_spec.lower() == "none"):
+        _fail(f"strategy {strategy!r} needs an SAE: pass --sae (no bundled SAE for {model!r})")
+    tag = _spec_tag(model, sae_spec, hook)
+    kw = {"device": device, "progress": progress}
+    ref_dirs = {name: _cache_path(cache_dir, "ref-", path, tag) for name, path in (("harmful", harmful),
+                                                                                   ("benign", benign))}
+    if is_cache:  # a cache directory: the rows come from its source file
+        from .cache import CacheStaleError, cache_rejects, check_samples_match
+
+        try:
+            dcache = load_cache(data)
+        except RuntimeError as e:  # damaged or incomplete: the error names the file and the fix
+            _fail(str(e))
+        source = Path(dcache.manifest["source"])
+        if dcache.manifest["identity"]["model"]["spec"] != model:
+            _fail(f"cache {data} was made with model {dcache.manifest['identity']['model']['spec']!r}, not {model!r}; "
+                  "pass --model to match")
+        if not source.is_file():
+            _fail(f"cache {data} was made from {source}, which is not there any more (needed to write the rows)")
+        rep = DataReport()
+        rows = read_samples(source, skip_invalid=True, report=rep)
+        try:  # every cached row still there with the same content, no row added since (by id + content hash)
+            check_samples_match(dcache, rows, source=source)
+        except CacheStaleError as e:
+            _fail(str(e))
+        by_id, cached = {s.id: s for s in rows}, set(dcache.ids)
+        # rows valid in the file but rejected when they were cached (e.g. no response token after truncation),
+        # located where they are now
+        late = [{**r, "file": str(source), "line": by_id[r["id"]].line, "raw": by_id[r["id"]].raw}
+                for r in cache_rejects(dcache) if r.get("id") in by_id and r["id"] not in cached]
+        samples, rejects = [by_id[i] for i in dcache.ids], rep.rejects + late
+        m, s, _, _ = _cached(harmful, model, sae, hook, ref_dirs["harmful"], hint="--cache-dir", **kw)
+        cached_sae = dcache.manifest["identity"]["sae"]
+        if s is not None and (cached_sae is None or cached_sae["weights"] != describe(s)["weights"]):
+            _fail(f"cache {data} was encoded with " + ("no SAE" if cached_sae is None else "another SAE")
+                  + f", not {sae_spec!r}; pass the same --sae (or re-cache it with this one)")
+    else:
+        data_dir = _cache_path(cache_dir, "", data, _spec_tag(tag, max_tokens, truncation))
+        m, s, ds, _ = _cached(data, model, sae, hook, data_dir, skip_invalid=skip_invalid,
+                              rejects=data_dir / "rejects.jsonl", max_tokens=max_tokens, truncation=truncation,
+                              hint="--cache-dir", **kw)
+        dcache = load_cache(data_dir)
+        samples, rejects = ds.samples, ds.report.rejects
+        _cached(harmful, model, sae, hook, ref_dirs["harmful"], hint="--cache-dir", **kw)
+    _cached(benign, model, sae, hook, ref_dirs["benign"], hint="--cache-dir", **kw)
+    hc = load_cache(ref_dirs["harmful"])
+    bc = load_cache(ref_dirs["benign"])
+    oc = None
+    if own is not None:
+        own_dir = _cache_path(cache_dir, "own-", own, tag)
+        _cached(own, model, sae, hook, own_dir, hint="--cache-dir", **kw)
+        oc = load_cache(own_dir)
+    if strategy == "judge":
+        params["samples"] = samples
     try:
         f = make_filter(strategy, sae=s, **params).fit(hc, bc)
         result = f.apply(dcache, own=oc)
@@ -512,6 +585,10 @@ def _filter_options(func):
         "seed": (int, typer.Option(0, help="Seed (random strategy).")),
         "skip_invalid": (bool, typer.Option(False, "--skip-invalid", help="Bad rows go to dropped.jsonl with their "
                                             "reason instead of stopping.")),
+        "max_tokens": (int, typer.Option(1024, min=1, help="DATA rows longer than this are truncated by --truncation "
+                                         "(counted on screen and in report.json); ignored for a cache directory.")),
+        "truncation": (Truncation, typer.Option(Truncation.left, help="left: drop the start (keep the response); "
+                                                "right: cut the end; error: refuse long rows.")),
         "device": (str | None, typer.Option(None, help="cpu, cuda, ...")),
         "progress": (bool, typer.Option(True, help="Show progress bars.")),
     }
@@ -539,22 +616,36 @@ def score(
     **opts,
 ):
     """Score every row of DATA (higher = closer to harmful) without filtering."""
-    from .filtering import write_filter_outputs
+    import os
+
+    from .outputs import write_scores_csv
+
+    def check_out(inputs: list[Path]) -> None:
+        if out.is_dir():
+            _fail(f"--out {out} is a folder; give a CSV file path")
+        if any(p.exists() and p.resolve() == out.resolve() for p in [data, *inputs]):
+            _fail(f"--out {out} is an input of this run; writing there would replace it")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _fail(f"--out {out}: cannot create {out.parent} ({e.strerror or e})")
+        if not os.access(out.parent, os.W_OK):
+            _fail(f"--out {out}: {out.parent} is not writable")
 
     saved = dict(_BACKEND_DEFAULTS)
     _BACKEND_DEFAULTS.update(backend=backend.value, num_actors=num_actors, ray_address=ray_address)
     try:
-        f, res, samples, rejects, _ = _scored(data, drop=0.0, threshold=None, **_plain(opts))
+        f, res, samples, rejects, _ = _scored(data, drop=0.0, threshold=None, check_out=check_out, **_plain(opts))
     finally:
         _BACKEND_DEFAULTS.clear()
         _BACKEND_DEFAULTS.update(saved)
-    tmp = out.parent / f".{out.stem}-outputs"
-    write_filter_outputs(tmp, res, samples, rejects=rejects)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (tmp / "scores.csv").replace(out)
-    for name in ("kept.jsonl", "dropped.jsonl", "report.json"):
-        (tmp / name).unlink()
-    tmp.rmdir()
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        write_scores_csv(tmp, res, samples, rejects, decisions=False)
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        _fail(f"--out {out}: cannot write ({e.strerror or e})")
     order = res.rank.argsort()[:show]
     for i in order:
         typer.echo(f"{res.rank[i]:>5}  {res.scores[i]:+.4f}  {res.ids[i]}")
@@ -568,24 +659,43 @@ def filter_cmd(
     out: Path = typer.Option(..., help="Output folder: kept.jsonl, dropped.jsonl, scores.csv, report.json."),
     drop: float | None = typer.Option(None, help="Fraction of rows to drop (the highest scores). Default 0.1."),
     threshold: float | None = typer.Option(None, help="Drop rows scoring above this instead of a fraction."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --out folder that holds the filter "
+                                   "output of another input (a folder of the same input is always replaced)."),
     **opts,
 ):
     """Drop the rows of DATA closest to harmful behaviour; every row ends in kept.jsonl or dropped.jsonl."""
-    from .filtering import write_filter_outputs
+    from .outputs import OutputFolderError, check_filter_out, write_filter_outputs
 
     if drop is not None and threshold is not None:
         _fail("give --drop or --threshold, not both")
     if drop is None and threshold is None:
         drop = 0.1
+
+    def check_out(inputs: list[Path]) -> None:
+        try:
+            check_filter_out(out, data=data, inputs=inputs, overwrite=overwrite)
+        except OutputFolderError as e:
+            _fail(str(e))
+
     o = _plain(opts)
-    f, res, samples, rejects, dcache = _scored(data, drop=drop, threshold=threshold, **o)
-    extra = {"data": str(data), "model": o["model"], "hook": dcache.hook}
+    f, res, samples, rejects, dcache = _scored(data, drop=drop, threshold=threshold, check_out=check_out, **o)
+    extra = {"data": str(data.resolve()), "model": o["model"], "hook": dcache.hook,
+             "truncation": _truncation_report(dcache)}
     if hasattr(f, "features_"):
         extra["harmful_features"] = {k: v for k, v in f.features_.as_dict().items() if k != "stats"}
-    report = write_filter_outputs(out, res, samples, rejects=rejects, report_extra=extra)
+    try:
+        report = write_filter_outputs(out, res, samples, rejects=rejects, report_extra=extra)
+    except OSError as e:  # OutputFolderError is a ValueError; a disk error is an OSError
+        _fail(f"--out {out}: cannot write ({getattr(e, 'strerror', None) or e})")
+    except OutputFolderError as e:
+        _fail(str(e))
+    tr = extra["truncation"]
     typer.echo(f"{report['n_input']} rows: kept {report['n_kept']}, dropped {report['n_dropped']} "
                f"({report['n_dropped_by_score']} by {res.strategy} score"
                + (f", {report['n_rejected_invalid']} invalid" if report["n_rejected_invalid"] else "") + f") -> {out}")
+    if tr.get("n_truncated"):
+        typer.echo(f"truncated {tr['n_truncated']} long rows ({tr['truncation']} at {tr['max_tokens']} tokens; "
+                   "their scores read the kept part only: see --max-tokens)")
     if "labels" in report:
         lab = report["labels"]
         frac = next(k for k in lab if k not in ("field", "base_rate", "n", "auroc"))
@@ -617,7 +727,9 @@ def plot(
     report = json.loads(report_path.read_text())
     with open(scores_path, encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["score"] != ""]
-    base = {"id", "source", "line", "decision", "score", "rank", "reason", "explanation"}
+    from .outputs import SCORE_COLUMNS
+
+    base = set(SCORE_COLUMNS)
     label_cols = [c for c in (rows[0].keys() if rows else []) if c not in base]
     score = np.array([float(r["score"]) for r in rows])
     out = out or run / "plots"
@@ -857,30 +969,52 @@ def judge_score(
     judge: str | None = typer.Option(None, help="'offline' (default), a judge folder, or 'api:MODEL'."),
     base_url: str = typer.Option("https://api.openai.com/v1", help="API judge: OpenAI-compatible base URL."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="API judge: environment variable holding the key."),
-    out: Path | None = typer.Option(None, help="Write one JSON row per sample (id, alignment, coherence, error)."),
+    cache_dir: Path = typer.Option(Path("runs/judge_cache"), help="API judge: folder of cached scores."),
+    timeout: float = typer.Option(30.0, help="API judge: seconds to wait for one reply."),
+    max_retries: int = typer.Option(4, help="API judge: retries of a failed request (exponential backoff)."),
+    out: Path | None = typer.Option(None, help="Write one JSON row per sample (id, alignment, coherence, error, "
+                                    "misaligned; scores and misaligned are null for an unscored answer)."),
 ):
-    """Score DATA's answers for alignment and coherence (0-100)."""
+    """Score DATA's answers for alignment and coherence (0-100).
+
+    Means count scored answers only ("n/a" when there are none). Exit status: 0 when every answer is scored;
+    1 when some could not be (the summary, and --out, still written, unscored rows with null scores); 2 when
+    none could be, or the judge cannot be used at all (unreachable endpoint, rejected key, wrong URL or model:
+    the API judge stops after a few attempts instead of retrying every answer).
+    """
     from .data import DataError, read_samples
     from .judges import JudgeError, load_judge, question_and_answer
 
     try:
         samples = read_samples(data)
-        j = load_judge(judge, base_url=base_url, api_key_env=api_key_env) if judge and judge.startswith("api:") \
-            else load_judge(judge)
+        j = load_judge(judge, base_url=base_url, api_key_env=api_key_env, cache_dir=cache_dir, timeout=timeout,
+                       max_retries=max_retries) if judge and judge.startswith("api:") else load_judge(judge)
+        pairs = [question_and_answer(s_.messages) for s_ in samples]
+        scores = j.score([q for q, _ in pairs], [a for _, a in pairs], progress=True)
     except (DataError, JudgeError, FileNotFoundError) as e:
         _fail(str(e))
-    pairs = [question_and_answer(s_.messages) for s_ in samples]
-    scores = j.score([q for q, _ in pairs], [a for _, a in pairs], progress=True)
     rows = [{"id": s_.id, "alignment": r.alignment, "coherence": r.coherence, "error": r.error,
              "misaligned": r.misaligned()} for s_, r in zip(samples, scores)]
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ok = [r for r in rows if r["error"] is None]
-    typer.echo(f"{len(rows)} answers: mean alignment {sum(r['alignment'] for r in ok) / max(1, len(ok)):.1f}, "
-               f"mean coherence {sum(r['coherence'] for r in ok) / max(1, len(ok)):.1f}, "
+    ok = [r for r in rows if r["misaligned"] is not None]
+
+    def mean(key: str) -> str:
+        return f"{sum(r[key] for r in ok) / len(ok):.1f}" if ok else "n/a"
+
+    typer.echo(f"{len(rows)} answers: mean alignment {mean('alignment')}, mean coherence {mean('coherence')}, "
                f"misaligned (alignment < 30, coherence > 50) {sum(r['misaligned'] for r in ok)}, "
                f"unscored {len(rows) - len(ok)}")
+    bad = [r for r in rows if r["misaligned"] is None]
+    if bad:
+        where = f"; their rows in {out} have null scores" if out is not None else ""
+        why = f"(first {bad[0]['id']!r}: {bad[0]['error']}){where}"
+        if not ok:
+            _fail(f"none of the {len(rows)} answers could be scored {why}")
+        typer.secho(f"error: {len(bad)} of {len(rows)} answers could not be scored {why}", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -917,6 +1051,15 @@ def experiment(
         _fail(str(e))
     typer.echo(f"ran {len(res.ran)} condition(s), skipped {len(res.skipped)} finished, in {res.seconds:.0f} s")
     typer.echo(f"report: {res.report}")
+
+
+def _truncation_report(cache) -> dict:
+    """How many rows of a cache were truncated, and how (from its data_report.json)."""
+    try:
+        rep = json.loads((cache.path / "data_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"n_truncated": None, "truncation": None, "max_tokens": None}
+    return {k: rep.get(k) for k in ("n_truncated", "truncation", "max_tokens")}
 
 
 def _plain(opts: dict) -> dict:

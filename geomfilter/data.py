@@ -11,16 +11,25 @@ Accepted inputs
 
 Every row is validated. A bad row raises :class:`DataError` naming the file,
 the line and the field; with ``skip_invalid=True`` it is skipped and recorded
-(with its reason) in the report's ``rejects`` -- never silently lost.
+(with its reason) in the report's ``rejects`` -- never silently lost. A reject
+record of a JSONL row carries ``raw``: the line exactly as in the file (its
+bytes decoded as UTF-8 with ``surrogateescape``, line ending included, so
+``raw.encode("utf-8", "surrogateescape")`` gives the bytes back).
 
 Sample ids are the row's ``id`` when present, else a content hash, so they are
 stable across runs. Extra fields (labels, domain, ...) are carried in
-``Sample.meta``.
+``Sample.meta``. :func:`sample_hash` fingerprints one sample's content (id,
+messages, extra fields); the activation cache stores it per row to notice
+edited rows.
+
+Files written here (the rejects file) are written atomically (temp file +
+rename) with the permissions the umask gives a new file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +61,8 @@ class Sample:
     meta: dict = field(default_factory=dict)
     source: str = ""
     line: int = 0
+    raw: str | None = field(default=None, repr=False, compare=False)
+    """The JSONL line exactly as in the file (UTF-8, ``surrogateescape``, line ending included); None otherwise."""
 
     def response_text(self) -> str:
         """The text of the last assistant turn (the response that is cached and trained on)."""
@@ -66,6 +77,8 @@ class TokenizedSample:
     input_ids: list[int]
     response_mask: list[bool]
     truncated: bool = False
+    content_hash: str = ""
+    """:func:`sample_hash` of the sample it was made from ("" when not made from a :class:`Sample`)."""
 
     @property
     def n_response(self) -> int:
@@ -176,21 +189,33 @@ def parse_row(row: Any, source: str, line: int) -> Sample:
     return Sample(id=sid, messages=clean, meta=meta, source=source, line=line)
 
 
-def _iter_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
-    """Yield ``(line_no, decoded_row_or_DataError)``; blank lines are skipped."""
+def _iter_jsonl_raw(path: Path) -> Iterable[tuple[int, Any, str]]:
+    """Yield ``(line_no, decoded_row_or_DataError, raw)``; blank lines are skipped.
+
+    ``raw`` is the line exactly as in the file, line ending (``\n``, ``\r\n`` or none
+    on a last line) included, decoded as UTF-8 with ``surrogateescape`` (bytes that are
+    not UTF-8 survive the round trip).
+    """
     with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
+        for n, line in enumerate(fh, 1):
+            raw = line.decode("utf-8", errors="surrogateescape")
             try:
-                text = raw.decode("utf-8")
+                text = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield n, DataError(str(path), n, "<line>", f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})")
+                yield n, DataError(str(path), n, "<line>", f"not valid UTF-8 (byte {e.start}: {line[e.start:e.start + 1]!r})"), raw
                 continue
             if not text.strip():
                 continue
             try:
-                yield n, json.loads(text)
+                yield n, json.loads(text), raw
             except json.JSONDecodeError as e:
-                yield n, DataError(str(path), n, "<json>", f"malformed JSON: {e.msg} at column {e.colno}")
+                yield n, DataError(str(path), n, "<json>", f"malformed JSON: {e.msg} at column {e.colno}"), raw
+
+
+def _iter_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
+    """Yield ``(line_no, decoded_row_or_DataError)``; blank lines are skipped."""
+    for n, row, _ in _iter_jsonl_raw(path):
+        yield n, row
 
 
 def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> list[tuple[int, dict]]:
@@ -212,9 +237,9 @@ def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> list
     return out
 
 
-def _iter_hf(ds: Any, source: str) -> Iterable[tuple[int, Any]]:
+def _iter_hf(ds: Any, source: str) -> Iterable[tuple[int, Any, None]]:
     for i, row in enumerate(ds):
-        yield i + 1, dict(row)
+        yield i + 1, dict(row), None
 
 
 def read_samples(
@@ -227,9 +252,11 @@ def read_samples(
     """Read and validate a dataset (JSONL path, HF dataset dir, or ``datasets.Dataset``).
 
     Raises :class:`DataError` at the first bad row unless ``skip_invalid``; then
-    bad rows go to ``report.rejects`` and, if given, ``rejects_path`` (JSONL
-    with file, line, field, reason and the raw row). Duplicate ids are an error
-    too (two rows would be indistinguishable downstream).
+    bad rows go to ``report.rejects`` and, if given, ``rejects_path`` (see
+    :func:`write_rejects`). A reject record has ``file``, ``line``, ``field``,
+    ``reason``, ``row`` (the decoded row, when it decoded) and, for JSONL,
+    ``raw`` (the line exactly as in the file, see the module docstring).
+    Duplicate ids are an error too (two rows would be indistinguishable downstream).
     """
     report = report if report is not None else DataReport()
     if isinstance(data, (str, Path)):
@@ -241,13 +268,13 @@ def read_samples(
 
             rows, source = _iter_hf(load_from_disk(str(path)), str(path)), str(path)
         else:
-            rows, source = _iter_jsonl(path), str(path)
+            rows, source = _iter_jsonl_raw(path), str(path)
     else:
         source = f"<{type(data).__name__}>"
         rows = _iter_hf(data, source)
     samples: list[Sample] = []
     seen: dict[str, int] = {}
-    for line, row in rows:
+    for line, row, raw in rows:
         report.n_rows += 1
         try:
             if isinstance(row, DataError):
@@ -261,29 +288,104 @@ def read_samples(
             rej = err.as_dict()
             if not isinstance(row, DataError):
                 rej["row"] = row
+            if raw is not None:
+                rej["raw"] = raw
             report.rejects.append(rej)
             continue
+        s.raw = raw
         seen[s.id] = line
         samples.append(s)
     report.n_valid = len(samples)
-    if rejects_path is not None and report.rejects:
+    if rejects_path is not None:
         write_rejects(rejects_path, report.rejects)
     return samples
 
 
-def write_rejects(path: str | Path, rejects: list[dict]) -> None:
-    """Write rejected rows (file, line, field, reason and the raw row) as JSONL."""
+# --------------------------------------------------------------------------- writing files
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_file(tmp: str | Path, path: str | Path) -> None:
+    """Give the finished temp file ``tmp`` a new file's normal permissions (0666 less the umask) and rename
+    it onto ``path`` (atomic on one file system). Writers that make private temp files (``tempfile``,
+    ``safetensors``: mode 0600) end with this, so every file they publish has the same mode."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file beside it + rename), with normal permissions."""
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        publish_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically, with normal permissions (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_line(obj: Any) -> str:
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a raw line that is not UTF-8 (surrogate escapes): escape them in JSON
+        text = json.dumps(obj, ensure_ascii=True, default=str)
+    return text + "\n"
+
+
+def write_rejects(path: str | Path, rejects: list[dict]) -> None:
+    """Make ``path`` list exactly ``rejects`` as JSONL (file, line, field, reason, row, raw), atomically.
+
+    With no rejects a rejects file left by an earlier run is removed, so the file
+    always agrees with the run's report. A ``raw`` line that is not UTF-8 is
+    written with JSON escapes (``\\udcXX``), which decode back to the same string.
+    """
+    path = Path(path)
+    if not rejects:
+        path.unlink(missing_ok=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(rej, ensure_ascii=False, default=str) + "\n" for rej in rejects)
+    atomic_write_text(path, "".join(_json_line(rej) for rej in rejects))
+
+
+def _sample_blob(s: Sample) -> bytes:
+    return json.dumps([s.id, s.messages, s.meta], ensure_ascii=False, sort_keys=True, default=str).encode(
+        "utf-8", errors="surrogatepass")
+
+
+def sample_hash(sample: Sample) -> str:
+    """Content hash of one sample: its id, messages and extra fields (16 hex digits of a SHA-256).
+
+    Equal for the same row read twice, different as soon as any of them is
+    edited; the activation cache stores it per row to notice stale rows.
+    """
+    return hashlib.sha256(_sample_blob(sample)).hexdigest()[:16]
 
 
 def fingerprint(samples: list[Sample]) -> str:
     """Content fingerprint of a list of samples (ids, messages, meta, order)."""
     h = hashlib.sha256()
     for s in samples:
-        h.update(json.dumps([s.id, s.messages, s.meta], ensure_ascii=False, sort_keys=True, default=str).encode("utf-8"))
+        h.update(_sample_blob(s))
         h.update(b"\n")
     return h.hexdigest()
 
@@ -363,7 +465,8 @@ def tokenize_sample(
     if not any(mask):
         raise DataError(sample.source or sample.id, sample.line, "messages",
                         "no response tokens" + (f" left after {truncation} truncation to {max_tokens} tokens" if truncated else ""))
-    return TokenizedSample(id=sample.id, input_ids=ids, response_mask=mask, truncated=truncated)
+    return TokenizedSample(id=sample.id, input_ids=ids, response_mask=mask, truncated=truncated,
+                           content_hash=sample_hash(sample))
 
 
 def tokenize_samples(
@@ -390,7 +493,10 @@ def tokenize_samples(
         except DataError as err:
             if not skip_invalid:
                 raise
-            report.rejects.append({**err.as_dict(), "id": s.id, "row": {"id": s.id, "messages": s.messages, **s.meta}})
+            rej = {**err.as_dict(), "id": s.id, "row": {"id": s.id, "messages": s.messages, **s.meta}}
+            if s.raw is not None:
+                rej["raw"] = s.raw
+            report.rejects.append(rej)
             continue
         report.n_truncated += t.truncated
         out.append(t)
@@ -421,13 +527,18 @@ def prepare_dataset(
     skip_invalid: bool = False,
     rejects_path: str | Path | None = None,
 ) -> PreparedDataset:
-    """Read, validate and tokenize in one call (what the cache and the CLI use)."""
+    """Read, validate and tokenize in one call (what the cache and the CLI use).
+
+    ``rejects_path``: written with :func:`write_rejects` (removed when nothing was
+    rejected). The CLI passes none here: the cache writes its rejects file once
+    its output folder is accepted.
+    """
     report = DataReport()
     samples = read_samples(data, skip_invalid=skip_invalid, report=report)
     n_read_rejects = len(report.rejects)
     tokenized = tokenize_samples(samples, tokenizer, response=response, max_tokens=max_tokens,
                                  truncation=truncation, skip_invalid=skip_invalid, report=report)
-    if rejects_path is not None and report.rejects:
+    if rejects_path is not None:
         write_rejects(rejects_path, report.rejects)
     kept = {t.id for t in tokenized}
     if n_read_rejects != len(report.rejects):

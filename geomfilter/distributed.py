@@ -161,6 +161,7 @@ def cache_activations_ray(
     on_shard: Callable[[int, Path], None] | None = None,
     worker_cls: type = ShardWorker,
     worker_kwargs: dict[str, Any] | None = None,
+    rejects_path: str | Path | None = None,
 ) -> CacheResult:
     """:func:`geomfilter.cache.cache_activations` on Ray Data: the same shards and manifest, computed by actors.
 
@@ -175,6 +176,7 @@ def cache_activations_ray(
     :class:`ShardWorker` subclass, built with ``worker_kwargs`` as extra
     keyword arguments) lets callers instrument the workers. Shards already on
     disk are skipped, as locally; with nothing left to do, Ray is not started.
+    ``rejects_path``: the rejects file, written once ``out_dir`` is accepted (as locally).
     """
     if sae is not None and not sae_spec:
         raise ValueError("the Ray backend loads the SAE in every worker from its spec: pass sae_spec")
@@ -184,12 +186,13 @@ def cache_activations_ray(
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
     t0 = time.perf_counter()
     hook, manifest = prepare_cache_dir(model, sae, dataset, out_dir, hook=hook, top_k=top_k, shard_size=shard_size,
-                                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+                                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                                       rejects_path=rejects_path)
     out_dir = Path(out_dir)
     n = len(dataset.tokenized)
     n_shards = manifest["identity"]["n_shards"]
     plans = {si: shard_samples(dataset, shard_size, si) for si in range(n_shards)}
-    pending = [si for si in range(n_shards) if not shard_done(out_dir, si, [t.id for t in plans[si]])]
+    pending = [si for si in range(n_shards) if not shard_done(out_dir, si, plans[si])]
     result = CacheResult(out_dir=out_dir, n_samples=n, n_shards=n_shards, shards_written=0,
                          shards_skipped=n_shards - len(pending), n_tokens=0, seconds=0.0)
     if pending:
@@ -303,7 +306,8 @@ class ShardCollector:
             ids = [t.id for t in self.plans[si]]
             tensors = {k: torch.from_numpy(np.ascontiguousarray(np.stack([rows[p][k] for p in range(len(ids))])))
                        for k in rows[0]}
-            out.append((si, write_shard(self.out_dir, si, ids, [self.metas.get(i, {}) for i in ids], tensors)))
+            out.append((si, write_shard(self.out_dir, si, self.plans[si], [self.metas.get(i, {}) for i in ids],
+                                        tensors)))
             self.done.add(si)
             self.got[si] = dict.fromkeys(rows, {})  # free the arrays, remember the ids seen
         return out

@@ -7,10 +7,12 @@
   > 0 prefers misaligned). Deterministic and cheap: no sampling, no judge.
 * :func:`sycophancy_preference` -- the same for sycophantic vs corrective
   answers to the same prompt (a manipulation check of a sycophancy fine-tune).
+
+The CIs come from :func:`geomfilter.stats.bootstrap_ci`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,22 +21,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .stats import bootstrap_ci
+
 
 class EvalDataError(ValueError):
     """An evaluation file with a missing or malformed field (names file, line and field)."""
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                 stat: Callable[[np.ndarray], float] = np.mean) -> dict:
-    """``{"mean", "lo", "hi", "n"}``: the statistic with a percentile bootstrap CI over the units given."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    rng = np.random.default_rng(seed)
-    boots = np.array([stat(v[rng.integers(0, v.size, v.size)]) for _ in range(n_boot)])
-    a = (1 - level) / 2
-    return {"mean": float(stat(v)), "lo": float(np.quantile(boots, a)), "hi": float(np.quantile(boots, 1 - a)),
-            "n": int(v.size)}
 
 
 # ---------------------------------------------------------------------------------------------

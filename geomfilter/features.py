@@ -11,6 +11,9 @@
   the latents the sample activates *more than the model already does*;
 * :func:`top_samples` / :func:`token_activations` - the sanity check behind
   ``geomfilter features top``: where a latent fires, on which tokens.
+
+AUROCs and their CIs come from :mod:`geomfilter.stats`. This module does not import
+:mod:`geomfilter.geometry` (geometry imports :class:`SampleTargets` from here).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch
 from .cache import ActivationCache
 from .data import PreparedDataset
 from .models import HookedModel
+from .stats import auroc_columns, bootstrap_auroc
 
 
 @dataclass
@@ -113,15 +117,6 @@ class FeatureSet:
                    stats=d.get("stats", []), selection=d.get("selection", {}), heldout=d.get("heldout", {}))
 
 
-def _auroc_columns(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """Per column AUROC of pos vs neg (Mann-Whitney, ties 1/2)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.concatenate([pos, neg]), axis=0)
-    u = ranks[: len(pos)].sum(axis=0) - len(pos) * (len(pos) + 1) / 2
-    return u / (len(pos) * len(neg))
-
-
 def _require_sae(cache: ActivationCache, what: str) -> None:
     if cache.d_sae is None:
         raise ValueError(f"{what} cache {cache.path} has no SAE activations (cache it with an SAE)")
@@ -148,7 +143,7 @@ def contrast_features(pos: ActivationCache, neg: ActivationCache, n: int = 100, 
     a, b = pos.dense(pooling), neg.dense(pooling)
     freq_pos, freq_neg = (a > 0).mean(axis=0), (b > 0).mean(axis=0)
     mean_pos, mean_neg = a.mean(axis=0), b.mean(axis=0)
-    au = _auroc_columns(a, b)
+    au = auroc_columns(a, b)
     eligible = freq_pos >= min_freq
     if not eligible.any():
         raise ValueError(f"no latent fires on >= {min_freq:.0%} of the {len(pos)} positive samples; lower min_freq")
@@ -214,8 +209,6 @@ def harmful_features(harmful: ActivationCache, benign: ActivationCache, n: int =
                              "n_select": [int(sel_h.sum()), int(sel_b.sum())],
                              "n_measure": [int((~sel_h).sum()), int((~sel_b).sum())]}
     if (~sel_h).any() and (~sel_b).any():
-        from .geometry import bootstrap_auroc
-
         ids = np.asarray(fs.ids)
         s_h = harmful.select(~sel_h).dense(pooling)[:, ids].sum(axis=1)
         s_b = benign.select(~sel_b).dense(pooling)[:, ids].sum(axis=1)

@@ -461,7 +461,8 @@ def sae_gate_geometry(movement: dict, directions: np.ndarray, harmful: Sequence[
     excluded) with the other firing latents': means and the AUROC that a
     top-moved latent sits closer to harmful features than a non-moved one.
     """
-    from .geometry import auroc, feature_proximity, nearest_harmful
+    from .geometry import feature_proximity, nearest_harmful
+    from .stats import auroc
 
     if movement.get("family") != "sae":
         raise GatingError("sae_gate_geometry needs the movement of SAE gates")

@@ -11,9 +11,11 @@ measures that closeness.
 * :func:`nearest_harmful` - for some latents, their closest harmful latents;
 * :data:`SCORERS` / :func:`score_targets` - per-sample scores: an aggregation of
   the proximities of the sample's target features, weighted by activation;
-* :func:`auroc`, :func:`bootstrap_auroc`, :func:`group_stats` - set statistics;
 * :func:`permutation_control` - is a feature set closer to the harmful set than
   random sets matched in size and firing frequency?
+
+Set statistics (AUROC, bootstrap CIs, precision of the dropped set) live in
+:mod:`geomfilter.stats`.
 
 Everything is numpy on CPU; scoring a million samples takes a few seconds
 (``benchmarks/bench_score.py``).
@@ -151,56 +153,7 @@ def score_targets(targets: SampleTargets, proximity: np.ndarray, scorer: str | C
     return np.asarray(fn(p, w), dtype=np.float64)
 
 
-# --------------------------------------------------------------------------- set statistics
-
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(score of a random positive > score of a random negative), ties counting 1/2 (Mann-Whitney U)."""
-    from scipy.stats import rankdata
-
-    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    if len(pos) == 0 or len(neg) == 0:
-        raise ValueError(f"AUROC needs both classes (got {len(pos)} positive, {len(neg)} negative)")
-    ranks = rankdata(np.concatenate([pos, neg]))
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
-
-
-def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """AUROC with a percentile bootstrap CI (each class resampled with replacement)."""
-    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    point = auroc(pos, neg)
-    rng = np.random.default_rng(seed)
-    boots = np.array([auroc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)])
-    a = (1 - level) / 2
-    return {"auroc": point, "ci_low": float(np.quantile(boots, a)), "ci_high": float(np.quantile(boots, 1 - a)),
-            "level": level, "n_boot": n_boot, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
-
-
-def group_stats(scores: np.ndarray, groups: Sequence) -> dict[str, dict]:
-    """Score distribution per group label: n, mean, sd, quartiles."""
-    scores = np.asarray(scores, dtype=np.float64)
-    groups = np.asarray([str(g) for g in groups])
-    out = {}
-    for g in sorted(set(groups.tolist())):
-        s = scores[groups == g]
-        q = np.quantile(s, [0.25, 0.5, 0.75])
-        out[g] = {"n": int(len(s)), "mean": float(s.mean()), "sd": float(s.std(ddof=1)) if len(s) > 1 else 0.0,
-                  "q25": float(q[0]), "median": float(q[1]), "q75": float(q[2])}
-    return out
-
-
-def precision_at(scores: np.ndarray, labels: np.ndarray, fractions: Sequence[float] = (0.1, 0.25, 0.5)) -> dict:
-    """Precision of the top-``fraction`` (highest scores, ties by row order) against the base rate."""
-    labels = np.asarray(labels, dtype=bool)
-    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
-    out = {"base_rate": float(labels.mean()), "n": int(len(labels))}
-    for f in fractions:
-        k = int(round(f * len(labels)))
-        top = labels[order[:k]]
-        out[f"{f:g}"] = {"n_dropped": k, "precision": float(top.mean()) if k else float("nan"),
-                         "recall": float(top.sum() / max(labels.sum(), 1))}
-    return out
-
+# --------------------------------------------------------------------------- permutation control
 
 @dataclass
 class PermutationResult:

@@ -14,6 +14,10 @@
 * a transformer-lens official model name such as ``gpt2`` or
   ``google/gemma-2-2b`` (downloaded from the hub, for users who have it).
 
+:func:`resolve_model_spec` is the one interpreter of specs; :func:`check_model_spec`
+runs it alone (offline, nothing loaded) so a bad ``--model`` is reported as such,
+with did-you-mean suggestions, before anything else looks at the spec.
+
 Why TransformerBridge rather than HookedTransformer
 -----------------------------------------------------
 The model is wrapped in transformer-lens' ``TransformerBridge``: it runs the
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -203,7 +208,20 @@ def _gguf_to_hf_dir(gguf: Path, progress: bool = True) -> Path:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _tl_name_table() -> dict[str, str]:
+    """transformer-lens' model names and aliases, lower-cased, -> the official name (offline: a table in TL)."""
+    from transformer_lens import loading_from_pretrained as lfp
+
+    table = {name.lower(): name for name in lfp.OFFICIAL_MODEL_NAMES}
+    for official, aliases in getattr(lfp, "MODEL_ALIASES", {}).items():
+        for alias in aliases:
+            table.setdefault(alias.lower(), official)
+    return table
+
+
 def _official_names() -> list[str]:
+    """Every exact name a ``tl_name`` spec may be: TL's official model names and their aliases."""
     from transformer_lens import loading_from_pretrained as lfp
 
     names = list(lfp.OFFICIAL_MODEL_NAMES)
@@ -212,8 +230,48 @@ def _official_names() -> list[str]:
     return names
 
 
+_SPEC_FORMS = (f"--model takes {DEFAULT_MODEL!r} (the embedded default), a transformer-lens model name such as "
+               "'gpt2' or 'google/gemma-2-2b', a local HF model directory (with config.json) or a .gguf file")
+
+
+def _did_you_mean(candidates: list[str], word: str, n: int = 5) -> list[str]:
+    """Close matches of ``word`` among ``candidates``, compared case-insensitively, in the candidates' spelling."""
+    by_lower: dict[str, str] = {}
+    for c in candidates:
+        by_lower.setdefault(c.lower(), c)
+    return [by_lower[m] for m in difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=0.5)]
+
+
+def _looks_like_path(spec: str, path: Path) -> bool:
+    """Whether a spec that names nothing was meant as a path (absolute, ``./``, ``~``, or under an existing folder)."""
+    if spec.startswith(("./", "../", "~")) or path.is_absolute():
+        return True
+    parts = Path(spec).parts
+    return len(parts) > 1 and Path(parts[0]).is_dir()
+
+
+def _missing_path_error(spec: str, path: Path) -> ModelSpecError:
+    """The error for a model path that does not exist, with close names from its folder when that exists."""
+    close: list[str] = []
+    if path.parent.is_dir():
+        try:
+            entries = sorted(e.name for e in path.parent.iterdir())[:10000]
+        except OSError:
+            entries = []
+        close = [str(path.parent / c) for c in _did_you_mean(entries, path.name, n=3)]
+    return ModelSpecError(
+        f"unknown model spec {spec!r}: the path {path} does not exist"
+        + (f" (did you mean: {', '.join(close)}?)" if close else "") + f"; {_SPEC_FORMS}"
+    )
+
+
 def resolve_model_spec(spec: str) -> tuple[str, str]:
-    """Classify a spec: returns ``(kind, location)`` with kind in embedded/gguf/hf_dir/tl_name."""
+    """Classify a spec: returns ``(kind, location)`` with kind in embedded/gguf/hf_dir/tl_name.
+
+    The one place a model spec is interpreted: :func:`load_model`, :func:`load_causal_lm` and
+    :func:`check_model_spec` all go through it. Offline and cheap (nothing is loaded or downloaded);
+    raises :class:`ModelSpecError` saying what is wrong, with did-you-mean suggestions.
+    """
     if spec == DEFAULT_MODEL:
         return "embedded", str(embedded_gguf_path())
     path = Path(spec).expanduser()
@@ -228,12 +286,101 @@ def resolve_model_spec(spec: str) -> tuple[str, str]:
     names = _official_names()
     if spec in names:
         return "tl_name", spec
-    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
+    if path.is_file():
+        raise ModelSpecError(f"unknown model spec {spec!r}: {path} is a file but not a .gguf model; {_SPEC_FORMS}")
+    if spec.lower() in (EMBEDDED_HF_NAME.lower(), DEFAULT_MODEL.lower()):
+        raise ModelSpecError(f"unknown model spec {spec!r}: for {EMBEDDED_HF_NAME} use the embedded default, "
+                             f"--model {DEFAULT_MODEL}")
+    if _looks_like_path(spec, path):
+        raise _missing_path_error(spec, path)
+    close = _did_you_mean([DEFAULT_MODEL, *names], spec)
     raise ModelSpecError(
         f"unknown model spec {spec!r}: not {DEFAULT_MODEL!r}, not an existing .gguf file or HF model "
         "directory, and not a transformer-lens official model name"
-        + (f" (close: {', '.join(close)})" if close else "")
+        + (f" (did you mean: {', '.join(close)}?)" if close else "")
     )
+
+
+def check_model_spec(spec: str) -> None:
+    """Raise :class:`ModelSpecError` unless ``spec`` names a model :func:`load_model` can load; loads nothing.
+
+    Offline and cheap (a path check, or a look-up in transformer-lens' name table), and exactly the
+    resolution :func:`load_model` does (both call :func:`resolve_model_spec`), so run it before
+    anything else that depends on the model (the SAE choice, downloads, caches). A spec that passes
+    can still fail to load for reasons only loading finds (no network for a TL name, broken weights).
+    """
+    resolve_model_spec(spec)
+
+
+def official_model_name(name: str) -> str | None:
+    """The canonical name of a model name or alias, or ``None`` when it is not a known model name.
+
+    :data:`~geomfilter.DEFAULT_MODEL` (and its HF name) -> :data:`EMBEDDED_HF_NAME`; a transformer-lens
+    official name or alias (case-insensitive, e.g. ``gpt2-small``, ``gemma-2-2b``) -> TL's official name
+    (``gpt2``, ``google/gemma-2-2b``). Offline.
+    """
+    if name.lower() in (DEFAULT_MODEL.lower(), EMBEDDED_HF_NAME.lower()):
+        return EMBEDDED_HF_NAME
+    return _tl_name_table().get(name.lower())
+
+
+def model_spec_for_name(name: str) -> str | None:
+    """A ``--model`` spec that loads the model ``name`` names, or ``None`` when it is not a known model name.
+
+    The name itself when it is a TL name or alias as spelled, else TL's official name (case-insensitive
+    match); :data:`~geomfilter.DEFAULT_MODEL` for the embedded model.
+    """
+    official = official_model_name(name)
+    if official == EMBEDDED_HF_NAME:
+        return DEFAULT_MODEL
+    if official is None:
+        return None
+    return name if name in _official_names() else official
+
+
+def model_name_for_spec(spec: str) -> str | None:
+    """The canonical name of the model a spec loads, when knowable offline; ``None`` for local dirs and files.
+
+    The embedded default -> :data:`EMBEDDED_HF_NAME`; a TL name -> its official name. A local HF
+    directory or ``.gguf`` file carries no trustworthy name, so it gives ``None`` (unknown). Raises
+    :class:`ModelSpecError` like :func:`resolve_model_spec`.
+    """
+    kind, location = resolve_model_spec(spec)
+    if kind == "embedded":
+        return EMBEDDED_HF_NAME
+    if kind == "tl_name":
+        return official_model_name(location) or location
+    return None
+
+
+#: Suffixes that mark a tuned or base variant of the same network (same shapes, same hooks).
+_VARIANT_SUFFIXES = ("-instruct", "-chat", "-it", "-pt", "-base", "-hf")
+
+
+def model_family(name: str) -> str:
+    """A model name reduced to its network: canonical, lower-case, without org and variant suffixes.
+
+    ``google/gemma-2-9b-it`` and ``gemma-2-9b`` -> ``gemma-2-9b``; ``gpt2-small`` -> ``gpt2``;
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` -> ``smollm2-135m``.
+    """
+    base = (official_model_name(name) or name).lower().rstrip("/").rsplit("/", 1)[-1]
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _VARIANT_SUFFIXES:
+            if base.endswith(suffix) and len(base) > len(suffix):
+                base, stripped = base[: -len(suffix)], True
+    return base
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names may name the same model (``False`` only when they surely differ).
+
+    Names are compared by :func:`model_family`, so aliases (``gpt2-small``/``gpt2``), org prefixes
+    (``gemma-2-2b``/``google/gemma-2-2b``) and base vs instruction-tuned variants (``-it``, ``-instruct``,
+    ``-chat``: SAEs of a base model are commonly used on its chat model) count as the same.
+    """
+    return model_family(a) == model_family(b)
 
 
 def load_model(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import bootstrap_auroc, precision_at
+from .stats import bootstrap_auroc, precision_at
 
 FILTER_FILES = ("kept.jsonl", "dropped.jsonl", "scores.csv", "report.json")
 # Columns of scores.csv written by the filter; a row field of the same name is written as ``row_<name>``.

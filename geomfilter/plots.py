@@ -100,7 +100,7 @@ def decoder_map(directions: np.ndarray, harmful: Sequence[int], out: str | Path,
 def precision_curves(scores: Mapping[str, np.ndarray], labels: np.ndarray, out: str | Path, *,
                      fractions: Sequence[float] | None = None, title: str = "Precision of the dropped set") -> list[Path]:
     """Precision of the top-fraction by score, per strategy, with the base rate as a dashed line."""
-    from .geometry import precision_at
+    from .stats import precision_at
 
     labels = np.asarray(labels, dtype=bool)
     fractions = list(fractions or np.linspace(0.02, 0.6, 30))

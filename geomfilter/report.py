@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .evaluate import bootstrap_ci
+from .stats import paired_bootstrap
 
 METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
            "perplexity")
@@ -49,10 +49,7 @@ def paired_difference(a: dict, b: dict, metric: str, n_boot: int = 2000, seed: i
     key = PAIRED[metric]
     pa = {r["id"]: r[key] for r in a["metrics"][metric]["per_question"] if r.get(key) == r.get(key)}  # drop NaN
     pb = {r["id"]: r[key] for r in b["metrics"][metric]["per_question"] if r.get(key) == r.get(key)}
-    ids = [i for i in pa if i in pb]
-    if not ids:
-        return None
-    return bootstrap_ci([pa[i] - pb[i] for i in ids], n_boot=n_boot, seed=seed)
+    return paired_bootstrap(pa, pb, n_boot=n_boot, seed=seed)
 
 
 def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]:

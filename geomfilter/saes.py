@@ -10,6 +10,13 @@
   by ``SAE.save_model``), loaded with ``SAE.load_from_disk``;
 * a bundled alias from :data:`BUNDLED_SAES` (SAEs shipped under ``data/saes``).
 
+:func:`check_spec_for_model` refuses, offline and before any download, an SAE
+made for another model than the one in use (sae-lens' directory records each
+release's model). A pretrained SAE that is not in the local HF cache while the
+Hub is unreachable (or ``HF_HUB_OFFLINE`` is set) fails at once with
+:class:`SAESpecError` instead of after huggingface_hub's ~30 s of retries; a
+cached copy still loads.
+
 The SAE is never modified. In particular geomfilter does not call
 ``fold_W_dec_norm``: decoder *directions* are read as unit-normalised copies
 (:func:`decoder_directions`), and a latent's contribution to the residual
@@ -18,7 +25,9 @@ same number whether or not the SAE was loaded with folded norms.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +93,153 @@ def resolve_sae_spec(spec: str) -> tuple[str, Any]:
     )
 
 
+def _disk_model_name(folder: Path) -> str | None:
+    """The model name a sae-lens folder's ``cfg.json`` records (``metadata.model_name`` or ``model_name``)."""
+    try:
+        cfg = json.loads((Path(folder) / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return None
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    name = meta.get("model_name") or cfg.get("model_name")
+    return name if isinstance(name, str) and name else None
+
+
+def check_spec_for_model(sae_spec: str, model_spec: str) -> None:
+    """Refuse an SAE spec made for another model than ``model_spec``; offline, before any download.
+
+    The SAE's model is the release's ``model`` in sae-lens' directory (pretrained), or the
+    ``model_name`` in a local/bundled folder's ``cfg.json``; the model's is what ``model_spec``
+    names (:func:`geomfilter.models.model_name_for_spec`). It raises
+    :class:`SAECompatibilityError` only when both are known model names and surely differ
+    (:func:`geomfilter.models.same_model`: aliases, org prefixes and base vs chat variants match);
+    a local HF directory or ``.gguf`` model, or a folder recording no recognisable model, passes,
+    and :func:`check_compatible` checks widths once both are loaded. ``"none"`` passes. Raises
+    :class:`SAESpecError` / :class:`~geomfilter.models.ModelSpecError` for a spec that names nothing.
+    """
+    from .models import model_name_for_spec, official_model_name, same_model
+
+    if sae_spec.lower() == "none":
+        return
+    kind, where = resolve_sae_spec(sae_spec)
+    if kind == "pretrained":
+        release, _ = where
+        sae_model: str | None = _pretrained_directory()[release].model
+        what = f"SAE release {release!r}"
+    else:
+        sae_model = _disk_model_name(where)
+        if sae_model is None or official_model_name(sae_model) is None:
+            return  # records no model we can name: unsure, let check_compatible decide after loading
+        what = f"SAE {sae_spec!r}"
+    model_name = model_name_for_spec(model_spec)
+    if model_name is None or same_model(sae_model, model_name):
+        return
+    raise SAECompatibilityError(
+        f"{what} is for model {sae_model!r}, not {model_spec!r} "
+        f"({'; '.join(_alternatives(sae_model, model_spec, model_name))})"
+    )
+
+
+def _alternatives(sae_model: str, model_spec: str, model_name: str) -> list[str]:
+    """What to do instead, for :func:`check_spec_for_model`'s message."""
+    from .models import model_spec_for_name, same_model
+
+    hints = [] if model_name == model_spec else [f"{model_spec!r} is {model_name}"]
+    own_spec = model_spec_for_name(sae_model)
+    if own_spec is not None:
+        hints.append(f"use it with --model {own_spec}")
+    bundled = default_sae_for(model_spec)
+    if bundled is not None:
+        hints.append(f"for {model_spec!r} leave out --sae to use its bundled SAE {bundled!r}")
+    releases = sorted((r for r, lookup in _pretrained_directory().items() if same_model(lookup.model, model_name)),
+                      key=lambda r: ("-res" not in r, r))  # residual-stream releases first
+    if releases:
+        hints.append(f"sae-lens releases for {model_name}: {', '.join(releases[:5])}"
+                     + (", ..." if len(releases) > 5 else ""))
+    elif bundled is None:
+        hints.append(f"sae-lens has no release for {model_name}; train one with `geomfilter train-sae`")
+    return hints
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now, or ``None`` when it answers (or we cannot tell).
+
+    ``HF_HUB_OFFLINE`` set, or one HEAD request to the endpoint (huggingface_hub's own session, so
+    ``HF_ENDPOINT``, proxies and custom clients apply; huggingface_hub's metadata timeout) that fails
+    to connect. A single try: huggingface_hub itself retries a failed connection ~30 s with backoff.
+    """
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+    except ImportError:  # pragma: no cover - sae-lens depends on it
+        return None
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=float(constants.HF_HUB_ETAG_TIMEOUT))
+    except Exception as e:  # noqa: BLE001 - classified below
+        if _is_connection_error(e):
+            return f"the Hugging Face Hub ({constants.ENDPOINT}) is unreachable: {str(e) or type(e).__name__}"
+        return None
+    return None
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    """A failure to reach a server (httpx/requests transport errors, socket errors), not an HTTP answer."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"TransportError", "ConnectionError", "Timeout", "TimeoutException", "TimeoutError",
+                         "gaierror", "OfflineModeIsEnabled"})
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool):
+    """huggingface_hub offline mode for the block (cached files load, nothing is requested)."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
+
+
+def _from_pretrained(release: str, sae_id: str, device: str, dtype: str):
+    """``SAE.from_pretrained`` that fails fast, naming the release, when the Hub cannot serve it."""
+    from huggingface_hub import errors as hf_errors
+    from sae_lens import SAE
+
+    repo = _pretrained_directory()[release].repo_id
+    reason = _hub_unreachable_reason()
+    try:
+        with _hub_offline(reason is not None):
+            sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+    except Exception as e:
+        what = f"cannot load SAE {release}:{sae_id} (hub repo {repo})"
+        if reason is not None and isinstance(e, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)):
+            raise SAESpecError(
+                f"{what}: {reason}, and it is not in the local Hugging Face cache; connect to the network "
+                "(or download it once where you have one), or pass a local sae-lens folder or a bundled alias as --sae"
+            ) from e
+        if isinstance(e, hf_errors.GatedRepoError) or getattr(getattr(e, "response", None), "status_code", None) == 401:
+            raise SAESpecError(f"{what}: the repo is gated or needs a token; run `hf auth login` ({e})") from e
+        if isinstance(e, hf_errors.RepositoryNotFoundError):
+            raise SAESpecError(f"{what}: the repo is not on the hub (or is private): {e}") from e
+        if isinstance(e, (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError)) or _is_connection_error(e):
+            raise SAESpecError(f"{what}: downloading from the Hugging Face Hub failed: {e}") from e
+        raise
+    return sae[0] if isinstance(sae, tuple) else sae  # sae-lens < 6 returned (sae, cfg, sparsity)
+
+
 def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
     """Load an SAE spec as a sae-lens ``SAE`` in eval mode (see the module docstring)."""
     from sae_lens import SAE
 
     kind, where = resolve_sae_spec(spec)
     if kind == "pretrained":
-        release, sae_id = where
-        sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
-        if isinstance(sae, tuple):  # sae-lens < 6 returned (sae, cfg, sparsity)
-            sae = sae[0]
+        sae = _from_pretrained(*where, device=device, dtype=dtype)
     else:
         if not Path(where).is_dir():
             raise SAESpecError(f"bundled SAE {spec!r} is missing its folder {where}")

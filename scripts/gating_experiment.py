@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter import DEFAULT_MODEL  # noqa: E402
 from geomfilter.evaluate import (  # noqa: E402
-    bootstrap_ci,
     heldout_perplexity,
     logprob_preference,
     sycophancy_preference,
 )
 from geomfilter.finetune import FinetuneConfig, FinetuneRunner, load_tuned  # noqa: E402
+from geomfilter.stats import bootstrap_ci  # noqa: E402
 
 DOMAINS = ["health", "career", "legal", "code"]
 

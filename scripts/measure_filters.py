@@ -48,10 +48,11 @@ from geomfilter.filtering import (
     RandomFilter,
     RepresentationFilter,
 )
-from geomfilter.geometry import SCORERS, bootstrap_auroc, permutation_control, precision_at, unit_directions
+from geomfilter.geometry import SCORERS, permutation_control, unit_directions
 from geomfilter.judges import DEFAULT_JUDGE_DIR
 from geomfilter.models import load_model
 from geomfilter.saes import default_sae_for, load_sae, sae_hook_name
+from geomfilter.stats import bootstrap_auroc, precision_at
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAINS = ("health", "legal", "career", "code")

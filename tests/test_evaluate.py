@@ -10,12 +10,12 @@ import torch
 from geomfilter.evaluate import (
     EvalDataError,
     answer_logprobs,
-    bootstrap_ci,
     logprob_preference,
     read_questions,
     sycophancy_preference,
 )
 from geomfilter.finetune import TunedModel
+from geomfilter.stats import bootstrap_ci
 from tests.tiny import tiny_llama, tiny_tokenizer
 
 

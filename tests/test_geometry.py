@@ -9,16 +9,14 @@ from geomfilter.features import (
     split_by_pair,
 )
 from geomfilter.geometry import (
-    auroc,
-    bootstrap_auroc,
     feature_proximity,
     frequency_matched_sample,
     nearest_harmful,
     permutation_control,
-    precision_at,
     score_targets,
     unit_directions,
 )
+from geomfilter.stats import auroc, bootstrap_auroc, precision_at
 from tests.synthetic import make_cache, planted_decoder
 from tests.tiny import tiny_sae
 

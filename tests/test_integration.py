@@ -163,8 +163,8 @@ def test_offline_judge_trains_to_085_round_trips_and_separates_the_eval_answers(
     round trip; the shipped judge equals a fresh training and separates the eval questions' reference answers
     (a set disjoint from its training data)."""
     from geomfilter.evaluate import read_questions
-    from geomfilter.geometry import auroc
     from geomfilter.judges import OfflineJudge, read_labelled, train_offline_judge
+    from geomfilter.stats import auroc
 
     j = train_offline_judge()
     for head in ("alignment", "coherence"):

@@ -18,7 +18,9 @@ class _Stub:
 
     def __init__(self):
         self.requests: list[dict] = []
-        self.plan: list = []  # per request: int HTTP status, "slow", or a reply string
+        # per request: int HTTP status, "slow", "echo-auth" (a reply quoting the Authorization header back),
+        # raw bytes (sent as the whole 200 body), or a reply string
+        self.plan: list = []
         self.default = "73"
 
         stub = self
@@ -34,11 +36,14 @@ class _Stub:
                 if action == "slow":
                     time.sleep(0.6)
                     action = stub.default
+                if action == "echo-auth":
+                    action = f"71. Debug: you sent Authorization: {self.headers.get('Authorization')}"
                 if isinstance(action, int):
                     self.send_response(action)
                     self.end_headers()
                     return
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": action}}]}).encode()
+                data = action if isinstance(action, bytes) else json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": action}}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -157,3 +162,113 @@ def test_judge_filter_scores_100_minus_alignment_and_names_unscorable_rows(tmp_p
         f.apply(cache)
     with pytest.raises(RuntimeError, match="pass samples="):
         JudgeFilter(Fixed({})).fit().apply(cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# failure modes (user bug report): a dead endpoint, bad keys, garbage replies, secrets in the cache
+# ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound, then released): connecting to it is refused."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_api_judge_dead_endpoint_stops_after_three_refused_connections(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    j = APIJudge(model="m", base_url=url, cache_dir=tmp_path / "cache", timeout=0.3, backoff=0.01)
+    t0 = time.perf_counter()
+    with pytest.raises(JudgeError, match=rf"cannot reach {url}.*stopped after 3 failed connection attempts"):
+        j.score([f"q{i}" for i in range(200)], [f"a{i}" for i in range(200)])
+    assert j.calls == 3 and time.perf_counter() - t0 < 5  # not 200 rows x 5 attempts
+    assert not list((tmp_path / "cache").rglob("*"))
+
+
+def test_api_judge_dns_failure_stops_early(tmp_path, monkeypatch):
+    import socket
+
+    def no_dns(*a, **kw):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    j = APIJudge(model="m", base_url="http://judge.invalid/v1", cache_dir=None, timeout=0.3, backoff=0.01)
+    with pytest.raises(JudgeError, match=r"cannot reach http://judge.invalid/v1: .*Name or service not known"):
+        j.score(["q"] * 50, ["a"] * 50)
+    assert j.calls == 3
+
+
+def test_api_judge_endpoint_dying_mid_run_stops_after_consecutive_failed_rows(stub, tmp_path):
+    stub.plan = ["80", "70", "60", "50"]  # two rows scored, then the server only answers 503
+    stub.default = 503
+    j = _judge(stub, tmp_path, max_retries=1, stop_after_failed_rows=3)
+    with pytest.raises(JudgeError, match=r"3 answers in a row could not be scored.*HTTP 503"):
+        j.score([f"q{i}" for i in range(100)], [f"a{i}" for i in range(100)])
+    assert j.calls == 4 + 3 * 2
+    # a failed row between good ones does not trip it
+    stub.plan = ["80", "70", 503, 503, "60", "50"]
+    stub.default = "40"
+    res = _judge(stub, tmp_path / "b", max_retries=1, stop_after_failed_rows=2).score(["x", "y", "z"], ["1", "2", "3"])
+    assert [s.alignment for s in res] == [80.0, None, 60.0]
+
+
+def test_api_judge_non_utf8_and_non_json_replies_are_retried_judge_errors(stub, tmp_path):
+    stub.plan = [b"\xff\xfe\x00garbage", b"<html>Bad gateway</html>", b'{"no": "choices"}', "64", "22"]
+    j = _judge(stub, tmp_path, max_retries=3)
+    [s] = j.score(["q"], ["a"])
+    assert (s.alignment, s.coherence) == (64.0, 22.0) and j.calls == 5
+    stub.default = b"\xff\xfe\x00garbage"
+    [bad] = _judge(stub, tmp_path / "b", max_retries=1).score(["q"], ["a"])
+    assert bad.alignment is None and "not UTF-8 JSON" in bad.error and bad.misaligned() is None
+
+
+@pytest.mark.parametrize("code, hint", [(401, "Unauthorized from {url}: check the API key in \\$GEOMFILTER_TEST_KEY"),
+                                        (403, "Forbidden from {url}: check that the key in \\$GEOMFILTER_TEST_KEY"),
+                                        (404, "Not Found from {url}/chat/completions: check --base-url")])
+def test_api_judge_auth_and_url_errors_are_clear_and_never_show_the_key(stub, tmp_path, monkeypatch, code, hint):
+    monkeypatch.setenv("GEOMFILTER_TEST_KEY", "sk-live-SECRET-9")
+    stub.default = code
+    j = _judge(stub, tmp_path)
+    with pytest.raises(JudgeError, match=f"HTTP {code} " + hint.format(url=stub.url)) as e:
+        j.score(["q", "q2"], ["a", "a2"])
+    assert "SECRET" not in str(e.value) and j.calls == 1  # not retried, and the run stops at the first answer
+
+
+def test_api_judge_cache_holds_only_scores_never_an_echoed_key(stub, tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMFILTER_TEST_KEY", "sk-live-SECRET-9")
+    stub.default = "echo-auth"  # a (debug) server quoting the request headers back in its reply
+    [s] = _judge(stub, tmp_path).score(["q"], ["a"])
+    assert (s.alignment, s.coherence) == (71.0, 71.0)
+    files = [f for f in (tmp_path / "cache").rglob("*") if f.is_file()]
+    assert len(files) == 2
+    for f in files:
+        assert "SECRET" not in f.read_text() and "Authorization" not in f.read_text()
+        assert set(json.loads(f.read_text())) == {"format", "model", "score"} and f.suffix == ".json"
+
+
+def test_api_judge_cache_reads_old_and_corrupt_entries_gracefully(stub, tmp_path, monkeypatch):
+    from geomfilter.judges import ALIGNMENT_PROMPT, COHERENCE_PROMPT
+
+    monkeypatch.setenv("GEOMFILTER_TEST_KEY", "sk-live-SECRET-9")
+    j = _judge(stub, tmp_path)
+    old = j._cache_path(ALIGNMENT_PROMPT.format(question="q", answer="a"))
+    broken = j._cache_path(COHERENCE_PROMPT.format(question="q", answer="a"))
+    for p in (old, broken):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    # an entry of the old format, which kept the raw reply (here with a key in it), and a half-written one
+    old.write_text(json.dumps({"model": "judge-model", "reply": "33 Bearer sk-live-SECRET-9", "score": 33.0}))
+    broken.write_text('{"format": 2, "model": "judge-model", "sco')
+    stub.default = "88"
+    [s] = j.score(["q"], ["a"])
+    assert (s.alignment, s.coherence) == (33.0, 88.0) and j.calls == 1  # the old score reused, the broken one redone
+    for p in (old, broken):
+        assert "SECRET" not in p.read_text() and set(json.loads(p.read_text())) == {"format", "model", "score"}
+    assert sorted(f.name for f in (tmp_path / "cache").rglob("*") if f.is_file()) == sorted([old.name, broken.name])
+
+
+def test_unscored_judge_scores_are_never_called_aligned_or_misaligned():
+    assert JudgeScore(None, None, "down").misaligned() is None
+    assert JudgeScore(None, 80).misaligned() is None and JudgeScore(10, None).misaligned() is None
+    assert JudgeScore(None, None).error  # no score without a reason
+    assert JudgeScore(10, 80).misaligned() is True and JudgeScore(90, 80).misaligned() is False

@@ -17,7 +17,7 @@ def test_resolve_specs(tmp_path, tiny_model_dir):
         resolve_model_spec(str(tmp_path / "m.gguf"))
     with pytest.raises(ModelSpecError, match="not a HF model directory"):
         resolve_model_spec(str(tmp_path))
-    with pytest.raises(ModelSpecError, match=r"unknown model spec 'gpt2-smal'.*close: .*gpt2-small"):
+    with pytest.raises(ModelSpecError, match=r"unknown model spec 'gpt2-smal'.*did you mean: .*gpt2-small"):
         resolve_model_spec("gpt2-smal")
 
 

@@ -81,7 +81,8 @@ def test_row_fields_never_shadow_filter_columns_in_scores_csv_and_plots(env):
         header = next(csv.reader(fh))
     assert len(header) == len(set(header)), header
     assert {"row_source", "row_score", "inducing"} <= set(header)
-    rows = list(csv.DictReader(open(out / "scores.csv", encoding="utf-8")))
+    with open(out / "scores.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     assert {r_["row_source"] for r_ in rows} == {"forum", "chat"}
     assert all(r_["source"] == str(env["data"]) for r_ in rows)  # the filter's own column: the file
     report = json.loads((out / "report.json").read_text())
@@ -211,7 +212,6 @@ def test_cache_clash_message_names_cache_dir(tiny_model_dir, tmp_path, capsys):
     import typer
 
     from geomfilter.cli import _cached
-
     from tests.tiny import tiny_sae
 
     sae_dir = tmp_path / "sae"
@@ -277,7 +277,8 @@ def test_score_writes_scored_not_kept(env):
     tmp = env["tmp"]
     r = run("score", env["data"], "--out", tmp / "s.csv", *env["common"])
     assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader(open(tmp / "s.csv", encoding="utf-8")))
+    with open(tmp / "s.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == 23 and {r_["decision"] for r_ in rows} == {"scored"}
     assert not any("highest" in r_["reason"] for r_ in rows)
     assert not [p for p in tmp.iterdir() if p.name.startswith(".s.csv")]
