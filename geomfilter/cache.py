@@ -60,6 +60,7 @@ import torch
 
 from . import __version__
 from .data import PreparedDataset, Sample, atomic_write_text, fingerprint, publish_file, sample_hash, write_rejects
+from .errors import GeomfilterError
 from .models import HookedModel
 from .saes import check_compatible, describe, weights_fingerprint
 
@@ -68,15 +69,15 @@ SAE_ARRAYS = ("mean_idx", "mean_val", "max_idx", "max_val", "n_active")
 RESID_ARRAYS = ("resid_mean", "n_tokens")
 
 
-class CacheMismatchError(RuntimeError):
+class CacheMismatchError(GeomfilterError, RuntimeError):
     """An existing cache was made from something else; refusing to mix."""
 
 
-class CacheIncompleteError(RuntimeError):
+class CacheIncompleteError(GeomfilterError, RuntimeError):
     """A cache directory is missing shards (an interrupted run)."""
 
 
-class CacheCorruptError(RuntimeError):
+class CacheCorruptError(GeomfilterError, RuntimeError):
     """A cache file (a shard or the manifest) cannot be read: truncated, overwritten, not a cache file."""
 
 

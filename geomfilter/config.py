@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from . import DEFAULT_MODEL
+from .errors import GeomfilterError
 
 
-class ConfigError(ValueError):
+class ConfigError(GeomfilterError, ValueError):
     """An experiment file with an unknown key, a value of the wrong type or a missing path."""
 
 

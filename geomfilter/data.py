@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import GeomfilterError
+
 ROLES = ("system", "user", "assistant")
 ResponseMode = Literal["last", "all"]
 Truncation = Literal["left", "right", "error"]
 
 
-class DataError(ValueError):
+class DataError(GeomfilterError, ValueError):
     """A row that does not validate, located by file, line and field."""
 
     def __init__(self, source: str, line: int, field: str, message: str):

@@ -47,20 +47,21 @@ from .cache import (
     write_shard,
 )
 from .data import PreparedDataset
+from .errors import GeomfilterError
 from .models import HookedModel
 
 RAY_MISSING = "the Ray backend needs Ray, which is not installed: pip install 'geomfilter[distributed]'"
 
 
-class RayNotInstalledError(ImportError):
+class RayNotInstalledError(GeomfilterError, ImportError):
     """``--backend ray`` without Ray installed."""
 
 
-class ShardAccountingError(RuntimeError):
+class ShardAccountingError(GeomfilterError, RuntimeError):
     """A shard's sample ids did not come back from the workers exactly once."""
 
 
-class WorkerMismatchError(RuntimeError):
+class WorkerMismatchError(GeomfilterError, RuntimeError):
     """A worker loaded other model or SAE weights than the driver (a spec that resolves differently there)."""
 
 

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import GeomfilterError
 from .stats import bootstrap_ci
 
 
-class EvalDataError(ValueError):
+class EvalDataError(GeomfilterError, ValueError):
     """An evaluation file with a missing or malformed field (names file, line and field)."""
 
 

@@ -42,13 +42,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import GeomfilterError
+
 GATES_WEIGHTS = "gates.safetensors"
 GATES_CONFIG = "gates.json"
 FORMAT_VERSION = 1
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)(?:\.|$)")
 
 
-class GatingError(ValueError):
+class GatingError(GeomfilterError, ValueError):
     """Gates that do not fit the model they are attached to, or an unreadable gates folder."""
 
 

