@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, ExperimentConfig
+from .data import atomic_write_text
 from .report import dropped_precision, write_report
 
 METRICS_FILE = "metrics.json"
@@ -94,11 +95,14 @@ def _lines(path: str | Path) -> list[str]:
     return [x for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (temp file + rename): a killed run never leaves it cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    _write_text(path, "".join(x + "\n" for x in lines))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -218,8 +222,8 @@ class ExperimentRunner:
                 if self.progress:
                     print(f"[experiment] {c.name}: the filter's kept set changed; its fine-tune and metrics "
                           "will be redone", flush=True)
-            (self.root / c.name / "filter" / "inputs.json").write_text(
-                json.dumps({**ident, "strategy": c.strategy, "fraction": c.fraction}, indent=2) + "\n")
+            _write_text(self.root / c.name / "filter" / "inputs.json",
+                        json.dumps({**ident, "strategy": c.strategy, "fraction": c.fraction}, indent=2) + "\n")
             if self.progress:
                 lab = report.get("labels", {})
                 prec = dropped_precision(lab)
@@ -250,7 +254,7 @@ class ExperimentRunner:
                 print(f"[experiment] {out}: its training data or settings changed; retraining", flush=True)
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        ident_file.write_text(json.dumps(ident, indent=2) + "\n")  # before training: a killed run resumes
+        _write_text(ident_file, json.dumps(ident, indent=2) + "\n")  # before training: a killed run resumes
         res = FinetuneRunner(fc).run()
         if self.progress and not res.skipped:
             print(f"[experiment] trained {out}: {res.n_samples} samples, {res.steps} steps, {res.seconds:.0f} s, "
@@ -357,7 +361,7 @@ class ExperimentRunner:
         t0 = time.perf_counter()
         cfg = self.cfg
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
+        _write_text(self.root / "config.json", json.dumps(cfg.as_dict(), indent=2) + "\n")
         conds = self.conditions()
         paths = self._prepare_data()
         self._filter_all([c for c in conds if c.strategy], paths)  # (re)computes only what changed
@@ -389,7 +393,7 @@ class ExperimentRunner:
                       "gates_training": gates_training if c.kind == "gated" else None,
                       "training_data": self._training_data_stats(c, paths), "identity": idents[c.name],
                       "metrics": metrics, "seconds": round(time.perf_counter() - tc, 1), "finished": True}
-            (out / METRICS_FILE).write_text(json.dumps(record, indent=2, default=float) + "\n")
+            _write_text(out / METRICS_FILE, json.dumps(record, indent=2, default=float) + "\n")
             if self.progress:
                 mr = metrics["misalignment_rate"]
                 print(f"[experiment] {c.name}: misalignment {mr['mean']:.3f} [{mr['lo']:.3f}, {mr['hi']:.3f}] "

@@ -19,7 +19,10 @@ computed only where a response token is predicted,
 checkpoints every ``checkpoint_every`` steps (trainable weights + optimiser +
 scheduler + RNG state), and resume: re-running on the same ``out`` continues
 from the newest checkpoint and reaches the same weights as an uninterrupted
-run; a finished run is skipped. A progress bar shows loss and tokens/s.
+run; a finished run is skipped. A kill at any moment, mid-write included, leaves a resumable folder: a
+checkpoint is written as ``step-NNNNNN.tmp`` and renamed when complete (a ``.tmp`` is never loaded),
+``finetune.json`` and the trimmed log are replaced whole (tests/test_fault_injection.py).
+A progress bar shows loss and tokens/s.
 
 Run folder: ``finetune.json`` (config, data fingerprint, results),
 ``train_log.jsonl`` (one row per step), ``adapter/`` (LoRA, peft format) or
@@ -44,6 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import DEFAULT_MODEL
+from .data import atomic_write_text
+from .errors import GeomfilterError
 
 METHODS = ("lora", "gates", "gates-sae")
 DEFAULT_LR = {"lora": 2e-4, "gates": 1e-3, "gates-sae": 1e-3}
@@ -51,7 +56,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 RUN_FILE = "finetune.json"
 
 
-class FinetuneError(ValueError):
+class FinetuneError(GeomfilterError, ValueError):
     """A fine-tuning config or run folder that cannot be used."""
 
 
@@ -133,6 +138,18 @@ class FinetuneResult:
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
         return d
+
+
+def _log_rows(path: Path) -> list[str]:
+    """The rows of ``train_log.jsonl`` that parse (a row cut short by a crash is dropped)."""
+    rows = []
+    for r in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            json.loads(r)
+        except ValueError:
+            continue
+        rows.append(r)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +278,8 @@ class FinetuneRunner:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
-        return sorted((self.out / "checkpoints").glob("step-*"))
+        """Complete checkpoints, oldest first (``step-NNNNNN``; a ``.tmp``/``.old`` folder is never one)."""
+        return sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.name[5:].isdigit())
 
     def _save_checkpoint(self, step, trainable, opt, sched, stats) -> None:
         from safetensors.torch import save_file
@@ -272,12 +290,19 @@ class FinetuneRunner:
         tmp.mkdir(parents=True)
         save_file({n: p.detach().cpu().contiguous() for n, p in trainable.items()}, str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None},
+                   tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **stats}))
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():  # the same step again (stop_after): move the old one aside, never delete it in place
+            aside = final.with_name(final.name + ".old")
+            shutil.rmtree(aside, ignore_errors=True)
+            final.rename(aside)
         tmp.rename(final)
-        for old in self._checkpoints()[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
+        keep = self._checkpoints()[-2:]
+        for old in (self.out / "checkpoints").glob("step-*"):  # older ones, and leftovers of killed writes
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self, path: Path, trainable, opt, sched) -> tuple[int, dict]:
         from safetensors.torch import load_file
@@ -292,6 +317,8 @@ class FinetuneRunner:
         opt.load_state_dict(extra["optimizer"])
         sched.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"])
+        if extra.get("cuda_rng") is not None and torch.cuda.is_available():  # e.g. LoRA dropout on the GPU
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
         stats = json.loads((path / "state.json").read_text())
         return int(stats.pop("step")), stats
 
@@ -307,6 +334,7 @@ class FinetuneRunner:
                 raise FinetuneError(f"{self.out} already holds a different fine-tune ({run_file}); "
                                     "use another --out or delete the folder")
             if done.get("finished"):
+                shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # left by a kill after the finish
                 return FinetuneResult(**{**done["result"], "out": self.out, "skipped": True})
         self.out.mkdir(parents=True, exist_ok=True)
         hf, tok, info, gates, trainable = self._build()
@@ -335,7 +363,7 @@ class FinetuneRunner:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         meta = {"config": cfg.identity(), "finished": False, "data_fingerprint": fingerprint, "n_samples": n,
                 "total_steps": total_steps, "model_info": info}
-        run_file.write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(run_file, json.dumps(meta, indent=2) + "\n")
         step, stats = 0, {"tokens": 0, "response_tokens": 0, "seconds": 0.0, "first_loss": float("nan")}
         ckpts = self._checkpoints()
         if ckpts:
@@ -344,8 +372,8 @@ class FinetuneRunner:
         if step == 0:
             log_path.write_text("")
         else:  # keep the log rows of the steps the checkpoint covers
-            rows = [r for r in log_path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
-            log_path.write_text("".join(r + "\n" for r in rows))
+            rows = [r for r in _log_rows(log_path) if json.loads(r)["step"] <= step]
+            atomic_write_text(log_path, "".join(r + "\n" for r in rows))
         pad = tok.pad_token_id
         bar = tqdm(total=total_steps, initial=step, desc=f"finetune {cfg.method}", unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)
@@ -404,7 +432,7 @@ class FinetuneRunner:
                                                   "steps": step, "seed": cfg.seed})
             gates.detach()
         meta.update({"finished": True, "result": result.as_dict()})
-        run_file.write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(run_file, json.dumps(meta, indent=2) + "\n")
         shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         return result
 

@@ -11,10 +11,12 @@ fraction, and the gated conditions against the model they are attached to.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from .data import atomic_write_text
 from .stats import paired_bootstrap
 
 METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
@@ -90,8 +92,8 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
                       "metrics": {m: {k: v for k, v in rec["metrics"][m].items()
                                       if k not in ("per_question",)} for m in METRICS if m in rec["metrics"]}}
                for name, rec in finished.items()}
-    (root / "results.json").write_text(json.dumps({"config": cfg.as_dict(), "conditions": summary,
-                                                   "paired": pairs}, indent=2, default=float) + "\n")
+    atomic_write_text(root / "results.json", json.dumps({"config": cfg.as_dict(), "conditions": summary,
+                                                         "paired": pairs}, indent=2, default=float) + "\n")
 
     # plots: one bar chart per metric, and misalignment vs removal fraction
     figs = []
@@ -174,7 +176,7 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
     lines.append("Seconds per condition (training + evaluation): "
                  + ", ".join(f"{n} {s:.0f}" for n, s in secs.items() if s is not None) + ".")
     path = root / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -192,8 +194,9 @@ def results_rows(metrics: dict[str, dict]) -> list[dict]:
 
 def write_results_csv(path: Path, metrics: dict[str, dict]) -> None:
     """``results.csv``: one row per condition and metric."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["condition", "metric", "mean", "lo", "hi", "n"])
-        w.writeheader()
-        for r in results_rows(metrics):
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    fh = io.StringIO(newline="")
+    w = csv.DictWriter(fh, fieldnames=["condition", "metric", "mean", "lo", "hi", "n"])
+    w.writeheader()
+    for r in results_rows(metrics):
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, fh.getvalue())

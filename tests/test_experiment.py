@@ -55,6 +55,12 @@ def _eval_files(d: Path) -> dict[str, str]:
 
 @pytest.fixture()
 def experiment_yaml(tmp_path, tiny_model_dir):
+    return write_experiment_yaml(tmp_path, tiny_model_dir)
+
+
+def write_experiment_yaml(tmp_path: Path, tiny_model_dir) -> Path:
+    """The micro experiment (tiny model, SAE, data and eval files) under ``tmp_path``; returns ``exp.yaml``.
+    Also used by tests/test_fault_injection.py."""
     sae_dir = tmp_path / "sae"
     tiny_sae(seed=3).save_model(str(sae_dir))
     mix = _write(tmp_path / "mix.jsonl", [{"id": f"m{i}", "inducing": i % 3 == 0,
