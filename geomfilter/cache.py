@@ -86,6 +86,20 @@ class CacheStaleError(CacheMismatchError):
 
 
 @dataclass
+class CacheConfig:
+    """The settings of a cache and their defaults: the one place every caller (CLI, pipeline, Ray,
+    experiment runner) takes them from."""
+
+    top_k: int = 64  # SAE latents kept per sample and pooling (sparse top-k)
+    shard_size: int = 512  # samples per shard (the unit of resume)
+    max_batch_tokens: int = 2048  # token budget of one padded batch (measured fastest on a 2-core CPU)
+    max_batch_size: int = 64  # most samples in one batch
+    max_tokens: int = 1024  # longer conversations are truncated by ``truncation``
+    truncation: str = "left"  # left: keep the response; right: cut the end; error: refuse
+    response: str = "last"  # pool the last assistant turn, or "all" assistant turns
+
+
+@dataclass
 class CacheResult:
     """What :func:`cache_activations` did: samples and shards, how many shards it wrote or reused, tokens, time."""
 

@@ -133,6 +133,21 @@ def check_filter_out(out: str | Path, *, data: str | Path, inputs: Sequence[str 
         raise OutputFolderError(f"--out {out}: cannot write in {parent} ({e.strerror or e})") from None
 
 
+def check_scores_out(path: str | Path, *, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse a scores CSV path before any work: a folder, an input of the run, or an unwritable place."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputFolderError(f"--out {path} is a folder; give a CSV file path")
+    if any(Path(p).exists() and Path(p).resolve() == path.resolve() for p in inputs):
+        raise OutputFolderError(f"--out {path} is an input of this run; writing there would replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputFolderError(f"--out {path}: cannot create {path.parent} ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise OutputFolderError(f"--out {path}: {path.parent} is not writable")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out`` whole (by renames).
@@ -242,6 +257,18 @@ def write_scores_csv(path: Path, result, samples: list, rejects: Sequence[dict] 
                         f"invalid row: {rej.get('field')}: {rej.get('message', rej.get('reason', ''))}", "",
                         *["" for _ in cols]])
     return cols
+
+
+def write_scores_file(path: str | Path, result, samples: list, rejects: Sequence[dict] = ()) -> None:
+    """The scores CSV of a run that filters nothing (decision ``scored``), written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write_scores_csv(tmp, result, samples, rejects, decisions=False)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputFolderError(f"--out {path}: cannot write ({e.strerror or e})") from None
 
 
 def _label_report(result, samples: list, label: str | None) -> dict | None:
