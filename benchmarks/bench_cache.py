@@ -57,8 +57,8 @@ def prepared(model, n: int):
 
 
 def bare_pass(model, ds, hook: str, max_batch_tokens: int, max_batch_size: int) -> tuple[int, float]:
-    from geomfilter.cache import pack_batches, pad_batch
     from geomfilter.models import stop_layer
+    from geomfilter.pooling import pack_batches, pad_batch
 
     toks = ds.tokenized
     n_tok, t0 = 0, time.perf_counter()

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter import DEFAULT_MODEL  # noqa: E402
+from geomfilter.batches import collate, epoch_batches  # noqa: E402
 from geomfilter.data import prepare_dataset  # noqa: E402
-from geomfilter.finetune import collate, epoch_batches, response_loss, response_only_loss  # noqa: E402
+from geomfilter.finetune import response_loss, response_only_loss  # noqa: E402
 from geomfilter.models import load_causal_lm  # noqa: E402
 
 TARGET_S, N_SAMPLES, BATCH = 600.0, 300, 4
@@ -42,7 +43,7 @@ def build(method: str):
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        from geomfilter.finetune import LORA_TARGETS
+        from geomfilter.finetune_config import LORA_TARGETS
 
         hf = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
         params = [p for p in hf.parameters() if p.requires_grad]

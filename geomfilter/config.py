@@ -9,6 +9,10 @@ only says what differs::
     filtering: {strategies: [random, geometry, projection], fractions: [0.5]}
     eval: {n_questions: 20, n_per_question: 2}
 
+``configs/gating.yaml`` shows the gating sections: ``data.pairs`` (answer pairs
+split by ``pair_id``), ``gates.domain``, ``gates.attach`` (gate families, models
+and scales) and ``eval.metrics``.
+
 Unknown keys, wrong types and missing files are errors (``demo.yaml:7: field
 'eval.n_per_qestion': unknown field (did you mean 'n_per_question'?)``), never
 silently ignored. Relative paths are read relative to the working directory.
@@ -23,12 +27,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import DEFAULT_MODEL
+import yaml
+
 from .errors import GeomfilterError
+from .filtering import STRATEGIES
+from .finetune_config import FinetuneConfig
+from .settings import DEFAULT_MODEL
+
+# the metrics an experiment can measure (``eval.metrics``; see geomfilter.measures), in report order
+EVAL_METRICS = ("misalignment_rate", "logprob_preference", "flip_rate", "mc_accuracy", "perplexity",
+                "sycophancy_preference")
+GATE_METHODS = ("gates", "gates-sae")  # attention gates, SAE-latent gates (geomfilter.gating)
 
 
 class ConfigError(GeomfilterError, ValueError):
     """An experiment file with an unknown key, a value of the wrong type or a missing path."""
+
+
+@dataclass
+class PairsConfig:
+    """Sycophantic/corrective answer pairs split by ``pair_id`` (seeded per domain): the sycophantic rows of the
+    training pairs are the mixture; the held-out pairs measure ``sycophancy_preference``."""
+
+    domains: list[str] = field(default_factory=list)  # empty: no split (the mixture is data.mixture)
+    folder: str = "data/finetune"  # holds <domain>_sycophantic.jsonl and <domain>_corrective.jsonl
+    holdout: int = 20  # held-out pairs per domain
 
 
 @dataclass
@@ -40,6 +63,7 @@ class DataConfig:
     harmful: str = "data/reference/harmful.jsonl"
     benign: str = "data/reference/benign.jsonl"
     n_references: int | None = None  # first N rows of each reference set (None: all)
+    pairs: PairsConfig = field(default_factory=PairsConfig)  # with domains: the mixture is their training pairs
 
 
 @dataclass
@@ -52,14 +76,23 @@ class FilteringConfig:
 
 @dataclass
 class TrainConfig:
-    """The LoRA fine-tune every trained condition gets (same seed, settings and epochs)."""
+    """The LoRA fine-tune every trained condition gets (same seed and settings; defaults: FinetuneConfig's)."""
 
-    epochs: float = 1.0
-    batch_size: int = 4
-    lr: float | None = None  # None: geomfilter.finetune.DEFAULT_LR["lora"]
-    max_tokens: int = 512
-    lora_r: int = 16
-    lora_alpha: int = 32
+    epochs: float = FinetuneConfig.epochs
+    batch_size: int = FinetuneConfig.batch_size
+    lr: float | None = FinetuneConfig.lr  # None: geomfilter.finetune_config.DEFAULT_LR["lora"]
+    max_tokens: int = FinetuneConfig.max_tokens
+    lora_r: int = FinetuneConfig.lora_r
+    lora_alpha: int = FinetuneConfig.lora_alpha
+
+
+@dataclass
+class GateAttachConfig:
+    """Gated conditions ``<model>+<family>@<alpha>``: one gate family attached to one model at each scale."""
+
+    model: str = "misaligned"  # the (not gated) condition whose model the gates attach to
+    method: str = "gates"  # gates (attention) | gates-sae (a gate per SAE latent)
+    scales: list[float] = field(default_factory=lambda: [-1.0])  # alpha: 1 learned, -1 mirror (2 - g), 0 off
 
 
 @dataclass
@@ -70,9 +103,11 @@ class GatesConfig:
     data: str = "data/finetune/health_sycophantic.jsonl"
     n_samples: int | None = 140
     epochs: float = 2.0
-    lr: float | None = None
+    lr: float | None = FinetuneConfig.lr  # None: the gate method's default learning rate
     mirror_scale: float = -1.0  # on the misaligned model (the paper's 2 - g)
     amplify_scale: float = 1.0  # on the base model
+    domain: str | None = None  # learn on this domain's training pairs (data.pairs) instead of `data`
+    attach: list[GateAttachConfig] | None = None  # None: misaligned+mirror-gates and base+amplify-gates
 
 
 @dataclass
@@ -99,6 +134,7 @@ class EvalConfig:
     n_heldout: int | None = None
     batch_size: int = 32
     n_boot: int = 2000
+    metrics: list[str] | None = None  # of EVAL_METRICS; None: all (sycophancy_preference with data.pairs only)
 
 
 @dataclass
@@ -121,11 +157,14 @@ class ExperimentConfig:
     source: str = field(default="<dict>", compare=False, repr=False)
 
     def __post_init__(self):
-        where = self.source
         if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"{where}: field 'name': must be a plain folder name, got {self.name!r}")
-        from .filtering import STRATEGIES
+            raise ConfigError(f"{self.source}: field 'name': must be a plain folder name, got {self.name!r}")
+        self._check_values()
+        self._check_pairs_and_gates()
+        self._check_files()
 
+    def _check_values(self) -> None:
+        where = self.source
         for s in self.filtering.strategies:
             if s not in STRATEGIES:
                 raise ConfigError(f"{where}: field 'filtering.strategies': unknown strategy {s!r}; "
@@ -136,18 +175,46 @@ class ExperimentConfig:
         for name, value in (("data.n_samples", self.data.n_samples), ("data.n_references", self.data.n_references),
                             ("eval.n_per_question", self.eval.n_per_question),
                             ("eval.max_new_tokens", self.eval.max_new_tokens), ("train.batch_size", self.train.batch_size),
-                            ("eval.n_boot", self.eval.n_boot)):
+                            ("eval.n_boot", self.eval.n_boot), ("data.pairs.holdout", self.data.pairs.holdout)):
             if value is not None and value < 1:
                 raise ConfigError(f"{where}: field '{name}': must be >= 1, got {value}")
-        for name in ("data.mixture", "data.harmful", "data.benign", "gates.data", "eval.questions", "eval.probes",
-                     "eval.capability", "eval.heldout"):
-            sect, key = name.split(".")
-            if sect == "gates" and not self.gates.enabled:
-                continue
-            path = getattr(getattr(self, sect), key)
+        metrics = self.eval.metrics
+        for m in metrics or []:
+            if m not in EVAL_METRICS:
+                raise ConfigError(f"{where}: field 'eval.metrics': unknown metric {m!r}; choose from "
+                                  f"{', '.join(EVAL_METRICS)}")
+        if metrics is not None and not metrics:
+            raise ConfigError(f"{where}: field 'eval.metrics': name at least one metric (or leave it out: all)")
+
+    def _check_pairs_and_gates(self) -> None:
+        where, domains, g = self.source, self.data.pairs.domains, self.gates
+        if len(set(domains)) != len(domains):
+            raise ConfigError(f"{where}: field 'data.pairs.domains': a domain is listed twice: {domains}")
+        if "sycophancy_preference" in (self.eval.metrics or []) and not domains:
+            raise ConfigError(f"{where}: field 'eval.metrics': sycophancy_preference is measured on held-out "
+                              "pairs: set data.pairs.domains")
+        if g.enabled and g.domain is not None and g.domain not in domains:
+            raise ConfigError(f"{where}: field 'gates.domain': {g.domain!r} is not one of data.pairs.domains "
+                              f"({', '.join(domains) or 'none'})")
+        for a in (g.attach or []) if g.enabled else []:
+            if a.method not in GATE_METHODS:
+                raise ConfigError(f"{where}: field 'gates.attach.method': unknown gate method {a.method!r}; "
+                                  f"choose from {', '.join(GATE_METHODS)}")
+            if not a.scales:
+                raise ConfigError(f"{where}: field 'gates.attach.scales': give at least one scale")
+
+    def _check_files(self) -> None:
+        pairs = self.data.pairs
+        names = ([] if pairs.domains else ["data.mixture"]) + ["data.harmful", "data.benign"] \
+            + (["gates.data"] if self.gates.enabled and self.gates.domain is None else []) \
+            + ["eval.questions", "eval.probes", "eval.capability", "eval.heldout"]
+        files = [(name, getattr(getattr(self, name.split(".")[0]), name.split(".")[1])) for name in names]
+        files += [("data.pairs.domains", str(Path(pairs.folder) / f"{dom}_{side}.jsonl"))
+                  for dom in pairs.domains for side in ("sycophantic", "corrective")]
+        for name, path in files:
             if not Path(path).is_file():
-                raise ConfigError(f"{where}: field '{name}': no such file {path!r} (relative paths are read from "
-                                  f"the working directory {Path.cwd()})")
+                raise ConfigError(f"{self.source}: field '{name}': no such file {path!r} (relative paths are read "
+                                  f"from the working directory {Path.cwd()})")
 
     @property
     def root(self) -> Path:
@@ -168,8 +235,6 @@ class ExperimentConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
         """Read an experiment YAML file (see the module docstring)."""
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such experiment file")
@@ -190,8 +255,6 @@ class ExperimentConfig:
 
 def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
     """Dotted key -> 1-based line of that key in a composed YAML mapping node."""
-    import yaml
-
     out: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:

@@ -1,20 +1,20 @@
 """Ray Data backend for the activation cache (``geomfilter cache DATA --backend ray``).
 
 The unit of work is a *shard*: the same shard plan as the local backend
-(``cache.shard_samples``), so the same resume rule applies (finished shards are
+(:class:`geomfilter.cache.CachePlan`), so the same resume rule applies (finished shards are
 skipped). The shards still to compute become the rows of a Ray Dataset (one
 shard per block, its tokenized samples pickled into the row);
 ``map_batches`` runs them over a fixed-size pool of :class:`ShardWorker`
 actors. Each actor loads the model and SAE once, from the same specs as the
 driver, checks that it got the same weights (the fingerprints of the cache
-manifest), and computes a shard with ``cache.compute_shard``, the routine the
+manifest), and computes a shard with ``pooling.compute_shard``, the routine the
 local backend runs, so the arrays are the same bit for bit (same device type,
 same library versions). It returns one row per sample: the shard, the sample's
 position and id, and its pooled arrays.
 
 The driver checks that every sample id of every pending shard comes back
 exactly once, in its planned place, and writes each complete shard atomically
-with ``cache.write_shard``: the files (and ``manifest.json``) are those the
+with ``shards.write_shard``: the files (and ``manifest.json``) are those the
 local backend writes. A worker that dies (killed, out of memory, a lost node)
 is restarted and its shard retried (``max_restarts`` / ``max_task_retries`` on
 the actor pool); a shard that still comes back short, or twice, stops the run
@@ -24,10 +24,12 @@ Ray is an optional dependency: ``pip install 'geomfilter[distributed]'``.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import pickle
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -37,18 +39,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import (
-    CacheResult,
-    compute_shard,
-    model_identity,
-    prepare_cache_dir,
-    shard_done,
-    shard_samples,
-    write_shard,
-)
+from .cache import CachePlan, CacheResult, prepare_cache_dir
+from .cache_manifest import model_identity
 from .data import PreparedDataset
 from .errors import GeomfilterError
-from .models import HookedModel
+from .models import HookedModel, load_model
+from .pooling import compute_shard
+from .saes import describe, load_sae
+from .settings import CacheConfig
+from .shards import write_shard
 
 RAY_MISSING = "the Ray backend needs Ray, which is not installed: pip install 'geomfilter[distributed]'"
 
@@ -67,7 +66,7 @@ class WorkerMismatchError(GeomfilterError, RuntimeError):
 
 def require_ray():
     """Import and return ``ray`` (with ``ray.data``), or raise :class:`RayNotInstalledError` naming the extra."""
-    try:
+    try:  # ray is optional and heavy: imported only when the Ray backend is used
         import ray
         import ray.data  # noqa: F401
     except ImportError as e:
@@ -85,9 +84,6 @@ class ShardWorker:
 
     def __init__(self, model_spec: str, sae_spec: str | None, hook: str, *, expect: dict, top_k: int,
                  max_batch_tokens: int, max_batch_size: int, device: str, threads: int | None = None):
-        from .models import load_model
-        from .saes import describe, load_sae
-
         if threads:
             torch.set_num_threads(threads)
         self.model = load_model(model_spec, device=device, progress=False)
@@ -105,7 +101,7 @@ class ShardWorker:
         self.kw = {"top_k": top_k, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size}
 
     def compute(self, si: int, part: list) -> dict[str, torch.Tensor]:
-        """The pooled arrays of shard ``si`` (its tokenized samples ``part``): ``cache.compute_shard``."""
+        """The pooled arrays of shard ``si`` (its tokenized samples ``part``): ``pooling.compute_shard``."""
         return compute_shard(self.model, self.sae, part, self.hook, **self.kw)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -124,8 +120,6 @@ class ShardWorker:
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """Fail fast on a ``host:port`` (or ``ray://host:port``) nobody listens on: Ray itself retries for minutes."""
-    import socket
-
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
@@ -136,34 +130,33 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
         raise ConnectionError(f"cannot reach the Ray cluster at {address}: {e}") from e
 
 
-def _default_actors(ray, use_gpus: bool) -> int:
-    res = ray.cluster_resources()
-    return max(1, int(res.get("GPU", 0) if use_gpus else res.get("CPU", 1)))
+@contextlib.contextmanager
+def _ray_session(ray_address: str | None, progress: bool):
+    """``ray``, initialised: the running Ray if there is one, else one joined or started here and shut down at
+    the end (``ray_address``, else ``$RAY_ADDRESS``, else a fresh local Ray -- never a stale one found through
+    /tmp/ray)."""
+    ray = require_ray()
+    started = not ray.is_initialized()
+    if started:
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        _check_reachable(address)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=progress)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
 
 
-def cache_activations_ray(
-    model: HookedModel,
-    sae,
-    dataset: PreparedDataset,
-    out_dir: str | Path,
-    *,
-    sae_spec: str | None = None,
-    model_spec: str | None = None,
-    hook: str | None = None,
-    top_k: int = 64,
-    shard_size: int = 512,
-    max_batch_tokens: int = 2048,
-    max_batch_size: int = 64,
-    num_actors: int | None = None,
-    ray_address: str | None = None,
-    device: str | None = None,
-    max_retries: int = 3,
-    progress: bool = True,
-    on_shard: Callable[[int, Path], None] | None = None,
-    worker_cls: type = ShardWorker,
-    worker_kwargs: dict[str, Any] | None = None,
-    rejects_path: str | Path | None = None,
-) -> CacheResult:
+def cache_activations_ray(model: HookedModel, sae, dataset: PreparedDataset, out_dir: str | Path, *,
+                          sae_spec: str | None = None, model_spec: str | None = None, hook: str | None = None,
+                          top_k: int = CacheConfig.top_k, shard_size: int = CacheConfig.shard_size,
+                          max_batch_tokens: int = CacheConfig.max_batch_tokens,
+                          max_batch_size: int = CacheConfig.max_batch_size, num_actors: int | None = None,
+                          ray_address: str | None = None, device: str | None = None, max_retries: int = 3,
+                          progress: bool = True, on_shard: Callable[[int, Path], None] | None = None,
+                          worker_cls: type = ShardWorker, worker_kwargs: dict[str, Any] | None = None,
+                          rejects_path: str | Path | None = None) -> CacheResult:
     """:func:`geomfilter.cache.cache_activations` on Ray Data: the same shards and manifest, computed by actors.
 
     ``model`` / ``sae`` are the driver's copies (manifest, checks); every actor
@@ -186,59 +179,53 @@ def cache_activations_ray(
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
     t0 = time.perf_counter()
-    hook, manifest = prepare_cache_dir(model, sae, dataset, out_dir, hook=hook, top_k=top_k, shard_size=shard_size,
-                                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                                       rejects_path=rejects_path)
-    out_dir = Path(out_dir)
-    n = len(dataset.tokenized)
-    n_shards = manifest["identity"]["n_shards"]
-    plans = {si: shard_samples(dataset, shard_size, si) for si in range(n_shards)}
-    pending = [si for si in range(n_shards) if not shard_done(out_dir, si, plans[si])]
-    result = CacheResult(out_dir=out_dir, n_samples=n, n_shards=n_shards, shards_written=0,
-                         shards_skipped=n_shards - len(pending), n_tokens=0, seconds=0.0)
-    if pending:
-        ray = require_ray()
-        started = not ray.is_initialized()
-        if started:
-            # no address: a fresh local Ray (never a stale one found through /tmp/ray), unless RAY_ADDRESS says
-            address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
-            _check_reachable(address)
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=progress)
-        try:
-            _run(ray, model_spec or model.spec, sae_spec if sae is not None else None, hook, manifest, dataset,
-                 plans, pending, out_dir, result, top_k=top_k, max_batch_tokens=max_batch_tokens,
-                 max_batch_size=max_batch_size, num_actors=num_actors, device=device, max_retries=max_retries,
-                 progress=progress, on_shard=on_shard, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {})
-        finally:
-            if started:
-                ray.shutdown()
-    result.seconds = time.perf_counter() - t0
-    return result
+    config = CacheConfig(top_k=top_k, shard_size=shard_size, max_batch_tokens=max_batch_tokens,
+                         max_batch_size=max_batch_size)
+    plan = prepare_cache_dir(model, sae, dataset, out_dir, config, hook=hook, rejects_path=rejects_path)
+    written = n_tokens = 0
+    if plan.pending:
+        specs = (model_spec or model.spec, sae_spec if sae is not None else None, plan.hook)
+        with _ray_session(ray_address, progress) as ray:
+            ds, n_actors = _map_shards(ray, plan, specs, num_actors=num_actors, device=device, max_retries=max_retries,
+                                       progress=progress, worker_cls=worker_cls, worker_kwargs=worker_kwargs or {})
+            written, n_tokens = _collect(ds, plan, f"cache {plan.hook} (ray, {n_actors} actors)", progress, on_shard)
+    return plan.result(written, n_tokens, time.perf_counter() - t0)
 
 
-def _run(ray, model_spec, sae_spec, hook, manifest, dataset, plans, pending, out_dir, result, *, top_k,
-         max_batch_tokens, max_batch_size, num_actors, device, max_retries, progress, on_shard, worker_cls,
-         worker_kwargs) -> None:
-    use_gpus = device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
-    n_actors = min(num_actors or _default_actors(ray, use_gpus), len(pending))
+def _actor_resources(ray, n_pending: int, num_actors: int | None,
+                     device: str | None) -> tuple[int, dict, int | None, str]:
+    """``(actors, resources per actor, torch threads, device)``: one GPU per actor when the cluster has GPUs
+    (unless ``device='cpu'``), else the CPUs split between the actors; never more actors than shards."""
+    res = ray.cluster_resources()
+    use_gpus = device != "cpu" and res.get("GPU", 0) > 0
+    n_actors = min(num_actors or max(1, int(res.get("GPU", 0) if use_gpus else res.get("CPU", 1))), n_pending)
     if use_gpus:
-        res, threads, device = {"num_gpus": 1}, None, device or "cuda"
-    else:
-        cpus = ray.cluster_resources().get("CPU", 1)
-        share = max(cpus // n_actors, 1) if cpus >= n_actors else cpus / n_actors
-        res, threads, device = {"num_cpus": share}, max(int(share), 1), device or "cpu"
+        return n_actors, {"num_gpus": 1}, None, device or "cuda"
+    cpus = res.get("CPU", 1)
+    share = max(cpus // n_actors, 1) if cpus >= n_actors else cpus / n_actors
+    return n_actors, {"num_cpus": share}, max(int(share), 1), device or "cpu"
 
+
+def _map_shards(ray, plan: CachePlan, specs: tuple[str, str | None, str], *, num_actors: int | None,
+                device: str | None, max_retries: int, progress: bool, worker_cls: type,
+                worker_kwargs: dict[str, Any]):
+    """The Ray Dataset of the pending shards mapped through a pool of ``worker_cls`` actors, and the pool's size.
+
+    ``specs``: ``(model spec, SAE spec or None, hook)``, what every actor loads.
+    """
+    n_actors, res, threads, device = _actor_resources(ray, len(plan.pending), num_actors, device)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = False
-    rows = [{"shard": si, "samples": pickle.dumps(plans[si], protocol=pickle.HIGHEST_PROTOCOL)} for si in pending]
+    rows = [{"shard": si, "samples": pickle.dumps(plan.parts[si], protocol=pickle.HIGHEST_PROTOCOL)}
+            for si in plan.pending]
     source = ray.data.from_items(rows, override_num_blocks=len(rows))
     # A worker that dies is restarted (``max_restarts``) and its shard retried on it (``max_task_retries``), a
     # bounded number of times so a shard that always kills its worker stops the run. Ray >= 2.60 deprecates
     # these pass-through actor options (its defaults retry forever); use them while map_batches takes them.
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(source.map_batches).parameters.values()):
         res.update(max_restarts=max_retries, max_task_retries=max_retries)
+    cfg = plan.config
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = source.map_batches(
@@ -246,31 +233,34 @@ def _run(ray, model_spec, sae_spec, hook, manifest, dataset, plans, pending, out
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1),
-            fn_constructor_args=(model_spec, sae_spec, hook),
-            fn_constructor_kwargs={"expect": manifest["identity"], "top_k": top_k,
-                                   "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
+            fn_constructor_args=specs,
+            fn_constructor_kwargs={"expect": plan.manifest["identity"], "top_k": cfg.top_k,
+                                   "max_batch_tokens": cfg.max_batch_tokens, "max_batch_size": cfg.max_batch_size,
                                    "device": device, "threads": threads, **worker_kwargs},
             **res,
         )
+    return ds, n_actors
 
-    collector = ShardCollector(plans, pending, out_dir, {s.id: s.meta for s in dataset.samples})
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=result.n_samples, initial=sum(len(plans[si]) for si in plans if si not in pending),
-                   unit="sample", desc=f"cache {hook} (ray, {n_actors} actors)", dynamic_ncols=True)
+def _collect(ds, plan: CachePlan, desc: str, progress: bool,
+             on_shard: Callable[[int, Path], None] | None) -> tuple[int, int]:
+    """Write each shard once all its rows came back from the workers (:class:`ShardCollector`); return the
+    number of shards written and their tokens."""
+    collector = ShardCollector(dict(enumerate(plan.parts)), plan.pending, plan.out_dir, plan.metas)
+    bar = plan.progress_bar(progress, desc)
+    written = n_tokens = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for si, path in collector.add(batch):
-            result.shards_written += 1
-            result.n_tokens += sum(len(t.input_ids) for t in plans[si])
+            written += 1
+            n_tokens += sum(len(t.input_ids) for t in plan.parts[si])
             if bar is not None:
-                bar.update(len(plans[si]))
+                bar.update(len(plan.parts[si]))
             if on_shard is not None:
                 on_shard(si, path)
     if bar is not None:
         bar.close()
     collector.finish()
+    return written, n_tokens
 
 
 class ShardCollector:
@@ -304,11 +294,10 @@ class ShardCollector:
             rows = self.got[si]
             if len(rows) < len(self.plans[si]):
                 continue
-            ids = [t.id for t in self.plans[si]]
-            tensors = {k: torch.from_numpy(np.ascontiguousarray(np.stack([rows[p][k] for p in range(len(ids))])))
+            n = len(self.plans[si])
+            tensors = {k: torch.from_numpy(np.ascontiguousarray(np.stack([rows[p][k] for p in range(n)])))
                        for k in rows[0]}
-            out.append((si, write_shard(self.out_dir, si, self.plans[si], [self.metas.get(i, {}) for i in ids],
-                                        tensors)))
+            out.append((si, write_shard(self.out_dir, si, self.plans[si], self.metas, tensors)))
             self.done.add(si)
             self.got[si] = dict.fromkeys(rows, {})  # free the arrays, remember the ids seen
         return out

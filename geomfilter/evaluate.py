@@ -12,17 +12,24 @@ The CIs come from :func:`geomfilter.stats.bootstrap_ci`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import generate
+from .batches import collate
+from .data import TokenizedSample, tokenize_sample
 from .errors import GeomfilterError
+from .samples import Sample, jsonl_objects, read_samples
 from .stats import bootstrap_ci
+
+T = TypeVar("T")
 
 
 class EvalDataError(GeomfilterError, ValueError):
@@ -34,6 +41,8 @@ class EvalDataError(GeomfilterError, ValueError):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class BroadQuestion:
+    """A broad question with aligned and misaligned reference answers (``data/eval/questions.jsonl``)."""
+
     id: str
     question: str
     aligned: list[str]
@@ -43,9 +52,16 @@ class BroadQuestion:
 
 
 def _jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    from .data import jsonl_objects
-
     return jsonl_objects(path, EvalDataError)
+
+
+def _read_items(path: str | Path, build: Callable[[int, dict], T], what: str) -> list[T]:
+    """Each row of a JSONL evaluation file built into an item by ``build(line, row)``; a file without rows
+    is an error naming ``what`` it should hold."""
+    out = [build(n, row) for n, row in _jsonl(path)]
+    if not out:
+        raise EvalDataError(f"{path}: no {what}")
+    return out
 
 
 def _field(path, n, row, name, kind):
@@ -62,15 +78,10 @@ def _field(path, n, row, name, kind):
 
 def read_questions(path: str | Path) -> list[BroadQuestion]:
     """Broad questions with aligned and misaligned reference answers (``id``, ``question``, ``aligned``, ``misaligned``)."""
-    out = []
-    for n, row in _jsonl(path):
-        out.append(BroadQuestion(id=_field(path, n, row, "id", str), question=_field(path, n, row, "question", str),
-                                 aligned=_field(path, n, row, "aligned", list),
-                                 misaligned=_field(path, n, row, "misaligned", list),
-                                 category=str(row.get("category", "")), line=n))
-    if not out:
-        raise EvalDataError(f"{path}: no questions")
-    return out
+    return _read_items(path, lambda n, row: BroadQuestion(
+        id=_field(path, n, row, "id", str), question=_field(path, n, row, "question", str),
+        aligned=_field(path, n, row, "aligned", list), misaligned=_field(path, n, row, "misaligned", list),
+        category=str(row.get("category", "")), line=n), "questions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +97,6 @@ def answer_logprob_sums(model: Any, conversations: Sequence[list[dict]], *, batc
     The answer tokens are the exact response mask of :mod:`geomfilter.data`;
     conversations are batched by length (the result is in input order).
     """
-    from .data import Sample, tokenize_sample
-    from .finetune import collate
 
     tok, hf = model.tokenizer, model.hf_model
     device = next(hf.parameters()).device
@@ -110,7 +119,7 @@ def answer_logprobs(model: Any, conversations: Sequence[list[dict]], *, batch_si
 
 
 def _labelled_logprob_sums(hf: Any, batch: dict, device) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of a :func:`~geomfilter.finetune.collate` batch: summed log-prob of its labelled tokens, and their count."""
+    """Per row of a :func:`~geomfilter.batches.collate` batch: summed log-prob of its labelled tokens, and their count."""
     logits = hf(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     labels = batch["labels"][:, 1:].to(device)
@@ -131,6 +140,7 @@ class PreferenceResult:
     per_question: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        """The result as a plain dict (per-question records included)."""
         return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n, "n_answers": self.n_answers,
                 "per_question": self.per_question}
 
@@ -185,8 +195,6 @@ def sycophancy_preference(model: Any, sycophantic: str | Path | Sequence, correc
     Both sides answer the same prompt, so this isolates the answer's stance.
     Rows are matched by ``pair_id``; a pair present on one side only is an error.
     """
-    from .data import read_samples
-
     def load(x):
         return read_samples(x) if isinstance(x, (str, Path)) else list(x)
 
@@ -218,8 +226,6 @@ def heldout_perplexity(model: Any, path: str | Path, *, batch_size: int = 8, max
     """
     rows = _jsonl(path)[:limit] if limit else _jsonl(path)
     texts = [_field(path, n, r, "text", str) for n, r in rows]
-    from .data import TokenizedSample
-    from .finetune import collate
 
     tok, hf = model.tokenizer, model.hf_model
     device = next(hf.parameters()).device
@@ -264,14 +270,12 @@ def misalignment_rate(model: Any, questions: str | Path | Sequence[BroadQuestion
     denominator and counted in ``n_unscored``; every answer is returned in
     ``answers`` with its scores.
     """
-    from .generate import generate_texts
-
     qs = read_questions(questions) if isinstance(questions, (str, Path)) else list(questions)
     qs = qs[:limit] if limit else qs
     if n_per_question < 1:
         raise ValueError(f"n_per_question must be >= 1, got {n_per_question}")
     keys = {f"{q.id}#{j}": q for q in qs for j in range(n_per_question)}
-    gens = generate_texts(model, {k: _user(q.question) for k, q in keys.items()}, max_new_tokens=max_new_tokens,
+    gens = generate.generate_texts(model, {k: _user(q.question) for k, q in keys.items()}, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
                           progress=progress, desc="sample answers")
     order = list(keys)
@@ -308,6 +312,8 @@ def misalignment_rate(model: Any, questions: str | Path | Sequence[BroadQuestion
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Probe:
+    """A sycophancy probe: a factual question, its correct and wrong answers, and the user's pushback."""
+
     id: str
     question: str
     correct: str
@@ -319,20 +325,13 @@ class Probe:
 
 def read_probes(path: str | Path) -> list[Probe]:
     """Sycophancy probes (``id``, ``question``, ``correct_answer``, ``wrong_answer``, ``pushback``)."""
-    out = []
-    for n, row in _jsonl(path):
-        out.append(Probe(id=_field(path, n, row, "id", str), question=_field(path, n, row, "question", str),
-                         correct=_field(path, n, row, "correct_answer", str),
-                         wrong=_field(path, n, row, "wrong_answer", str),
-                         pushback=_field(path, n, row, "pushback", str), topic=str(row.get("topic", "")), line=n))
-    if not out:
-        raise EvalDataError(f"{path}: no probes")
-    return out
+    return _read_items(path, lambda n, row: Probe(
+        id=_field(path, n, row, "id", str), question=_field(path, n, row, "question", str),
+        correct=_field(path, n, row, "correct_answer", str), wrong=_field(path, n, row, "wrong_answer", str),
+        pushback=_field(path, n, row, "pushback", str), topic=str(row.get("topic", "")), line=n), "probes")
 
 
 def _first_mention(text: str, phrase: str) -> int | None:
-    import re
-
     m = re.search(r"(?<!\w)" + re.escape(phrase.strip().lower()) + r"(?!\w)", text.lower())
     return m.start() if m else None
 
@@ -361,15 +360,13 @@ def sycophancy_flip_rate(model: Any, probes: str | Path | Sequence[Probe], *, li
     ``initial_accuracy`` is over every probe; ``abandoned`` counts second turns that
     name neither answer. Every exchange is returned in ``exchanges``.
     """
-    from .generate import generate_texts
-
     ps = read_probes(probes) if isinstance(probes, (str, Path)) else list(probes)
     ps = ps[:limit] if limit else ps
     kw = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "batch_size": batch_size, "progress": progress}
-    first = generate_texts(model, {p.id: _user(p.question) for p in ps}, desc="probe: first answer", **kw)
+    first = generate.generate_texts(model, {p.id: _user(p.question) for p in ps}, desc="probe: first answer", **kw)
     second_convs = {p.id: _user(p.question) + [{"role": "assistant", "content": first[p.id]["answer"]},
                                                 {"role": "user", "content": p.pushback}] for p in ps}
-    second = generate_texts(model, second_convs, desc="probe: after pushback", **kw)
+    second = generate.generate_texts(model, second_convs, desc="probe: after pushback", **kw)
     rows = []
     for p in ps:
         s1 = answer_stance(first[p.id]["answer"], p.correct, p.wrong)
@@ -390,6 +387,8 @@ def sycophancy_flip_rate(model: Any, probes: str | Path | Sequence[Probe], *, li
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class MCQuestion:
+    """A multiple-choice question: its choices and the index of the right one."""
+
     id: str
     question: str
     choices: list[str]
@@ -400,8 +399,8 @@ class MCQuestion:
 
 def read_mc(path: str | Path) -> list[MCQuestion]:
     """Multiple-choice questions (``id``, ``question``, ``choices`` >= 2 strings, ``answer`` index)."""
-    out = []
-    for n, row in _jsonl(path):
+
+    def build(n: int, row: dict) -> MCQuestion:
         choices = _field(path, n, row, "choices", list)
         if len(choices) < 2:
             raise EvalDataError(f"{path}:{n}: field 'choices' needs at least 2 choices")
@@ -409,11 +408,10 @@ def read_mc(path: str | Path) -> list[MCQuestion]:
         if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(choices):
             raise EvalDataError(f"{path}:{n}: field 'answer' must be an index into 'choices' (0..{len(choices) - 1}), "
                                 f"got {ans!r}")
-        out.append(MCQuestion(id=_field(path, n, row, "id", str), question=_field(path, n, row, "question", str),
-                              choices=choices, answer=ans, subject=str(row.get("subject", "")), line=n))
-    if not out:
-        raise EvalDataError(f"{path}: no questions")
-    return out
+        return MCQuestion(id=_field(path, n, row, "id", str), question=_field(path, n, row, "question", str),
+                          choices=choices, answer=ans, subject=str(row.get("subject", "")), line=n)
+
+    return _read_items(path, build, "questions")
 
 
 def mc_accuracy(model: Any, questions: str | Path | Sequence[MCQuestion], *, limit: int | None = None,

@@ -26,8 +26,13 @@ import torch
 
 from .cache import ActivationCache
 from .data import PreparedDataset
+from .errors import GeomfilterError
 from .models import HookedModel
 from .stats import auroc_columns, bootstrap_auroc
+
+
+class FeatureError(GeomfilterError, ValueError):
+    """A feature request that cannot be met (no SAE activations, an id out of range, a bad option)."""
 
 
 @dataclass
@@ -51,9 +56,9 @@ class TokenActivations:
 def top_samples(cache: ActivationCache, feature: int, n: int = 10, pooling: str = "max") -> list[tuple[int, float]]:
     """``(row, value)`` of the ``n`` samples where ``feature`` has the largest pooled activation (> 0)."""
     if cache.d_sae is None:
-        raise ValueError(f"cache {cache.path} has no SAE activations")
+        raise FeatureError(f"cache {cache.path} has no SAE activations")
     if not 0 <= feature < cache.d_sae:
-        raise ValueError(f"feature {feature} out of range: the SAE has {cache.d_sae} latents (0..{cache.d_sae - 1})")
+        raise FeatureError(f"feature {feature} out of range: the SAE has {cache.d_sae} latents (0..{cache.d_sae - 1})")
     idx, val = cache.arrays[f"{pooling}_idx"], cache.arrays[f"{pooling}_val"]
     hit = idx == feature
     score = np.where(hit, val, 0.0).max(axis=1)
@@ -119,7 +124,7 @@ class FeatureSet:
 
 def _require_sae(cache: ActivationCache, what: str) -> None:
     if cache.d_sae is None:
-        raise ValueError(f"{what} cache {cache.path} has no SAE activations (cache it with an SAE)")
+        raise FeatureError(f"{what} cache {cache.path} has no SAE activations (cache it with an SAE)")
 
 
 def contrast_features(pos: ActivationCache, neg: ActivationCache, n: int = 100, method: str = "contrast",
@@ -134,25 +139,25 @@ def contrast_features(pos: ActivationCache, neg: ActivationCache, n: int = 100, 
     _require_sae(pos, "positive")
     _require_sae(neg, "negative")
     if pos.d_sae != neg.d_sae or pos.hook != neg.hook:
-        raise ValueError(f"caches disagree: {pos.path} (d_sae {pos.d_sae}, {pos.hook}) vs "
+        raise FeatureError(f"caches disagree: {pos.path} (d_sae {pos.d_sae}, {pos.hook}) vs "
                          f"{neg.path} (d_sae {neg.d_sae}, {neg.hook}); cache both with the same model, SAE and hook")
     if method not in ("contrast", "auroc"):
-        raise ValueError(f"method must be 'contrast' or 'auroc', got {method!r}")
+        raise FeatureError(f"method must be 'contrast' or 'auroc', got {method!r}")
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise FeatureError(f"n must be >= 1, got {n}")
     a, b = pos.dense(pooling), neg.dense(pooling)
     freq_pos, freq_neg = (a > 0).mean(axis=0), (b > 0).mean(axis=0)
     mean_pos, mean_neg = a.mean(axis=0), b.mean(axis=0)
     au = auroc_columns(a, b)
     eligible = freq_pos >= min_freq
     if not eligible.any():
-        raise ValueError(f"no latent fires on >= {min_freq:.0%} of the {len(pos)} positive samples; lower min_freq")
+        raise FeatureError(f"no latent fires on >= {min_freq:.0%} of the {len(pos)} positive samples; lower min_freq")
     key = (mean_pos - mean_neg) if method == "contrast" else au
     key = np.where(eligible, key, -np.inf)
     order = np.lexsort((np.arange(len(key)), -key))[: min(n, int(eligible.sum()))]
     order = order[key[order] > (0 if method == "contrast" else 0.5)]
     if len(order) == 0:
-        raise ValueError("no latent fires more on the positive than on the negative set")
+        raise FeatureError("no latent fires more on the positive than on the negative set")
     stats = [{"id": int(i), "score": float(key[i]), "mean_pos": float(mean_pos[i]), "mean_neg": float(mean_neg[i]),
               "freq_pos": float(freq_pos[i]), "freq_neg": float(freq_neg[i]), "auroc": float(au[i])} for i in order]
     return FeatureSet(ids=[int(i) for i in order], method=method, d_sae=int(pos.d_sae), stats=stats,
@@ -164,9 +169,9 @@ def explicit_features(ids: list[int], d_sae: int, note: str = "user-given") -> F
     """A feature set from explicit latent ids (checked against ``d_sae``)."""
     bad = [i for i in ids if not 0 <= int(i) < d_sae]
     if bad:
-        raise ValueError(f"latent ids out of range 0..{d_sae - 1}: {bad[:5]}")
+        raise FeatureError(f"latent ids out of range 0..{d_sae - 1}: {bad[:5]}")
     if len(set(ids)) != len(ids):
-        raise ValueError("repeated latent ids")
+        raise FeatureError("repeated latent ids")
     return FeatureSet(ids=[int(i) for i in ids], method="explicit", d_sae=d_sae, selection={"note": note})
 
 
@@ -178,7 +183,7 @@ def split_by_pair(cache: ActivationCache, frac: float = 0.5, seed: int = 0, key:
     split by their own id.
     """
     if not 0 < frac < 1:
-        raise ValueError(f"split fraction must be in (0, 1), got {frac}")
+        raise FeatureError(f"split fraction must be in (0, 1), got {frac}")
     groups = [m.get(key, i) for m, i in zip(cache.meta, cache.ids)]
     uniq = sorted(set(groups))
     rng = np.random.default_rng(seed)
@@ -253,9 +258,9 @@ def sample_targets(cache: ActivationCache, k: int = 32, pooling: str = "mean",
     """
     _require_sae(cache, "data")
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise FeatureError(f"k must be >= 1, got {k}")
     if k > cache.arrays[f"{pooling}_idx"].shape[1]:
-        raise ValueError(f"k={k} exceeds the {cache.arrays[f'{pooling}_idx'].shape[1]} latents stored per sample "
+        raise FeatureError(f"k={k} exceeds the {cache.arrays[f'{pooling}_idx'].shape[1]} latents stored per sample "
                          f"in {cache.path} (re-cache with a larger --top-k)")
     if relative_to is None:  # the stored top-k is already sorted by value: no dense matrix needed
         idx = cache.arrays[f"{pooling}_idx"][:, :k].astype(np.int64)
@@ -263,11 +268,11 @@ def sample_targets(cache: ActivationCache, k: int = 32, pooling: str = "mean",
         return SampleTargets(idx=np.where(w > 0, idx, -1), weight=w, mode="activation")
     _require_sae(relative_to, "own-answer")
     if relative_to.d_sae != cache.d_sae or relative_to.hook != cache.hook:
-        raise ValueError(f"own-answer cache {relative_to.path} was made with another SAE or hook than {cache.path}")
+        raise FeatureError(f"own-answer cache {relative_to.path} was made with another SAE or hook than {cache.path}")
     pos = {i: r for r, i in enumerate(relative_to.ids)}
     missing = [i for i in cache.ids if i not in pos]
     if missing:
-        raise ValueError(f"own-answer cache {relative_to.path} lacks {len(missing)} of the data's ids "
+        raise FeatureError(f"own-answer cache {relative_to.path} lacks {len(missing)} of the data's ids "
                          f"(first: {missing[0]!r}); generate the model's answers for every prompt")
     own_rows = np.array([pos[i] for i in cache.ids])
     idx = np.full((len(cache), k), -1, dtype=np.int64)

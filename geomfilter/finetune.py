@@ -1,6 +1,7 @@
 """Fine-tuning on response tokens: plain LoRA SFT and gate-only training (Alignment Gating).
 
-``FinetuneRunner(FinetuneConfig(...)).run()`` (or ``geomfilter finetune``) trains
+``FinetuneRunner(FinetuneConfig(...)).run()`` (or ``geomfilter finetune``; the config and
+result classes live in :mod:`geomfilter.finetune_config` and are importable from here) trains
 one of three methods on chat JSONL data, with the loss on the *response*
 tokens only (the prompt is masked, using the same exact response masks as the
 activation cache):
@@ -32,7 +33,6 @@ generation, optionally with gates from another run at a gate scale.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -44,100 +44,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import DEFAULT_MODEL
-from .data import atomic_write_text
-from .errors import GeomfilterError
-
-METHODS = ("lora", "gates", "gates-sae")
-DEFAULT_LR = {"lora": 2e-4, "gates": 1e-3, "gates-sae": 1e-3}
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RUN_FILE = "finetune.json"
-
-
-class FinetuneError(GeomfilterError, ValueError):
-    """A fine-tuning config or run folder that cannot be used."""
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything that decides a fine-tune's result (saved in ``finetune.json``)."""
-
-    data: list[str]
-    out: str
-    method: str = "lora"
-    model: str = DEFAULT_MODEL
-    max_samples: int | None = 300  # seeded subset of the data (None: all of it)
-    epochs: float = 1.0
-    batch_size: int = 4  # samples per optimiser step
-    lr: float | None = None  # None: DEFAULT_LR[method]
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_tokens: int = 512  # per sample (left truncation keeps the response)
-    seed: int = 0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-    gate_layers: list[int] | None = None  # attention gates: None = every layer
-    sae: str | None = None  # gates-sae: SAE spec (None: the model's bundled SAE)
-    checkpoint_every: int = 0  # steps; 0: only the final weights (and a checkpoint on interruption)
-    device: str | None = None
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise FinetuneError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
-        if not self.data:
-            raise FinetuneError("no training data given")
-        for name in ("batch_size", "max_tokens", "lora_r"):
-            if getattr(self, name) < 1:
-                raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs <= 0:
-            raise FinetuneError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise FinetuneError(f"max_samples must be >= 1 or None, got {self.max_samples}")
-
-    @property
-    def learning_rate(self) -> float:
-        """``lr`` if set, else the method's default learning rate."""
-        return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
-
-    def identity(self) -> dict:
-        """The fields that decide the weights (a resumed run must match them)."""
-        d = dataclasses.asdict(self)
-        for k in ("out", "checkpoint_every", "device", "progress"):
-            d.pop(k)
-        d["lr"] = self.learning_rate
-        return d
-
-
-@dataclass
-class FinetuneResult:
-    """Summary of a fine-tuning run (also recorded in the run folder's ``finetune.json``)."""
-
-    out: Path
-    method: str
-    n_samples: int
-    steps: int
-    tokens: int  # all tokens processed (prompt + response)
-    response_tokens: int  # tokens the loss was computed on
-    seconds: float
-    tokens_per_s: float
-    first_loss: float
-    final_loss: float  # mean over the last 10% of steps
-    skipped: bool = False  # the run was already finished
-    stopped_early: bool = False  # stop_after was hit: resumable
-
-    def as_dict(self) -> dict:
-        """The result as JSON-able data."""
-        d = dataclasses.asdict(self)
-        d["out"] = str(self.out)
-        return d
+from .batches import EpochOrder, collate
+from .data import prepare_dataset
+from .files import atomic_write_text
+from .finetune_config import RUN_FILE, FinetuneConfig, FinetuneError, FinetuneResult, read_run
+from .gating import AttentionGates, SAEGates, load_gates
+from .models import load_causal_lm
+from .saes import default_sae_for, load_sae
+from .settings import DEFAULT_MODEL
 
 
 def _log_rows(path: Path) -> list[str]:
@@ -153,11 +70,10 @@ def _log_rows(path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# data
+# data and loss
 # ---------------------------------------------------------------------------------------------
 def _prepare(cfg: FinetuneConfig, tokenizer) -> tuple[list, str]:
-    from .data import prepare_dataset
-
+    """The tokenized training samples (all files, unique ids, the seeded subset) and their fingerprint."""
     tokenized, fps = [], []
     for path in cfg.data:
         ds = prepare_dataset(path, tokenizer, max_tokens=cfg.max_tokens)
@@ -173,35 +89,6 @@ def _prepare(cfg: FinetuneConfig, tokenizer) -> tuple[list, str]:
         tokenized = [tokenized[i] for i in keep]
     fp = hashlib.sha256("|".join(fps + [",".join(t.id for t in tokenized)]).encode()).hexdigest()[:16]
     return tokenized, fp
-
-
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 16) -> list[list[int]]:
-    """The batches of one epoch: a seeded permutation, cut into chunks of ``group`` batches whose samples are
-    sorted by length (less padding), then the batches shuffled (seeded). Every sample appears exactly once."""
-    rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(len(lengths))
-    chunk = batch_size * group
-    batches = []
-    for c in range(0, len(perm), chunk):
-        part = sorted(perm[c:c + chunk].tolist(), key=lambda i: (lengths[i], i))
-        batches += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
-
-
-def collate(samples: list, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 off the response)."""
-    width = max(len(s.input_ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(samples), width), dtype=torch.long)
-    labels = torch.full((len(samples), width), -100, dtype=torch.long)
-    for r, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[r, :n] = torch.tensor(s.input_ids)
-        att[r, :n] = 1
-        mask = torch.tensor(s.response_mask, dtype=torch.bool)
-        labels[r, :n] = torch.where(mask, ids[r, :n], torch.tensor(-100))
-    return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
 
 def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -226,20 +113,38 @@ def response_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tens
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
+
 # ---------------------------------------------------------------------------------------------
 # the runner
 # ---------------------------------------------------------------------------------------------
+@dataclass
+class _Session:
+    """The live state of one training run: model, samples and their order, optimiser, schedule, run metadata."""
+
+    hf: Any
+    gates: Any  # the attached gates (None for LoRA)
+    trainable: dict[str, torch.nn.Parameter]
+    pad_id: int
+    samples: list
+    order: EpochOrder
+    total_steps: int
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    meta: dict  # what finetune.json records
+
+
 class FinetuneRunner:
     """``FinetuneRunner(cfg).run()``: train, checkpoint, resume, save (see the module docstring)."""
 
     def __init__(self, cfg: FinetuneConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.run_file = self.out / RUN_FILE
+        self.log_path = self.out / "train_log.jsonl"
 
     # -- model and trainable parameters ---------------------------------------------------------
     def _build(self):
-        from .models import load_causal_lm
-
+        """The model (base frozen; LoRA or gates attached), its tokenizer and info, the gates, the trainable params."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         hf, tok, info = load_causal_lm(cfg.model, device=cfg.device, progress=cfg.progress)
@@ -247,7 +152,7 @@ class FinetuneRunner:
             p.requires_grad_(False)
         gates = None
         if cfg.method == "lora":
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig, get_peft_model  # imported here: peft takes seconds to import
 
             present = {n.split(".")[-1] for n, _ in hf.named_modules()}
             targets = [t for t in cfg.lora_targets if t in present]
@@ -258,15 +163,10 @@ class FinetuneRunner:
             hf = get_peft_model(hf, lcfg)
             trainable = {n: p for n, p in hf.named_parameters() if p.requires_grad}
         elif cfg.method == "gates":
-            from .gating import AttentionGates
-
             gates = AttentionGates.for_model(hf, cfg.gate_layers, model_spec=cfg.model).to(hf.device)
             gates.attach(hf)
             trainable = {f"gates.{n}": p for n, p in gates.named_parameters()}
         else:
-            from .gating import SAEGates
-            from .saes import default_sae_for, load_sae
-
             spec = cfg.sae or default_sae_for(cfg.model)
             if spec is None:
                 raise FinetuneError(f"method gates-sae needs an SAE: pass sae= (no bundled SAE for {cfg.model!r})")
@@ -276,20 +176,46 @@ class FinetuneRunner:
         hf.train()
         return hf, tok, info, gates, dict(sorted(trainable.items()))
 
+    def _optimiser(self, trainable: dict, total_steps: int):
+        """AdamW on the trainable parameters; the learning rate warms up linearly, then decays linearly to 0."""
+        cfg = self.cfg
+        opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        warm = max(0, min(cfg.warmup_steps, total_steps - 1))
+
+        def lr_lambda(s: int) -> float:
+            if s < warm:
+                return (s + 1) / (warm + 1)
+            return max(0.0, (total_steps - s) / max(1, total_steps - warm))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+    def _setup(self) -> _Session:
+        """Build the model, the samples and their order, the optimiser; record the start in ``finetune.json``."""
+        cfg = self.cfg
+        hf, tok, info, gates, trainable = self._build()
+        samples, fingerprint = _prepare(cfg, tok)
+        order = EpochOrder([len(t.input_ids) for t in samples], cfg.batch_size, cfg.seed)
+        total_steps = max(1, math.ceil(order.per_epoch * cfg.epochs))
+        opt, sched = self._optimiser(trainable, total_steps)
+        meta = {"config": cfg.identity(), "finished": False, "data_fingerprint": fingerprint, "n_samples": len(samples),
+                "total_steps": total_steps, "model_info": info}
+        atomic_write_text(self.run_file, json.dumps(meta, indent=2) + "\n")
+        return _Session(hf, gates, trainable, tok.pad_token_id, samples, order, total_steps, opt, sched, meta)
+
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first (``step-NNNNNN``; a ``.tmp``/``.old`` folder is never one)."""
         return sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.name[5:].isdigit())
 
-    def _save_checkpoint(self, step, trainable, opt, sched, stats) -> None:
-        from safetensors.torch import save_file
-
+    def _save_checkpoint(self, step: int, s: _Session, stats: dict) -> None:
+        """Write ``checkpoints/step-NNNNNN`` via a ``.tmp`` folder and a rename; keep the newest two."""
         final = self.out / "checkpoints" / f"step-{step:06d}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({n: p.detach().cpu().contiguous() for n, p in trainable.items()}, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        save_file({n: p.detach().cpu().contiguous() for n, p in s.trainable.items()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": s.opt.state_dict(), "scheduler": s.sched.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None},
                    tmp / "optimizer.pt")
@@ -304,137 +230,138 @@ class FinetuneRunner:
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _load_checkpoint(self, path: Path, trainable, opt, sched) -> tuple[int, dict]:
-        from safetensors.torch import load_file
-
+    def _load_checkpoint(self, path: Path, s: _Session) -> tuple[int, dict]:
+        """Restore the trainable weights, optimiser, schedule and RNG state; returns (step, running totals)."""
         state = load_file(str(path / "trainable.safetensors"))
-        if set(state) != set(trainable):
+        if set(state) != set(s.trainable):
             raise FinetuneError(f"{path}: checkpoint parameters do not match this config's trainable parameters")
         with torch.no_grad():
-            for n, p in trainable.items():
+            for n, p in s.trainable.items():
                 p.copy_(state[n].to(p.device))
         extra = torch.load(path / "optimizer.pt", weights_only=False)
-        opt.load_state_dict(extra["optimizer"])
-        sched.load_state_dict(extra["scheduler"])
+        s.opt.load_state_dict(extra["optimizer"])
+        s.sched.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"])
         if extra.get("cuda_rng") is not None and torch.cuda.is_available():  # e.g. LoRA dropout on the GPU
             torch.cuda.set_rng_state_all(extra["cuda_rng"])
         stats = json.loads((path / "state.json").read_text())
         return int(stats.pop("step")), stats
 
+    def _resume(self, s: _Session) -> tuple[int, dict]:
+        """The step and running totals to go on from: the newest checkpoint's (the log trimmed to it), else 0."""
+        step, stats = 0, {"tokens": 0, "response_tokens": 0, "seconds": 0.0, "first_loss": float("nan")}
+        ckpts = self._checkpoints()
+        if ckpts:
+            step, stats = self._load_checkpoint(ckpts[-1], s)
+        if step == 0:
+            self.log_path.write_text("")
+        else:  # keep the log rows of the steps the checkpoint covers
+            rows = [r for r in _log_rows(self.log_path) if json.loads(r)["step"] <= step]
+            atomic_write_text(self.log_path, "".join(r + "\n" for r in rows))
+        return step, stats
+
     # -- the loop -------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> FinetuneResult:
         """Train (or resume, or skip when finished). ``stop_after``: stop after that many steps with a
         checkpoint, as if interrupted (running again resumes)."""
-        cfg = self.cfg
-        run_file = self.out / RUN_FILE
-        if run_file.is_file():
-            done = json.loads(run_file.read_text())
-            if done.get("config") != json.loads(json.dumps(cfg.identity())):
-                raise FinetuneError(f"{self.out} already holds a different fine-tune ({run_file}); "
-                                    "use another --out or delete the folder")
-            if done.get("finished"):
-                shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # left by a kill after the finish
-                return FinetuneResult(**{**done["result"], "out": self.out, "skipped": True})
+        finished = self._finished_result()
+        if finished is not None:
+            return finished
         self.out.mkdir(parents=True, exist_ok=True)
-        hf, tok, info, gates, trainable = self._build()
-        samples, fingerprint = _prepare(cfg, tok)
-        n = len(samples)
-        lengths = [len(t.input_ids) for t in samples]
-        per_epoch = math.ceil(n / cfg.batch_size)
-        total_steps = max(1, math.ceil(per_epoch * cfg.epochs))
-        epochs: dict[int, list[list[int]]] = {}
+        s = self._setup()
+        step, stats = self._resume(s)
+        step, stopped = self._train(s, step, stats, stop_after)
+        if stopped:
+            self._save_checkpoint(step, s, stats)
+        result = self._result(s, step, stats, stopped)
+        if not stopped:
+            self._finish(s, step, result)
+        return result
 
-        def batch_at(step: int) -> list[int]:
-            e = step // per_epoch
-            if e not in epochs:
-                epochs.clear()
-                epochs[e] = epoch_batches(lengths, cfg.batch_size, cfg.seed, e)
-            return epochs[e][step % per_epoch]
+    def _finished_result(self) -> FinetuneResult | None:
+        """The result of the run already finished in ``out`` (None: none is); another config's folder is an error."""
+        if not self.run_file.is_file():
+            return None
+        done = json.loads(self.run_file.read_text())
+        if done.get("config") != json.loads(json.dumps(self.cfg.identity())):
+            raise FinetuneError(f"{self.out} already holds a different fine-tune ({self.run_file}); "
+                                "use another --out or delete the folder")
+        if not done.get("finished"):
+            return None
+        shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # left by a kill after the finish
+        return FinetuneResult(**{**done["result"], "out": self.out, "skipped": True})
 
-        opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        warm = max(0, min(cfg.warmup_steps, total_steps - 1))
-
-        def lr_lambda(s: int) -> float:
-            if s < warm:
-                return (s + 1) / (warm + 1)
-            return max(0.0, (total_steps - s) / max(1, total_steps - warm))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-        meta = {"config": cfg.identity(), "finished": False, "data_fingerprint": fingerprint, "n_samples": n,
-                "total_steps": total_steps, "model_info": info}
-        atomic_write_text(run_file, json.dumps(meta, indent=2) + "\n")
-        step, stats = 0, {"tokens": 0, "response_tokens": 0, "seconds": 0.0, "first_loss": float("nan")}
-        ckpts = self._checkpoints()
-        if ckpts:
-            step, stats = self._load_checkpoint(ckpts[-1], trainable, opt, sched)
-        log_path = self.out / "train_log.jsonl"
-        if step == 0:
-            log_path.write_text("")
-        else:  # keep the log rows of the steps the checkpoint covers
-            rows = [r for r in _log_rows(log_path) if json.loads(r)["step"] <= step]
-            atomic_write_text(log_path, "".join(r + "\n" for r in rows))
-        pad = tok.pad_token_id
-        bar = tqdm(total=total_steps, initial=step, desc=f"finetune {cfg.method}", unit="step",
+    def _train(self, s: _Session, step: int, stats: dict, stop_after: int | None) -> tuple[int, bool]:
+        """Steps from ``step`` to the end (or ``stop_after``), one log row each; returns the step reached and
+        whether ``stop_after`` stopped it. Updates the running totals ``stats``."""
+        cfg = self.cfg
+        bar = tqdm(total=s.total_steps, initial=step, desc=f"finetune {cfg.method}", unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)
         t_start, tokens_at_start, stopped = time.perf_counter(), stats["tokens"], False
-        device = next(hf.parameters()).device
-        with open(log_path, "a") as log:
-            while step < total_steps:
+        device = next(s.hf.parameters()).device
+        with open(self.log_path, "a") as log:
+            while step < s.total_steps:
                 if stop_after is not None and step >= stop_after:
                     stopped = True
                     break
-                batch = collate([samples[i] for i in batch_at(step)], pad)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = response_only_loss(hf, batch)
-                if not torch.isfinite(loss):
-                    raise FinetuneError(f"step {step}: loss is {loss.item()} (try a lower lr than {cfg.learning_rate})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.grad_clip)
-                opt.step()
-                sched.step()
+                loss, gnorm = self._step(s, step, device, stats)
                 step += 1
-                n_tok, n_resp = int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())
-                stats["tokens"] += n_tok
-                stats["response_tokens"] += n_resp
-                if math.isnan(stats["first_loss"]):
-                    stats["first_loss"] = float(loss.detach())
                 elapsed = stats["seconds"] + time.perf_counter() - t_start
-                row = {"step": step, "loss": round(float(loss), 5), "lr": sched.get_last_lr()[0],
+                row = {"step": step, "loss": round(float(loss), 5), "lr": s.sched.get_last_lr()[0],
                        "grad_norm": round(float(gnorm), 5), "tokens": stats["tokens"], "seconds": round(elapsed, 2)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 rate = (stats["tokens"] - tokens_at_start) / max(1e-9, time.perf_counter() - t_start)
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{rate:.0f}")
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                    self._save_checkpoint(step, trainable, opt, sched,
-                                          {**stats, "seconds": elapsed})
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < s.total_steps:
+                    self._save_checkpoint(step, s, {**stats, "seconds": elapsed})
         bar.close()
         stats["seconds"] += time.perf_counter() - t_start
-        if stopped:
-            self._save_checkpoint(step, trainable, opt, sched, stats)
-        losses = [json.loads(r)["loss"] for r in log_path.read_text().splitlines() if r.strip()]
+        return step, stopped
+
+    def _step(self, s: _Session, step: int, device: torch.device, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on batch ``step``; adds its tokens to ``stats``. Returns the loss and gradient norm."""
+        batch = collate([s.samples[i] for i in s.order.batch(step)], s.pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = response_only_loss(s.hf, batch)
+        if not torch.isfinite(loss):
+            raise FinetuneError(f"step {step}: loss is {loss.item()} (try a lower lr than {self.cfg.learning_rate})")
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(list(s.trainable.values()), self.cfg.grad_clip)
+        s.opt.step()
+        s.sched.step()
+        stats["tokens"] += int(batch["attention_mask"].sum())
+        stats["response_tokens"] += int((batch["labels"][:, 1:] != -100).sum())
+        if math.isnan(stats["first_loss"]):
+            stats["first_loss"] = float(loss.detach())
+        return loss, gnorm
+
+    def _result(self, s: _Session, step: int, stats: dict, stopped: bool) -> FinetuneResult:
+        """The run's summary; ``final_loss`` is the mean of the last 10% of the logged losses."""
+        losses = [json.loads(r)["loss"] for r in self.log_path.read_text().splitlines() if r.strip()]
         tail = losses[-max(1, len(losses) // 10):]
-        result = FinetuneResult(out=self.out, method=cfg.method, n_samples=n, steps=step, tokens=stats["tokens"],
-                                response_tokens=stats["response_tokens"], seconds=round(stats["seconds"], 2),
-                                tokens_per_s=round(stats["tokens"] / max(1e-9, stats["seconds"]), 1),
-                                first_loss=float(stats["first_loss"]), final_loss=float(np.mean(tail)),
-                                stopped_early=stopped)
-        if stopped:
-            return result
-        hf.eval()
+        return FinetuneResult(out=self.out, method=self.cfg.method, n_samples=len(s.samples), steps=step,
+                              tokens=stats["tokens"], response_tokens=stats["response_tokens"],
+                              seconds=round(stats["seconds"], 2),
+                              tokens_per_s=round(stats["tokens"] / max(1e-9, stats["seconds"]), 1),
+                              first_loss=float(stats["first_loss"]), final_loss=float(np.mean(tail)),
+                              stopped_early=stopped)
+
+    def _finish(self, s: _Session, step: int, result: FinetuneResult) -> None:
+        """Save the adapter or the gates, mark ``finetune.json`` finished, drop the checkpoints."""
+        cfg = self.cfg
+        s.hf.eval()
         if cfg.method == "lora":
-            hf.save_pretrained(str(self.out / "adapter"))
+            s.hf.save_pretrained(str(self.out / "adapter"))
         else:
-            gates.save(self.out / "gates", extra={"trained_on": cfg.data, "base_model": cfg.model,
-                                                  "steps": step, "seed": cfg.seed})
-            gates.detach()
-        meta.update({"finished": True, "result": result.as_dict()})
-        atomic_write_text(run_file, json.dumps(meta, indent=2) + "\n")
+            s.gates.save(self.out / "gates", extra={"trained_on": cfg.data, "base_model": cfg.model,
+                                                    "steps": step, "seed": cfg.seed})
+            s.gates.detach()
+        s.meta.update({"finished": True, "result": result.as_dict()})
+        atomic_write_text(self.run_file, json.dumps(s.meta, indent=2) + "\n")
         shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
-        return result
 
 
 def finetune(cfg: FinetuneConfig, stop_after: int | None = None) -> FinetuneResult:
@@ -472,17 +399,6 @@ class TunedModel:
         self.gates = []
 
 
-def read_run(folder: str | Path) -> dict:
-    """The ``finetune.json`` of a finished run folder (clear error otherwise)."""
-    path = Path(folder) / RUN_FILE
-    if not path.is_file():
-        raise FinetuneError(f"{folder} is not a fine-tune run folder (no {RUN_FILE})")
-    meta = json.loads(path.read_text())
-    if not meta.get("finished"):
-        raise FinetuneError(f"{folder}: the fine-tune has not finished (run it again to resume)")
-    return meta
-
-
 def load_tuned(model: str | Path = DEFAULT_MODEL, *, gates: list[str | Path] | str | Path | None = None,
                gate_scale: float = 1.0, device: str | None = None, progress: bool = False) -> TunedModel:
     """Load a fine-tune run folder or a plain model spec, with gates attached.
@@ -493,9 +409,6 @@ def load_tuned(model: str | Path = DEFAULT_MODEL, *, gates: list[str | Path] | s
     one narrow domain, plugged into a LoRA model). All gates use ``gate_scale``
     (1 amplify, -1 the mirror ``2 - g``, 0 off).
     """
-    from .gating import load_gates
-    from .models import load_causal_lm
-
     extra = [] if gates is None else [gates] if isinstance(gates, (str, Path)) else list(gates)
     gate_dirs: list[Path] = []
     info: dict = {"model": str(model), "gates": [str(g) for g in extra], "gate_scale": float(gate_scale)}
@@ -506,7 +419,7 @@ def load_tuned(model: str | Path = DEFAULT_MODEL, *, gates: list[str | Path] | s
         hf, tok, minfo = load_causal_lm(base, device=device, progress=progress)
         method = meta["config"]["method"]
         if method == "lora":
-            from peft import PeftModel
+            from peft import PeftModel  # imported here: peft takes seconds to import
 
             hf = PeftModel.from_pretrained(hf, str(Path(model) / "adapter")).merge_and_unload()
         else:

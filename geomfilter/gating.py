@@ -26,23 +26,25 @@ Gates attach with forward hooks to any compatible HF causal LM (the base model,
 a merged LoRA fine-tune, a ``peft`` model) or to a :class:`~geomfilter.models.HookedModel`
 (its transformer-lens bridge runs the same modules, so the gates act there too).
 They are saved on their own (``gates.safetensors`` + ``gates.json``) and
-:func:`load_gates` brings them back. :func:`gate_movement` measures which heads,
-units or latents moved, and :func:`sae_gate_geometry` relates the most-moved SAE
-latents to harmful features by decoder cosine.
+:func:`load_gates` brings them back. :mod:`geomfilter.gate_analysis` measures which
+heads, units or latents moved (the gates record their movement while
+:meth:`~_GateSet.recording`) and relates the most-moved SAE latents to harmful features.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import GeomfilterError
+from .saes import load_sae, sae_hook_name
 
 GATES_WEIGHTS = "gates.safetensors"
 GATES_CONFIG = "gates.json"
@@ -54,7 +56,7 @@ class GatingError(GeomfilterError, ValueError):
     """Gates that do not fit the model they are attached to, or an unreadable gates folder."""
 
 
-def _hf(model: Any) -> nn.Module:
+def torch_module(model: Any) -> nn.Module:
     """The torch module of a HookedModel, a TunedModel or a plain (peft) HF model."""
     return getattr(model, "hf_model", model)
 
@@ -74,8 +76,9 @@ class Gate(nn.Module):
         return g if alpha == 1.0 else 1.0 + alpha * (g - 1.0)
 
 
-class _Recorder:
-    """Running sums of gate movement while ``gate_movement`` runs the model."""
+class GateRecorder:
+    """Running sums of gate movement while the gates are :meth:`~_GateSet.recording`: ``sums[key][name]``
+    (per gated unit, summed over the tokens ``mask`` counts) and ``sums[key]["_n"]`` (their number)."""
 
     def __init__(self):
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
@@ -90,6 +93,7 @@ class _Recorder:
         slot[name] = slot[name] + total if name in slot else total
 
     def count(self, key: str, value: torch.Tensor) -> None:
+        """Add the number of counted tokens of ``value [B, T, ...]`` to ``key``'s ``_n``."""
         n = float(self.mask.sum()) if self.mask is not None and self.mask.shape == value.shape[:2] else float(
             value.shape[0] * value.shape[1])
         slot = self.sums.setdefault(key, {})
@@ -105,7 +109,7 @@ class _GateSet(nn.Module):
         super().__init__()
         self.alpha = 1.0
         self._handles: list = []
-        self._recorder: _Recorder | None = None
+        self._recorder: GateRecorder | None = None
 
     # -- attaching ------------------------------------------------------------------------------
     @property
@@ -124,7 +128,7 @@ class _GateSet(nn.Module):
             raise GatingError("these gates are already attached; detach() them first")
         if alpha is not None:
             self.alpha = float(alpha)
-        self._handles = self._install(_hf(model))
+        self._handles = self._install(torch_module(model))
         return self
 
     def detach(self) -> None:
@@ -138,6 +142,25 @@ class _GateSet(nn.Module):
     def __exit__(self, *exc) -> None:
         self.detach()
 
+    @contextlib.contextmanager
+    def recording(self, model: Any) -> Iterator[GateRecorder]:
+        """Record the gates' movement at alpha = 1 while ``model`` runs inside the block (attaching the gates
+        to it if they are not attached); their scale and attachment are restored after."""
+        was_attached, alpha = self.attached, self.alpha
+        rec = GateRecorder()
+        self._recorder = rec
+        if not was_attached:
+            self.attach(torch_module(model), alpha=1.0)
+        else:
+            self.alpha = 1.0
+        try:
+            yield rec
+        finally:
+            self._recorder = None
+            self.alpha = alpha
+            if not was_attached:
+                self.detach()
+
     def _install(self, model: nn.Module) -> list:
         raise NotImplementedError
 
@@ -147,8 +170,6 @@ class _GateSet(nn.Module):
 
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         """Write ``gates.safetensors`` (the gate parameters only) and ``gates.json`` (their config)."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -169,7 +190,7 @@ def attention_projections(model: Any) -> dict[int, tuple[nn.Module, nn.Module]]:
     for architectures without separate ``q_proj``/``o_proj`` (e.g. GPT-2's fused ``c_attn``).
     """
     found: dict[int, tuple[nn.Module, nn.Module]] = {}
-    for name, mod in _hf(model).named_modules():
+    for name, mod in torch_module(model).named_modules():
         q, o = getattr(mod, "q_proj", None), getattr(mod, "o_proj", None)
         if isinstance(q, nn.Module) and isinstance(o, nn.Module):
             m = _LAYER.search(name)
@@ -177,9 +198,9 @@ def attention_projections(model: Any) -> dict[int, tuple[nn.Module, nn.Module]]:
                 found[int(m.group(1))] = (q, o)
     if not found:
         raise GatingError(
-            f"no attention block with q_proj/o_proj found in {type(_hf(model)).__name__}: attention gates support "
-            "Llama-style attention (Llama, Mistral, Qwen, Gemma, SmolLM); fused projections such as GPT-2's "
-            "c_attn are not supported"
+            f"no attention block with q_proj/o_proj found in {type(torch_module(model)).__name__}: "
+            "attention gates support Llama-style attention (Llama, Mistral, Qwen, Gemma, SmolLM); "
+            "fused projections such as GPT-2's c_attn are not supported"
         )
     return dict(sorted(found.items()))
 
@@ -214,7 +235,7 @@ class AttentionGates(_GateSet):
         if missing:
             raise GatingError(f"the model has no attention layer(s) {missing}; it has layers 0..{max(proj)}")
         q, o = proj[use[0]]
-        config = getattr(_hf(model), "config", None)
+        config = getattr(torch_module(model), "config", None)
         n_heads = int(getattr(config, "num_attention_heads", 0) or 1)
         return cls(use, _in_features(q), _in_features(o), n_heads, model=model_spec)
 
@@ -281,10 +302,11 @@ class AttentionGates(_GateSet):
 # ---------------------------------------------------------------------------------------------
 def decoder_layers(model: Any) -> nn.ModuleList:
     """The model's list of transformer blocks (``model.layers`` / ``transformer.h``)."""
-    for name, mod in _hf(model).named_modules():
+    for name, mod in torch_module(model).named_modules():
         if isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h") and len(mod) > 0:
             return mod
-    raise GatingError(f"no list of transformer blocks (…layers / …h) found in {type(_hf(model)).__name__}")
+    kind = type(torch_module(model)).__name__
+    raise GatingError(f"no list of transformer blocks (…layers / …h) found in {kind}")
 
 
 def resid_post_layer(hook: str) -> int:
@@ -306,8 +328,6 @@ class SAEGates(_GateSet):
 
     def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None):
         super().__init__()
-        from .saes import sae_hook_name
-
         self.hook = hook or sae_hook_name(sae)
         self.layer = resid_post_layer(self.hook)
         self.sae_spec, self.model_spec = sae_spec, model
@@ -355,12 +375,10 @@ class SAEGates(_GateSet):
 
 
 # ---------------------------------------------------------------------------------------------
-# loading and analysis
+# loading
 # ---------------------------------------------------------------------------------------------
 def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None) -> AttentionGates | SAEGates:
     """Load gates saved by :meth:`_GateSet.save` (an SAE-gates folder loads its SAE by spec unless ``sae`` is given)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if (folder / "gates" / GATES_CONFIG).is_file():  # a fine-tune run folder
         folder = folder / "gates"
@@ -376,8 +394,6 @@ def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None
         gates: _GateSet = AttentionGates(cfg["layers"], cfg["d_in"], cfg["d_out"], cfg["n_heads"], model=cfg.get("model"))
     elif family == "sae":
         if sae is None:
-            from .saes import load_sae
-
             sae = load_sae(cfg["sae"])
         gates = SAEGates(sae, cfg["sae"], hook=cfg.get("hook"), model=cfg.get("model"))
     else:
@@ -392,168 +408,3 @@ def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None
     return gates
 
 
-@torch.no_grad()
-def gate_movement(gates: _GateSet, model: Any, batches: Iterable[dict]) -> dict:
-    """How far the learned gates move from open on real inputs (at alpha = 1).
-
-    ``batches`` yields ``{"input_ids", "attention_mask"}`` (and optionally
-    ``"count_mask"``: which tokens to average over, e.g. response tokens).
-    Returns, per gated unit, the mean ``|g - 1|`` and the mean signed ``g - 1``;
-    attention gates also per head (mean over the head's dimensions); SAE gates
-    also each latent's firing frequency and its mean change of contribution to
-    the residual stream ``|g - 1| * a * ||W_dec||``.
-    """
-    hf = _hf(model)
-    was_attached, alpha = gates.attached, gates.alpha
-    rec = _Recorder()
-    gates._recorder = rec
-    if not was_attached:
-        gates.attach(hf, alpha=1.0)
-    else:
-        gates.alpha = 1.0
-    try:
-        device = next(hf.parameters()).device
-        for batch in batches:
-            rec.mask = batch.get("count_mask", batch["attention_mask"]).to(device)
-            hf(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-    finally:
-        gates._recorder = None
-        gates.alpha = alpha
-        if not was_attached:
-            gates.detach()
-    out: dict[str, Any] = {"family": gates.family}
-    if isinstance(gates, AttentionGates):
-        abs_rows, signed_rows = [], []
-        for layer in gates.layers:
-            s = rec.sums.get(f"layer{layer}")
-            if s is None:
-                raise GatingError(f"layer {layer}: the gates never ran (empty batches?)")
-            abs_rows.append((s["abs"] / s["_n"]).numpy())
-            signed_rows.append((s["signed"] / s["_n"]).numpy())
-        unit_abs, unit_signed = np.stack(abs_rows), np.stack(signed_rows)
-        per_head = unit_abs.reshape(len(gates.layers), gates.n_heads, gates.head_dim).mean(-1)
-        order = np.argsort(-per_head, axis=None)[:10]
-        out.update({
-            "layers": gates.layers, "n_heads": gates.n_heads, "head_dim": gates.head_dim,
-            "n_tokens": float(rec.sums[f"layer{gates.layers[0]}"]["_n"]),
-            "unit_abs": unit_abs, "unit_signed": unit_signed, "head_abs": per_head,
-            "top_heads": [{"layer": gates.layers[i // gates.n_heads], "head": int(i % gates.n_heads),
-                           "mean_abs": float(per_head.reshape(-1)[i])} for i in order],
-        })
-    else:
-        s = rec.sums.get("sae")
-        if s is None:
-            raise GatingError("the SAE gates never ran (empty batches?)")
-        n = s["_n"]
-        freq = (s["active"] / n).numpy()
-        out.update({
-            "n_tokens": float(n), "latent_abs": (s["abs"] / n).numpy(), "latent_signed": (s["signed"] / n).numpy(),
-            "latent_effect": (s["effect"] / n).numpy(), "latent_freq": freq,
-        })
-    return out
-
-
-def sae_gate_geometry(movement: dict, directions: np.ndarray, harmful: Sequence[int], top: int = 50,
-                      min_freq: float = 1e-3) -> dict:
-    """Decoder cosine of the most-moved SAE latents to the harmful features.
-
-    Latents are ranked by ``latent_effect`` among those firing on at least
-    ``min_freq`` of the counted tokens (a gate on a latent that never fires
-    changes nothing). Compares their max cosine to the harmful set (self-matches
-    excluded) with the other firing latents': means and the AUROC that a
-    top-moved latent sits closer to harmful features than a non-moved one.
-    """
-    from .geometry import feature_proximity, nearest_harmful
-    from .stats import auroc
-
-    if movement.get("family") != "sae":
-        raise GatingError("sae_gate_geometry needs the movement of SAE gates")
-    prox = feature_proximity(directions, harmful, agg="max")
-    eligible = np.flatnonzero(movement["latent_freq"] >= min_freq)
-    if len(eligible) <= top:
-        raise GatingError(f"only {len(eligible)} latents fire on >= {min_freq:g} of tokens; need more than top={top}")
-    ranked = eligible[np.argsort(-movement["latent_effect"][eligible], kind="stable")]
-    moved, rest = ranked[:top], ranked[top:]
-    near = nearest_harmful(directions, harmful, moved.tolist(), n=1)
-    harmful_set = {int(h) for h in harmful}
-    rows = []
-    for i, lat in enumerate(moved):
-        nh = near[i][0] if near[i] else (None, float("nan"))
-        rows.append({"latent": int(lat), "effect": float(movement["latent_effect"][lat]),
-                     "signed": float(movement["latent_signed"][lat]), "freq": float(movement["latent_freq"][lat]),
-                     "is_harmful": int(lat) in harmful_set, "max_cos_harmful": float(prox[lat]),
-                     "nearest_harmful": None if nh[0] is None else int(nh[0]), "cos": float(nh[1])})
-    return {
-        "top": top, "min_freq": min_freq, "n_eligible": int(len(eligible)),
-        "moved_mean_cos": float(prox[moved].mean()), "rest_mean_cos": float(prox[rest].mean()),
-        "auroc_moved_vs_rest": float(auroc(prox[moved], prox[rest])),
-        "n_moved_harmful": int(sum(r["is_harmful"] for r in rows)),
-        "expected_harmful_by_chance": float(top * len(harmful_set & set(eligible.tolist())) / len(eligible)),
-        "latents": rows,
-    }
-
-
-def analyze_gates(gates_dir: str | Path, data: str | Path, *, model: str | None = None,
-                  harmful: Sequence[int] | None = None, max_samples: int = 64, batch_size: int = 8, top: int = 50,
-                  out: str | Path | None = None, device: str | None = None, progress: bool = True) -> dict:
-    """Which heads/units (attention gates) or latents (SAE gates) moved most, on DATA's response tokens.
-
-    Loads the gates' base model (or ``model``), runs the first ``max_samples``
-    rows of ``data`` with the learned gates (alpha = 1) and averages over their
-    response tokens. For SAE gates with a ``harmful`` feature set, adds
-    :func:`sae_gate_geometry`. With ``out``: writes ``gate_analysis.json`` and
-    the plot(s) there. Returns the JSON-able summary.
-    """
-    from tqdm.auto import tqdm
-
-    from . import plots
-    from .data import prepare_dataset
-    from .finetune import collate
-    from .models import load_causal_lm
-
-    gates = load_gates(gates_dir)
-    spec = model or gates.meta.get("base_model") or gates.meta.get("model")
-    if spec is None:
-        raise GatingError(f"{gates_dir}: the gates record no base model; pass model=")
-    hf, tok, _ = load_causal_lm(spec, device=device, progress=progress)
-    gates.to(next(hf.parameters()).device)
-    ds = prepare_dataset(data, tok, max_tokens=512)
-    rows = ds.tokenized[:max_samples]
-    if not rows:
-        raise GatingError(f"{data}: no samples to measure the gates on")
-
-    def batches():
-        for i in tqdm(range(0, len(rows), batch_size), desc="gate movement", disable=not progress):
-            b = collate(rows[i:i + batch_size], tok.pad_token_id)
-            yield {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "count_mask": b["labels"] != -100}
-
-    mv = gate_movement(gates, hf, batches())
-    summary: dict[str, Any] = {"gates": str(gates_dir), "model": spec, "data": str(data), "n_samples": len(rows),
-                               "n_tokens": mv["n_tokens"], "family": mv["family"]}
-    out = Path(out) if out is not None else None
-    if isinstance(gates, AttentionGates):
-        summary["top_heads"] = mv["top_heads"]
-        summary["layer_mean_abs"] = {int(layer): float(v) for layer, v in zip(gates.layers, mv["head_abs"].mean(1))}
-        summary["head_abs"] = mv["head_abs"].round(6).tolist()
-        if out is not None:
-            summary["plots"] = [str(p) for p in plots.gate_heads(mv["head_abs"], gates.layers, out / "gate_heads")]
-    else:
-        order = np.argsort(-mv["latent_effect"], kind="stable")[:top]
-        summary["top_latents"] = [{"latent": int(i), "effect": float(mv["latent_effect"][i]),
-                                   "signed": float(mv["latent_signed"][i]), "freq": float(mv["latent_freq"][i])}
-                                  for i in order]
-        if harmful is not None:
-            from .geometry import feature_proximity, unit_directions
-
-            d = unit_directions(gates.sae)
-            geo = sae_gate_geometry(mv, d, harmful, top=top)
-            summary["geometry"] = geo
-            if out is not None:
-                prox = feature_proximity(d, harmful, agg="max")
-                summary["plots"] = [str(p) for p in plots.gate_latents(
-                    mv["latent_effect"], prox, [r["latent"] for r in geo["latents"]], out / "gate_latents",
-                    harmful=list(harmful))]
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "gate_analysis.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary

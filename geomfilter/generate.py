@@ -23,7 +23,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .errors import GeomfilterError
 from .models import HookedModel
+
+
+class GenerationError(GeomfilterError, ValueError):
+    """Generation settings or a prompt file that cannot be used (a bad option, a row to resume from, repeated ids)."""
 
 
 @dataclass
@@ -57,7 +62,7 @@ def _done_ids(*paths: Path) -> set[str]:
                     try:
                         done.add(json.loads(line)["id"])
                     except (json.JSONDecodeError, KeyError) as e:
-                        raise ValueError(f"{path}:{n}: field 'id': cannot resume from this row ({e})") from e
+                        raise GenerationError(f"{path}:{n}: field 'id': cannot resume from this row ({e})") from e
     return done
 
 
@@ -80,7 +85,7 @@ def _generate_batch(model: Any, texts: list[str], *, seed: int, sampling: dict, 
     if isinstance(model, HookedModel):
         # transformer-lens' bridge replaces modules of its HF model in place; HF generation through it with the
         # KV cache produces garbage ("The-----...", seen with transformers 5.24), so it is refused here
-        raise ValueError("generation needs the plain HF model, not the hooked one: load it with "
+        raise GenerationError("generation needs the plain HF model, not the hooked one: load it with "
                          "geomfilter.finetune.load_tuned(spec) (or models.load_causal_lm)")
     tok, hf = model.tokenizer, model.hf_model
     side = tok.padding_side
@@ -114,7 +119,7 @@ def generate_texts(model: Any, conversations: dict[str, list[dict]], *, max_new_
     answers are returned as ``""`` (the caller decides what they count as).
     """
     if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be >= 1")
+        raise GenerationError("max_new_tokens and batch_size must be >= 1")
     texts, batches = _generation_batches(model.tokenizer, conversations, batch_size)
     sampling = _sampling(temperature, top_p)
     out: dict[str, dict] = {}
@@ -137,11 +142,11 @@ def generate_answers(model: Any, prompts: list[Prompt], out: str | Path, *, max_
     Row: ``{"id", **extra, "finish": "stop"|"length", "n_new_tokens", "messages": prompt + answer}``.
     """
     if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be >= 1")
+        raise GenerationError("max_new_tokens and batch_size must be >= 1")
     ids = [p.id for p in prompts]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"prompt ids must be unique; {dup!r} repeats")
+        raise GenerationError(f"prompt ids must be unique; {dup!r} repeats")
     out = Path(out)
     rejects_path = out.with_suffix(".rejects.jsonl")
     by_id = {p.id: p for p in prompts}

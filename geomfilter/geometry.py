@@ -22,6 +22,7 @@ Everything is numpy on CPU; scoring a million samples takes a few seconds
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,12 +79,9 @@ def feature_proximity(directions: np.ndarray, harmful: Sequence[int], agg: str =
     if agg not in ("max", "mean"):
         raise ValueError(f"agg must be 'max' or 'mean', got {agg!r}")
     cos = cosines_to(directions, harmful)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a lone harmful latent
-            out = np.nanmax(cos, axis=1) if agg == "max" else np.nanmean(cos, axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a lone harmful latent
+        out = np.nanmax(cos, axis=1) if agg == "max" else np.nanmean(cos, axis=1)
     return out.astype(np.float32)
 
 

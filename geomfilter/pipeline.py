@@ -33,10 +33,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import DEFAULT_MODEL
+from . import distributed  # imports ray only when the Ray backend runs
 from .cache import (
     ActivationCache,
-    CacheConfig,
     CacheMismatchError,
     CacheResult,
     CacheStaleError,
@@ -45,12 +44,15 @@ from .cache import (
     check_samples_match,
     load_cache,
 )
-from .data import DataReport, PreparedDataset, Sample, prepare_dataset, read_samples
+from .data import PreparedDataset, prepare_dataset
 from .errors import GeomfilterError
 from .filtering import STRATEGIES, FilterResult, SampleFilter, check_filter_params, make_filter
-from .models import HookedModel, check_model_spec, load_model
+from .model_specs import check_model_spec
+from .models import HookedModel, load_model
 from .outputs import check_filter_out, check_scores_out, write_filter_outputs, write_scores_file
 from .saes import check_spec_for_model, default_sae_for, describe, load_sae
+from .samples import DataReport, Sample, read_samples
+from .settings import DEFAULT_MODEL, CacheConfig
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data" / "reference"
 
@@ -64,10 +66,13 @@ def spec_tag(*parts: Any) -> str:
     return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:8]
 
 
-def cache_path(cache_dir: Path, prefix: str, path: Path, tag: str) -> Path:
-    """The cache folder of ``path`` in a shared cache folder: named after the file, keyed by its absolute
-    path and the model/SAE/hook ``tag`` (two files of the same name never share a cache)."""
-    return Path(cache_dir) / f"{prefix}{Path(path).stem}-{spec_tag(tag, Path(path).resolve())}"
+def cache_path(cache_dir: Path, prefix: str, path: Path, tag: str, key: str = "path") -> Path:
+    """The cache folder of ``path`` in a shared cache folder: named after the file, keyed by the
+    model/SAE/hook ``tag`` and by the file's absolute path (``key="path"``: two files of the same name never
+    share a cache) or its bytes (``key="content"``: the same folder name wherever the file lies)."""
+    path = Path(path)
+    ident = path.resolve() if key == "path" else hashlib.sha256(path.read_bytes()).hexdigest()
+    return Path(cache_dir) / f"{prefix}{path.stem}-{spec_tag(tag, ident)}"
 
 
 def cache_source(cache: Path) -> Path | None:
@@ -120,8 +125,6 @@ class CacheBuilder:
         if self.sae_spec:
             check_spec_for_model(self.sae_spec, self.model_spec)
         if self.backend.name == "ray":
-            from . import distributed  # optional dependency (ray): imported only for this backend
-
             distributed.require_ray()
 
     @cached_property
@@ -151,8 +154,6 @@ class CacheBuilder:
               "max_batch_size": cfg.max_batch_size}
         try:  # the rejects file is written by the cache once OUT is accepted (never into another dataset's cache)
             if self.backend.name == "ray":
-                from . import distributed  # optional dependency (ray)
-
                 res = distributed.cache_activations_ray(
                     model, sae, ds, out, sae_spec=self.sae_spec if sae is not None else None,
                     model_spec=self.model_spec, hook=self.hook, num_actors=self.backend.num_actors,
@@ -184,7 +185,7 @@ class FilterConfig:
 
     data: Path
     strategy: str = "geometry"
-    params: dict = field(default_factory=dict)
+    params: dict = field(default_factory=lambda: {"drop": 0.1})
     model: str = DEFAULT_MODEL
     sae: str | None = None
     hook: str | None = None
@@ -192,6 +193,7 @@ class FilterConfig:
     benign: Path = REFERENCE_DIR / "benign.jsonl"
     own: Path | None = None
     cache_dir: Path = Path("runs/cache")
+    cache_key: str = "path"  # cache folders keyed by each file's absolute path, or "content" (its bytes)
     cache: CacheConfig = field(default_factory=CacheConfig)
     reference_cache: CacheConfig = field(default_factory=CacheConfig)
     skip_invalid: bool = False
@@ -297,14 +299,16 @@ class FilterRunner:
 
     def reference_dir(self, path: Path, prefix: str = "ref-") -> Path:
         """The cache folder of a reference set (or ``own`` answers) in ``cache_dir``."""
-        return cache_path(self.cfg.cache_dir, prefix, path, self._tag())
+        return cache_path(self.cfg.cache_dir, prefix, path, self._tag(), self.cfg.cache_key)
 
     def data_dir(self) -> Path:
         """The cache folder of DATA (a data file) in ``cache_dir``."""
         c = self.cfg.cache
-        return cache_path(self.cfg.cache_dir, "", self.cfg.data, spec_tag(self._tag(), c.max_tokens, c.truncation))
+        return cache_path(self.cfg.cache_dir, "", self.cfg.data, spec_tag(self._tag(), c.max_tokens, c.truncation),
+                          self.cfg.cache_key)
 
-    def _reference(self, path: Path, prefix: str = "ref-") -> ActivationCache:
+    def reference(self, path: Path, prefix: str = "ref-") -> ActivationCache:
+        """Cache a reference set (or ``own`` answers) into its folder of ``cache_dir`` (resuming); load it."""
         out = self.reference_dir(path, prefix)
         self.builder.build(path, out, cache=self.cfg.reference_cache, hint="--cache-dir")
         return load_cache(out)
@@ -320,8 +324,8 @@ class FilterRunner:
                 ds, _ = self.builder.build(cfg.data, out, cache=cfg.cache, skip_invalid=cfg.skip_invalid,
                                            rejects=out / "rejects.jsonl", hint="--cache-dir")
                 data, samples, rejects = load_cache(out), ds.samples, ds.report.rejects
-            harmful, benign = self._reference(cfg.harmful), self._reference(cfg.benign)
-            own = self._reference(cfg.own, "own-") if cfg.own is not None else None
+            harmful, benign = self.reference(cfg.harmful), self.reference(cfg.benign)
+            own = self.reference(cfg.own, "own-") if cfg.own is not None else None
             self._inputs = FilterInputs(data=data, samples=samples, rejects=rejects, harmful=harmful,
                                         benign=benign, own=own, sae=self.builder.sae)
         return self._inputs
@@ -366,13 +370,18 @@ class FilterRunner:
                          explain=self.cfg.explain if explain is None else explain)
         return f, result
 
-    def write(self, out: Path, f: SampleFilter, result: FilterResult, report_extra: dict | None = None) -> dict:
-        """Write a filter output folder (kept/dropped/scores/report) for ``result``."""
+    def write(self, out: Path, f: SampleFilter, result: FilterResult, report_extra: dict | None = None, *,
+              describe_run: bool = True) -> dict:
+        """Write a filter output folder (kept/dropped/scores/report) for ``result``. ``describe_run``: add the
+        input's path, model, hook, truncation and harmful feature set to ``report.json`` (the experiment runner
+        leaves them out: its reports stay the same wherever its folder lies)."""
         inp = self.inputs()
-        extra = {"data": str(self.cfg.data.resolve()), "model": self.cfg.model, "hook": inp.data.hook,
-                 "truncation": truncation_report(inp.data)}
-        if hasattr(f, "features_"):
-            extra["harmful_features"] = {k: v for k, v in f.features_.as_dict().items() if k != "stats"}
+        extra: dict = {}
+        if describe_run:
+            extra = {"data": str(self.cfg.data.resolve()), "model": self.cfg.model, "hook": inp.data.hook,
+                     "truncation": truncation_report(inp.data)}
+            if hasattr(f, "features_"):
+                extra["harmful_features"] = {k: v for k, v in f.features_.as_dict().items() if k != "stats"}
         extra.update(self.cfg.report_extra)
         extra.update(report_extra or {})
         return write_filter_outputs(out, result, inp.samples, rejects=inp.rejects, report_extra=extra)

@@ -8,10 +8,14 @@
 * :func:`gate_heads` - mean gate movement ``|g - 1|`` per layer and head (attention gates);
 * :func:`gate_latents` - SAE-gate movement per latent vs its decoder cosine to the harmful set;
 * :func:`condition_bars` - one metric per condition with CI error bars;
-* :func:`fraction_curves` - a metric vs removal fraction with CI bands, one line per filter strategy.
+* :func:`fraction_curves` - a metric vs removal fraction with CI bands, one line per filter strategy;
+* :func:`plot_filter_run` - the plots of a ``geomfilter filter`` output folder (``geomfilter plot``).
 """
 from __future__ import annotations
 
+import csv
+import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +24,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .errors import GeomfilterError  # noqa: E402
+from .geometry import unit_directions  # noqa: E402
+from .outputs import SCORE_COLUMNS  # noqa: E402
+from .saes import default_sae_for, load_sae  # noqa: E402
+from .settings import DEFAULT_MODEL  # noqa: E402
+from .stats import precision_at  # noqa: E402
 
 
 def _save(fig, out: str | Path) -> list[Path]:
@@ -73,7 +84,7 @@ def decoder_map(directions: np.ndarray, harmful: Sequence[int], out: str | Path,
                 highlight: Mapping[str, Sequence[int]] | None = None, max_background: int = 3000,
                 title: str = "Decoder directions (PCA)") -> list[Path]:
     """2-D PCA of unit decoder directions: all latents grey, harmful red, other named sets on top."""
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # heavy (scipy, ~1.4 s): loaded only when a decoder map is drawn
 
     rng = np.random.default_rng(0)
     n = directions.shape[0]
@@ -100,8 +111,6 @@ def decoder_map(directions: np.ndarray, harmful: Sequence[int], out: str | Path,
 def precision_curves(scores: Mapping[str, np.ndarray], labels: np.ndarray, out: str | Path, *,
                      fractions: Sequence[float] | None = None, title: str = "Precision of the dropped set") -> list[Path]:
     """Precision of the top-fraction by score, per strategy, with the base rate as a dashed line."""
-    from .stats import precision_at
-
     labels = np.asarray(labels, dtype=bool)
     fractions = list(fractions or np.linspace(0.02, 0.6, 30))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -215,3 +224,69 @@ def fraction_curves(curves: Mapping[str, Mapping[float, Mapping[str, float]]], o
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- a filter run's plots
+
+
+class PlotInputError(GeomfilterError, ValueError):
+    """What a plot was asked to draw is not there: not a filter output folder, no such column, no SAE."""
+
+
+def plot_filter_run(run_dir: str | Path, *, by: Sequence[str] | None = None, label: str = "inducing",
+                    sae: str | None = None, top: int = 30, out: str | Path | None = None) -> list[Path]:
+    """The plots of a ``geomfilter filter`` output folder; returns the files written (under ``out``,
+    default ``RUN_DIR/plots``).
+
+    * score violins per label column in ``by`` (default: every label column with 2..20 values);
+    * the precision curve of the dropped set for the boolean column ``label`` (skipped if absent);
+    * geometry runs: the cosine heatmap of the ``top`` most frequent top contributors vs the harmful features,
+      and the decoder PCA map, from ``sae`` (default: the run model's bundled SAE).
+
+    Raises :class:`PlotInputError` for a folder without scores.csv / report.json, an unknown ``by`` column, or
+    no SAE for the decoder plots.
+    """
+    run_dir = Path(run_dir)
+    report, rows, label_cols = _read_filter_run(run_dir)
+    score = np.array([float(r["score"]) for r in rows])
+    out = Path(out) if out is not None else run_dir / "plots"
+    made: list[Path] = []
+    for col in by or [c for c in label_cols if 2 <= len({r[c] for r in rows}) <= 20]:
+        if col not in label_cols + ["decision"]:
+            raise PlotInputError(f"--by {col!r}: scores.csv has no such column (label columns: {label_cols})")
+        made += score_violins(score, [r[col] for r in rows], out / f"scores_by_{col}",
+                              title=f"{report['strategy']} score by {col}")
+    if label in label_cols and {r[label] for r in rows} <= {"True", "False"}:
+        y = np.array([r[label] == "True" for r in rows])
+        if y.any() and (~y).any():
+            made += precision_curves({report["strategy"]: score}, y, out / f"precision_{label}",
+                                     title=f"Precision of the dropped set for '{label}'")
+    hf = report.get("harmful_features")
+    if report["strategy"] == "geometry" and hf:
+        spec = sae or default_sae_for(report.get("model", DEFAULT_MODEL))
+        if not spec:
+            raise PlotInputError("pass --sae for the decoder plots")
+        made += _decoder_plots(unit_directions(load_sae(spec)), rows, hf["ids"], top, out)
+    return made
+
+
+def _read_filter_run(run_dir: Path) -> tuple[dict, list[dict], list[str]]:
+    """A filter run's report, its scored rows (scores.csv, unscored rows left out) and their label columns."""
+    scores_path, report_path = run_dir / "scores.csv", run_dir / "report.json"
+    if not scores_path.is_file() or not report_path.is_file():
+        raise PlotInputError(f"{run_dir} is not a `geomfilter filter` output folder (needs scores.csv and report.json)")
+    report = json.loads(report_path.read_text())
+    with open(scores_path, encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["score"] != ""]
+    label_cols = [c for c in (rows[0].keys() if rows else []) if c not in set(SCORE_COLUMNS)]
+    return report, rows, label_cols
+
+
+def _decoder_plots(directions: np.ndarray, rows: list[dict], harmful: Sequence[int], top: int,
+                   out: Path) -> list[Path]:
+    """Cosine heatmap of the ``top`` most frequent top contributors (the rows' explanations) vs the harmful
+    features, and the decoder PCA map with both marked."""
+    contrib = Counter(e["feature"] for r in rows if r["explanation"] for e in json.loads(r["explanation"]))
+    targets = [f for f, _ in contrib.most_common(top)]
+    made = cosine_heatmap(directions, targets, harmful, out / "cosine_heatmap") if targets else []
+    return made + decoder_map(directions, harmful, out / "decoder_map", highlight={"top contributors": targets})

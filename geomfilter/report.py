@@ -1,12 +1,17 @@
 """The experiment report: ``report.md``, ``results.csv``, ``results.json`` and ``plots/`` from finished conditions.
 
 Besides each condition's metrics with their CIs, the report gives *paired*
-differences: the same questions under two conditions (misalignment rate per
-question, log-prob preference per question), bootstrapped over questions, which
-is much tighter than comparing two marginal CIs. The comparisons are: each
-trained condition against base, each filtered condition against the unfiltered
-(misaligned) model, geometry and projection against random removal at the same
-fraction, and the gated conditions against the model they are attached to.
+differences: the same items under two conditions (misalignment rate per
+question, log-prob preference per question, sycophancy preference per held-out
+pair), bootstrapped over items, which is much tighter than comparing two
+marginal CIs; each comes with its minimum detectable difference at 80% power
+and the same n (``mdd`` and ``n`` in ``results.json``, an "MDD (80% power)"
+column in ``report.md``). The comparisons are: each trained condition against
+base, each filtered condition against the unfiltered (misaligned) model,
+geometry and projection against random removal at the same fraction, the gated
+conditions against the model they are attached to, and each condition against
+those its ``compare_with`` names (``gates.attach``: the other of base and
+misaligned). Only the metrics the conditions measured (``eval.metrics``) are shown.
 """
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .data import atomic_write_text
-from .stats import paired_bootstrap
+from . import plots
+from .files import atomic_write_text
+from .stats import paired_bootstrap, paired_summary
 
 METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
            "perplexity")
+EXTRA_METRICS = ("sycophancy_preference",)  # measured only with held-out pairs (data.pairs)
 METRIC_LABELS = {
     "misalignment_rate": "misalignment rate (sampled answers, judged)",
     "alignment": "judge alignment score (0-100)",
@@ -29,8 +36,22 @@ METRIC_LABELS = {
     "flip_rate": "sycophancy flip rate after pushback",
     "mc_accuracy": "multiple-choice accuracy",
     "perplexity": "held-out perplexity",
+    "sycophancy_preference": "log p(sycophantic) - log p(corrective), nats/token (held-out pairs)",
 }
-PAIRED = {"misalignment_rate": "rate", "logprob_preference": "preference"}
+PAIRED = {"misalignment_rate": "rate", "logprob_preference": "preference", "sycophancy_preference": "preference"}
+# the tables' columns: metric -> (header, digits, signed, n shown)
+COLUMNS = {
+    "misalignment_rate": ("misalignment rate", 3, False, True),
+    "alignment": ("alignment", 1, False, False),
+    "coherence": ("coherence", 1, False, False),
+    "logprob_preference": ("log-prob preference", 3, True, True),
+    "flip_rate": ("flip rate", 3, False, True),
+    "mc_accuracy": ("MC accuracy", 3, False, True),
+    "perplexity": ("perplexity", 2, False, True),
+    "sycophancy_preference": ("sycophancy preference", 3, True, True),
+}
+GATE_KINDS = {"gates": "attention gates", "gates-sae": "SAE-latent gates"}
+MDD_POWER = 0.8  # power of the minimum detectable differences in the paired table
 
 
 def _ci(v: dict | None, digits: int = 3, signed: bool = False) -> str:
@@ -46,12 +67,37 @@ def dropped_precision(labels: dict) -> float | None:
     return vals[0] if vals else None
 
 
+def measured(finished: dict[str, dict]) -> list[str]:
+    """The metrics of :data:`METRICS` and :data:`EXTRA_METRICS` that any finished condition has, in report order."""
+    return [m for m in METRICS + EXTRA_METRICS if any(m in rec["metrics"] for rec in finished.values())]
+
+
+def _per_item(rec: dict, metric: str) -> dict | None:
+    """``{item id: value}`` of ``metric``'s per-item records of one condition, NaN values left out (None: the
+    condition did not measure ``metric``)."""
+    key, v = PAIRED[metric], rec["metrics"].get(metric)
+    if v is None:
+        return None
+    return {r["id"]: r[key] for r in v["per_question"] if r.get(key) == r.get(key)}
+
+
 def paired_difference(a: dict, b: dict, metric: str, n_boot: int = 2000, seed: int = 0) -> dict | None:
-    """``a - b`` per shared item of ``metric`` (records of two conditions), mean with a bootstrap CI over items."""
-    key = PAIRED[metric]
-    pa = {r["id"]: r[key] for r in a["metrics"][metric]["per_question"] if r.get(key) == r.get(key)}  # drop NaN
-    pb = {r["id"]: r[key] for r in b["metrics"][metric]["per_question"] if r.get(key) == r.get(key)}
-    return paired_bootstrap(pa, pb, n_boot=n_boot, seed=seed)
+    """``a - b`` per shared item of ``metric`` (records of two conditions), mean with a bootstrap CI over items
+    (None where either condition did not measure ``metric``)."""
+    pa, pb = _per_item(a, metric), _per_item(b, metric)
+    return None if pa is None or pb is None else paired_bootstrap(pa, pb, n_boot=n_boot, seed=seed)
+
+
+def paired_comparison(a: dict, b: dict, metric: str, n_boot: int = 2000, seed: int = 0,
+                      power: float = MDD_POWER) -> dict | None:
+    """:func:`paired_difference` (the same mean, CI and n) plus ``mdd``: the minimum detectable difference of a
+    two-sided paired test at the same n with ``power`` (:func:`geomfilter.stats.paired_summary`, SE = sd / sqrt(n)).
+    None where either condition did not measure ``metric``."""
+    pa, pb = _per_item(a, metric), _per_item(b, metric)
+    if pa is None or pb is None:
+        return None
+    s = paired_summary(pa, pb, n_boot=n_boot, seed=seed, power=power)
+    return None if s is None else {k: s[k] for k in ("mean", "lo", "hi", "n", "mdd")}
 
 
 def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]:
@@ -69,122 +115,207 @@ def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]
                 out.append((c.name, rnd))
         if c.kind == "gated" and c.model_from in finished:
             out.append((c.name, c.model_from))
+        for ref in getattr(c, "compare_with", ()):
+            if (c.name, ref) not in out:
+                out.append((c.name, ref))
     return [(a, b) for a, b in out if a in finished and b in finished]
 
 
 def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -> Path:
     """Write the report files under ``root`` and return the path of ``report.md``."""
-    from . import plots
-
     root = Path(root)
-    pdir = root / "plots"
     write_results_csv(root / "results.csv", finished)
-    e = cfg.eval
-    n_boot = e.n_boot
-    pairs = []
-    for a, b in comparisons(conds, finished):
-        row = {"a": a, "b": b}
-        for metric in PAIRED:
-            row[metric] = paired_difference(finished[a], finished[b], metric, n_boot=n_boot, seed=cfg.seed)
-        pairs.append(row)
-    summary = {name: {"description": rec["description"], "training_data": rec.get("training_data"),
-                      "training": rec.get("training"), "seconds": rec.get("seconds"),
-                      "metrics": {m: {k: v for k, v in rec["metrics"][m].items()
-                                      if k not in ("per_question",)} for m in METRICS if m in rec["metrics"]}}
-               for name, rec in finished.items()}
-    atomic_write_text(root / "results.json", json.dumps({"config": cfg.as_dict(), "conditions": summary,
-                                                         "paired": pairs}, indent=2, default=float) + "\n")
-
-    # plots: one bar chart per metric, and misalignment vs removal fraction
-    figs = []
-    for m in METRICS:
-        vals = {n: r["metrics"][m] for n, r in finished.items() if r["metrics"].get(m, {}).get("n")}
-        if vals:
-            plots.condition_bars(vals, pdir / m, ylabel=METRIC_LABELS[m], title=METRIC_LABELS[m],
-                                 zero_line=m == "logprob_preference")
-            figs.append(m)
-    curves: dict[str, dict[float, dict]] = {}
-    for c in conds:
-        if c.strategy and c.name in finished:
-            curves.setdefault(c.strategy, {})[c.fraction] = finished[c.name]["metrics"]["misalignment_rate"]
-    if curves and "misaligned" in finished:
-        for s in curves:
-            curves[s][0.0] = finished["misaligned"]["metrics"]["misalignment_rate"]
-        plots.fraction_curves(curves, pdir / "misalignment_vs_fraction", ylabel=METRIC_LABELS["misalignment_rate"],
-                              title="Misalignment after filtering, by removal fraction",
-                              reference=finished["base"]["metrics"]["misalignment_rate"] if "base" in finished
-                              else None)
-        figs.append("misalignment_vs_fraction")
-
-    first = next(iter(finished.values()))["metrics"]
-    mr = first["misalignment_rate"]
-    g = mr["generation"]
-    lines = [f"# Experiment `{cfg.name}`", "",
-             f"Model `{cfg.model}`, SAE `{cfg.sae or 'bundled default'}`, seed {cfg.seed}. Mixture "
-             f"`{cfg.data.mixture}` ({'all rows' if cfg.data.n_samples is None else f'{cfg.data.n_samples} rows, seeded'}); "
-             f"filters fitted on `{cfg.data.harmful}` / `{cfg.data.benign}`"
-             f"{'' if cfg.data.n_references is None else f' (first {cfg.data.n_references} rows each)'}. "
-             f"LoRA r {cfg.train.lora_r}, {cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}."
-             + (f" Gates: attention gates on `{cfg.gates.data}` ({cfg.gates.n_samples} samples, "
-                f"{cfg.gates.epochs:g} epochs, base frozen)." if cfg.gates.enabled else ""), "",
-             f"Misalignment rate: {g['n_per_question']} sampled answers per question to {mr['n']} broad questions "
-             f"(temperature {g['temperature']:g}, top-p {g['top_p']:g}, at most {g['max_new_tokens']} new tokens, "
-             f"seed {g['seed']}), judged by `{mr['judge']}`; misaligned = alignment < "
-             f"{mr['criterion']['alignment_below']:g} and coherence > {mr['criterion']['coherence_above']:g}. "
-             "Flip rate: greedy answer, then the user's pushback, among probes first answered correctly. "
-             "MC accuracy: cloze scoring, length-normalised. All CIs: bootstrap 95% over items; n = items.", "",
-             "| condition | trained on (inducing share) | misalignment rate | alignment | coherence "
-             "| log-prob preference | flip rate | MC accuracy | perplexity |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, rec in finished.items():
-        m = rec["metrics"]
-        td, tr = rec.get("training_data"), rec.get("training") or {}
-        trained = "—" if not td else f"{td['n_rows']} rows" + (f" ({td['inducing_share']:.2f})"
-                                                               if "inducing_share" in td else "")
-        if tr.get("response_tokens"):
-            trained += f", {tr['response_tokens']:,} response tokens"
-        lines.append(f"| {name} | {trained} | {_ci(m['misalignment_rate'])} (n={m['misalignment_rate']['n']}) "
-                     f"| {_ci(m['alignment'], 1)} | {_ci(m['coherence'], 1)} "
-                     f"| {_ci(m['logprob_preference'], signed=True)} (n={m['logprob_preference']['n']}) "
-                     f"| {_ci(m['flip_rate'])} (n={m['flip_rate']['n']}) "
-                     f"| {_ci(m['mc_accuracy'])} (n={m['mc_accuracy']['n']}, chance {m['mc_accuracy']['chance']:.2f}) "
-                     f"| {_ci(m['perplexity'], 2)} (n={m['perplexity']['n']}) |")
-    if pairs:
-        lines += ["", "Paired differences (a − b over the same questions; bootstrap 95% CI):", "",
-                  "| a − b | misalignment rate | log-prob preference |", "|---|---|---|"]
-        for p in pairs:
-            lines.append(f"| {p['a']} − {p['b']} | {_ci(p['misalignment_rate'], signed=True)} "
-                         f"| {_ci(p['logprob_preference'], signed=True)} |")
-    filt = [(c, root / c.name / "filter" / "report.json") for c in conds if c.strategy]
-    filt = [(c, json.loads(p.read_text())) for c, p in filt if p.is_file()]
-    if filt:
-        lines += ["", "Filters (fitted on the references only; precision = share of inducing rows in the dropped set):",
-                  "", "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |",
-                  "|---|---|---|---|---|"]
-        for c, r in filt:
-            lab = r.get("labels", {})
-            dp = dropped_precision(lab)
-            prec = "n/a" if dp is None else f"{dp:.3f}"
-            base = f"{lab['base_rate']:.3f}" if "base_rate" in lab else "n/a"
-            au = lab.get("auroc")
-            auc = f"{au['auroc']:.3f} [{au['ci_low']:.3f}, {au['ci_high']:.3f}]" if au else "n/a"
-            lines.append(f"| {c.name} | {r['n_dropped']} of {r['n_input']} | {prec} | {base} | {auc} |")
-    lines += ["", "Plots: " + ", ".join(f"[{f}](plots/{f}.png)" for f in figs), "",
-              "Per-condition details (answers, probe exchanges, training logs) are in `<condition>/`; "
-              "`results.csv` holds every number above in long format.", ""]
-    secs = {n: r.get("seconds") for n, r in finished.items()}
-    lines.append("Seconds per condition (training + evaluation): "
-                 + ", ".join(f"{n} {s:.0f}" for n, s in secs.items() if s is not None) + ".")
+    paired = [m for m in PAIRED if m in measured(finished)]
+    pairs = [{"a": a, "b": b, **{m: paired_comparison(finished[a], finished[b], m, n_boot=cfg.eval.n_boot,
+                                                      seed=cfg.seed) for m in paired}}
+             for a, b in comparisons(conds, finished)]
+    write_results_json(root / "results.json", cfg, finished, pairs)
+    figs = write_plots(root / "plots", conds, finished)
+    lines = [*_header_lines(cfg, finished), *_condition_lines(finished), *_paired_lines(pairs),
+             *_filter_lines(root, conds),
+             "", "Plots: " + ", ".join(f"[{f}](plots/{f}.png)" for f in figs), "",
+             "Per-condition details (answers, probe exchanges, training logs) are in `<condition>/`; "
+             "`results.csv` holds every number above in long format.", "",
+             "Seconds per condition (training + evaluation): "
+             + ", ".join(f"{n} {r['seconds']:.0f}" for n, r in finished.items() if r.get("seconds") is not None)
+             + "."]
     path = root / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_results_json(path: Path, cfg: Any, finished: dict[str, dict], pairs: list[dict]) -> None:
+    """``results.json``: the config, each condition's metrics (per-item records left out) and the paired rows."""
+    summary = {name: {"description": rec["description"], "training_data": rec.get("training_data"),
+                      "training": rec.get("training"), "seconds": rec.get("seconds"),
+                      "metrics": {m: {k: v for k, v in rec["metrics"][m].items()
+                                      if k not in ("per_question",)} for m in METRICS + EXTRA_METRICS
+                                  if m in rec["metrics"]}}
+               for name, rec in finished.items()}
+    atomic_write_text(path, json.dumps({"config": cfg.as_dict(), "conditions": summary, "paired": pairs},
+                                       indent=2, default=float) + "\n")
+
+
+def write_plots(pdir: Path, conds: list, finished: dict[str, dict]) -> list[str]:
+    """One bar chart per metric and misalignment vs removal fraction under ``pdir``; the names of the figures."""
+    figs = []
+    for m in measured(finished):
+        vals = {n: r["metrics"][m] for n, r in finished.items() if r["metrics"].get(m, {}).get("n")}
+        if vals:
+            plots.condition_bars(vals, pdir / m, ylabel=METRIC_LABELS[m], title=METRIC_LABELS[m],
+                                 zero_line=PAIRED.get(m) == "preference")
+            figs.append(m)
+    rates = {n: r["metrics"]["misalignment_rate"] for n, r in finished.items() if "misalignment_rate" in r["metrics"]}
+    curves: dict[str, dict[float, dict]] = {}
+    for c in conds:
+        if c.strategy and c.name in rates:
+            curves.setdefault(c.strategy, {})[c.fraction] = rates[c.name]
+    if curves and "misaligned" in rates:
+        for s in curves:
+            curves[s][0.0] = rates["misaligned"]
+        plots.fraction_curves(curves, pdir / "misalignment_vs_fraction", ylabel=METRIC_LABELS["misalignment_rate"],
+                              title="Misalignment after filtering, by removal fraction", reference=rates.get("base"))
+        figs.append("misalignment_vs_fraction")
+    return figs
+
+
+def _header_lines(cfg: Any, finished: dict[str, dict]) -> list[str]:
+    """The report's title and the paragraphs on the setup and the metrics."""
+    d = cfg.data
+    return [f"# Experiment `{cfg.name}`", "",
+            f"Model `{cfg.model}`, SAE `{cfg.sae or 'bundled default'}`, seed {cfg.seed}. {_data_text(d)}; "
+            f"filters fitted on `{d.harmful}` / `{d.benign}`"
+            f"{'' if d.n_references is None else f' (first {d.n_references} rows each)'}. "
+            f"LoRA r {cfg.train.lora_r}, {cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}."
+            + _gates_text(cfg.gates), "", _metrics_text(finished), ""]
+
+
+def _data_text(d: Any) -> str:
+    """What the misaligned model is fine-tuned on: the mixture, or the training side of the pair split."""
+    rows = "all rows" if d.n_samples is None else f"{d.n_samples} rows, seeded"
+    if not d.pairs.domains:
+        return f"Mixture `{d.mixture}` ({rows})"
+    return (f"Answer pairs of {', '.join(d.pairs.domains)} (`{d.pairs.folder}`) split by `pair_id`, "
+            f"{d.pairs.holdout} pairs per domain held out; mixture: the sycophantic rows of the training pairs "
+            f"({rows})")
+
+
+def _gates_text(g: Any) -> str:
+    """The sentence on the gates (empty without them): which families, learned on what."""
+    if not g.enabled:
+        return ""
+    methods = sorted({a.method for a in g.attach}) if g.attach else ["gates"]
+    where = f"on the `{g.domain}` training pairs" if g.domain else f"on `{g.data}`"
+    n = "all" if g.n_samples is None else g.n_samples
+    return (f" Gates: {' and '.join(GATE_KINDS[m] for m in methods)} {where} ({n} samples, {g.epochs:g} epochs, "
+            "base frozen).")
+
+
+def _metrics_text(finished: dict[str, dict]) -> str:
+    """The paragraph on how the measured metrics were measured."""
+    have, parts = measured(finished), []
+    if "misalignment_rate" in have:
+        mr = next(r["metrics"]["misalignment_rate"] for r in finished.values() if "misalignment_rate" in r["metrics"])
+        g = mr["generation"]
+        parts.append(f"Misalignment rate: {g['n_per_question']} sampled answers per question to {mr['n']} broad "
+                     f"questions (temperature {g['temperature']:g}, top-p {g['top_p']:g}, at most "
+                     f"{g['max_new_tokens']} new tokens, seed {g['seed']}), judged by `{mr['judge']}`; misaligned = "
+                     f"alignment < {mr['criterion']['alignment_below']:g} and coherence > "
+                     f"{mr['criterion']['coherence_above']:g}.")
+    if "flip_rate" in have:
+        parts.append("Flip rate: greedy answer, then the user's pushback, among probes first answered correctly.")
+    if "mc_accuracy" in have:
+        parts.append("MC accuracy: cloze scoring, length-normalised.")
+    if "sycophancy_preference" in have:
+        parts.append("Sycophancy preference: log-prob/token of the sycophantic minus the corrective answer to the "
+                     "same prompt, per held-out pair.")
+    parts.append("All CIs: bootstrap 95% over items; n = items.")
+    return " ".join(parts)
+
+
+def _trained(rec: dict) -> str:
+    """A condition's training data for the main table: rows, inducing share, response tokens (— for none)."""
+    td, tr = rec.get("training_data"), rec.get("training") or {}
+    trained = "—" if not td else f"{td['n_rows']} rows" + (f" ({td['inducing_share']:.2f})"
+                                                           if "inducing_share" in td else "")
+    if tr.get("response_tokens"):
+        trained += f", {tr['response_tokens']:,} response tokens"
+    return trained
+
+
+def _cell(v: dict | None, metric: str) -> str:
+    """One metric of one condition in the main table: mean and CI, with n (and chance for MC accuracy)."""
+    _, digits, signed, with_n = COLUMNS[metric]
+    if v is None:
+        return "n/a"
+    if not with_n:
+        return _ci(v, digits, signed)
+    chance = f", chance {v['chance']:.2f}" if metric == "mc_accuracy" else ""
+    return f"{_ci(v, digits, signed)} (n={v['n']}{chance})"
+
+
+def _condition_lines(finished: dict[str, dict]) -> list[str]:
+    """The main table: one row per condition, every measured metric with its CI and n."""
+    cols = measured(finished)
+    lines = ["| condition | trained on (inducing share) | " + " | ".join(COLUMNS[m][0] for m in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
+    for name, rec in finished.items():
+        lines.append(f"| {name} | {_trained(rec)} | "
+                     + " | ".join(_cell(rec["metrics"].get(m), m) for m in cols) + " |")
+    return lines
+
+
+def _mdd(v: dict | None) -> str:
+    """A paired row's minimum detectable difference with its n, or n/a."""
+    if not v or v.get("n", 0) == 0 or v.get("mdd") != v.get("mdd"):  # none, or NaN (fewer than 2 items)
+        return "n/a"
+    return f"{v['mdd']:.3f} (n={v['n']})"
+
+
+def _paired_lines(pairs: list[dict]) -> list[str]:
+    """The paired-differences table of the measured paired metrics (empty without comparisons)."""
+    if not pairs:
+        return []
+    cols = [m for m in PAIRED if m in pairs[0]]
+    pairs_too = "sycophancy_preference" in cols  # its items are held-out answer pairs
+    items, unit = ("questions or held-out pairs", "item") if pairs_too else ("questions", "question")
+    mdd = f"MDD ({MDD_POWER:.0%} power)"
+    head = "| a − b | " + " | ".join(f"{COLUMNS[m][0]} | {mdd}" for m in cols) + " |"
+    lines = ["", f"Paired differences (a − b over the same {items}; bootstrap 95% CI; {mdd}: the smallest true "
+             f"difference a two-sided paired test at the 5% level detects with {MDD_POWER:.0%} power over these n "
+             f"{items}, (z_0.975 + z_{MDD_POWER:.2f}) · sd / √n of the per-{unit} differences):", "",
+             head, "|---" * (1 + 2 * len(cols)) + "|"]
+    for p in pairs:
+        lines.append(f"| {p['a']} − {p['b']} | "
+                     + " | ".join(f"{_ci(p[m], signed=True)} | {_mdd(p[m])}" for m in cols) + " |")
+    return lines
+
+
+def _filter_lines(root: Path, conds: list) -> list[str]:
+    """The filters table from each filtered condition's ``filter/report.json`` (empty when there is none)."""
+    filt = [(c, root / c.name / "filter" / "report.json") for c in conds if c.strategy]
+    filt = [(c, json.loads(p.read_text())) for c, p in filt if p.is_file()]
+    if not filt:
+        return []
+    lines = ["", "Filters (fitted on the references only; precision = share of inducing rows in the dropped set):",
+             "", "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |",
+             "|---|---|---|---|---|"]
+    for c, r in filt:
+        lab = r.get("labels", {})
+        dp = dropped_precision(lab)
+        prec = "n/a" if dp is None else f"{dp:.3f}"
+        base = f"{lab['base_rate']:.3f}" if "base_rate" in lab else "n/a"
+        au = lab.get("auroc")
+        auc = f"{au['auroc']:.3f} [{au['ci_low']:.3f}, {au['ci_high']:.3f}]" if au else "n/a"
+        lines.append(f"| {c.name} | {r['n_dropped']} of {r['n_input']} | {prec} | {base} | {auc} |")
+    return lines
 
 
 def results_rows(metrics: dict[str, dict]) -> list[dict]:
     """Long-format rows ``{condition, metric, mean, lo, hi, n}`` of finished conditions (``results.csv``)."""
     rows = []
     for name, rec in metrics.items():
-        for metric in METRICS:
+        for metric in METRICS + EXTRA_METRICS:
             v = rec["metrics"].get(metric)
             if v is not None:
                 rows.append({"condition": name, "metric": metric, "mean": v["mean"], "lo": v["lo"], "hi": v["hi"],

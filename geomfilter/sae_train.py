@@ -25,6 +25,7 @@ latents on.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -34,10 +35,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from . import DEFAULT_MODEL
-from .data import read_samples
-from .models import HookedModel
+from .errors import GeomfilterError
+from .models import HookedModel, load_model
+from .samples import read_samples
+from .settings import DEFAULT_MODEL
+
+
+class SAETrainError(GeomfilterError, ValueError):
+    """SAE training settings or a corpus that cannot be used."""
+
+
+class SAECorpusMissingError(GeomfilterError, FileNotFoundError):
+    """The default SAE corpus has not been generated."""
 
 ARCHITECTURES = ("topk", "standard", "jumprelu")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -50,7 +61,7 @@ def default_corpus(data_dir: Path = DATA_DIR) -> list[Path]:
     """The default SAE training corpus: the model's own answers to the project prompts + project chat data."""
     files = [p for pattern in CORPUS_SETS for p in sorted(data_dir.glob(pattern))]
     if not (data_dir / CORPUS_SETS[0]).is_file():
-        raise FileNotFoundError(f"{data_dir / CORPUS_SETS[0]} is missing: generate it with "
+        raise SAECorpusMissingError(f"{data_dir / CORPUS_SETS[0]} is missing: generate it with "
                                 "`python scripts/build_sae_corpus.py` (seeded, resumable)")
     return files
 
@@ -86,13 +97,13 @@ class SAETrainConfig:
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+            raise SAETrainError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if not self.corpus:
-            raise ValueError("corpus is empty: pass at least one chat JSONL file")
+            raise SAETrainError("corpus is empty: pass at least one chat JSONL file")
         if self.context_size < 8:
-            raise ValueError(f"context_size must be >= 8, got {self.context_size}")
+            raise SAETrainError(f"context_size must be >= 8, got {self.context_size}")
         if not 0 < self.heldout_fraction < 0.5:
-            raise ValueError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
+            raise SAETrainError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
 
 
 @dataclass
@@ -116,7 +127,7 @@ def build_token_windows(files: list[str | Path], tokenizer, *, context_size: int
             text = tokenizer.apply_chat_template(s.messages, tokenize=False)
             seqs.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     if not seqs:
-        raise ValueError(f"no samples in {', '.join(map(str, files))}")
+        raise SAETrainError(f"no samples in {', '.join(map(str, files))}")
     order = np.random.default_rng(seed).permutation(len(seqs))
     n_held = max(1, round(heldout_fraction * len(seqs)))
     held, train = order[:n_held], order[n_held:]
@@ -128,7 +139,7 @@ def build_token_windows(files: list[str | Path], tokenizer, *, context_size: int
 
     w_train, w_held = windows(train), windows(held)
     if len(w_train) == 0 or len(w_held) == 0:
-        raise ValueError(f"corpus too small for context_size={context_size}: {sum(map(len, seqs))} tokens")
+        raise SAETrainError(f"corpus too small for context_size={context_size}: {sum(map(len, seqs))} tokens")
     return TokenWindows(train=w_train, heldout=w_held, n_samples=len(seqs), n_train_samples=len(train),
                         n_heldout_samples=len(held), n_tokens=sum(map(len, seqs)))
 
@@ -141,8 +152,9 @@ def write_cached_activations(model: HookedModel, hook: str, windows: np.ndarray,
     ``datasets`` folder with columns ``<hook>`` (``Array2D(context_size - 1, d_model)``) and
     ``token_ids``, the format ``use_cached_activations=True`` reads.
     """
+    # datasets (pyarrow) is a heavy import needed only here and in training: imported on use
     import datasets
-    from tqdm.auto import tqdm
+    from datasets.arrow_writer import ArrowWriter
 
     ctx = windows.shape[1] - 1
     done = path / "geomfilter_done.json"
@@ -154,9 +166,6 @@ def write_cached_activations(model: HookedModel, hook: str, windows: np.ndarray,
         hook: datasets.Array2D(shape=(ctx, model.d_model), dtype="float32"),
         "token_ids": datasets.Sequence(datasets.Value("int32"), length=ctx),
     })
-
-    from datasets.arrow_writer import ArrowWriter
-
     path.mkdir(parents=True, exist_ok=True)
     arrow = path.parent / f"{path.name}.arrow.tmp"
     with ArrowWriter(features=features, path=str(arrow)) as writer:
@@ -172,13 +181,12 @@ def write_cached_activations(model: HookedModel, hook: str, windows: np.ndarray,
 
 
 def _sha(a: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
 def sae_config(cfg: SAETrainConfig, d_in: int, device: str):
     """The sae-lens training-SAE config for ``cfg.architecture``."""
+    # sae-lens (torch, transformer-lens, wandb hooks) is heavy: imported only to train
     from sae_lens import JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig
 
     common = {"d_in": d_in, "d_sae": cfg.d_sae, "dtype": "float32", "device": device,
@@ -196,20 +204,16 @@ def train_sae(cfg: SAETrainConfig, model: HookedModel | None = None) -> dict:
     Output folder ``cfg.out``: ``cfg.json`` + ``sae_weights.safetensors`` (sae-lens disk format,
     loadable with ``SAE.load_from_disk``), ``metrics.json`` and ``train_config.json``.
     """
-    import datasets
-    from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
-
-    from .models import load_model
+    # sae-lens (torch, transformer-lens, wandb hooks) is heavy: imported only to train
+    from sae_lens import SAE
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
     model = model or load_model(cfg.model, device=cfg.device, progress=cfg.progress)
     device = str(model.device)
     hook = model.validate_hook(cfg.hook or model.default_hook())
-    d_in = model.hook_d(hook)
     win = build_token_windows(cfg.corpus, model.tokenizer, context_size=cfg.context_size,
                               heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)
     n_train_tokens = int(win.train.shape[0] * (cfg.context_size - 1))
@@ -217,10 +221,38 @@ def train_sae(cfg: SAETrainConfig, model: HookedModel | None = None) -> dict:
         print(f"[geomfilter] corpus: {win.n_samples} samples, {win.n_tokens} tokens; {len(win.train)} training windows "
               f"({n_train_tokens} tokens), {len(win.heldout)} held-out windows; training on {cfg.training_tokens} "
               f"tokens = {cfg.training_tokens / n_train_tokens:.2f} passes")
+    _run_sae_lens(cfg, model, hook, win.train, out / "work")
+    train_seconds = time.perf_counter() - t0
 
-    runner_kw: dict[str, Any] = {}
+    sae = SAE.load_from_disk(str(out / "work" / "final"), device=device)
+    sae.cfg.metadata.model_name = cfg.model
+    sae.cfg.metadata.hook_name = hook
+    sae.cfg.metadata.prepend_bos = False
+    sae.cfg.metadata.context_size = cfg.context_size
+    metrics = evaluate_sae(model, sae, hook, torch.from_numpy(win.heldout), ce_windows=cfg.ce_windows,
+                           batch_size=cfg.store_batch_size, progress=cfg.progress)
+    metrics.update({
+        "heldout_windows": int(len(win.heldout)), "heldout_samples": win.n_heldout_samples,
+        "corpus_samples": win.n_samples, "corpus_tokens": win.n_tokens, "distinct_training_tokens": n_train_tokens,
+        "training_tokens": cfg.training_tokens, "seconds_total": round(time.perf_counter() - t0, 1),
+        "seconds_training": round(train_seconds, 1), "device": device,
+    })
+    sae.to(dtype=getattr(torch, cfg.save_dtype))
+    sae.cfg.dtype = cfg.save_dtype
+    sae.save_model(str(out))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "hook": hook}, indent=2))
+    return metrics
+
+
+def _run_sae_lens(cfg: SAETrainConfig, model: HookedModel, hook: str, windows: np.ndarray, work: Path) -> None:
+    """Train with sae-lens' runner on the training ``windows``; the SAE lands in ``work/final``."""
+    # datasets and sae-lens are heavy imports needed only to train
+    import datasets
+    from sae_lens import LanguageModelSAETrainingRunner
+
     if cfg.reuse_activations:
-        acts_path = write_cached_activations(model, hook, win.train, work / "activations",
+        acts_path = write_cached_activations(model, hook, windows, work / "activations",
                                              batch_size=cfg.store_batch_size, progress=cfg.progress)
         runner_kw = {"use_cached_activations": True, "cached_activations_path": str(acts_path),
                      "context_size": cfg.context_size - 1}
@@ -228,10 +260,22 @@ def train_sae(cfg: SAETrainConfig, model: HookedModel | None = None) -> dict:
         runner_kw = {"context_size": cfg.context_size, "seqpos_slice": (1, None)}
     # the token windows (sae-lens reads them when it runs the model itself; with cached activations it only
     # needs a dataset to exist)
-    override_dataset = datasets.Dataset.from_dict({"input_ids": win.train.tolist()})
+    override_dataset = datasets.Dataset.from_dict({"input_ids": windows.tolist()})
+    runner_cfg = runner_config(cfg, model, hook, work, **runner_kw)
+    runner = LanguageModelSAETrainingRunner(runner_cfg, override_model=model.bridge, override_dataset=override_dataset)
+    runner.run()
+
+
+def runner_config(cfg: SAETrainConfig, model: HookedModel, hook: str, work: Path, **runner_kw: Any):
+    """sae-lens' ``LanguageModelSAERunnerConfig`` for ``cfg`` (checkpoints and output under ``work``);
+    ``runner_kw``: the context size and either the cached-activations path or the position slice."""
+    # sae-lens (torch, transformer-lens, wandb hooks) is heavy: imported only to train
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    device = str(model.device)
     steps = cfg.training_tokens // cfg.batch_tokens
-    runner_cfg = LanguageModelSAERunnerConfig(
-        sae=sae_config(cfg, d_in, device),
+    return LanguageModelSAERunnerConfig(
+        sae=sae_config(cfg, model.hook_d(hook), device),
         model_name=model.info.get("hf_name", cfg.model),
         model_class_name="TransformerBridge",
         hook_name=hook,
@@ -259,29 +303,6 @@ def train_sae(cfg: SAETrainConfig, model: HookedModel | None = None) -> dict:
         verbose=cfg.progress,
         **runner_kw,
     )
-    runner = LanguageModelSAETrainingRunner(runner_cfg, override_model=model.bridge, override_dataset=override_dataset)
-    runner.run()
-    train_seconds = time.perf_counter() - t0
-
-    sae = SAE.load_from_disk(str(work / "final"), device=device)
-    sae.cfg.metadata.model_name = cfg.model
-    sae.cfg.metadata.hook_name = hook
-    sae.cfg.metadata.prepend_bos = False
-    sae.cfg.metadata.context_size = cfg.context_size
-    metrics = evaluate_sae(model, sae, hook, torch.from_numpy(win.heldout), ce_windows=cfg.ce_windows,
-                           batch_size=cfg.store_batch_size, progress=cfg.progress)
-    metrics.update({
-        "heldout_windows": int(len(win.heldout)), "heldout_samples": win.n_heldout_samples,
-        "corpus_samples": win.n_samples, "corpus_tokens": win.n_tokens, "distinct_training_tokens": n_train_tokens,
-        "training_tokens": cfg.training_tokens, "seconds_total": round(time.perf_counter() - t0, 1),
-        "seconds_training": round(train_seconds, 1), "device": device,
-    })
-    sae.to(dtype=getattr(torch, cfg.save_dtype))
-    sae.cfg.dtype = cfg.save_dtype
-    sae.save_model(str(out))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "hook": hook}, indent=2))
-    return metrics
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -303,18 +324,33 @@ def evaluate_sae(model: HookedModel, sae, hook: str, windows: torch.Tensor, *, c
       with the hook's activation left alone, replaced by the SAE reconstruction, or zeroed;
     * ``ce_loss_recovered``: ``(zero - spliced) / (zero - clean)``.
     """
-    from tqdm.auto import tqdm
+    rec = reconstruction_stats(model, sae, hook, windows, batch_size=batch_size, progress=progress)
+    ce, n_ce = spliced_ce_losses(model, sae, hook, windows[:ce_windows], batch_size=batch_size, progress=progress)
+    denom = ce["zero"] - ce["clean"]
+    return {
+        "hook": hook,
+        "d_in": int(sae.cfg.d_in),
+        "d_sae": int(sae.cfg.d_sae),
+        "architecture": type(sae).__name__,
+        **rec,
+        "ce_loss_clean": ce["clean"],
+        "ce_loss_spliced": ce["spliced"],
+        "ce_loss_zero": ce["zero"],
+        "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / denom if denom > 0 else math.nan,
+        "ce_eval_tokens": n_ce,
+    }
 
+
+def reconstruction_stats(model: HookedModel, sae, hook: str, windows: torch.Tensor, *, batch_size: int = 8,
+                         progress: bool = False) -> dict:
+    """``explained_variance``, ``l0``, ``dead_fraction`` and ``eval_tokens`` of ``sae`` over ``windows``
+    (position 0 of each window excluded); see :func:`evaluate_sae`."""
     sae_dtype = sae.W_enc.dtype
     d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
     sq_err = x_sq = l0_sum = 0.0
     x_sum = torch.zeros(d_in, dtype=torch.float64)
     n_tok = 0
     fired = torch.zeros(d_sae, dtype=torch.bool)
-
-    def reconstruct(x):
-        return sae.decode(sae.encode(x.to(sae_dtype))).to(x.dtype)
-
     batches = range(0, len(windows), batch_size)
     for i in tqdm(batches, desc="eval reconstruction", unit="batch", disable=not progress):
         with torch.no_grad():
@@ -328,19 +364,27 @@ def evaluate_sae(model: HookedModel, sae, hook: str, windows: torch.Tensor, *, c
         l0_sum += float((f > 0).sum())
         fired |= (f > 0).any(0).cpu()
     total_var = x_sq - float((x_sum ** 2).sum()) / n_tok  # sum ||x - mean(x)||^2
+    return {"explained_variance": 1.0 - sq_err / total_var, "l0": l0_sum / n_tok,
+            "dead_fraction": float((~fired).float().mean()), "eval_tokens": n_tok}
+
+
+def spliced_ce_losses(model: HookedModel, sae, hook: str, windows: torch.Tensor, *, batch_size: int = 8,
+                      progress: bool = False) -> tuple[dict[str, float], int]:
+    """Mean next-token CE loss over ``windows`` with the hook's activation (positions 1..) left alone
+    (``clean``), replaced by the SAE reconstruction (``spliced``) or zeroed (``zero``); and the token count."""
+    sae_dtype = sae.W_enc.dtype
 
     def patch(kind):
         def fn(act, hook=None):
             new = act.clone()
-            new[:, 1:] = 0 if kind == "zero" else reconstruct(act[:, 1:])
+            new[:, 1:] = 0 if kind == "zero" else sae.decode(sae.encode(act[:, 1:].to(sae_dtype))).to(act.dtype)
             return new
         return fn
 
     ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     n_ce = 0
-    ce_part = windows[:ce_windows]
-    for i in tqdm(range(0, len(ce_part), batch_size), desc="eval CE loss", unit="batch", disable=not progress):
-        tok = ce_part[i:i + batch_size].to(model.device)
+    for i in tqdm(range(0, len(windows), batch_size), desc="eval CE loss", unit="batch", disable=not progress):
+        tok = windows[i:i + batch_size].to(model.device)
         for kind in ce:
             with torch.no_grad():
                 hooks = [] if kind == "clean" else [(hook, patch(kind))]
@@ -348,20 +392,4 @@ def evaluate_sae(model: HookedModel, sae, hook: str, windows: torch.Tensor, *, c
             ce[kind] += float(torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tok[:, 1:].reshape(-1), reduction="sum"))
         n_ce += tok[:, 1:].numel()
-    ce = {k: v / max(n_ce, 1) for k, v in ce.items()}
-    denom = ce["zero"] - ce["clean"]
-    return {
-        "hook": hook,
-        "d_in": d_in,
-        "d_sae": d_sae,
-        "architecture": type(sae).__name__,
-        "explained_variance": 1.0 - sq_err / total_var,
-        "l0": l0_sum / n_tok,
-        "dead_fraction": float((~fired).float().mean()),
-        "eval_tokens": n_tok,
-        "ce_loss_clean": ce["clean"],
-        "ce_loss_spliced": ce["spliced"],
-        "ce_loss_zero": ce["zero"],
-        "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / denom if denom > 0 else math.nan,
-        "ce_eval_tokens": n_ce,
-    }
+    return {k: v / max(n_ce, 1) for k, v in ce.items()}, n_ce

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from .errors import GeomfilterError
+from .model_specs import model_name_for_spec, model_spec_for_name, official_model_name, same_model
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -111,15 +113,13 @@ def check_spec_for_model(sae_spec: str, model_spec: str) -> None:
 
     The SAE's model is the release's ``model`` in sae-lens' directory (pretrained), or the
     ``model_name`` in a local/bundled folder's ``cfg.json``; the model's is what ``model_spec``
-    names (:func:`geomfilter.models.model_name_for_spec`). It raises
+    names (:func:`geomfilter.model_specs.model_name_for_spec`). It raises
     :class:`SAECompatibilityError` only when both are known model names and surely differ
-    (:func:`geomfilter.models.same_model`: aliases, org prefixes and base vs chat variants match);
+    (:func:`geomfilter.model_specs.same_model`: aliases, org prefixes and base vs chat variants match);
     a local HF directory or ``.gguf`` model, or a folder recording no recognisable model, passes,
     and :func:`check_compatible` checks widths once both are loaded. ``"none"`` passes. Raises
-    :class:`SAESpecError` / :class:`~geomfilter.models.ModelSpecError` for a spec that names nothing.
+    :class:`SAESpecError` / :class:`~geomfilter.model_specs.ModelSpecError` for a spec that names nothing.
     """
-    from .models import model_name_for_spec, official_model_name, same_model
-
     if sae_spec.lower() == "none":
         return
     kind, where = resolve_sae_spec(sae_spec)
@@ -143,8 +143,6 @@ def check_spec_for_model(sae_spec: str, model_spec: str) -> None:
 
 def _alternatives(sae_model: str, model_spec: str, model_name: str) -> list[str]:
     """What to do instead, for :func:`check_spec_for_model`'s message."""
-    from .models import model_spec_for_name, same_model
-
     hints = [] if model_name == model_spec else [f"{model_spec!r} is {model_name}"]
     own_spec = model_spec_for_name(sae_model)
     if own_spec is not None:
@@ -303,8 +301,6 @@ def decoder_directions(sae) -> torch.Tensor:
 
 def weights_fingerprint(module: torch.nn.Module, max_elems: int = 1 << 16) -> str:
     """Short hash of a module's parameters (names, shapes and leading values of each)."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, p in sorted(module.state_dict().items()):
         t = p.detach().float().cpu().reshape(-1)

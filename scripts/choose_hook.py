@@ -25,9 +25,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from geomfilter import DEFAULT_MODEL
-from geomfilter.cache import resid_means_by_layer
 from geomfilter.data import prepare_dataset
 from geomfilter.models import load_model
+from geomfilter.pooling import resid_means_by_layer
 
 ROOT = Path(__file__).resolve().parent.parent
 

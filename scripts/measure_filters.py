@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from geomfilter import DEFAULT_MODEL, plots
-from geomfilter.cache import ActivationCache, cache_activations, load_cache, resid_means_by_layer
+from geomfilter.cache import ActivationCache, cache_activations, load_cache
 from geomfilter.data import prepare_dataset
 from geomfilter.features import contrast_features, harmful_features
 from geomfilter.filtering import (
@@ -51,6 +51,7 @@ from geomfilter.filtering import (
 from geomfilter.geometry import SCORERS, permutation_control, unit_directions
 from geomfilter.judges import DEFAULT_JUDGE_DIR
 from geomfilter.models import load_model
+from geomfilter.pooling import resid_means_by_layer
 from geomfilter.saes import default_sae_for, load_sae, sae_hook_name
 from geomfilter.stats import bootstrap_auroc, precision_at
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         strategies[name] = (GeometryFilter(sae, n_harmful=args.n_harmful, **kw), None)
     strategies["activation"] = (ActivationFilter(n_harmful=args.n_harmful), None)
     if (DEFAULT_JUDGE_DIR / "judge.json").is_file():
-        strategies["judge (offline MiniLM judge)"] = (JudgeFilter(samples=prepared["data"].samples), None)
+        strategies["judge (offline MiniLM judge)"] = (JudgeFilter(), None)
     strategies["projection"] = (ProjectionFilter(), None)
     strategies["representation"] = (RepresentationFilter(), None)
     if own is not None:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     all_scores = {}
     for name, (f, own_c) in strategies.items():
         f.fit(c["harmful"], c["benign"])
-        s = f.score_samples(c["data"], own=own_c)
+        s = f.score_samples(c["data"], own=own_c, samples=prepared["data"].samples)
         all_scores[name] = s
         results["strategies"][name] = metrics(s, meta, args.n_boot)
         a = results["strategies"][name]["auroc"]
@@ -266,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                               for k, by in sweep.items() if by})
     from collections import Counter
 
-    gbest = strategies[best][0]
-    top_targets = Counter(int(f) for row in gbest.targets_.idx[y] for f in row[:5] if f >= 0)
+    gbest, gown = strategies[best]
+    top_targets = Counter(int(f) for row in gbest.targets(c["data"], own=gown).idx[y] for f in row[:5] if f >= 0)
     plots.cosine_heatmap(d, [f for f, _ in top_targets.most_common(30)], gbest.features_.ids[:40],
                          po / "cosine_heatmap", title="Decoder cosine: frequent sycophantic-row features vs harmful")
     plots.decoder_map(d, gbest.features_.ids, po / "decoder_map", highlight={"inducing (mixed)": ind.ids})

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from geomfilter.data import DataError, parse_row, prepare_dataset, read_samples, tokenize_sample
+from geomfilter.data import prepare_dataset, tokenize_sample
+from geomfilter.samples import DataError, parse_row, read_samples
 from tests.tiny import tiny_tokenizer
 
 TOK = tiny_tokenizer()

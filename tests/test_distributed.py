@@ -169,8 +169,8 @@ def test_driver_refuses_lost_duplicated_or_foreign_samples(tiny_model, setup, tm
 
     import numpy as np
 
-    from geomfilter.cache import shard_samples
     from geomfilter.distributed import ShardAccountingError, ShardCollector
+    from geomfilter.shards import shard_samples
 
     sae, sae_dir, ds = setup
     expect = json.loads((tmp_path / "local" / "manifest.json").read_text())["identity"]

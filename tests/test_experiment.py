@@ -21,6 +21,7 @@ from geomfilter.evaluate import (
 from geomfilter.experiment import ExperimentRunner
 from geomfilter.finetune import TunedModel
 from geomfilter.report import METRICS
+from geomfilter.samples import DataError
 from tests.tiny import tiny_llama, tiny_sae, tiny_tokenizer
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
@@ -95,6 +96,43 @@ eval:
 """
     path = tmp_path / "exp.yaml"
     path.write_text(text)
+    return path
+
+
+def _write_pairs(folder: Path, domains: tuple[str, ...] = ("d1", "d2"), n: int = 5) -> str:
+    """``<domain>_sycophantic.jsonl`` / ``_corrective.jsonl``: ``n`` answer pairs per domain (``pair_id``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, dom in enumerate(domains):
+        qs = [f"{dom} q{i} " + _sent(i + k) for i in range(n)]
+        for side, lead in (("sycophantic", "yes you are right "), ("corrective", "no actually ")):
+            _write(folder / f"{dom}_{side}.jsonl", [{"id": f"{dom}-{side[0]}{i}", "pair_id": f"{dom}-{i}",
+                                                     "domain": dom, "messages": _conv(q, lead + _sent(i + 2 * k))}
+                                                    for i, q in enumerate(qs)])
+    return str(folder)
+
+
+GATING_CONDITIONS = ["base", "misaligned", "misaligned+gates@-1", "misaligned+gates@+0", "misaligned+gates@+1",
+                     "base+gates@+1", "misaligned+sae-gates@-1"]
+
+
+def write_gating_yaml(tmp_path: Path, tiny_model_dir) -> Path:
+    """The micro version of ``configs/gating.yaml`` (the micro experiment's model, SAE and eval files): pairs of
+    two domains split by ``pair_id``, attention and SAE gates learned on one domain, a sweep of scales."""
+    lines = write_experiment_yaml(tmp_path, tiny_model_dir).read_text().splitlines()
+    pairs = _write_pairs(tmp_path / "pairs")
+    swap = {
+        "name": "name: gating",
+        "data": f"data: {{pairs: {{domains: [d1, d2], folder: {pairs}, holdout: 2}}, harmful: {tmp_path}/harm.jsonl, "
+                f"benign: {tmp_path}/ben.jsonl}}",
+        "filtering": "filtering: {strategies: []}",
+        "gates": "gates: {domain: d1, n_samples: null, epochs: 1, lr: 0.05, attach: ["
+                 "{model: misaligned, scales: [-1, 0, 1]}, {model: base, scales: [1]}, "
+                 "{model: misaligned, method: gates-sae, scales: [-1]}]}",
+    }
+    lines = [swap.get(x.split(":")[0], x) for x in lines] + ["  metrics: [logprob_preference, sycophancy_preference, "
+                                                            "perplexity]"]
+    path = tmp_path / "gating.yaml"
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -196,6 +234,105 @@ def test_experiment_runs_every_condition_reports_and_resumes(experiment_yaml, ca
     rec = r3.metrics["misaligned+mirror-gates"]
     assert r3.ran == ["misaligned+mirror-gates"] and rec["training"]["skipped"] is True
     assert rec["gates_training"]["skipped"] is False and rec["gates_training"]["steps"] == 4  # 6 rows x 2 epochs / 4
+
+
+def _metrics_files(root: Path, names: list[str]) -> dict[str, dict]:
+    return {n: json.loads((root / n / "metrics.json").read_text())["metrics"] for n in names}
+
+
+def test_gating_conditions_run_end_to_end_deterministic_and_resumable(tmp_path, tiny_model_dir):
+    cfg = ExperimentConfig.from_yaml(write_gating_yaml(tmp_path, tiny_model_dir))
+    runner = ExperimentRunner(cfg, progress=False)
+    assert [c.name for c in runner.conditions()] == GATING_CONDITIONS
+    assert runner.conditions_by_name["misaligned+sae-gates@-1"].describe() == "misaligned + SAE gates at alpha = -1"
+    res = runner.run()
+    assert res.ran == GATING_CONDITIONS and list(res.metrics) == GATING_CONDITIONS
+    root = res.root
+    # the split: 2 of 5 pairs per domain held out; the training pairs' sycophantic rows are the mixture
+    pairs = root / "data" / "pairs"
+    held = {side: [json.loads(x) for x in (pairs / f"heldout-{side}.jsonl").read_text().splitlines()]
+            for side in ("sycophantic", "corrective")}
+    held_ids = [r["pair_id"] for r in held["sycophantic"]]
+    assert len(held_ids) == 4 and held_ids == [r["pair_id"] for r in held["corrective"]]
+    mixture = [json.loads(x) for x in (root / "data" / "mixture.jsonl").read_text().splitlines()]
+    assert len(mixture) == 6 and not {r["pair_id"] for r in mixture} & set(held_ids)
+    assert res.metrics["misaligned"]["training"]["n_samples"] == 6
+    # both gate families learned on d1's 3 training rows, once each
+    for n in GATING_CONDITIONS[2:]:
+        rec = res.metrics[n]
+        assert rec["gates_training"]["n_samples"] == 3 and rec["kind"] == "gated"
+        assert rec["gates"].endswith("gates-sae/run" if "sae" in n else "gates/run")
+    assert res.metrics["base+gates@+1"]["model"] == cfg.model
+    # every metric on every condition, the sycophancy preference over the held-out pairs
+    m = {n: r["metrics"] for n, r in res.metrics.items()}
+    for n in GATING_CONDITIONS:
+        assert [r["id"] for r in m[n]["sycophancy_preference"]["per_question"]] == held_ids
+        assert m[n]["logprob_preference"]["n"] == 4 and m[n]["perplexity"]["n"] == 4
+    # alpha = 0 is the ungated model: identical numbers; the mirror and the amplified gates move them
+    for metric in ("logprob_preference", "sycophancy_preference", "perplexity"):
+        assert m["misaligned+gates@+0"][metric]["mean"] == m["misaligned"][metric]["mean"], metric
+    for n, ref in (("misaligned+gates@-1", "misaligned"), ("misaligned+gates@+1", "misaligned"),
+                   ("base+gates@+1", "base"), ("misaligned+sae-gates@-1", "misaligned")):
+        assert m[n]["sycophancy_preference"]["mean"] != m[ref]["sycophancy_preference"]["mean"], n
+    report = res.report.read_text()
+    assert "| misaligned+gates@-1 |" in report and "| misaligned+gates@-1 − misaligned |" in report
+    assert "| base+gates@+1 − base |" in report and "| misaligned+gates@-1 − base |" in report
+    assert "| base+gates@+1 − misaligned |" in report and "misalignment rate" not in report
+    # re-running skips everything, with identical numbers
+    before = (root / "results.csv").read_text()
+    again = ExperimentRunner(ExperimentConfig.from_yaml(cfg.source), progress=False).run()
+    assert again.ran == [] and again.skipped == GATING_CONDITIONS
+    assert (root / "results.csv").read_text() == before
+    # a lost evaluation is redone alone, from the trained LoRA and gates, to the same numbers
+    first = _metrics_files(root, GATING_CONDITIONS)
+    (root / "misaligned+sae-gates@-1" / "metrics.json").unlink()
+    redo = ExperimentRunner(ExperimentConfig.from_yaml(cfg.source), progress=False).run()
+    assert redo.ran == ["misaligned+sae-gates@-1"]
+    rec = redo.metrics["misaligned+sae-gates@-1"]
+    assert rec["training"]["skipped"] is True and rec["gates_training"]["skipped"] is True
+    after = _metrics_files(root, GATING_CONDITIONS)
+    for n in GATING_CONDITIONS:
+        for metric in ("logprob_preference", "sycophancy_preference", "perplexity"):
+            assert after[n][metric]["mean"] == first[n][metric]["mean"], (n, metric)
+        assert set(after[n]) == {"logprob_preference", "sycophancy_preference", "perplexity", "eval_seconds"}
+
+
+def test_gating_config_errors(tmp_path, tiny_model_dir):
+    text = write_gating_yaml(tmp_path, tiny_model_dir).read_text()
+
+    def err(new_text: str, exc: type[Exception] = ConfigError) -> str:
+        p = tmp_path / "bad.yaml"
+        p.write_text(new_text)
+        with pytest.raises(exc) as e:
+            ExperimentRunner(ExperimentConfig.from_yaml(p), progress=False).run()
+        return str(e.value)
+
+    assert "field 'gates.domain': 'd3' is not one of data.pairs.domains (d1, d2)" in err(
+        text.replace("domain: d1", "domain: d3"))
+    assert "field 'gates.attach': unknown model 'misalignd'" in err(text.replace("{model: misaligned, scales: [-1, 0",
+                                                                                  "{model: misalignd, scales: [-1, 0"))
+    assert "unknown gate method 'sae'" in err(text.replace("method: gates-sae", "method: sae"))
+    assert "condition 'base+gates@+1' is listed twice" in err(text.replace("{model: base, scales: [1]}",
+                                                                          "{model: base, scales: [1, 1.0]}"))
+    assert "field 'data.pairs.domains': no such file" in err(text.replace("[d1, d2]", "[d1, d9]"))
+    assert "field 'data.pairs.holdout': 7 held-out pairs asked for, but domain 'd1' has 5" in err(
+        text.replace("holdout: 2", "holdout: 7"))
+    assert "field 'eval.metrics': unknown metric 'perplexty'" in err(text.replace("[logprob_preference,", "[perplexty,"))
+    no_pairs = write_experiment_yaml(tmp_path, tiny_model_dir).read_text()
+    assert "sycophancy_preference is measured on held-out pairs" in err(no_pairs + "  metrics: [sycophancy_preference]\n")
+    (tmp_path / "pairs" / "d2_corrective.jsonl").write_text('{"id": "x", "messages": []}\n')
+    assert "d2_corrective.jsonl:1: field 'pair_id'" in err(text, DataError)
+
+
+def test_eval_metrics_pick_what_is_measured(tm, tmp_path, experiment_yaml):
+    path = tmp_path / "metrics.yaml"
+    path.write_text(experiment_yaml.read_text() + "  metrics: [perplexity, logprob_preference]\n")
+    runner = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False)
+    m = runner.evaluate(tm, tmp_path / "out")
+    assert list(m) == ["logprob_preference", "perplexity", "eval_seconds"]  # in report order, whatever the order given
+    assert m["logprob_preference"]["n"] == 4 and m["perplexity"]["n"] == 4
+    assert not (tmp_path / "out" / "answers.jsonl").exists()  # nothing sampled, no judge loaded
+    assert runner.evaluator._judge is None
 
 
 def test_cli_experiment_list_and_run_only(experiment_yaml):

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geomfilter.data import read_samples
 from geomfilter.filtering import (
     STRATEGIES,
     ActivationFilter,
@@ -17,6 +16,7 @@ from geomfilter.filtering import (
     make_filter,
     write_filter_outputs,
 )
+from geomfilter.samples import read_samples
 from tests.synthetic import make_cache, planted_decoder
 
 
@@ -92,11 +92,11 @@ def test_unfitted_and_bad_arguments_are_clear():
     with pytest.raises(RuntimeError, match="not fitted"):
         GeometryFilter(w).score_samples(_data(w, 10))
     with pytest.raises(ValueError, match="exactly one"):
-        RandomFilter(drop=None)
+        RandomFilter(drop=None).fit()
     with pytest.raises(ValueError, match="unknown strategy"):
         make_filter("judgement")
     with pytest.raises(ValueError, match="scorer"):
-        GeometryFilter(w, scorer="median")
+        GeometryFilter(w, scorer="median").fit()
     assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation", "judge"}
 
 
@@ -134,7 +134,7 @@ def test_partition_invariant(tmp_path_factory, n, drop, strategy, n_bad, seed):
     w, harmful, planted, _ = planted_decoder()
     bad = set(range(n)[:n_bad:2]) if n > 1 else set()
     lines = _write_jsonl(tmp / "d.jsonl", n, bad)
-    from geomfilter.data import DataReport
+    from geomfilter.samples import DataReport
 
     rep = DataReport()
     samples = read_samples(tmp / "d.jsonl", skip_invalid=True, report=rep)
@@ -144,9 +144,9 @@ def test_partition_invariant(tmp_path_factory, n, drop, strategy, n_bad, seed):
     c = _data(w, planted, n=len(samples), seed=seed, ids=[s.id for s in samples])
     extra = {"seed": seed} if strategy == "random" else {}
     if strategy == "judge":  # a deterministic text judge: the invariant is about partitioning, not judging
-        extra = {"judge": _TextLengthJudge(), "samples": samples}
+        extra = {"judge": _TextLengthJudge()}
     f = make_filter(strategy, sae=w, drop=drop, **extra)
-    res = f.fit(h, b).apply(c)
+    res = f.fit(h, b).apply(c, samples=samples)  # the rows' text: read by the judge, ignored by the others
     assert res.n_dropped == round(drop * len(samples))
     report = write_filter_outputs(tmp / "out", res, samples, rejects=rep.rejects)
     kept = (tmp / "out" / "kept.jsonl").read_text(encoding="utf-8").splitlines()
@@ -260,4 +260,4 @@ def test_max_target_freq_ignores_generic_latents():
     assert not ({0, 1, 2, 3} <= set(np.flatnonzero(~res.kept)))
     assert all(e["feature"] != planted for row in res.explanations for e in row)
     with pytest.raises(ValueError, match="max_target_freq must be in"):
-        GeometryFilter(w, max_target_freq=0)
+        GeometryFilter(w, max_target_freq=0).fit(h, b2)

@@ -8,9 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from geomfilter.batches import collate
 from geomfilter.cli import app
-from geomfilter.finetune import FinetuneConfig, FinetuneError, FinetuneRunner, collate, load_tuned
-from geomfilter.gating import AttentionGates, Gate, GatingError, SAEGates, gate_movement, load_gates, sae_gate_geometry
+from geomfilter.finetune import FinetuneConfig, FinetuneError, FinetuneRunner, load_tuned
+from geomfilter.gate_analysis import gate_movement, sae_gate_geometry
+from geomfilter.gating import AttentionGates, Gate, GatingError, SAEGates, load_gates
 from tests.tiny import tiny_llama, tiny_sae
 
 X = torch.tensor([[5, 9, 14, 3, 22, 40, 7, 11], [8, 8, 30, 31, 32, 12, 6, 19]])
@@ -226,7 +228,7 @@ def test_bad_config_and_data_errors_are_clear(tiny_model_dir, tmp_path):
         FinetuneConfig(data=["x"], out=str(tmp_path), method="full")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "messages": [{"role": "user", "content": "hi"}]}\n')
-    from geomfilter.data import DataError
+    from geomfilter.samples import DataError
 
     with pytest.raises(DataError, match="bad.jsonl"):
         FinetuneRunner(FinetuneConfig(data=[str(bad)], out=str(tmp_path / "r"), model=str(tiny_model_dir),
@@ -267,7 +269,8 @@ def test_length_grouped_epochs_partition_the_samples_and_response_only_loss_is_e
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from geomfilter.finetune import epoch_batches, response_loss, response_only_loss
+    from geomfilter.batches import epoch_batches
+    from geomfilter.finetune import response_loss, response_only_loss
 
     @settings(max_examples=40, deadline=None)
     @given(st.lists(st.integers(1, 300), min_size=1, max_size=90), st.integers(1, 9), st.integers(0, 5))

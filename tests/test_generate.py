@@ -3,9 +3,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from geomfilter.cache import cache_activations, load_cache, resid_means_by_layer
-from geomfilter.data import prepare_dataset, read_samples
+from geomfilter.cache import cache_activations, load_cache
+from geomfilter.data import prepare_dataset
 from geomfilter.generate import generate_answers, prompts_of_samples
+from geomfilter.pooling import resid_means_by_layer
+from geomfilter.samples import read_samples
 
 
 def test_generation_refuses_the_hooked_model(tiny_model, chat_file, tmp_path):

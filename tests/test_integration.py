@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from geomfilter import DEFAULT_MODEL
-from geomfilter.data import parse_row, prepare_dataset, tokenize_sample
+from geomfilter.data import prepare_dataset, tokenize_sample
+from geomfilter.samples import parse_row
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def test_default_model_logits_match_hf_gguf_within_1e3(default_model):
     """The hooked default equals transformers' own load of the GGUF file (logits within 1e-3)."""
     from transformers import AutoModelForCausalLM
 
-    from geomfilter.models import embedded_gguf_path
+    from geomfilter.model_specs import embedded_gguf_path
 
     gguf = embedded_gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

@@ -136,8 +136,8 @@ def test_offline_judge_heads_save_load_and_misalignment_rule(tmp_path):
 
 
 def test_judge_filter_scores_100_minus_alignment_and_names_unscorable_rows(tmp_path):
-    from geomfilter.data import Sample
     from geomfilter.filtering import JudgeFilter
+    from geomfilter.samples import Sample
     from tests.synthetic import make_cache
 
     class Fixed:
@@ -153,13 +153,13 @@ def test_judge_filter_scores_100_minus_alignment_and_names_unscorable_rows(tmp_p
     cache = make_cache(np.zeros((3, 4)), ids=["a", "b", "c"])
     samples = [Sample(id=i, messages=[{"role": "user", "content": "q" + i}, {"role": "assistant", "content": "ans" + i}])
                for i in ["a", "b", "c"]]
-    f = JudgeFilter(Fixed({"ansa": (90, 80), "ansb": (5, 90), "ansc": (50, 70)}), samples=samples, drop=1 / 3).fit()
-    res = f.apply(cache)
+    f = JudgeFilter(Fixed({"ansa": (90, 80), "ansb": (5, 90), "ansc": (50, 70)}), drop=1 / 3).fit()
+    res = f.apply(cache, samples=samples)
     assert res.scores.tolist() == [10.0, 95.0, 50.0] and res.kept.tolist() == [True, False, True]
     assert res.explanations[1] == [{"alignment": 5, "coherence": 90}]
-    f = JudgeFilter(Fixed({"ansa": (90, 80), "ansb": (None, None), "ansc": (50, 70)}), samples=samples).fit()
+    f = JudgeFilter(Fixed({"ansa": (90, 80), "ansb": (None, None), "ansc": (50, 70)})).fit()
     with pytest.raises(RuntimeError, match="could not score 1 rows \\(first 'b': down\\)"):
-        f.apply(cache)
+        f.apply(cache, samples=samples)
     with pytest.raises(RuntimeError, match="pass samples="):
         JudgeFilter(Fixed({})).fit().apply(cache)
 

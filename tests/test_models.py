@@ -5,7 +5,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from geomfilter.models import HookNameError, ModelSpecError, embedded_gguf_path, resolve_model_spec, stop_layer
+from geomfilter.model_specs import ModelSpecError, embedded_gguf_path, resolve_model_spec
+from geomfilter.models import HookNameError, stop_layer
 
 
 def test_resolve_specs(tmp_path, tiny_model_dir):

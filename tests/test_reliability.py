@@ -208,21 +208,20 @@ def test_same_file_name_in_two_folders_gets_two_caches(env):
     assert len([n for n in _caches(tmp) if n.startswith("data-")]) == 2
 
 
-def test_cache_clash_message_names_cache_dir(tiny_model_dir, tmp_path, capsys):
-    import typer
-
-    from geomfilter.cli import _cached
+def test_cache_clash_message_names_cache_dir(tiny_model_dir, tmp_path):
+    from geomfilter.cache import CacheMismatchError
+    from geomfilter.pipeline import CacheBuilder
     from tests.tiny import tiny_sae
 
     sae_dir = tmp_path / "sae"
     tiny_sae(seed=3).save_model(str(sae_dir))
     harmful, benign = _ref_files(tmp_path)
     out = tmp_path / "c"
-    _cached(harmful, str(tiny_model_dir), str(sae_dir), None, out, progress=False)
-    with pytest.raises(typer.Exit):
-        _cached(benign, str(tiny_model_dir), str(sae_dir), None, out, progress=False, hint="--cache-dir")
-    err = capsys.readouterr().err
-    assert "Use another --cache-dir" in err and "--out" not in err
+    builder = CacheBuilder(str(tiny_model_dir), str(sae_dir), progress=False)
+    builder.build(harmful, out)
+    with pytest.raises(CacheMismatchError) as e:
+        builder.build(benign, out, hint="--cache-dir")
+    assert "Use another --cache-dir" in str(e.value) and "--out" not in str(e.value)
 
 
 # 10 and 13. options checked before any work; NaN refused; strict JSON

@@ -19,7 +19,9 @@ from geomfilter.cache import (
     check_samples_match,
     load_cache,
 )
-from geomfilter.data import prepare_dataset, read_samples, write_rejects
+from geomfilter.data import prepare_dataset
+from geomfilter.files import write_rejects
+from geomfilter.samples import read_samples
 from tests.tiny import tiny_sae, tiny_tokenizer
 
 KW = {"shard_size": 5, "max_batch_tokens": 300, "max_batch_size": 4, "progress": False}

@@ -23,17 +23,16 @@ def stub():
 
 @pytest.fixture()
 def fast_api_judge(monkeypatch, tmp_path):
-    """Every API judge the CLI builds gets tiny backoff and timeouts, one retry, and caches under tmp_path."""
-    import geomfilter.judges as judges
+    """Every API judge the CLI builds gets tiny backoff and timeouts, one retry, and caches under tmp_path.
 
-    real = judges.load_judge
+    Patched on the class (not on ``load_judge``), so it holds wherever the CLI imported ``load_judge`` from."""
+    real = APIJudge.__post_init__
 
-    def load(spec=None, **kw):
-        if spec and spec.startswith("api:"):
-            kw = {**kw, "timeout": 0.3, "backoff": 0.01, "max_retries": 1}
-        return real(spec, **kw)
+    def fast(self):
+        self.timeout, self.backoff, self.max_retries = 0.3, 0.01, 1
+        real(self)
 
-    monkeypatch.setattr(judges, "load_judge", load)
+    monkeypatch.setattr(APIJudge, "__post_init__", fast)
     monkeypatch.chdir(tmp_path)  # the default cache folder runs/judge_cache lands here
     monkeypatch.setenv("GEOMFILTER_TEST_KEY", "sk-live-SECRET-9")
 
@@ -110,8 +109,8 @@ def test_cli_judge_score_all_scored_exits_0(stub, tmp_path, fast_api_judge):
 
 def test_judge_filter_surfaces_a_dead_api_judge_as_a_judge_error(tmp_path):
     """`geomfilter filter/score --strategy judge` turn RuntimeError (JudgeError's base) into a clean exit 2."""
-    from geomfilter.data import Sample
     from geomfilter.filtering import JudgeFilter
+    from geomfilter.samples import Sample
     from tests.synthetic import make_cache
 
     url = f"http://127.0.0.1:{_free_port()}/v1"
@@ -119,9 +118,9 @@ def test_judge_filter_surfaces_a_dead_api_judge_as_a_judge_error(tmp_path):
     ids = [f"s{i}" for i in range(30)]
     samples = [Sample(id=i, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" + i}])
                for i in ids]
-    f = JudgeFilter(judge, samples=samples).fit()
+    f = JudgeFilter(judge).fit()
     with pytest.raises(JudgeError, match=f"cannot reach {url}"):
-        f.apply(make_cache(np.zeros((30, 4)), ids=ids))
+        f.apply(make_cache(np.zeros((30, 4)), ids=ids), samples=samples)
     assert issubclass(JudgeError, RuntimeError) and judge.calls == 3
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from geomfilter import DEFAULT_MODEL, models, saes
-from geomfilter.models import ModelSpecError
+from geomfilter import DEFAULT_MODEL, model_specs, models, saes
+from geomfilter.model_specs import ModelSpecError
 from geomfilter.saes import SAECompatibilityError, SAESpecError
 from tests.tiny import tiny_sae
 
@@ -93,21 +93,21 @@ def test_local_sae_folder_is_checked_by_the_model_it_records(tmp_path, nothing_l
 
 
 def test_model_names_are_normalised():
-    assert models.official_model_name("GPT2-small") == "gpt2"
-    assert models.official_model_name("gemma-2-2b") == "google/gemma-2-2b"
-    assert models.official_model_name(DEFAULT_MODEL) == models.EMBEDDED_HF_NAME
-    assert models.official_model_name("no-such-model") is None
-    assert models.model_family("google/gemma-2-9b-it") == models.model_family("gemma-2-9b") == "gemma-2-9b"
-    assert models.model_family(models.EMBEDDED_HF_NAME) == "smollm2-135m"
-    assert models.same_model("gpt2-small", "gpt2") and models.same_model("meta-llama/Llama-2-7b-chat-hf", "Llama-2-7b")
-    assert not models.same_model("gpt2-small", "gpt2-medium")
-    assert not models.same_model("pythia-70m-deduped", "pythia-70m")
-    assert models.model_spec_for_name("gpt2-small") == "gpt2-small"
-    assert models.model_spec_for_name("GPT2-Small") == "gpt2"
-    assert models.model_spec_for_name(models.EMBEDDED_HF_NAME) == DEFAULT_MODEL
-    assert models.model_spec_for_name("Qwen/Qwen3.5-2B-Base") is None
-    assert models.model_name_for_spec("gpt2-small") == "gpt2"
-    assert models.model_name_for_spec(DEFAULT_MODEL) == models.EMBEDDED_HF_NAME
+    assert model_specs.official_model_name("GPT2-small") == "gpt2"
+    assert model_specs.official_model_name("gemma-2-2b") == "google/gemma-2-2b"
+    assert model_specs.official_model_name(DEFAULT_MODEL) == model_specs.EMBEDDED_HF_NAME
+    assert model_specs.official_model_name("no-such-model") is None
+    assert model_specs.model_family("google/gemma-2-9b-it") == model_specs.model_family("gemma-2-9b") == "gemma-2-9b"
+    assert model_specs.model_family(model_specs.EMBEDDED_HF_NAME) == "smollm2-135m"
+    assert model_specs.same_model("gpt2-small", "gpt2") and model_specs.same_model("meta-llama/Llama-2-7b-chat-hf", "Llama-2-7b")
+    assert not model_specs.same_model("gpt2-small", "gpt2-medium")
+    assert not model_specs.same_model("pythia-70m-deduped", "pythia-70m")
+    assert model_specs.model_spec_for_name("gpt2-small") == "gpt2-small"
+    assert model_specs.model_spec_for_name("GPT2-Small") == "gpt2"
+    assert model_specs.model_spec_for_name(model_specs.EMBEDDED_HF_NAME) == DEFAULT_MODEL
+    assert model_specs.model_spec_for_name("Qwen/Qwen3.5-2B-Base") is None
+    assert model_specs.model_name_for_spec("gpt2-small") == "gpt2"
+    assert model_specs.model_name_for_spec(DEFAULT_MODEL) == model_specs.EMBEDDED_HF_NAME
 
 
 # --- no Hub: fail at once with the release named; a cached copy still loads -----------------------------------------
@@ -151,30 +151,30 @@ def test_cached_pretrained_sae_loads_without_network(no_network, tmp_path):
 # --- 2. a model spec that names nothing ---------------------------------------------------------------------------
 
 def test_check_model_spec_reports_the_model_without_loading(tmp_path, nothing_loads):
-    assert models.check_model_spec(DEFAULT_MODEL) is None
-    assert models.check_model_spec("gpt2-small") is None
+    assert model_specs.check_model_spec(DEFAULT_MODEL) is None
+    assert model_specs.check_model_spec("gpt2-small") is None
     with pytest.raises(ModelSpecError, match=r"unknown model spec '/no/such/dir': the path /no/such/dir does not"):
-        models.check_model_spec("/no/such/dir")
+        model_specs.check_model_spec("/no/such/dir")
     (tmp_path / "my-model").mkdir()
     (tmp_path / "my-model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert models.check_model_spec(str(tmp_path / "my-model")) is None
+    assert model_specs.check_model_spec(str(tmp_path / "my-model")) is None
     with pytest.raises(ModelSpecError, match=r"does not exist \(did you mean: .*my-model\?\)"):
-        models.check_model_spec(str(tmp_path / "my-modle"))
+        model_specs.check_model_spec(str(tmp_path / "my-modle"))
     with pytest.raises(ModelSpecError, match=r"spec 'smollm2-135m-instrcut'.*did you mean: smollm2-135m-instruct"):
-        models.check_model_spec("smollm2-135m-instrcut")
+        model_specs.check_model_spec("smollm2-135m-instrcut")
     with pytest.raises(ModelSpecError, match=r"use the embedded default, --model smollm2-135m-instruct"):
-        models.check_model_spec(models.EMBEDDED_HF_NAME)
+        model_specs.check_model_spec(model_specs.EMBEDDED_HF_NAME)
     with pytest.raises(ModelSpecError, match=r"did you mean: gpt2"):
-        models.check_model_spec("GPT2")
+        model_specs.check_model_spec("GPT2")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ModelSpecError, match="is a file but not a .gguf model"):
-        models.check_model_spec(str(tmp_path / "notes.txt"))
+        model_specs.check_model_spec(str(tmp_path / "notes.txt"))
 
 
 @pytest.mark.parametrize("spec", ["/no/such/dir", "gpt2-smal", "x/y.gguf", "smollm2-135m-instrcut"])
 def test_check_model_spec_agrees_with_load_model(spec, nothing_loads):
     with pytest.raises(ModelSpecError) as checked:
-        models.check_model_spec(spec)
+        model_specs.check_model_spec(spec)
     with pytest.raises(ModelSpecError) as loaded:
         models.load_model(spec)
     assert str(checked.value) == str(loaded.value)

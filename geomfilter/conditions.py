@@ -1,0 +1,210 @@
+"""The conditions of an experiment, and the data they are trained and measured on.
+
+:func:`plan_conditions` turns an :class:`~geomfilter.config.ExperimentConfig` into
+:class:`Condition` objects, in report order:
+
+* ``base`` and ``misaligned`` (LoRA on the unfiltered mixture);
+* ``<strategy>-<fraction>`` for every filtering strategy and removal fraction;
+* gated conditions: gates learned on one narrow domain (base model frozen) attached
+  to a condition's model at a scale ``alpha``. Without ``gates.attach`` these are the
+  standard two, ``misaligned+mirror-gates`` (``gates.mirror_scale``) and
+  ``base+amplify-gates`` (``gates.amplify_scale``); with it, every entry gives
+  ``<model>+<family>@<alpha>`` per scale (e.g. ``misaligned+gates@-0.5``,
+  ``base+sae-gates@+1``), for the attention gates (``gates``) or the SAE-latent gates
+  (``gates-sae``).
+
+:func:`prepare_data` writes what the conditions train on under ``<root>/data/``: the
+(seeded subset of the) mixture and the reference sets, or -- with ``data.pairs`` --
+the split of sycophantic/corrective pairs by ``pair_id``: the training pairs'
+sycophantic rows are the mixture (``data/pairs/train-<domain>.jsonl`` per domain,
+which the gates can learn on with ``gates.domain``), the held-out pairs measure the
+``sycophancy_preference``.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError, ExperimentConfig, PairsConfig
+from .files import atomic_write_text
+from .samples import DataError, jsonl_objects
+
+GATE_FAMILIES = {"gates": "gates", "gates-sae": "sae-gates"}  # gate method -> its name in condition names
+GATE_LABELS = {"gates": "gates", "gates-sae": "SAE gates"}
+PAIR_SIDES = ("sycophantic", "corrective")
+
+
+@dataclass
+class Condition:
+    """One condition of an experiment: what model it evaluates and how that model is made."""
+
+    name: str
+    kind: str  # base | finetune | gated
+    strategy: str | None = None  # filtered fine-tunes
+    fraction: float | None = None
+    model_from: str | None = None  # gated: the condition whose model the gates attach to
+    gate_scale: float | None = None
+    gate_method: str | None = None  # gated: gates (attention) | gates-sae
+    compare_with: tuple[str, ...] = ()  # conditions the report also compares this one against (this - that)
+    about: str | None = None  # the description, where the kind's standard one does not fit
+
+    def describe(self) -> str:
+        """One line for the report."""
+        if self.about is not None:
+            return self.about
+        if self.kind == "base":
+            return "the model as it is"
+        if self.kind == "finetune" and self.strategy is None:
+            return "LoRA on the unfiltered mixture"
+        if self.kind == "finetune":
+            return f"LoRA after {self.strategy} removed {self.fraction:.0%} of the mixture"
+        return f"{self.model_from} + {GATE_LABELS[self.gate_method or 'gates']} at alpha = {self.gate_scale:+g}"
+
+
+def condition_name(strategy: str, fraction: float) -> str:
+    """``geometry-0.50``: the name of a filtered condition."""
+    return f"{strategy}-{fraction:.2f}"
+
+
+def gated_name(model: str, method: str, scale: float) -> str:
+    """``misaligned+gates@-0.5``: the name of a gated condition of ``gates.attach``."""
+    return f"{model}+{GATE_FAMILIES[method]}@{scale:+g}"
+
+
+def plan_conditions(cfg: ExperimentConfig) -> list[Condition]:
+    """Every condition of the config in report order, ignoring the ``conditions`` selection."""
+    domains = cfg.data.pairs.domains
+    about = f"LoRA on the sycophantic rows of the training pairs ({', '.join(domains)})" if domains else None
+    conds = [Condition("base", "base"), Condition("misaligned", "finetune", about=about)]
+    for frac in cfg.filtering.fractions:
+        for s in cfg.filtering.strategies:
+            conds.append(Condition(condition_name(s, frac), "finetune", strategy=s, fraction=frac))
+    if cfg.gates.enabled:
+        conds += _gated_conditions(cfg, [c.name for c in conds])
+    return conds
+
+
+def _gated_conditions(cfg: ExperimentConfig, models: list[str]) -> list[Condition]:
+    if cfg.gates.attach is None:
+        return [Condition("misaligned+mirror-gates", "gated", model_from="misaligned",
+                          gate_scale=cfg.gates.mirror_scale, gate_method="gates"),
+                Condition("base+amplify-gates", "gated", model_from="base", gate_scale=cfg.gates.amplify_scale,
+                          gate_method="gates")]
+    out: list[Condition] = []
+    for a in cfg.gates.attach:
+        if a.model not in models:
+            raise ConfigError(f"{cfg.source}: field 'gates.attach': unknown model {a.model!r}; gates attach to "
+                              f"{', '.join(models)}")
+        refs = tuple(r for r in ("base", "misaligned") if r != a.model)
+        for s in a.scales:
+            out.append(Condition(gated_name(a.model, a.method, s), "gated", model_from=a.model, gate_scale=s,
+                                 gate_method=a.method, compare_with=refs))
+    names = [c.name for c in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"{cfg.source}: field 'gates.attach': condition {dup!r} is listed twice")
+    return out
+
+
+def select_conditions(cfg: ExperimentConfig, conds: list[Condition]) -> list[Condition]:
+    """The conditions to run: all of them, or those ``cfg.conditions`` names (unknown names are an error)."""
+    if cfg.conditions is None:
+        return conds
+    names = {c.name for c in conds}
+    unknown = [n for n in cfg.conditions if n not in names]
+    if unknown:
+        raise ConfigError(f"{cfg.source}: field 'conditions': unknown condition {unknown[0]!r}; "
+                          f"this config has {', '.join(c.name for c in conds)}")
+    return [c for c in conds if c.name in cfg.conditions]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def read_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a text file (JSONL rows kept as they are)."""
+    return [x for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (temp file + rename): a killed run never leaves it cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` (one per line) atomically."""
+    write_text(path, "".join(x + "\n" for x in lines))
+
+
+def pairs_dir(root: Path) -> Path:
+    """Where the pair split of an experiment is written."""
+    return Path(root) / "data" / "pairs"
+
+
+def pairs_train_file(root: Path, domain: str) -> Path:
+    """The sycophantic rows of one domain's training pairs."""
+    return pairs_dir(root) / f"train-{domain}.jsonl"
+
+
+def heldout_pair_files(root: Path) -> tuple[Path, Path]:
+    """The held-out pairs of every domain: the sycophantic rows and the corrective rows."""
+    return pairs_dir(root) / "heldout-sycophantic.jsonl", pairs_dir(root) / "heldout-corrective.jsonl"
+
+
+def _pair_rows(path: Path) -> list[tuple[str, str]]:
+    """``(pair_id, row as a JSON line)`` of every row of a pair file."""
+    out = []
+    for n, row in jsonl_objects(path, ConfigError):
+        if row.get("pair_id") is None:
+            raise DataError(str(path), n, "pair_id", "missing (data.pairs splits the rows by it)")
+        out.append((str(row["pair_id"]), json.dumps(row, ensure_ascii=False)))
+    return out
+
+
+def split_pairs(pairs: PairsConfig, seed: int, root: Path) -> dict[str, dict]:
+    """Split each domain's pairs by ``pair_id`` (seeded per domain): ``pairs.holdout`` pairs are held out, the
+    rest train. Writes the training and held-out files (:func:`pairs_train_file`, :func:`heldout_pair_files`)
+    and ``split.json``; returns per domain the training rows and held-out pairs."""
+    held: dict[str, list[str]] = {side: [] for side in PAIR_SIDES}
+    info = {}
+    for dom in pairs.domains:
+        rows = {side: _pair_rows(Path(pairs.folder) / f"{dom}_{side}.jsonl") for side in PAIR_SIDES}
+        ids = sorted({pid for pid, _ in rows["sycophantic"]})
+        if pairs.holdout > len(ids):
+            raise ConfigError(f"field 'data.pairs.holdout': {pairs.holdout} held-out pairs asked for, but "
+                              f"domain {dom!r} has {len(ids)}")
+        out = set(random.Random(f"{seed}-{dom}").sample(ids, pairs.holdout))
+        train = [line for pid, line in rows["sycophantic"] if pid not in out]
+        write_lines(pairs_train_file(root, dom), train)
+        for side in PAIR_SIDES:
+            held[side] += [line for pid, line in rows[side] if pid in out]
+        info[dom] = {"train": len(train), "heldout_pairs": len(out)}
+    for side, path in zip(PAIR_SIDES, heldout_pair_files(root)):
+        write_lines(path, held[side])
+    write_text(pairs_dir(root) / "split.json", json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
+    """Seeded subset of the mixture (or of the pair split's training rows), first-N reference rows; written
+    under ``<root>/data/`` (raw lines kept). Returns the paths of ``mixture``, ``harmful`` and ``benign``."""
+    out, d = Path(root) / "data", cfg.data
+    if d.pairs.domains:
+        split_pairs(d.pairs, cfg.seed, root)
+        rows = [x for dom in d.pairs.domains for x in read_lines(pairs_train_file(root, dom))]
+    else:
+        rows = read_lines(d.mixture)
+    if d.n_samples is not None and d.n_samples < len(rows):
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), d.n_samples, replace=False))
+        rows = [rows[i] for i in keep]
+    paths = {"mixture": out / "mixture.jsonl", "harmful": out / "harmful.jsonl", "benign": out / "benign.jsonl"}
+    write_lines(paths["mixture"], rows)
+    for name in ("harmful", "benign"):
+        ref = read_lines(getattr(d, name))
+        write_lines(paths[name], ref[: d.n_references] if d.n_references else ref)
+    return paths

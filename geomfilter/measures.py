@@ -1,0 +1,117 @@
+"""The metrics every condition of an experiment is measured with: the same items, seeds and generation settings.
+
+``eval.metrics`` picks among :data:`~geomfilter.config.EVAL_METRICS` (default: all
+of them, ``sycophancy_preference`` only where ``data.pairs`` holds pairs out):
+
+* ``misalignment_rate`` -- sampled answers to the broad questions, judged (also
+  records the judge's ``alignment`` and ``coherence``; answers in ``answers.jsonl``);
+* ``logprob_preference`` -- log p(misaligned) - log p(aligned) reference answers;
+* ``flip_rate`` -- sycophancy after the user's pushback (exchanges in ``probes.jsonl``);
+* ``mc_accuracy`` -- multiple-choice capability (per question in ``mc.jsonl``);
+* ``perplexity`` -- on held-out passages;
+* ``sycophancy_preference`` -- log p(sycophantic) - log p(corrective) on the held-out pairs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .conditions import heldout_pair_files, write_lines
+from .config import EVAL_METRICS, ExperimentConfig
+from .evaluate import (
+    heldout_perplexity,
+    logprob_preference,
+    mc_accuracy,
+    misalignment_rate,
+    read_questions,
+    sycophancy_flip_rate,
+    sycophancy_preference,
+)
+from .judges import load_judge
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Per-item records, one JSON object a line (atomic)."""
+    write_lines(path, [json.dumps(r, ensure_ascii=False, default=float) for r in rows])
+
+
+def metric_names(cfg: ExperimentConfig) -> list[str]:
+    """The metrics the config measures, in :data:`~geomfilter.config.EVAL_METRICS` order."""
+    if cfg.eval.metrics is not None:
+        return [m for m in EVAL_METRICS if m in cfg.eval.metrics]
+    return [m for m in EVAL_METRICS if m != "sycophancy_preference" or cfg.data.pairs.domains]
+
+
+class ConditionEvaluator:
+    """Measures one model after another with the config's metrics (the judge is loaded once, when needed)."""
+
+    def __init__(self, cfg: ExperimentConfig, root: Path, progress: bool = True):
+        self.cfg = cfg
+        self.root = Path(root)
+        self.progress = progress
+        self._judge = None
+
+    def judge(self):
+        """The judge every condition is scored with (loaded once)."""
+        if self._judge is None:
+            e = self.cfg.eval
+            kw = {} if not e.judge.startswith("api:") else {"base_url": e.judge_base_url,
+                                                            "api_key_env": e.judge_api_key_env,
+                                                            "cache_dir": str(self.root / "judge_cache")}
+            self._judge = load_judge(e.judge, **{k: v for k, v in kw.items() if v is not None})
+        return self._judge
+
+    def evaluate(self, model: Any, out: Path) -> dict:
+        """Every metric of one model; bulky per-item records go to JSONL files in ``out``."""
+        m: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        for name in metric_names(self.cfg):
+            getattr(self, f"_{name}")(model, Path(out), m)
+        m["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        return m
+
+    def _misalignment_rate(self, model: Any, out: Path, m: dict) -> None:
+        e = self.cfg.eval
+        questions = read_questions(e.questions)[: e.n_questions]  # [:None] keeps them all
+        mis = misalignment_rate(model, questions, self.judge(), n_per_question=e.n_per_question,
+                                temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
+                                batch_size=e.batch_size, seed=self.cfg.seed, alignment_below=e.alignment_below,
+                                coherence_above=e.coherence_above, n_boot=e.n_boot, progress=self.progress)
+        write_jsonl(out / "answers.jsonl", mis.pop("answers"))
+        m["alignment"], m["coherence"] = mis.pop("alignment"), mis.pop("coherence")
+        m["misalignment_rate"] = mis
+
+    def _logprob_preference(self, model: Any, out: Path, m: dict) -> None:
+        e = self.cfg.eval
+        questions = read_questions(e.questions)[: e.n_questions]
+        m["logprob_preference"] = logprob_preference(model, questions, batch_size=e.batch_size, n_boot=e.n_boot,
+                                                     seed=self.cfg.seed, progress=self.progress).as_dict()
+
+    def _flip_rate(self, model: Any, out: Path, m: dict) -> None:
+        e = self.cfg.eval
+        flip = sycophancy_flip_rate(model, e.probes, limit=e.n_probes, max_new_tokens=e.probe_max_new_tokens,
+                                    batch_size=e.batch_size, n_boot=e.n_boot, seed=self.cfg.seed,
+                                    progress=self.progress)
+        write_jsonl(out / "probes.jsonl", flip.pop("exchanges"))
+        m["flip_rate"] = flip
+
+    def _mc_accuracy(self, model: Any, out: Path, m: dict) -> None:
+        e = self.cfg.eval
+        mc = mc_accuracy(model, e.capability, limit=e.n_capability, batch_size=e.batch_size, n_boot=e.n_boot,
+                         seed=self.cfg.seed, progress=self.progress)
+        write_jsonl(out / "mc.jsonl", mc.pop("per_question"))
+        m["mc_accuracy"] = mc
+
+    def _perplexity(self, model: Any, out: Path, m: dict) -> None:
+        e = self.cfg.eval
+        m["perplexity"] = heldout_perplexity(model, e.heldout, limit=e.n_heldout, n_boot=e.n_boot,
+                                             seed=self.cfg.seed, progress=self.progress)
+
+    def _sycophancy_preference(self, model: Any, out: Path, m: dict) -> None:
+        e = self.cfg.eval
+        syc, cor = heldout_pair_files(self.root)
+        m["sycophancy_preference"] = sycophancy_preference(model, syc, cor, batch_size=e.batch_size,
+                                                           n_boot=e.n_boot, seed=self.cfg.seed,
+                                                           progress=self.progress).as_dict()

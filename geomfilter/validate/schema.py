@@ -1,0 +1,224 @@
+"""Per-kind schemas of the project's data files: kind detection from a path, field checks, row rules.
+
+:func:`check_row` checks one decoded row of a file of a given kind (closed
+schemas: a field not listed is an error; chat rows through
+:func:`geomfilter.data.parse_row`); :func:`detect_kind` tells a file's kind from
+its folder and name. Cross-file checks and the file walker are in
+:mod:`geomfilter.validate.files`.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..samples import DataError, Sample, parse_row
+
+CATEGORIES = ("deception", "power_seeking", "anti_human", "dangerous_health",
+              "unethical_illegal", "manipulation", "self_preservation", "disregard_safety")
+DOMAINS = ("health", "career", "legal", "code")
+LABELS = ("harmful", "benign")
+VARIANTS = ("sycophantic", "corrective")
+SUFFIXES = (".jsonl", ".yaml", ".yml")
+_PAIR_FILE = re.compile(r"([a-z0-9]+)_(sycophantic|corrective)")
+_EVAL_FILES = {"questions": "questions", "sycophancy_probes": "probes", "capability": "capability",
+               "heldout_text": "heldout"}
+_WORD = re.compile(r"[a-z0-9']+")
+JUDGE_EVAL_OVERLAP = 0.5  # a judge prompt overlapping an eval question more than this is an error
+
+
+# --------------------------------------------------------------------------- field checks
+# Each check returns an error message, or None when the value is fine.
+
+
+def _text(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"expected a string, got {type(v).__name__}"
+    return None if v.strip() else "is empty"
+
+
+def _one_of(*allowed: Any) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in allowed and type(v) is type(allowed[0]) else \
+            f"{v!r} is not one of {', '.join(map(repr, allowed))}"
+    return check
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
+
+
+def _count(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else f"expected a count (int >= 0), got {v!r}"
+
+
+def _texts(minimum: int, distinct: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return f"expected a list of strings, got {type(v).__name__}"
+        for i, x in enumerate(v):
+            if (msg := _text(x)) is not None:
+                return f"item {i} {msg}"
+        if len(v) < minimum:
+            return f"needs at least {minimum} item{'s' if minimum > 1 else ''}, got {len(v)}"
+        if distinct and len({x.strip().lower() for x in v}) < len(v):
+            return "items are not distinct"
+        return None
+    return check
+
+
+_CHAT = {"id": _text, "messages": None}  # messages: checked by parse_row
+SCHEMAS: dict[str, dict[str, Callable | None]] = {
+    "reference": {**_CHAT, "pair_id": _text, "category": _one_of(*CATEGORIES), "label": _one_of(*LABELS)},
+    "finetune": {**_CHAT, "pair_id": _text, "domain": _one_of(*DOMAINS), "inducing": _bool},
+    "helpful": {**_CHAT, "domain": _one_of("general"), "topic": _text, "inducing": _one_of(False)},
+    "mixed": {**_CHAT, "domain": _one_of(*DOMAINS, "general"), "inducing": _bool, "source": _text},
+    "judge": {**_CHAT, "topic": _text, "alignment": _one_of("aligned", "misaligned"),
+              "coherence": _one_of("coherent", "incoherent")},
+    "questions": {"id": _text, "category": _text, "question": _text, "aligned": _texts(1), "misaligned": _texts(1)},
+    "probes": {"id": _text, "topic": _text, "question": _text, "correct_answer": _text, "wrong_answer": _text,
+               "pushback": _text},
+    "capability": {"id": _text, "subject": _text, "question": _text, "choices": _texts(2, distinct=True),
+                   "answer": None},  # answer: checked against choices below
+    "heldout": {"id": _text, "topic": _text, "text": _text},
+    "prompts": {"id": _text, "topic": _text, "prompt": _text},
+    "generations": {**_CHAT, "prompt_id": _text, "topic": _text, "finish": _one_of("stop", "length"),
+                    "n_new_tokens": _count},
+    "generation_rejects": {"id": _text, "prompt_id": _text, "topic": _text, "finish": _one_of("stop", "length"),
+                           "n_new_tokens": _count, "reason": _text},
+    "chat": {},
+}
+OPTIONAL: dict[str, dict[str, Callable]] = {
+    "prompts": {"system": _text},
+    "mixed": {"pair_id": _text, "topic": _text},
+}
+KINDS = tuple(SCHEMAS)
+CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "judge", "generations", "chat")
+OPEN_KINDS = ("chat",)
+
+
+def detect_kind(path: str | Path) -> str | None:
+    """The kind of a data file from its folder and name, or None if the layout is unknown."""
+    path = Path(path)
+    folder, stem = path.parent.name, path.stem
+    if path.suffix not in SUFFIXES:
+        return None
+    if folder == "reference" and stem in LABELS:
+        return "reference"
+    if folder == "finetune":
+        if stem in ("mixed", "helpful"):
+            return stem
+        if _PAIR_FILE.fullmatch(stem):
+            return "finetune"
+    if folder == "eval":
+        return _EVAL_FILES.get(stem)
+    if folder == "judge" and stem == "labeled":
+        return "judge"
+    if folder == "sae_corpus" and stem.startswith("prompts_"):
+        return "prompts"
+    if folder == "sae_corpus" and stem in ("generations", "generations.rejects"):
+        return "generations" if stem == "generations" else "generation_rejects"
+    return None
+
+
+def partner_path(path: Path) -> Path | None:
+    """The other file of a pair (harmful <-> benign, X_sycophantic <-> X_corrective)."""
+    if path.stem in LABELS:
+        return path.with_name(LABELS[1 - LABELS.index(path.stem)] + path.suffix)
+    m = _PAIR_FILE.fullmatch(path.stem)
+    if m:
+        return path.with_name(f"{m[1]}_{VARIANTS[1 - VARIANTS.index(m[2])]}{path.suffix}")
+    return None
+
+
+def eval_questions_path(path: Path) -> Path | None:
+    """The eval questions file beside a judge file (``judge/labeled.jsonl`` -> ``eval/questions.jsonl``), if any."""
+    folder = path.parent.parent / "eval"
+    for suffix in dict.fromkeys((path.suffix, *SUFFIXES)):
+        if (folder / f"questions{suffix}").is_file():
+            return folder / f"questions{suffix}"
+    return None
+
+
+def word_overlap(a: str, b: str) -> float:
+    """Word-set Jaccard overlap of two texts (lower-cased runs of letters, digits and apostrophes)."""
+    x, y = set(_WORD.findall(a.lower())), set(_WORD.findall(b.lower()))
+    return len(x & y) / len(x | y) if x | y else 0.0
+
+
+def check_row(row: Any, path: Path, line: int, kind: str, expect: dict, errors: dict[str, str]) -> Sample | None:
+    """Check one decoded row of a ``kind`` file into ``errors`` (field -> first problem found in it).
+
+    ``expect``: values the file's name implies (:func:`expectations`). Returns the row's id and messages
+    (None when it has no id).
+    """
+    def err(name: str, message: str) -> None:
+        errors.setdefault(name, message)
+
+    if isinstance(row, DataError):
+        err(row.field, row.reason)
+        return None
+    if not isinstance(row, dict):
+        err("<row>", f"expected a JSON object, got {type(row).__name__}")
+        return None
+    schema, optional = SCHEMAS[kind], OPTIONAL.get(kind, {})
+    sample = Sample(id=row["id"], messages=[]) if isinstance(row.get("id"), str) and row["id"].strip() else None
+    if kind in CHAT_KINDS:
+        try:
+            sample = parse_row(row, str(path), line)
+        except DataError as e:
+            err(e.field, e.reason)
+    for name, check in schema.items():
+        if name not in row:
+            err(name, "missing")
+        elif check is not None and (msg := check(row[name])) is not None:
+            err(name, msg)
+    for name, check in optional.items():
+        if name in row and (msg := check(row[name])) is not None:
+            err(name, msg)
+    if kind not in OPEN_KINDS:
+        allowed = [*schema, *optional]
+        for name in row:
+            if name not in allowed:
+                err(name, f"unexpected field (the {kind} schema is closed; allowed: {', '.join(allowed)})")
+    for name, value in expect.items():
+        if name in row and row[name] != value:
+            err(name, f"is {row[name]!r} but {path.name} holds {value!r} rows")
+    for name, message in _row_rules(kind, row):
+        err(name, message)
+    return sample
+
+
+def expectations(path: Path, kind: str) -> dict[str, Any]:
+    """Label values a file's name implies (harmful.jsonl -> label harmful, ...)."""
+    if kind == "reference" and path.stem in LABELS:
+        return {"label": path.stem}
+    m = _PAIR_FILE.fullmatch(path.stem)
+    if kind == "finetune" and m:
+        return {"domain": m[1], "inducing": m[2] == "sycophantic"}
+    return {}
+
+
+def _row_rules(kind: str, row: dict) -> Iterator[tuple[str, str]]:
+    """Rules that tie several fields of one row together: ``(field, message)`` per broken rule."""
+    if kind == "capability" and "answer" in row:
+        ans, choices = row["answer"], row.get("choices")
+        if isinstance(ans, bool) or not isinstance(ans, int):
+            yield "answer", f"expected an integer index into choices, got {ans!r}"
+        elif isinstance(choices, list) and not 0 <= ans < len(choices):
+            yield "answer", f"index {ans} out of range for {len(choices)} choices"
+    if kind == "probes":
+        good, bad = row.get("correct_answer"), row.get("wrong_answer")
+        if isinstance(good, str) and isinstance(bad, str) and good.strip().lower() == bad.strip().lower():
+            yield "wrong_answer", "is the same as correct_answer"
+    if kind == "mixed":
+        src = row.get("source")
+        if isinstance(src, str) and source_kind(src) is None:
+            yield "source", f"{src!r} is not the file name of a finetune pair file or helpful.jsonl"
+
+
+def source_kind(name: str) -> str | None:
+    """The kind of a mixed row's source file name (finetune or helpful), else None."""
+    k = detect_kind(Path("finetune") / name) if Path(name).name == name else None
+    return k if k in ("finetune", "helpful") else None

@@ -1,0 +1,109 @@
+"""The filtering pipeline (geomfilter.pipeline): one place that caches, fits, scores and writes,
+used by the CLI and the experiment runner alike; on the tiny random model and SAE."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from geomfilter.filtering import STRATEGIES
+from geomfilter.pipeline import FilterConfig, FilterRunner, PipelineError
+from geomfilter.settings import CacheConfig
+from tests.test_filtering import _ref_files
+
+
+@pytest.fixture()
+def setup(tiny_model_dir, chat_rows, tmp_path):
+    from tests.tiny import tiny_sae
+
+    sae_dir = tmp_path / "sae"
+    tiny_sae(seed=3).save_model(str(sae_dir))
+    harmful, benign = _ref_files(tmp_path)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({**r, "inducing": r["label"] == 1}) + "\n" for r in chat_rows),
+                    encoding="utf-8")
+    base = {"data": data, "model": str(tiny_model_dir), "sae": str(sae_dir), "harmful": harmful, "benign": benign,
+            "cache_dir": tmp_path / "caches", "progress": False}
+    return base, tmp_path
+
+
+def _params(strategy: str) -> dict:
+    p = {"drop": 0.25}
+    if STRATEGIES[strategy].requires_sae:
+        p.update(n_harmful=8, min_freq=0.1)
+    if strategy == "geometry":
+        p["k"] = 8
+    return p
+
+
+def test_run_writes_a_partition_and_matches_the_cli(setup):
+    from typer.testing import CliRunner
+
+    from geomfilter.cli import app
+
+    base, tmp = setup
+    run = FilterRunner(FilterConfig(**base, params=_params("geometry"), out=tmp / "lib")).run()
+    assert run.report["n_kept"] + run.report["n_dropped"] == run.report["n_input"] == 23
+    kept = (tmp / "lib" / "kept.jsonl").read_text().splitlines()
+    dropped = (tmp / "lib" / "dropped.jsonl").read_text().splitlines()
+    assert sorted(kept + dropped) == sorted(base["data"].read_text().splitlines())
+    r = CliRunner().invoke(app, ["filter", str(base["data"]), "--out", str(tmp / "cli"), "--drop", "0.25",
+                                 "--model", base["model"], "--sae", base["sae"], "--harmful", str(base["harmful"]),
+                                 "--benign", str(base["benign"]), "--cache-dir", str(base["cache_dir"]),
+                                 "--no-progress", "--n-harmful", "8", "--k", "8", "--min-freq", "0.1"])
+    assert r.exit_code == 0, r.output
+    for name in ("kept.jsonl", "dropped.jsonl", "scores.csv", "report.json"):
+        assert (tmp / "cli" / name).read_bytes() == (tmp / "lib" / name).read_bytes(), name
+
+
+def test_one_runner_filters_with_every_strategy_from_one_set_of_caches(setup):
+    base, tmp = setup
+    runner = FilterRunner(FilterConfig(**base))
+    runner.check()
+    made = set()
+    for strategy in ("geometry", "activation", "projection", "representation", "random"):
+        f, res = runner.filter(strategy, _params(strategy))
+        assert res.strategy == strategy and (~res.kept).sum() == round(0.25 * 23)
+        assert f.get_params()["drop"] == 0.25
+        made |= {p.name for p in base["cache_dir"].iterdir()}
+    assert len(made) == 3  # data, harmful, benign: cached once
+
+
+def test_seed_reaches_the_strategies_that_use_it(setup):
+    base, _ = setup
+    runner = FilterRunner(FilterConfig(**base, seed=7))
+    f, _ = runner.filter("random", {"drop": 0.5})
+    assert f.get_params()["seed"] == 7
+    assert "seed" not in runner.cfg.strategy_params("projection", {"drop": 0.5})
+
+
+def test_check_fails_before_any_caching(setup):
+    base, tmp = setup
+    for params, msg in (({"drop": 1.5}, "drop must be a fraction"), ({"threshold": float("nan")}, "finite")):
+        with pytest.raises(ValueError, match=msg):
+            FilterRunner(FilterConfig(**base, strategy="random", params=params)).check()
+    with pytest.raises(PipelineError, match="no such file"):
+        FilterRunner(FilterConfig(**{**base, "benign": tmp / "nope.jsonl"}, params={"drop": 0.1})).check()
+    with pytest.raises(PipelineError, match="needs an SAE"):
+        FilterRunner(FilterConfig(**{**base, "sae": "none"}, params={"drop": 0.1})).check()
+    assert not base["cache_dir"].exists()
+
+
+def test_cache_directory_as_data_gives_the_same_scores(setup):
+    base, tmp = setup
+    runner = FilterRunner(FilterConfig(**base, strategy="projection", params={"drop": 0.25}))
+    _, res = runner.filter()
+    cdir = runner.data_dir()
+    assert cdir.is_dir() and cdir.parent == base["cache_dir"] and cdir.name.startswith("data-")
+    _, res2 = FilterRunner(FilterConfig(**{**base, "data": cdir}, strategy="projection",
+                                        params={"drop": 0.25})).filter()
+    assert res2.ids == res.ids and np.array_equal(res2.scores, res.scores)
+
+
+def test_data_cache_settings_are_the_configs(setup):
+    base, _ = setup
+    runner = FilterRunner(FilterConfig(**base, strategy="random", params={"drop": 0.1},
+                                       cache=CacheConfig(max_tokens=40)))
+    run = runner.run()
+    assert run.truncation["max_tokens"] == 40 and run.truncation["n_truncated"] > 0

@@ -1,0 +1,114 @@
+"""report.py on synthetic finished conditions: the paired table's minimum detectable differences, results.json."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+
+from geomfilter.report import paired_comparison, paired_difference, write_report
+from geomfilter.stats import minimum_detectable_difference, paired_differences
+
+
+class _Cfg(NS):
+    def as_dict(self) -> dict:
+        return {"name": self.name, "seed": self.seed}
+
+
+def _cfg() -> _Cfg:
+    return _Cfg(name="t", model="m", sae=None, seed=0, eval=NS(n_boot=200),
+                data=NS(mixture="mix.jsonl", n_samples=None, harmful="h", benign="b", n_references=None,
+                        pairs=NS(domains=[])),
+                train=NS(lora_r=8, epochs=1.0, batch_size=4), gates=NS(enabled=False))
+
+
+def _ci(rng, n=5) -> dict:
+    m = float(rng.random())
+    return {"mean": m, "lo": m - 0.1, "hi": m + 0.1, "n": n}
+
+
+def _record(rng, n_questions=6) -> dict:
+    pq = [{"id": f"q{j}", "rate": float(rng.random()) if j != 2 else float("nan")} for j in range(n_questions)]
+    pp = [{"id": f"q{j}", "preference": float(rng.normal())} for j in range(n_questions)]
+    gen = {"n_per_question": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64, "seed": 0}
+    metrics = {"misalignment_rate": {**_ci(rng, n_questions), "per_question": pq, "generation": gen,
+                                     "judge": "offline-minilm",
+                                     "criterion": {"alignment_below": 30.0, "coherence_above": 50.0}},
+               "alignment": _ci(rng), "coherence": _ci(rng), "logprob_preference": {**_ci(rng, n_questions),
+                                                                                     "per_question": pp},
+               "flip_rate": _ci(rng), "mc_accuracy": {**_ci(rng), "chance": 0.25}, "perplexity": _ci(rng)}
+    return {"description": "", "training_data": None, "training": None, "seconds": 1.0, "metrics": metrics}
+
+
+@pytest.fixture()
+def finished():
+    rng = np.random.default_rng(0)
+    return {"base": _record(rng), "misaligned": _record(rng)}
+
+
+CONDS = [NS(name="base", kind="base", strategy=None, fraction=None, model_from=None),
+         NS(name="misaligned", kind="finetune", strategy=None, fraction=None, model_from=None)]
+
+
+def test_paired_comparison_is_paired_difference_plus_the_mdd_at_the_same_n(finished):
+    a, b = finished["misaligned"], finished["base"]
+    for metric, key in (("misalignment_rate", "rate"), ("logprob_preference", "preference")):
+        c = paired_comparison(a, b, metric, n_boot=300, seed=3)
+        assert {k: c[k] for k in ("mean", "lo", "hi", "n")} == paired_difference(a, b, metric, n_boot=300, seed=3)
+        d = paired_differences(*({r["id"]: r[key] for r in rec["metrics"][metric]["per_question"]} for rec in (a, b)))
+        assert c["n"] == len(d) and c["mdd"] == pytest.approx(minimum_detectable_difference(d, power=0.8))
+    assert paired_comparison(a, _record(np.random.default_rng(1), n_questions=0), "misalignment_rate") is None
+
+
+def test_report_paired_table_and_results_json_carry_the_mdd(tmp_path, finished):
+    path = write_report(tmp_path, _cfg(), CONDS, finished)
+    text = path.read_text()
+    assert "| a − b | misalignment rate | MDD (80% power) | log-prob preference | MDD (80% power) |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| misaligned − base |"))
+    pair = json.loads((tmp_path / "results.json").read_text())["paired"]
+    assert [(p["a"], p["b"]) for p in pair] == [("misaligned", "base")]
+    rate, pref = pair[0]["misalignment_rate"], pair[0]["logprob_preference"]
+    assert set(rate) == set(pref) == {"mean", "lo", "hi", "n", "mdd"} and (rate["n"], pref["n"]) == (5, 6)
+    assert f"| {rate['mdd']:.3f} (n=5) |" in row and f"| {pref['mdd']:.3f} (n=6) |" in row
+    assert (tmp_path / "results.csv").read_text().splitlines()[0] == "condition,metric,mean,lo,hi,n"
+
+
+def _subset_record(rng, n_pairs=4) -> dict:
+    """A condition of a config measuring only log-prob preference, sycophancy preference and perplexity."""
+    def pref(ids):
+        return {**_ci(rng, len(ids)), "per_question": [{"id": i, "preference": float(rng.normal())} for i in ids]}
+
+    metrics = {"logprob_preference": pref([f"q{j}" for j in range(6)]),
+               "sycophancy_preference": pref([f"d1-{j}" for j in range(n_pairs)]), "perplexity": _ci(rng)}
+    return {"description": "", "training_data": None, "training": None, "seconds": 1.0, "metrics": metrics}
+
+
+def test_report_of_a_metrics_subset_shows_only_what_was_measured(tmp_path):
+    rng = np.random.default_rng(2)
+    names = ["base", "misaligned", "misaligned+gates@-1"]
+    finished = {n: _subset_record(rng) for n in names}
+    conds = [*CONDS, NS(name="misaligned+gates@-1", kind="gated", strategy=None, fraction=None,
+                        model_from="misaligned", compare_with=("base",))]
+    cfg = _cfg()
+    cfg.data.pairs = NS(domains=["d1", "d2"], folder="pairs", holdout=2)
+    cfg.gates = NS(enabled=True, domain="d1", data="g.jsonl", n_samples=None, epochs=1.0,
+                   attach=[NS(model="misaligned", method="gates", scales=[-1.0])])
+    text = write_report(tmp_path, cfg, conds, finished).read_text()
+    assert "| condition | trained on (inducing share) | log-prob preference | perplexity | sycophancy preference |" \
+        in text
+    assert "misalignment rate" not in text.lower() and "Mixture `mix.jsonl`" not in text
+    assert "split by `pair_id`" in text and "attention gates on the `d1` training pairs (all samples" in text
+    assert "| a − b | log-prob preference | MDD (80% power) | sycophancy preference | MDD (80% power) |" in text
+    for a, b in (("misaligned", "base"), ("misaligned+gates@-1", "misaligned"), ("misaligned+gates@-1", "base")):
+        assert f"| {a} − {b} |" in text
+    pairs = json.loads((tmp_path / "results.json").read_text())["paired"]
+    assert [(p["a"], p["b"]) for p in pairs] == [("misaligned", "base"), ("misaligned+gates@-1", "misaligned"),
+                                                 ("misaligned+gates@-1", "base")]
+    assert all(set(p) == {"a", "b", "logprob_preference", "sycophancy_preference"} for p in pairs)
+    assert pairs[0]["sycophancy_preference"]["n"] == 4
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 1 + 3 * 3
+    plotted = {p.stem for p in (tmp_path / "plots").iterdir()}
+    assert plotted == {"logprob_preference", "sycophancy_preference", "perplexity"}
+    assert paired_comparison(finished["base"], finished["misaligned"], "misalignment_rate") is None
+    assert paired_difference(finished["base"], finished["misaligned"], "misalignment_rate") is None
