@@ -307,13 +307,13 @@ class FinetuneRunner:
                 loss, gnorm = self._step(s, step, device, stats)
                 step += 1
                 elapsed = stats["seconds"] + time.perf_counter() - t_start
-                row = {"step": step, "loss": round(float(loss), 5), "lr": s.sched.get_last_lr()[0],
+                row = {"step": step, "loss": round(float(loss.detach()), 5), "lr": s.sched.get_last_lr()[0],
                        "grad_norm": round(float(gnorm), 5), "tokens": stats["tokens"], "seconds": round(elapsed, 2)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 rate = (stats["tokens"] - tokens_at_start) / max(1e-9, time.perf_counter() - t_start)
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{rate:.0f}")
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < s.total_steps:
                     self._save_checkpoint(step, s, {**stats, "seconds": elapsed})
         bar.close()
