@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GeomfilterError
+from .files import atomic_write_text
 from .stats import bootstrap_auroc, precision_at
 
 FILTER_FILES = ("kept.jsonl", "dropped.jsonl", "scores.csv", "report.json")
@@ -206,17 +208,19 @@ class _RawRows:
         return rows.get(line) if rows is not None else None
 
     def sample(self, s) -> bytes:
+        if s.raw is not None:  # read_samples kept the line as it was: no second read of the file
+            return s.raw.encode("utf-8", errors="surrogateescape")
         raw = self.get(s.source, s.line)
         if raw is not None:
             return raw
         return json.dumps({"id": s.id, "messages": s.messages, **s.meta}, ensure_ascii=False).encode()
 
     def reject(self, rej: dict) -> bytes:
+        if rej.get("raw") is not None:  # the line as it was in the file
+            return str(rej["raw"]).encode("utf-8", errors="surrogateescape")
         raw = self.get(rej.get("file"), rej.get("line"))
         if raw is not None:
             return raw
-        if rej.get("raw") is not None:
-            return str(rej["raw"]).encode("utf-8", errors="surrogateescape")
         return json.dumps(rej.get("row"), ensure_ascii=False).encode()
 
 
@@ -234,40 +238,36 @@ def _meta_columns(samples: list) -> dict[str, str]:
     return cols
 
 
-def write_scores_csv(path: Path, result, samples: list, rejects: Sequence[dict] = (), *,
-                     decisions: bool = True) -> dict[str, str]:
+def scores_csv_text(result, samples: list, rejects: Sequence[dict] = (), *, decisions: bool = True,
+                    columns: dict[str, str] | None = None) -> str:
     """``scores.csv``: one row per input row (id, source, line, decision, score, rank, reason, explanation,
-    then the rows' own scalar fields). ``decisions=False`` (scoring without filtering) writes decision
-    ``scored`` and a reason without a cut. Returns the row-field -> column mapping."""
-    cols = _meta_columns(samples)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([*SCORE_COLUMNS, *cols.values()])
-        for i, s in enumerate(samples):
-            if decisions:
-                decision, reason = ("kept" if result.kept[i] else "dropped"), result.reason(i)
-            else:
-                decision = "scored"
-                reason = f"{result.strategy} score {result.scores[i]:.4g}, rank {result.rank[i]} of {len(result.ids)}"
-            w.writerow([s.id, s.source, s.line, decision, f"{result.scores[i]:.6g}", int(result.rank[i]), reason,
-                        json.dumps(result.explanations[i]) if result.explanations else "",
-                        *[s.meta.get(k, "") for k in cols]])
-        for rej in rejects:
-            w.writerow([rej.get("id", ""), rej.get("file", ""), rej.get("line", ""), "dropped", "", "",
-                        f"invalid row: {rej.get('field')}: {rej.get('message', rej.get('reason', ''))}", "",
-                        *["" for _ in cols]])
-    return cols
+    then the rows' own scalar fields, named by ``columns``: :func:`_meta_columns` unless given).
+    ``decisions=False`` (scoring without filtering) writes decision ``scored`` and a reason without a cut."""
+    cols = _meta_columns(samples) if columns is None else columns
+    fh = io.StringIO(newline="")
+    w = csv.writer(fh)
+    w.writerow([*SCORE_COLUMNS, *cols.values()])
+    for i, s in enumerate(samples):
+        if decisions:
+            decision, reason = ("kept" if result.kept[i] else "dropped"), result.reason(i)
+        else:
+            decision = "scored"
+            reason = f"{result.strategy} score {result.scores[i]:.4g}, rank {result.rank[i]} of {len(result.ids)}"
+        w.writerow([s.id, s.source, s.line, decision, f"{result.scores[i]:.6g}", int(result.rank[i]), reason,
+                    json.dumps(result.explanations[i]) if result.explanations else "",
+                    *[s.meta.get(k, "") for k in cols]])
+    for rej in rejects:
+        w.writerow([rej.get("id", ""), rej.get("file", ""), rej.get("line", ""), "dropped", "", "",
+                    f"invalid row: {rej.get('field')}: {rej.get('message', rej.get('reason', ''))}", "",
+                    *["" for _ in cols]])
+    return fh.getvalue()
 
 
 def write_scores_file(path: str | Path, result, samples: list, rejects: Sequence[dict] = ()) -> None:
     """The scores CSV of a run that filters nothing (decision ``scored``), written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write_scores_csv(tmp, result, samples, rejects, decisions=False)
-        os.replace(tmp, path)
+        atomic_write_text(path, scores_csv_text(result, samples, rejects, decisions=False))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OutputFolderError(f"--out {path}: cannot write ({e.strerror or e})") from None
 
 
@@ -332,6 +332,7 @@ def write_filter_outputs(out_dir: str | Path, result, samples: list, *, rejects:
             with open(tmp / name, "wb") as fh:
                 for _, text in sorted(rows, key=lambda t: t[0]):
                     fh.write(_with_newline(text))
-        write_scores_csv(tmp / "scores.csv", result, samples, rejects)
+        (tmp / "scores.csv").write_text(scores_csv_text(result, samples, rejects, columns=cols), encoding="utf-8",
+                                        newline="")
         (tmp / "report.json").write_text(json_text(report, indent=2, default=float) + "\n", encoding="utf-8")
     return report

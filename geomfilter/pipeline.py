@@ -284,7 +284,7 @@ class FilterRunner:
             check_filter_out(cfg.out, data=cfg.data, inputs=inputs, overwrite=cfg.overwrite)
         if cfg.scores is not None:
             check_scores_out(cfg.scores, inputs=[cfg.data, *inputs])
-        check_model_spec(cfg.model)
+        self.builder.check()  # the model and SAE specs (and ray), offline
         self.check_strategy(cfg.strategy)
 
     def check_strategy(self, strategy: str) -> None:

@@ -136,7 +136,8 @@ def filter_cmd(
     if drop is None and threshold is None:
         drop = 0.1
     run = _run(_config(data, opts, drop=drop, threshold=threshold, out=out, overwrite=overwrite))
-    report, tr = run.report, run.truncation
+    report = run.report
+    tr = report["truncation"]
     typer.echo(f"{report['n_input']} rows: kept {report['n_kept']}, dropped {report['n_dropped']} "
                f"({report['n_dropped_by_score']} by {run.result.strategy} score"
                + (f", {report['n_rejected_invalid']} invalid" if report["n_rejected_invalid"] else "") + f") -> {out}")
