@@ -9,6 +9,9 @@ module can use it without an import loop.
 * :func:`paired_bootstrap` - ``a - b`` over the items two conditions share, with a bootstrap CI;
 * :func:`minimum_detectable_difference` - the smallest true mean difference a paired test
   at a given n detects with a given power; :func:`paired_summary` - the paired CI and it together;
+  :func:`design_mdd` - the same for items that are each a mean of k draws, at another number of
+  items *and* draws (:func:`design_components` splits the variance; :func:`rate_within_variance`
+  gives the per-draw part of per-item rates of 0/1 draws);
 * :func:`precision_at` - precision / recall of the top-scoring fraction against the base rate;
 * :func:`group_stats` - score distribution per group label.
 
@@ -180,6 +183,60 @@ def paired_summary(a_by_id: Mapping, b_by_id: Mapping, n_boot: int = 2000, seed:
             "n": int(v.size), "se": s, "mdd": minimum_detectable_difference(se=s, level=level, power=power),
             "power": power}
 
+
+def rate_within_variance(mean: float, item_var: float, n_per_item: int) -> float:
+    """``E[p(1 - p)]`` over items: the variance of one 0/1 draw within an item, from the spread of per-item rates.
+
+    Each item's rate is the mean of ``n_per_item`` (``k``) 0/1 draws of its own true rate ``p``,
+    so the rates vary across items by ``item_var = var(p) + E[p(1 - p)] / k``, and
+    ``E[p(1 - p)] = m(1 - m) - var(p)`` (``m`` the mean rate). Solving (method of moments):
+    ``var(p) = (item_var - m(1 - m) / k) / (1 - 1 / k)``, clipped to ``[0, m(1 - m)]``. With one
+    draw per item ``var(p)`` cannot be told apart from the draws' own noise: 0 is assumed (all
+    within), the largest within-item variance.
+    """
+    if not 0 <= mean <= 1:
+        raise ValueError(f"mean must be a rate in [0, 1], got {mean}")
+    if n_per_item < 1:
+        raise ValueError(f"n_per_item must be >= 1, got {n_per_item}")
+    bern = mean * (1 - mean)
+    between = 0.0 if n_per_item == 1 else (item_var - bern / n_per_item) / (1 - 1 / n_per_item)
+    return float(bern - min(max(between, 0.0), bern))
+
+
+def design_components(item_var: float, within_var: float, n_per_item_observed: int) -> tuple[float, float]:
+    """``(tau^2, within)``: a per-item variance observed at ``k`` draws split into between items and per draw.
+
+    An item's value at ``k`` draws varies by ``tau^2 + within / k``: ``tau^2`` is the spread of the
+    items' true values (more draws cannot shrink it), ``within`` the variance of one draw within an
+    item (a paired difference of rates: the sum of both conditions'
+    :func:`rate_within_variance`). ``tau^2 = item_var - within_var / k``. Where that is negative,
+    the observed items vary *less* than independent draws would make them -- the paired draws are
+    positively correlated (e.g. both conditions sampled with the same seeds) -- so ``tau^2 = 0``
+    and ``within = k * item_var``, the per-draw variance the data show.
+    """
+    if n_per_item_observed < 1:
+        raise ValueError(f"n_per_item_observed must be >= 1, got {n_per_item_observed}")
+    if item_var < 0 or within_var < 0:
+        raise ValueError(f"variances must be >= 0, got item_var={item_var}, within_var={within_var}")
+    tau2 = item_var - within_var / n_per_item_observed
+    return (float(tau2), float(within_var)) if tau2 >= 0 else (0.0, float(item_var * n_per_item_observed))
+
+
+def design_mdd(item_var: float, within_var: float, n_per_item_observed: int, n_items: int, n_per_item: int,
+               level: float = 0.95, power: float = 0.8) -> float:
+    """:func:`minimum_detectable_difference` of a mean over ``n_items`` items that are each a mean of ``n_per_item`` draws.
+
+    ``item_var`` is the per-item variance observed at ``n_per_item_observed`` draws and
+    ``within_var`` the variance of one draw within an item; :func:`design_components` splits
+    ``item_var`` into ``tau^2 + within / k_observed``, and then
+    ``SE = sqrt((tau^2 + within / n_per_item) / n_items)``. At the observed design this is
+    ``minimum_detectable_difference(se=sqrt(item_var / n_items))``.
+    """
+    if min(n_items, n_per_item) < 1:
+        raise ValueError("n_items and n_per_item must be >= 1")
+    tau2, within = design_components(item_var, within_var, n_per_item_observed)
+    return minimum_detectable_difference(se=math.sqrt((tau2 + within / n_per_item) / n_items), level=level,
+                                         power=power)
 
 # --------------------------------------------------------------------------- ranking and groups
 

@@ -17,12 +17,15 @@ from geomfilter.stats import (
     auroc_columns,
     bootstrap_auroc,
     bootstrap_ci,
+    design_components,
+    design_mdd,
     group_stats,
     minimum_detectable_difference,
     paired_bootstrap,
     paired_differences,
     paired_summary,
     precision_at,
+    rate_within_variance,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,6 +292,63 @@ def test_paired_summary_adds_se_and_mdd_to_the_same_ci(rng):
     with pytest.raises(ValueError, match="se must"):
         paired_summary(a, b, se="t")
 
+
+def test_rate_within_variance_recovers_the_draws_own_variance(rng):
+    # items with true rates p ~ Beta(2, 8), k = 3 draws each: E[p(1-p)] known in closed form
+    a, b, k = 2.0, 8.0, 3
+    p = rng.beta(a, b, 200_000)
+    rates = rng.binomial(k, p) / k
+    m = a / (a + b)
+    var_p = a * b / ((a + b) ** 2 * (a + b + 1))
+    got = rate_within_variance(float(rates.mean()), float(rates.var(ddof=1)), k)
+    assert got == pytest.approx(m * (1 - m) - var_p, rel=0.02)
+    # the same true rate everywhere: all of the spread is within items
+    assert rate_within_variance(0.2, 0.16 / 4, 4) == pytest.approx(0.16)
+    assert rate_within_variance(0.2, 0.0, 4) == pytest.approx(0.16)  # less spread than draws allow: clipped
+    assert rate_within_variance(0.2, 1.0, 4) == 0.0  # more than a rate can have: all between items
+    assert rate_within_variance(0.3, 0.5, 1) == pytest.approx(0.21)  # one draw: not identifiable, all within
+    with pytest.raises(ValueError, match="mean"):
+        rate_within_variance(1.5, 0.1, 2)
+    with pytest.raises(ValueError, match="n_per_item"):
+        rate_within_variance(0.5, 0.1, 0)
+
+
+def test_design_mdd_splits_items_and_draws():
+    # at the observed design it is the plain MDD of the per-item values
+    assert design_mdd(0.07, 0.2, 3, 40, 3) == pytest.approx(minimum_detectable_difference(se=math.sqrt(0.07 / 40)))
+    # no spread between items (tau^2 = 0): only the number of draws n * k counts
+    w = 0.24
+    assert design_mdd(w / 3, w, 3, 40, 6) == pytest.approx(design_mdd(w / 3, w, 3, 80, 3), rel=1e-12)
+    assert design_mdd(w / 3, w, 3, 40, 6) == pytest.approx(Z_95_80 * math.sqrt(w / 240), rel=1e-12)
+    # no spread within items: more draws do not help, more items do
+    assert design_mdd(0.05, 0.0, 3, 40, 30) == pytest.approx(design_mdd(0.05, 0.0, 3, 40, 1), rel=1e-12)
+    assert design_mdd(0.05, 0.0, 3, 160, 3) == pytest.approx(design_mdd(0.05, 0.0, 3, 40, 3) / 2, rel=1e-12)
+    # items varying less than independent draws would (paired draws correlated): tau^2 = 0, within = k * item_var
+    assert design_components(0.01, 0.3, 3) == (0.0, pytest.approx(0.03))
+    assert design_components(0.15, 0.3, 3) == (pytest.approx(0.05), 0.3)
+    assert design_mdd(0.01, 0.3, 3, 40, 3) == pytest.approx(Z_95_80 * math.sqrt(0.01 / 40), rel=1e-12)
+    assert design_mdd(0.01, 0.3, 3, 40, 6) == pytest.approx(Z_95_80 * math.sqrt(0.005 / 40), rel=1e-12)
+    with pytest.raises(ValueError, match=">= 1"):
+        design_mdd(0.1, 0.1, 3, 0, 3)
+    with pytest.raises(ValueError, match=">= 1"):
+        design_components(0.1, 0.1, 0)
+    with pytest.raises(ValueError, match="variances"):
+        design_mdd(-0.1, 0.1, 3, 40, 3)
+
+
+def test_design_mdd_predicts_another_design(rng):
+    """Fitted on a pilot at k = 3, it predicts the per-item spread of a study at k = 10 (simulated)."""
+    def study(n, k):  # per-item rates of two paired conditions: item effects, then k 0/1 draws each
+        pb = rng.beta(2, 10, n)
+        pa = np.clip(pb + rng.normal(0.05, 0.1, n), 0, 1)
+        return rng.binomial(k, pa) / k, rng.binomial(k, pb) / k
+
+    ra, rb = study(20_000, 3)
+    w = (rate_within_variance(float(ra.mean()), float(ra.var(ddof=1)), 3)
+         + rate_within_variance(float(rb.mean()), float(rb.var(ddof=1)), 3))
+    big_a, big_b = study(20_000, 10)
+    want = minimum_detectable_difference(big_a - big_b, n=40)
+    assert design_mdd(float((ra - rb).var(ddof=1)), w, 3, 40, 10) == pytest.approx(want, rel=0.05)
 
 # ----------------------------------------------------------------------------- one place, no import loop
 
