@@ -11,10 +11,15 @@ rename) with the permissions the umask gives a new file (:mod:`geomfilter.files`
 """
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateError
+
+from .errors import GeomfilterError
 from .files import write_rejects
 from .samples import DataError, DataReport, Sample, fingerprint, read_samples, sample_hash
 from .settings import CacheConfig, ResponseMode, Truncation
@@ -65,6 +70,41 @@ def _content_spans(text: str, sample: Sample) -> list[tuple[int, int, str]]:
     return spans
 
 
+class ChatTemplateError(GeomfilterError, ValueError):
+    """A tokenizer without a chat template: the response tokens cannot be located."""
+
+
+def _render(sample: Sample, tokenizer: Any) -> tuple[str, Sample]:
+    """The chat-templated text of ``sample``, and the sample it renders (its messages as templated).
+
+    A template that refuses a leading system turn (Gemma 2's raises "System role not supported")
+    gets it folded into the first user turn, ``system + "\n\n" + user`` (what Gemma 3's own template
+    does); any other refusal is a :class:`DataError` naming the row.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ChatTemplateError(
+            f"the tokenizer of {getattr(tokenizer, 'name_or_path', '') or 'this model'!r} has no chat template, which "
+            "geomfilter needs to find the response tokens (e.g. GPT-2): set tokenizer.chat_template, or save one "
+            "with the model directory (chat_template.jinja)")
+    msgs = sample.messages
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False), sample
+    except TemplateError as err:
+        first = err
+    if len(msgs) > 1 and msgs[0]["role"] == "system" and msgs[1]["role"] == "user":
+        folded = [{**msgs[1], "content": msgs[0]["content"] + "\n\n" + msgs[1]["content"]}, *msgs[2:]]
+        try:
+            text = tokenizer.apply_chat_template(folded, tokenize=False)
+        except TemplateError:
+            pass
+        else:
+            warnings.warn(f"the chat template of {getattr(tokenizer, 'name_or_path', '')!r} refuses system turns "
+                          f"({first}): each is folded into its first user turn", stacklevel=3)
+            return text, dataclasses.replace(sample, messages=folded)
+    raise DataError(sample.source or sample.id, sample.line, "messages",
+                    f"the tokenizer's chat template refuses this conversation: {first}")
+
+
 def tokenize_sample(sample: Sample, tokenizer: Any, *, response: ResponseMode = CacheConfig.response,
                     max_tokens: int | None = CacheConfig.max_tokens,
                     truncation: Truncation = CacheConfig.truncation) -> TokenizedSample:
@@ -73,7 +113,8 @@ def tokenize_sample(sample: Sample, tokenizer: Any, *, response: ResponseMode = 
     The mask is exact: a token belongs to the response iff its character span
     overlaps the assistant content (template markers such as ``<|im_start|>``
     and ``<|im_end|>`` are never part of it). ``response="last"`` marks only the
-    final assistant turn, ``"all"`` every assistant turn.
+    final assistant turn, ``"all"`` every assistant turn. A template that refuses system turns
+    (Gemma 2) gets the system turn folded into the first user turn (:func:`_render`).
 
     Truncation policy for conversations longer than ``max_tokens``: ``"left"``
     drops tokens from the start (keeps the response; the default), ``"right"``
@@ -84,8 +125,8 @@ def tokenize_sample(sample: Sample, tokenizer: Any, *, response: ResponseMode = 
         raise ValueError(f"response must be 'last' or 'all', got {response!r}")
     if truncation not in ("left", "right", "error"):
         raise ValueError(f"truncation must be 'left', 'right' or 'error', got {truncation!r}")
-    text = tokenizer.apply_chat_template(sample.messages, tokenize=False)
-    spans = _content_spans(text, sample)
+    text, templated = _render(sample, tokenizer)
+    spans = _content_spans(text, templated)
     assistant = [(a, b) for a, b, role in spans if role == "assistant" and b > a]
     if response == "last":
         assistant = assistant[-1:]

@@ -103,14 +103,18 @@ def response_only_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tens
     Runs the decoder body, then the LM head only at the positions that predict
     a response token (the head is ~20% of a small model's compute). Equal to
     ``response_loss(model(...).logits, labels)`` up to float rounding. Works on
-    plain HF causal LMs and ``peft`` models.
+    plain HF causal LMs and ``peft`` models; Gemma 2/3's final-logit soft-capping
+    (``config.final_logit_softcapping``, applied by their ``forward`` after the head) is applied too.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 

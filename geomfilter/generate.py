@@ -94,16 +94,33 @@ def _generate_batch(model: Any, texts: list[str], *, seed: int, sampling: dict, 
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     finally:
         tok.padding_side = side
+    stops = stop_token_ids(model)
     torch.manual_seed(seed)
     gen = hf.generate(**enc, **sampling, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                      pad_token_id=tok.pad_token_id, eos_token_id=stops)
     out = []
     for new in gen[:, enc["input_ids"].shape[1]:]:
         new = new.tolist()
-        stop = tok.eos_token_id in new
-        new = new[: new.index(tok.eos_token_id)] if stop else new
-        out.append((tok.decode(new, skip_special_tokens=True).strip(), stop, len(new)))
+        end = next((i for i, t in enumerate(new) if t in stops), None)
+        new = new if end is None else new[:end]
+        out.append((tok.decode(new, skip_special_tokens=True).strip(), end is not None, len(new)))
     return out
+
+
+def stop_token_ids(model: Any) -> list[int]:
+    """The ids that end an answer: the tokenizer's eos and every eos id of the model's generation config.
+
+    Chat models end a turn with their own token (Gemma 2 ``<end_of_turn>``, Llama 3.1 ``<|eot_id|>``),
+    listed in ``generation_config.eos_token_id`` beside the tokenizer's end-of-text; stopping only at the
+    latter runs past the turn into invented ones. The tokenizer's eos comes first (SmolLM2: ``<|im_end|>``).
+    """
+    ids = [model.tokenizer.eos_token_id]
+    cfg = getattr(model.hf_model, "generation_config", None)
+    extra = getattr(cfg, "eos_token_id", None)
+    for t in extra if isinstance(extra, (list, tuple)) else [extra]:
+        if t is not None and t not in ids:
+            ids.append(int(t))
+    return [t for t in ids if t is not None]
 
 
 def generate_texts(model: Any, conversations: dict[str, list[dict]], *, max_new_tokens: int = 80,

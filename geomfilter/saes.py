@@ -244,9 +244,17 @@ def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
         if not Path(where).is_dir():
             raise SAESpecError(f"bundled SAE {spec!r} is missing its folder {where}")
         sae = SAE.load_from_disk(str(where), device=device, dtype=dtype)
+    if getattr(sae.cfg, "normalize_activations", "none") == "expected_average_only_in":
+        raise SAESpecError(
+            f"SAE {spec!r} expects its inputs scaled by a dataset norm factor that was never folded into its weights "
+            "(normalize_activations='expected_average_only_in'), and sae-lens does not scale them when it encodes: its "
+            "latents would be wrong. Fold the factor (sae.fold_activation_norm_scaling_factor(f); sae-lens' "
+            "pretrained_saes.yaml lists it as norm_scaling_factor) and save the SAE again")
     sae.eval()
     for p in sae.parameters():
         p.requires_grad_(False)
+        if not p.is_contiguous():  # Llama Scope's W_dec is a transpose: SAE.save_model would refuse it
+            p.data = p.data.contiguous()
     return sae
 
 

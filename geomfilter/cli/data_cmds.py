@@ -73,9 +73,10 @@ def cache(
 def hooks(
     model: ModelOpt = DEFAULT_MODEL,
     contains: str | None = typer.Option(None, help="Only hooks whose name contains this."),
+    device: DeviceAutoOpt = None,
 ):
     """List a model's hook names (the values --hook accepts)."""
-    for name in load_model(model, progress=False).hook_names():
+    for name in load_model(model, device=device, progress=False).hook_names():
         if contains is None or contains in name:
             typer.echo(name)
 
