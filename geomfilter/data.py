@@ -74,35 +74,48 @@ class ChatTemplateError(GeomfilterError, ValueError):
     """A tokenizer without a chat template: the response tokens cannot be located."""
 
 
-def _render(sample: Sample, tokenizer: Any) -> tuple[str, Sample]:
-    """The chat-templated text of ``sample``, and the sample it renders (its messages as templated).
+class ChatTemplateRefused(GeomfilterError, ValueError):
+    """The tokenizer's chat template refuses a conversation (after the system-turn fold was tried)."""
+
+
+def render_chat(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool = False) -> tuple[str, list[dict]]:
+    """The chat-templated text of ``messages`` and the messages it renders (as templated).
 
     A template that refuses a leading system turn (Gemma 2's raises "System role not supported")
     gets it folded into the first user turn, ``system + "\n\n" + user`` (what Gemma 3's own template
-    does); any other refusal is a :class:`DataError` naming the row.
+    does), with a warning; any other refusal raises :class:`ChatTemplateRefused`. Used for caching
+    and fine-tuning (:func:`tokenize_sample`) and for generation (``add_generation_prompt=True``).
     """
     if getattr(tokenizer, "chat_template", None) is None:
         raise ChatTemplateError(
             f"the tokenizer of {getattr(tokenizer, 'name_or_path', '') or 'this model'!r} has no chat template, which "
             "geomfilter needs to find the response tokens (e.g. GPT-2): set tokenizer.chat_template, or save one "
             "with the model directory (chat_template.jinja)")
-    msgs = sample.messages
     try:
-        return tokenizer.apply_chat_template(msgs, tokenize=False), sample
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt), messages
     except TemplateError as err:
         first = err
-    if len(msgs) > 1 and msgs[0]["role"] == "system" and msgs[1]["role"] == "user":
-        folded = [{**msgs[1], "content": msgs[0]["content"] + "\n\n" + msgs[1]["content"]}, *msgs[2:]]
+    if len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
+        folded = [{**messages[1], "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}, *messages[2:]]
         try:
-            text = tokenizer.apply_chat_template(folded, tokenize=False)
+            text = tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=add_generation_prompt)
         except TemplateError:
             pass
         else:
             warnings.warn(f"the chat template of {getattr(tokenizer, 'name_or_path', '')!r} refuses system turns "
                           f"({first}): each is folded into its first user turn", stacklevel=3)
-            return text, dataclasses.replace(sample, messages=folded)
-    raise DataError(sample.source or sample.id, sample.line, "messages",
-                    f"the tokenizer's chat template refuses this conversation: {first}")
+            return text, folded
+    raise ChatTemplateRefused(f"the tokenizer's chat template refuses this conversation: {first}")
+
+
+def _render(sample: Sample, tokenizer: Any) -> tuple[str, Sample]:
+    """:func:`render_chat` of a row: the text and the row as templated; a refusal is a :class:`DataError` naming it."""
+    try:
+        text, msgs = render_chat(tokenizer, sample.messages)
+    except ChatTemplateRefused as e:
+        raise DataError(sample.source or sample.id, sample.line, "messages", str(e)) from e
+    return text, (sample if msgs is sample.messages else dataclasses.replace(sample, messages=msgs))
 
 
 def tokenize_sample(sample: Sample, tokenizer: Any, *, response: ResponseMode = CacheConfig.response,

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .data import render_chat
 from .errors import GeomfilterError
 from .models import HookedModel
 
@@ -72,7 +73,7 @@ def _sampling(temperature: float, top_p: float) -> dict:
 
 def _generation_batches(tok: Any, conversations: dict[str, list[dict]], batch_size: int) -> tuple[dict, list]:
     """Chat-templated prompt text per key, and the keys in batches ordered by (prompt length, key)."""
-    texts = {k: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for k, m in conversations.items()}
+    texts = {k: render_chat(tok, m, add_generation_prompt=True)[0] for k, m in conversations.items()}
     lengths = {k: len(tok(t, add_special_tokens=False)["input_ids"]) for k, t in texts.items()}
     order = sorted(conversations, key=lambda k: (lengths[k], k))
     return texts, [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from geomfilter.batches import collate
 from geomfilter.cli import app
 from geomfilter.config import ExperimentConfig
-from geomfilter.data import ChatTemplateError, prepare_dataset, tokenize_sample
+from geomfilter.data import ChatTemplateError, prepare_dataset, render_chat, tokenize_sample
 from geomfilter.evaluate import logprob_preference, read_questions
 from geomfilter.features import harmful_features
 from geomfilter.finetune import (
@@ -314,6 +314,20 @@ def test_generation_stops_at_the_end_of_turn_token(name, work):
     finally:
         handle.remove()
     assert got["finish"] == "stop" and got["n_new_tokens"] == 0  # the model ended its turn at once
+
+
+def test_generation_folds_a_system_turn_where_the_template_refuses_it(work):
+    """Gemma 2's template raises on a system turn: generation folds it into the user turn, as caching does."""
+    d = work / "eot-gemma2"
+    if not d.is_dir():
+        save_arch("gemma2", d)
+    tm = load_tuned(str(d), device="cpu")
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    with pytest.warns(UserWarning, match="folded into its first user turn"):
+        got = generate_texts(tm, {"q": conv}, max_new_tokens=3, temperature=0.0, progress=False)["q"]
+    assert got["n_new_tokens"] <= 3
+    text, msgs = render_chat(tm.tokenizer, conv, add_generation_prompt=True)
+    assert msgs == [{"role": "user", "content": "Be brief.\n\nhi"}] and text.endswith("<start_of_turn>model\n")
 
 
 # --------------------------------------------------------------------------- gates
