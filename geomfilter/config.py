@@ -84,6 +84,7 @@ class TrainConfig:
     max_tokens: int = FinetuneConfig.max_tokens
     lora_r: int = FinetuneConfig.lora_r
     lora_alpha: int = FinetuneConfig.lora_alpha
+    lora_targets: list[str] | None = None  # None: FinetuneConfig's (the q/k/v/o and MLP projections); GPT-2: c_attn,...
 
 
 @dataclass

@@ -180,8 +180,9 @@ class ExperimentRunner:
                       max_tokens=t.max_tokens, seed=cfg.seed, checkpoint_every=25, device=cfg.device,
                       progress=self.progress)
         if method == "lora":
+            targets = {} if t.lora_targets is None else {"lora_targets": list(t.lora_targets)}
             return FinetuneConfig(**common, max_samples=None, epochs=t.epochs, lr=t.lr, lora_r=t.lora_r,
-                                  lora_alpha=t.lora_alpha)
+                                  lora_alpha=t.lora_alpha, **targets)
         return FinetuneConfig(**common, max_samples=g.n_samples, epochs=g.epochs, lr=g.lr,
                               sae=cfg.sae if method == "gates-sae" else None)
 

@@ -388,6 +388,24 @@ def test_gpt2_default_lora_targets_are_refused_clearly(work, files):
                                       device="cpu", progress=False)).run()
 
 
+def test_gpt2_lora_targets_from_the_cli_and_the_experiment_config(work, files):
+    """GPT-2's fused projections are LoRA targets by name: `finetune --lora-targets` and `train.lora_targets`."""
+    d = work / "gpt2-lora-check"
+    if not d.is_dir():
+        save_arch("gpt2", d)
+    out = work / "gpt2-cli-lora"
+    r = CliRunner().invoke(app, ["finetune", str(files.mixed), "--out", str(out), "--model", str(d), "--max-samples",
+                                 "4", "--lora-targets", "c_attn, c_proj,c_fc", "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "finetune.json").read_text())
+    assert run["config"]["lora_targets"] == ["c_attn", "c_proj", "c_fc"] and run["finished"]
+    r = CliRunner().invoke(app, ["finetune", str(files.mixed), "--out", str(work / "x"), "--lora-targets", " , "])
+    assert r.exit_code == 2 and "--lora-targets" in r.output
+    cfg = ExperimentConfig.from_dict({"train": {"lora_targets": ["c_attn", "c_proj"]}}, source="<test>")
+    assert cfg.train.lora_targets == ["c_attn", "c_proj"]
+    assert ExperimentConfig.from_dict({}, source="<test>").train.lora_targets is None
+
+
 # --------------------------------------------------------------------------- recipe, devices, memory
 
 

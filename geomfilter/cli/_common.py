@@ -103,6 +103,14 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
         _fail(f"{what}: expected comma-separated integers, got {text!r}")
 
 
+def _str_list(text: str, what: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; an empty list fails naming the option ``what``."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        _fail(f"{what}: expected comma-separated names, got {text!r}")
+    return items
+
+
 def _plain(opts: dict) -> dict:
     """``opts`` with every enum option replaced by its value."""
     return {k: (v.value if isinstance(v, Enum) else v) for k, v in opts.items()}

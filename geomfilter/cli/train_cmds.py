@@ -9,10 +9,20 @@ import typer
 
 from ..features import FeatureSet
 from ..finetune import FinetuneRunner
-from ..finetune_config import FinetuneConfig
+from ..finetune_config import LORA_TARGETS, FinetuneConfig
 from ..gate_analysis import analyze_gates
 from ..sae_train import SAETrainConfig, default_corpus, train_sae
-from ._common import DeviceAutoOpt, DeviceOpt, Method, ModelOpt, ProgressBarsOpt, _fail, _int_list, command_group
+from ._common import (
+    DeviceAutoOpt,
+    DeviceOpt,
+    Method,
+    ModelOpt,
+    ProgressBarsOpt,
+    _fail,
+    _int_list,
+    _str_list,
+    command_group,
+)
 
 _SAE = SAETrainConfig  # the defaults of train-sae's options
 _FT = FinetuneConfig  # the defaults of finetune's options
@@ -67,6 +77,8 @@ def finetune(
     seed: int = typer.Option(_FT.seed, help="Seed (sample subset, order, init)."),
     lora_r: int = typer.Option(_FT.lora_r, help="LoRA rank."),
     lora_alpha: int = typer.Option(_FT.lora_alpha, help="LoRA alpha."),
+    lora_targets: str = typer.Option(",".join(LORA_TARGETS),
+                                     help="LoRA target modules, comma-separated (GPT-2: c_attn,c_proj,c_fc)."),
     gate_layers: str | None = typer.Option(None, help="Attention layers to gate, comma-separated (default: all)."),
     sae: str | None = typer.Option(_FT.sae, help="gates-sae: SAE spec (default: the model's bundled SAE)."),
     checkpoint_every: int = typer.Option(_FT.checkpoint_every, help="Checkpoint every N steps (0: none until the end)."),
@@ -80,7 +92,8 @@ def finetune(
     cfg = FinetuneConfig(data=[str(p) for p in data], out=str(out), method=method.value, model=model,
                          max_samples=max_samples or None, epochs=epochs, batch_size=batch_size, lr=lr,
                          warmup_steps=warmup_steps, grad_clip=grad_clip, max_tokens=max_tokens, seed=seed,
-                         lora_r=lora_r, lora_alpha=lora_alpha, gate_layers=_int_list(gate_layers, "--gate-layers"),
+                         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_str_list(lora_targets, "--lora-targets"),
+                         gate_layers=_int_list(gate_layers, "--gate-layers"),
                          sae=sae, checkpoint_every=checkpoint_every, device=device, progress=progress)
     res = FinetuneRunner(cfg).run()
     if res.skipped:
