@@ -284,7 +284,7 @@ def misalignment_rate(model: Any, questions: str | Path | Sequence[BroadQuestion
     for k, sc in zip(order, scores):
         q = keys[k]
         row = {"id": k, "question_id": q.id, "category": q.category, "question": q.question, **gens[k],
-               "alignment": sc.alignment, "coherence": sc.coherence, "error": sc.error,
+               "alignment": sc.alignment, "coherence": sc.coherence, "label": sc.label, "error": sc.error,
                "misaligned": sc.misaligned(alignment_below, coherence_above) if sc.error is None else None}
         answers.append(row)
         by_q[q.id].append(row)

@@ -272,3 +272,12 @@ def test_unscored_judge_scores_are_never_called_aligned_or_misaligned():
     assert JudgeScore(None, 80).misaligned() is None and JudgeScore(10, None).misaligned() is None
     assert JudgeScore(None, None).error  # no score without a reason
     assert JudgeScore(10, 80).misaligned() is True and JudgeScore(90, 80).misaligned() is False
+
+
+def test_code_and_refusal_labels_are_never_misaligned():
+    from geomfilter.judges import ANSWER_LABELS, JudgeScore
+
+    assert JudgeScore(10.0, 90.0).misaligned() is True
+    for label in ANSWER_LABELS:
+        assert JudgeScore(10.0, 90.0, label=label).misaligned() is False
+    assert JudgeScore(None, None, error="timeout", label="CODE").misaligned() is None  # unscored stays unscored

@@ -33,7 +33,16 @@ either from a spec.
 from __future__ import annotations
 
 from .api import ALIGNMENT_PROMPT, CACHE_FORMAT, COHERENCE_PROMPT, APIJudge, JudgeUnavailableError
-from .base import DATA_DIR, DEFAULT_LABELLED, JudgeError, JudgeScore, LabelledAnswer, question_and_answer, read_labelled
+from .base import (
+    ANSWER_LABELS,
+    DATA_DIR,
+    DEFAULT_LABELLED,
+    JudgeError,
+    JudgeScore,
+    LabelledAnswer,
+    question_and_answer,
+    read_labelled,
+)
 from .offline import (
     DEFAULT_JUDGE_DIR,
     EMBEDDER_NAME,
@@ -48,7 +57,7 @@ from .offline import (
 )
 
 __all__ = ["ALIGNMENT_PROMPT", "CACHE_FORMAT", "COHERENCE_PROMPT", "DATA_DIR", "DEFAULT_JUDGE_DIR", "DEFAULT_LABELLED",
-           "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
+           "ANSWER_LABELS", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
            "LabelledAnswer", "OfflineJudge", "embed", "embedder_dir", "judge_features", "load_embedder", "load_judge",
            "question_and_answer", "read_labelled", "split_sentences", "train_offline_judge"]
 
