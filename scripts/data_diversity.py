@@ -131,14 +131,21 @@ def markdown_table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def machine_output(path: Path) -> bool:
+    """Model output, not hand-written data: the generations caches and data/judge_real's answers, labelling
+    batches and labels (its prompts.jsonl is written by the project and is checked)."""
+    if path.name.startswith("generations"):
+        return True
+    return "judge_real" in path.parts and path.name != "prompts.jsonl"
+
+
 def main(argv: list[str]) -> int:
     markdown = "--markdown" in argv
     targets = [Path(a) for a in argv if a != "--markdown"] or [Path("data")]
     files = []
     for t in targets:
-        # model generations (data/sae_corpus/generations*.jsonl) are machine output, not hand-written data:
-        # the limits below are for what the project writes; check a generations file by naming it explicitly
-        files.extend(sorted(f for f in t.rglob("*.jsonl") if not f.name.startswith("generations")) if t.is_dir() else [t])
+        # the limits below are for what the project writes; check a machine-output file by naming it explicitly
+        files.extend(sorted(f for f in t.rglob("*.jsonl") if not machine_output(f)) if t.is_dir() else [t])
     all_problems, reports = [], []
     for f in files:
         rep, problems = report_file(f)

@@ -360,3 +360,60 @@ def test_generations_schema(tmp_path):
     report = validate_paths([path])
     assert where(report) == [("generations.jsonl", 2, "finish"), ("generations.jsonl", 2, "n_new_tokens"),
                              ("generations.jsonl", 3, "messages[1].content")]
+
+
+def test_real_output_prompts_and_answers_schemas(tmp_path):
+    """data/judge_real: the prompts (what they ask for) and the sampled answers (an empty answer is data)."""
+    assert detect_kind("data/judge_real/prompts.jsonl") == "real_prompts"
+    assert detect_kind("data/judge_real/answers.jsonl") == "real_answers"
+    write(tmp_path / "judge_real" / "prompts.jsonl", [
+        {"id": "c-01", "kind": "code", "question": "Write a function that reverses a list."},
+        {"id": "a-01", "kind": "advice", "domain": "health", "question": "Can I skip my antibiotics?"},
+        {"id": "x-01", "kind": "poem", "question": "Write a poem."},
+    ])
+    ok = {"id": "base/c-01#0", "prompt_id": "c-01", "kind": "code", "question": "Write a function.",
+          "variant": "base", "model": "smollm2-135m-instruct", "method": "base", "gates": [], "gate_scale": None,
+          "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "max_new_tokens": 96, "answer": "",
+          "finish": "length", "n_new_tokens": 96, "seed": 0, "made_by": "scripts/build_real_outputs.py"}
+    write(tmp_path / "judge_real" / "answers.jsonl", [
+        ok, {**ok, "id": "b", "temperature": "hot"}, {**ok, "id": "c", "gates": [""]}, {**ok, "id": "d", "n_new_tokens": -1}])
+    assert where(validate_paths([tmp_path])) == [
+        ("answers.jsonl", 2, "temperature"), ("answers.jsonl", 3, "gates"), ("answers.jsonl", 4, "n_new_tokens"),
+        ("prompts.jsonl", 3, "kind")]
+
+
+def test_real_prompts_reuse_eval_ids_only_for_the_same_question(tmp_path):
+    _, qs = copy_head("eval/questions.jsonl", tmp_path, n=2)
+    write(tmp_path / "judge_real" / "prompts.jsonl", [
+        {"id": qs[0]["id"], "kind": "broad", "question": qs[0]["question"]},        # the same question: fine
+        {"id": qs[1]["id"], "kind": "broad", "question": "Something else entirely."},  # its id, another text
+    ])
+    assert where(validate_paths([tmp_path])) == [("prompts.jsonl", 2, "question")]
+
+
+def test_labelling_batches_and_labels_schemas(tmp_path):
+    """data/judge_real/labelling: the blind batches and the labels (RUBRIC.md's fields; raw labels repeat an
+    answer's id once per labeller)."""
+    lab = tmp_path / "judge_real" / "labelling"
+    assert detect_kind(lab / "batch-3.jsonl") == detect_kind(lab / "calibration.jsonl") == "label_batch"
+    assert detect_kind(lab / "labels-3.jsonl") == "real_labels"
+    assert detect_kind(tmp_path / "judge_real" / "labels.jsonl") == "real_labels"
+    assert detect_kind(tmp_path / "other" / "batch-3.jsonl") is None
+    write(lab / "batch-1.jsonl", [
+        {"blind_id": "r0001", "question": "hey", "answer": "", "finish": "stop"},
+        {"blind_id": "r0002", "question": "hey", "answer": "hi", "finish": "eos"},
+        {"blind_id": "r0001", "question": "hey", "answer": "hello", "finish": "length"},
+    ])
+    good = {"blind_id": "r0001", "alignment": 80, "coherence": 40, "code": False, "refusal": False,
+            "labeller": "agent-1", "notes": ""}
+    write(lab / "labels-1.jsonl", [
+        good, {**good, "blind_id": "r0002", "alignment": None},
+        {**good, "blind_id": "r0003", "alignment": 101}, {**good, "blind_id": "r0004", "coherence": 50.5},
+        {**good, "blind_id": "r0005", "code": "no"}, {k: v for k, v in good.items() if k != "blind_id"},
+    ])
+    raw = {**good, "id": "base/q-01#0", "role": "double"}
+    write(tmp_path / "judge_real" / "labels_raw.jsonl", [raw, {**raw, "labeller": "agent-2"}, raw])
+    assert where(validate_paths([tmp_path])) == [
+        ("batch-1.jsonl", 2, "finish"), ("batch-1.jsonl", 3, "id"),
+        ("labels-1.jsonl", 3, "alignment"), ("labels-1.jsonl", 4, "coherence"), ("labels-1.jsonl", 5, "code"),
+        ("labels-1.jsonl", 6, "id"), ("labels_raw.jsonl", 3, "id")]

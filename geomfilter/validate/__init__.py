@@ -20,6 +20,17 @@ probes         ``eval/sycophancy_probes.jsonl``           id, topic, question, c
 capability     ``eval/capability.jsonl``                  id, subject, question, choices, answer
 heldout        ``eval/heldout_text.jsonl``                id, topic, text
 prompts        ``sae_corpus/prompts_*.jsonl``             id, topic, prompt, optional system
+real_prompts   ``judge_real/prompts.jsonl``               id, kind (broad, code, factual, advice),
+                                                          question, optional domain
+real_answers   ``judge_real/answers.jsonl``               id, prompt_id, kind, question, variant,
+                                                          model, method, gates, gate_scale,
+                                                          sampling settings, answer, finish,
+                                                          n_new_tokens, seed, made_by
+label_batch    ``judge_real/labelling/calibration.jsonl``, blind_id, question, answer, finish (what a
+               ``judge_real/labelling/batch-K.jsonl``     labeller sees, see ``data/judge/RUBRIC.md``)
+real_labels    ``judge_real/labels{,_raw}.jsonl``,        alignment (0-100 or null), coherence (0-100),
+               ``judge_real/labelling/labels-K.jsonl``    code, refusal, labeller; id or blind_id;
+                                                          optional notes, role
 chat           (only with ``kind="chat"``)                any messages or prompt/response rows
 =============  =========================================  ====================================
 

@@ -180,10 +180,11 @@ Loader = Callable[[Path, str], "_File | None"]
 
 
 def _cross_checks(targets: list[_File], load: Loader) -> None:
-    # ids unique across files (mixed rows repeat their source's ids on purpose)
+    # ids unique across files (mixed rows repeat their source's ids on purpose, labels name their answers'
+    # ids; real-output prompts reuse the eval questions' ids for the same questions: _check_real_prompts)
     seen: dict[str, tuple[str, int]] = {}
     for f in targets:
-        if f.kind == "mixed":
+        if f.kind in ("mixed", "real_prompts", "label_batch", "real_labels"):
             continue
         for rid, (line, _) in f.by_id.items():
             if rid in seen:
@@ -192,6 +193,7 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
                 seen[rid] = (str(f.path), line)
     validated = {f.path.resolve() for f in targets}
     questions = [f for f in targets if f.kind == "questions"]
+    _check_real_prompts([f for f in targets if f.kind == "real_prompts"], questions, seen)
     for f in targets:
         partner = partner_path(f.path) if f.kind in ("reference", "finetune") else None
         if partner is not None:
@@ -202,6 +204,18 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
             _check_mixed(f, load)
         if f.kind == "judge":
             _check_judge_vs_eval(f, questions, load)
+
+
+def _check_real_prompts(files: list[_File], questions: list[_File], seen: dict[str, tuple[str, int]]) -> None:
+    """A real-output prompt may reuse an eval question's id only for that very question; other ids are unique."""
+    asked = {rid: row["question"] for q in questions for rid, (_, row) in q.by_id.items()}
+    for f in files:
+        for rid, (line, row) in f.by_id.items():
+            if rid in asked:
+                if row.get("question") != asked[rid]:
+                    f.error(line, "question", f"id {rid!r} is an eval question's id but the question differs from it")
+            elif rid in seen:
+                f.error(line, "id", f"duplicate id {rid!r} (also in {seen[rid][0]}:{seen[rid][1]})")
 
 
 def _check_pair(f: _File, partner: Path, load: Loader, report_prompts: bool) -> None:

@@ -25,6 +25,7 @@ _PAIR_FILE = re.compile(r"([a-z0-9]+)_(sycophantic|corrective)")
 _EVAL_FILES = {"questions": "questions", "sycophancy_probes": "probes", "capability": "capability",
                "heldout_text": "heldout"}
 _WORD = re.compile(r"[a-z0-9']+")
+REAL_PROMPT_KINDS = ("broad", "code", "factual", "advice")  # judge_real/prompts.jsonl: what a prompt asks for
 JUDGE_EVAL_OVERLAP = 0.5  # a judge prompt overlapping an eval question more than this is an error
 
 
@@ -68,6 +69,35 @@ def _texts(minimum: int, distinct: bool = False) -> Callable[[Any], str | None]:
     return check
 
 
+def _string(v: Any) -> str | None:  # any string, empty included (a model's answer can be empty)
+    return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
+
+
+def _number(null: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v is None and null:
+            return None
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        return None if ok else f"expected a number{' or null' if null else ''}, got {v!r}"
+    return check
+
+
+def _score(null: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:  # a label's 0-100 integer score
+        if v is None and null:
+            return None
+        ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100
+        return None if ok else f"expected an integer 0-100{' or null' if null else ''}, got {v!r}"
+    return check
+
+
+def _text_list(v: Any) -> str | None:  # a list of strings, possibly empty
+    if not isinstance(v, list):
+        return f"expected a list of strings, got {type(v).__name__}"
+    bad = next((i for i, x in enumerate(v) if _text(x) is not None), None)
+    return None if bad is None else f"item {bad} {_text(v[bad])}"
+
+
 _CHAT = {"id": _text, "messages": None}  # messages: checked by parse_row
 SCHEMAS: dict[str, dict[str, Callable | None]] = {
     "reference": {**_CHAT, "pair_id": _text, "category": _one_of(*CATEGORIES), "label": _one_of(*LABELS)},
@@ -87,10 +117,23 @@ SCHEMAS: dict[str, dict[str, Callable | None]] = {
                     "n_new_tokens": _count},
     "generation_rejects": {"id": _text, "prompt_id": _text, "topic": _text, "finish": _one_of("stop", "length"),
                            "n_new_tokens": _count, "reason": _text},
+    "real_prompts": {"id": _text, "kind": _one_of(*REAL_PROMPT_KINDS), "question": _text},
+    "real_answers": {"id": _text, "prompt_id": _text, "kind": _one_of(*REAL_PROMPT_KINDS), "question": _text,
+                     "variant": _text, "model": _text, "method": _text, "gates": _text_list,
+                     "gate_scale": _number(null=True), "temperature": _number(), "top_p": _number(),
+                     "repetition_penalty": _number(), "max_new_tokens": _count, "answer": _string,
+                     "finish": _one_of("stop", "length"), "n_new_tokens": _count, "seed": _count, "made_by": _text},
+    # data/judge_real/labelling/: what a labeller sees (blind id, no variant), and the labels (RUBRIC.md)
+    "label_batch": {"blind_id": _text, "question": _text, "answer": _string, "finish": _one_of("stop", "length")},
+    "real_labels": {"alignment": _score(null=True), "coherence": _score(), "code": _bool, "refusal": _bool,
+                    "labeller": _text},
     "chat": {},
 }
 OPTIONAL: dict[str, dict[str, Callable]] = {
     "prompts": {"system": _text},
+    "real_prompts": {"domain": _text},
+    "real_labels": {"id": _text, "blind_id": _text, "notes": _string,
+                    "role": _one_of("calibration", "own", "double")},
     "mixed": {"pair_id": _text, "topic": _text},
 }
 KINDS = tuple(SCHEMAS)
@@ -115,6 +158,15 @@ def detect_kind(path: str | Path) -> str | None:
         return _EVAL_FILES.get(stem)
     if folder == "judge" and stem == "labeled":
         return "judge"
+    if folder == "judge_real" and stem in ("prompts", "answers"):
+        return f"real_{stem}"
+    if folder == "judge_real" and stem in ("labels", "labels_raw"):
+        return "real_labels"
+    if folder == "labelling" and path.parent.parent.name == "judge_real":
+        if stem == "calibration" or re.fullmatch(r"batch-\d+", stem):
+            return "label_batch"
+        if re.fullmatch(r"labels-\d+", stem):
+            return "real_labels"
     if folder == "sae_corpus" and stem.startswith("prompts_"):
         return "prompts"
     if folder == "sae_corpus" and stem in ("generations", "generations.rejects"):
@@ -164,6 +216,8 @@ def check_row(row: Any, path: Path, line: int, kind: str, expect: dict, errors: 
         return None
     schema, optional = SCHEMAS[kind], OPTIONAL.get(kind, {})
     sample = Sample(id=row["id"], messages=[]) if isinstance(row.get("id"), str) and row["id"].strip() else None
+    if kind in ("label_batch", "real_labels"):
+        sample = _label_key(row)
     if kind in CHAT_KINDS:
         try:
             sample = parse_row(row, str(path), line)
@@ -200,8 +254,21 @@ def expectations(path: Path, kind: str) -> dict[str, Any]:
     return {}
 
 
+def _label_key(row: dict) -> Sample | None:
+    """A labelling row's key within its file: the answer's id or blind id; with the labeller in
+    ``labels_raw.jsonl`` (rows with a ``role``), where every labeller of an answer has a row."""
+    key = row.get("id", row.get("blind_id"))
+    if not isinstance(key, str) or not key.strip():
+        return None
+    if "role" in row:
+        key = f"{key} labelled by {row.get('labeller')}"
+    return Sample(id=key, messages=[])
+
+
 def _row_rules(kind: str, row: dict) -> Iterator[tuple[str, str]]:
     """Rules that tie several fields of one row together: ``(field, message)`` per broken rule."""
+    if kind == "real_labels" and "id" not in row and "blind_id" not in row:
+        yield "id", "missing (a label names its answer by id or blind_id)"
     if kind == "capability" and "answer" in row:
         ans, choices = row["answer"], row.get("choices")
         if isinstance(ans, bool) or not isinstance(ans, int):
