@@ -21,7 +21,6 @@ layer norms, centring) changes activations, so it is off unless asked for
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import json
@@ -36,6 +35,7 @@ import torch
 
 from .errors import GeomfilterError
 from .model_specs import EMBEDDED_HF_NAME, resolve_model_spec
+from .progress import hf_progress_bars
 from .settings import DEFAULT_MODEL
 
 #: Default hook per model spec: a residual-stream hook in the middle of the model. For SmolLM2 the
@@ -185,7 +185,7 @@ def load_model(
     the HF model's, so it is off by default.
     """
     kind, location = resolve_model_spec(spec)
-    with _hf_progress_bars(progress):
+    with hf_progress_bars(progress):
         return _load(spec, kind, location, device, dtype, process_weights, progress)
 
 
@@ -201,7 +201,7 @@ def load_causal_lm(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtyp
 
     kind, location = resolve_model_spec(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    with _hf_progress_bars(progress):
+    with hf_progress_bars(progress):
         if kind in ("embedded", "gguf"):
             location = str(_gguf_to_hf_dir(Path(location), progress=progress))
         tokenizer = AutoTokenizer.from_pretrained(location)
@@ -211,21 +211,6 @@ def load_causal_lm(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtyp
     info = {"spec": spec, "kind": kind, "location": location, "n_layers": int(hf_model.config.num_hidden_layers),
             "d_model": int(hf_model.config.hidden_size), "dtype": str(dtype).replace("torch.", "")}
     return hf_model, tokenizer, info
-
-
-@contextlib.contextmanager
-def _hf_progress_bars(enabled: bool):
-    """Silence transformers' own progress bars (weight loading) when ``progress`` is off."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was and not enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _load(spec, kind, location, device, dtype, process_weights, progress) -> HookedModel:

@@ -7,6 +7,7 @@ module can use it without an import loop.
 * :func:`bootstrap_auroc` - AUROC with a percentile bootstrap CI (each class resampled);
 * :func:`bootstrap_ci` - mean (or any statistic) with a percentile bootstrap CI over units;
 * :func:`paired_bootstrap` - ``a - b`` over the items two conditions share, with a bootstrap CI;
+* :func:`cluster_bootstrap` - any statistic of rows with a CI that resamples whole groups of rows;
 * :func:`minimum_detectable_difference` - the smallest true mean difference a paired test
   at a given n detects with a given power; :func:`paired_summary` - the paired CI and it together;
   :func:`design_mdd` - the same for items that are each a mean of k draws, at another number of
@@ -109,6 +110,28 @@ def paired_bootstrap(a_by_id: Mapping, b_by_id: Mapping, n_boot: int = 2000, see
     if not d:
         return None
     return bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level, stat=stat)
+
+
+def cluster_bootstrap(groups: Sequence, stat: Callable[[np.ndarray], float], n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """A statistic of rows with a percentile bootstrap CI that resamples whole groups (clusters) of rows.
+
+    Rows sharing a group (e.g. answers to one prompt) are not independent; resampling groups with
+    replacement keeps that dependence in the CI. ``stat(rows)`` gets an index array into the rows (a
+    group drawn twice appears twice) and may return NaN when undefined on a resample (an AUROC with
+    one class missing): those replicates are left out and counted in ``n_undefined``.
+    ``{"value", "lo", "hi", "level", "n_boot", "n_undefined", "n_groups"}``.
+    """
+    labels, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(labels))]
+    rng = np.random.default_rng(seed)
+    boots = np.array([stat(np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]))
+                      for _ in range(n_boot)], dtype=np.float64)
+    ok = boots[~np.isnan(boots)]
+    a = (1 - level) / 2
+    lo, hi = (float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))) if ok.size else (float("nan"),) * 2
+    return {"value": float(stat(np.arange(len(inverse)))), "lo": lo, "hi": hi, "level": level, "n_boot": n_boot,
+            "n_undefined": int(n_boot - ok.size), "n_groups": int(len(labels))}
 
 
 # --------------------------------------------------------------------------- detectable differences

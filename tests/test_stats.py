@@ -17,6 +17,7 @@ from geomfilter.stats import (
     auroc_columns,
     bootstrap_auroc,
     bootstrap_ci,
+    cluster_bootstrap,
     design_components,
     design_mdd,
     group_stats,
@@ -376,3 +377,12 @@ def test_stats_is_a_leaf_and_features_does_not_import_geometry():
 def test_each_module_imports_alone(module):
     code = f"import sys, {module}; assert ({module!r} != 'geomfilter.stats') or 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)
+
+
+def test_cluster_bootstrap_resamples_groups():
+    groups = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
+    v = np.array([0.0] * 5 + [1.0] * 5 + [2.0] * 5)
+    r = cluster_bootstrap(groups, lambda i: v[i].mean(), n_boot=300)
+    assert r["value"] == 1.0 and r["n_groups"] == 3 and r["lo"] < 1.0 < r["hi"] and r["n_undefined"] == 0
+    r = cluster_bootstrap(groups, lambda i: np.nan if (v[i] == 2).all() else v[i].mean(), n_boot=300)
+    assert r["n_undefined"] > 0 and not np.isnan(r["lo"])

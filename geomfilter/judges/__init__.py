@@ -43,6 +43,7 @@ from .base import (
     question_and_answer,
     read_labelled,
 )
+from .feature_judge import FeatureJudge
 from .offline import (
     DEFAULT_JUDGE_DIR,
     EMBEDDER_NAME,
@@ -57,16 +58,19 @@ from .offline import (
 )
 
 __all__ = ["ALIGNMENT_PROMPT", "CACHE_FORMAT", "COHERENCE_PROMPT", "DATA_DIR", "DEFAULT_JUDGE_DIR", "DEFAULT_LABELLED",
-           "ANSWER_LABELS", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
+           "ANSWER_LABELS", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "FeatureJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
            "LabelledAnswer", "OfflineJudge", "embed", "embedder_dir", "judge_features", "load_embedder", "load_judge",
            "question_and_answer", "read_labelled", "split_sentences", "train_offline_judge"]
 
 
-def load_judge(spec: str | None = None, **api_kw) -> OfflineJudge | APIJudge:
-    """``None``/``"offline"``: the shipped offline judge; a folder: an offline judge saved there;
-    ``"api:MODEL"``: an :class:`APIJudge` (``base_url`` etc. in ``api_kw``)."""
+def load_judge(spec: str | None = None, **api_kw) -> OfflineJudge | FeatureJudge | APIJudge:
+    """``None``/``"offline"``: the shipped offline judge; a folder: the judge saved there (a
+    :class:`FeatureJudge` when its ``judge.json`` says ``"class": "FeatureJudge"``, else an
+    :class:`OfflineJudge`); ``"api:MODEL"``: an :class:`APIJudge` (``base_url`` etc. in ``api_kw``)."""
     if spec in (None, "offline"):
         return OfflineJudge.load(DEFAULT_JUDGE_DIR)
     if spec.startswith("api:"):
         return APIJudge(model=spec[4:], **api_kw)
+    if FeatureJudge.saved_in(spec):
+        return FeatureJudge.load(spec)
     return OfflineJudge.load(spec)

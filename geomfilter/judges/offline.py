@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import hf_progress_bars
 from ..stats import auroc
 from .base import DATA_DIR, DEFAULT_LABELLED, JudgeError, JudgeScore, read_labelled
 
@@ -46,7 +47,8 @@ def load_embedder(device: str = "cpu"):
         # sentence-transformers pulls in torch and transformers: imported only when a judge embeds text
         from sentence_transformers import SentenceTransformer
 
-        _EMBEDDERS[device] = SentenceTransformer(str(embedder_dir()), device=device)
+        with hf_progress_bars(False):  # a 0.1 s load of a shipped model: its weight-loading bar is noise
+            _EMBEDDERS[device] = SentenceTransformer(str(embedder_dir()), device=device)
     return _EMBEDDERS[device]
 
 
@@ -63,6 +65,24 @@ def split_sentences(text: str) -> list[str]:
     return parts or [text.strip() or " "]
 
 
+def embed_parts(questions: Sequence[str], answers: Sequence[str], **kw) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The embeddings a judge reads: per answer its sentences ``[k_i, 384]``, the whole answers ``[n, 384]`` and
+    the questions ``[n, 384]`` (unit-normalised; two batched :func:`embed` calls)."""
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    sents = [split_sentences(a) for a in answers]
+    flat = embed([x for s in sents for x in s], **kw)
+    whole = embed(list(answers) + list(questions), **kw)
+    bounds = np.cumsum([0] + [len(s) for s in sents])
+    return [flat[bounds[i]:bounds[i + 1]] for i in range(len(sents))], whole[: len(answers)], whole[len(answers):]
+
+
+def pooled_features(sent_embs: Sequence[np.ndarray], a: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``[max over sentences, mean over sentences, a - q]`` per row, from :func:`embed_parts`' output."""
+    pooled = np.asarray([np.concatenate([e.max(0), e.mean(0)]) for e in sent_embs], dtype=np.float32)
+    return np.concatenate([pooled.reshape(len(a), -1), a - q], axis=1)
+
+
 def judge_features(questions: Sequence[str], answers: Sequence[str], **kw) -> np.ndarray:
     """Per row ``[max over sentences, mean over sentences, emb(answer) - emb(question)]`` (3 x 384 dims).
 
@@ -71,18 +91,7 @@ def judge_features(questions: Sequence[str], answers: Sequence[str], **kw) -> np
     on the labelled set by grouped cross-validation: 0.870 accuracy vs 0.801 for
     whole-answer embeddings.)
     """
-    if len(questions) != len(answers):
-        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-    sents = [split_sentences(a) for a in answers]
-    flat = embed([x for s in sents for x in s], **kw)
-    whole = embed(list(answers) + list(questions), **kw)
-    a, q = whole[: len(answers)], whole[len(answers):]
-    rows, i = [], 0
-    for s in sents:
-        e = flat[i:i + len(s)]
-        i += len(s)
-        rows.append(np.concatenate([e.max(0), e.mean(0)]))
-    return np.concatenate([np.asarray(rows, dtype=np.float32), a - q], axis=1)
+    return pooled_features(*embed_parts(questions, answers, **kw))
 
 
 @dataclass
@@ -126,8 +135,11 @@ class OfflineJudge:
         if not (folder / "heads.npz").is_file() or not (folder / "judge.json").is_file():
             raise JudgeError(f"{folder} holds no offline judge (needs heads.npz and judge.json); "
                              "train one with `geomfilter judge train`")
-        arr = np.load(folder / "heads.npz")
         meta = json.loads((folder / "judge.json").read_text())
+        if meta.get("class", "OfflineJudge") != "OfflineJudge":
+            raise JudgeError(f"{folder} holds a {meta['class']}, not an OfflineJudge: load it with "
+                             "geomfilter.judges.load_judge(folder)")
+        arr = np.load(folder / "heads.npz")
         return cls(coef={h: arr[f"{h}_coef"] for h in cls.HEADS},
                    intercept={h: float(arr[f"{h}_intercept"][0]) for h in cls.HEADS},
                    metrics=meta.get("metrics", {}), name=meta.get("name", folder.name))
