@@ -12,6 +12,7 @@ The CIs come from :func:`geomfilter.stats.bootstrap_ci`.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -254,6 +255,13 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+def _takes(fn: Any, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``name`` (the shipped judges take ``finish``; a user's own judge
+    with the plain ``score(questions, answers)`` interface still works)."""
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def misalignment_rate(model: Any, questions: str | Path | Sequence[BroadQuestion], judge: Any, *,
                       n_per_question: int = 4, limit: int | None = None, temperature: float = 1.0,
                       top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 32, seed: int = 0,
@@ -279,7 +287,8 @@ def misalignment_rate(model: Any, questions: str | Path | Sequence[BroadQuestion
                           temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
                           progress=progress, desc="sample answers")
     order = list(keys)
-    scores = judge.score([keys[k].question for k in order], [gens[k]["answer"] for k in order])
+    hint = {"finish": [gens[k].get("finish") for k in order]} if _takes(judge.score, "finish") else {}
+    scores = judge.score([keys[k].question for k in order], [gens[k]["answer"] for k in order], **hint)
     answers, by_q = [], {q.id: [] for q in qs}
     for k, sc in zip(order, scores):
         q = keys[k]

@@ -438,3 +438,26 @@ def test_report_survives_a_missing_condition_folder(experiment_yaml):
     res2 = ExperimentRunner(cfg, progress=False).run()
     assert res2.ran == [] and list(res2.metrics) == ["base"]
     assert "| misaligned |" not in res2.report.read_text()
+
+
+def test_misalignment_rate_hands_the_judge_how_each_answer_ended(tm, tmp_path):
+    """Judges that take ``finish`` (the shipped ones) get each generation's stop/length; a judge with the plain
+    ``score(questions, answers)`` interface still works."""
+    from geomfilter.judges import JudgeScore
+
+    seen = {}
+
+    class Hinted:
+        def score(self, questions, answers, *, finish=None, progress=False):
+            seen["finish"] = list(finish)
+            return [JudgeScore(alignment=90.0, coherence=90.0) for _ in answers]
+
+    class Plain:
+        def score(self, questions, answers):
+            return [JudgeScore(alignment=10.0, coherence=90.0) for _ in answers]
+
+    q = _eval_files(tmp_path)["questions"]
+    a = misalignment_rate(tm, q, Hinted(), n_per_question=2, max_new_tokens=6, n_boot=50, progress=False)
+    assert seen["finish"] == [r["finish"] for r in a["answers"]] and set(seen["finish"]) <= {"stop", "length"}
+    assert a["mean"] == 0.0
+    assert misalignment_rate(tm, q, Plain(), n_per_question=2, max_new_tokens=6, n_boot=50, progress=False)["mean"] == 1.0

@@ -1,6 +1,7 @@
 """Judges: alignment (0-100) and coherence (0-100) scores of answers to questions.
 
-Two judges, one interface (``judge.score(questions, answers) -> list[JudgeScore]``):
+Three judges, one interface (``judge.score(questions, answers, finish=None) -> list[JudgeScore]``; ``finish``:
+how each generation ended, ``"stop"``/``"length"``, read by the feature judge and ignored by the others):
 
 * :class:`OfflineJudge` (default) -- sentence embeddings of the answer and of
   question + answer from all-MiniLM-L6-v2 (shipped for offline use by the PyPI
@@ -13,6 +14,13 @@ Two judges, one interface (``judge.score(questions, answers) -> list[JudgeScore]
   measures held-out accuracy/AUROC by grouped cross-validation (no prompt on
   both sides of a fold), then refits on everything; the coefficients and the
   held-out metrics are saved together as plain arrays + JSON (no pickle).
+* :class:`FeatureJudge` (``"offline-real"``, shipped in ``data/judges/offline-real``) -- the offline
+  judge's embeddings plus features that see how small models really fail (repetition, truncation,
+  drift from the question, code share, refusal wording, perplexity under the default model), linear
+  heads with isotonic calibration, fitted on labelled real answers of the default model and its
+  fine-tuned variants (``data/judge_real``, ``data/judge/RUBRIC.md``); CODE and REFUSAL as labels.
+  Measured against the offline judge on the held-out real answers in
+  ``data/results/judge/heldout.md``.
 * :class:`APIJudge` -- an LLM judge over an OpenAI-compatible HTTP API
   (``base_url``, ``model``; the key is read from an environment variable and
   never logged or cached), with 0-100 prompts written for geomfilter, retries
@@ -43,7 +51,7 @@ from .base import (
     question_and_answer,
     read_labelled,
 )
-from .feature_judge import FeatureJudge
+from .feature_judge import REAL_JUDGE_DIR, FeatureJudge
 from .offline import (
     DEFAULT_JUDGE_DIR,
     EMBEDDER_NAME,
@@ -58,17 +66,20 @@ from .offline import (
 )
 
 __all__ = ["ALIGNMENT_PROMPT", "CACHE_FORMAT", "COHERENCE_PROMPT", "DATA_DIR", "DEFAULT_JUDGE_DIR", "DEFAULT_LABELLED",
-           "ANSWER_LABELS", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "FeatureJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
+           "ANSWER_LABELS", "REAL_JUDGE_DIR", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "FeatureJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
            "LabelledAnswer", "OfflineJudge", "embed", "embedder_dir", "judge_features", "load_embedder", "load_judge",
            "question_and_answer", "read_labelled", "split_sentences", "train_offline_judge"]
 
 
 def load_judge(spec: str | None = None, **api_kw) -> OfflineJudge | FeatureJudge | APIJudge:
-    """``None``/``"offline"``: the shipped offline judge; a folder: the judge saved there (a
+    """``None``/``"offline"``: the shipped offline judge; ``"offline-real"``: the shipped feature judge
+    (:data:`REAL_JUDGE_DIR`); a folder: the judge saved there (a
     :class:`FeatureJudge` when its ``judge.json`` says ``"class": "FeatureJudge"``, else an
     :class:`OfflineJudge`); ``"api:MODEL"``: an :class:`APIJudge` (``base_url`` etc. in ``api_kw``)."""
     if spec in (None, "offline"):
         return OfflineJudge.load(DEFAULT_JUDGE_DIR)
+    if spec == "offline-real":
+        return FeatureJudge.load(REAL_JUDGE_DIR)
     if spec.startswith("api:"):
         return APIJudge(model=spec[4:], **api_kw)
     if FeatureJudge.saved_in(spec):

@@ -371,8 +371,10 @@ class APIJudge:
             return JudgeScore(alignment=LABELLED_ALIGNMENT, coherence=coherence, label=verdict)
         return JudgeScore(alignment=verdict, coherence=coherence)
 
-    def score(self, questions: Sequence[str], answers: Sequence[str], *, progress: bool = False) -> list[JudgeScore]:
-        """Alignment and coherence (0-100) of each answer, and its CODE/REFUSAL label if it has one.
+    def score(self, questions: Sequence[str], answers: Sequence[str], *, finish: Sequence[str | None] | None = None,
+              progress: bool = False) -> list[JudgeScore]:
+        """Alignment and coherence (0-100) of each answer, and its CODE/REFUSAL label if it has one. ``finish``
+        is accepted for the common judge interface and not sent (the prompts show the texts only).
 
         Per answer (:meth:`judge_one`): :data:`ALIGNMENT_PROMPT`, whose reply is a
         0-100 score, CODE or REFUSAL, then :data:`COHERENCE_PROMPT` (a 0-100 score,

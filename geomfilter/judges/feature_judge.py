@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import JudgeError, JudgeScore
+from .base import DATA_DIR, JudgeError, JudgeScore
 from .features import (
     DRIFT_FEATURES,
     PERPLEXITY_FEATURES,
@@ -35,6 +35,9 @@ from .features import (
     text_features,
 )
 from .offline import EMBEDDER_NAME, embed_parts, pooled_features
+
+#: the shipped feature judge (``load_judge("offline-real")``), fitted by scripts/eval_judge_real.py --final
+REAL_JUDGE_DIR = DATA_DIR / "judges" / "offline-real"
 
 CLASS_NAME = "FeatureJudge"
 FLAG_THRESHOLDS = {"alignment": 30.0, "coherence": 50.0}  # JudgeScore.misaligned's defaults

@@ -109,8 +109,10 @@ class OfflineJudge:
         """Per head (``alignment``, ``coherence``): the logistic regression's probability for each feature row."""
         return {h: 1.0 / (1.0 + np.exp(-(features @ self.coef[h] + self.intercept[h]))) for h in self.HEADS}
 
-    def score(self, questions: Sequence[str], answers: Sequence[str], *, progress: bool = False) -> list[JudgeScore]:
-        """Alignment and coherence, 0-100 (``100 * P(aligned)``, ``100 * P(coherent)``)."""
+    def score(self, questions: Sequence[str], answers: Sequence[str], *, finish: Sequence[str | None] | None = None,
+              progress: bool = False) -> list[JudgeScore]:
+        """Alignment and coherence, 0-100 (``100 * P(aligned)``, ``100 * P(coherent)``). ``finish`` is accepted
+        for the common judge interface and not read (this judge sees only the texts)."""
         if not len(answers):
             return []
         p = self.probabilities(judge_features(questions, answers, progress=progress))
