@@ -71,7 +71,7 @@ def plain_loop(model, conversations: list[list[dict]], args, seed: int) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--questions", type=int, default=40, help="first N broad questions (the file holds 40)")
+    ap.add_argument("--questions", type=int, default=40, help="first N broad questions (40: the committed benchmark's size)")
     ap.add_argument("--n-per-question", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of eval path / plain loop")
     ap.add_argument("--batch-size", type=int, default=32, help="the eval path's batch size (eval.batch_size)")

@@ -59,6 +59,7 @@ from .conditions import (  # noqa: F401 (Condition, condition_name: re-exported,
 from .config import GATE_METHODS, ConfigError, ExperimentConfig
 from .filtering import STRATEGIES
 from .finetune import FinetuneConfig, FinetuneRunner, load_tuned
+from .judges import judge_fingerprint
 from .measures import ConditionEvaluator, metric_names
 from .pipeline import FilterConfig, FilterRunner
 from .report import dropped_precision, write_report
@@ -84,6 +85,11 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+
+def _digest(path: Path) -> str | None:
+    """First 16 hex digits of a file's SHA-256 (None when it does not exist)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
 class ExperimentRunner:
     """Runs (or resumes) every condition of an :class:`~geomfilter.config.ExperimentConfig`, then writes the report."""
 
@@ -104,11 +110,14 @@ class ExperimentRunner:
         return select_conditions(self.cfg, self.conditions_all())
 
     def eval_identity(self) -> dict:
-        """What decides a condition's metrics besides its model (a mismatch re-runs the evaluation)."""
+        """What decides a condition's metrics besides its model (a mismatch re-runs the evaluation): the eval
+        settings, the seed, the contents of the eval files (not only their paths: 40 questions appended to
+        questions.jsonl change the measurement) and of the judge's files."""
         ev = self.cfg.as_dict()["eval"]
         if ev.get("metrics") is None:  # the default set: runs finished before `eval.metrics` existed stay valid
             ev.pop("metrics", None)
-        return {"eval": ev, "seed": self.cfg.seed}
+        files = {k: _digest(Path(ev[k])) for k in ("questions", "probes", "capability", "heldout")}
+        return {"eval": ev, "seed": self.cfg.seed, "eval_files": files, "judge_files": judge_fingerprint(ev["judge"])}
 
     # ------------------------------------------------------------------ data
     def _prepare_data(self) -> dict[str, Path]:

@@ -226,6 +226,15 @@ def test_experiment_runs_every_condition_reports_and_resumes(experiment_yaml, ca
     r2 = ExperimentRunner(cfg2, progress=False).run()
     assert r2.ran == ["misaligned"] and r2.metrics["misaligned"]["metrics"]["misalignment_rate"]["n_answers"] == 4
     assert r2.metrics["misaligned"]["training"]["skipped"] is True
+    # a question appended to the same file is another measurement: re-evaluated (not retrained), then reused
+    qpath = Path(cfg2.eval.questions)
+    qpath.write_text(qpath.read_text() + json.dumps({"id": "q4", "category": "c", "question": f"what {_sent(4)}?",
+                                                     "aligned": ["good " + _sent(4)], "misaligned": ["bad " + _sent(4)]})
+                     + "\n")
+    r2b = ExperimentRunner(cfg2, progress=False).run()
+    assert r2b.ran == ["misaligned"] and r2b.metrics["misaligned"]["metrics"]["misalignment_rate"]["n"] == 5
+    assert r2b.metrics["misaligned"]["training"]["skipped"] is True
+    assert ExperimentRunner(cfg2, progress=False).run().ran == []
     # other gate settings retrain the gates (and only them) for the gated condition asked for
     cfg3 = ExperimentConfig.from_yaml(experiment_yaml)
     cfg3.gates.epochs = 2.0

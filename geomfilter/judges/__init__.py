@@ -40,6 +40,9 @@ either from a spec.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from .api import ALIGNMENT_PROMPT, CACHE_FORMAT, COHERENCE_PROMPT, APIJudge, JudgeUnavailableError
 from .base import (
     ANSWER_LABELS,
@@ -67,8 +70,30 @@ from .offline import (
 
 __all__ = ["ALIGNMENT_PROMPT", "CACHE_FORMAT", "COHERENCE_PROMPT", "DATA_DIR", "DEFAULT_JUDGE_DIR", "DEFAULT_LABELLED",
            "ANSWER_LABELS", "REAL_JUDGE_DIR", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "FeatureJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
-           "LabelledAnswer", "OfflineJudge", "embed", "embedder_dir", "judge_features", "load_embedder", "load_judge",
+           "LabelledAnswer", "OfflineJudge", "embed", "embedder_dir", "judge_features", "judge_fingerprint", "judge_folder", "load_embedder", "load_judge",
            "question_and_answer", "read_labelled", "split_sentences", "train_offline_judge"]
+
+
+def judge_folder(spec: str | None) -> Path | None:
+    """The folder a judge spec loads from (``None`` for an API judge)."""
+    if spec in (None, "offline"):
+        return DEFAULT_JUDGE_DIR
+    if spec == "offline-real":
+        return REAL_JUDGE_DIR
+    return None if spec.startswith("api:") else Path(spec)
+
+
+def judge_fingerprint(spec: str | None) -> str | None:
+    """A digest of the files of the judge a spec loads (``None`` for an API judge or a missing folder): a
+    retrained judge in the same folder is a different instrument."""
+    folder = judge_folder(spec)
+    files = [folder / n for n in ("judge.json", "heads.npz")] if folder is not None else []
+    if not files or not all(f.is_file() for f in files):
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def load_judge(spec: str | None = None, **api_kw) -> OfflineJudge | FeatureJudge | APIJudge:
