@@ -12,8 +12,10 @@ from ..evaluate import logprob_preference
 from ..experiment import ExperimentRunner
 from ..finetune import load_tuned
 from ..judges import APIJudge, load_judge, question_and_answer, train_offline_judge
+from ..judges.base import DEFAULT_LABELLED
+from ..judges.offline import DEFAULT_JUDGE_DIR
 from ..samples import read_samples
-from ._common import DeviceOpt, _fail, command_group
+from ._common import DeviceOpt, ProgressOpt, _fail, command_group
 
 eval_app = command_group("Evaluate models and fine-tune runs.")
 judge_app = command_group("Alignment/coherence judges (offline MiniLM judge, or an OpenAI-compatible API).")
@@ -43,19 +45,26 @@ def eval_preference(
 
 @judge_app.command("train")
 def judge_train(
-    data: Path = typer.Option(Path("data/judge/labeled.jsonl"), help="Labelled answers (alignment, coherence)."),
-    out: Path = typer.Option(Path("data/judges/offline-minilm"), help="Folder for heads.npz + judge.json."),
+    data: Path = typer.Option(DEFAULT_LABELLED, help="Labelled answers (alignment, coherence)."),
+    out: Path = typer.Option(Path("runs/judges/offline-minilm"),
+                             help="Folder for heads.npz + judge.json (use it with --judge FOLDER). The shipped "
+                                  "judge's folder is replaced only with --overwrite."),
     folds: int = typer.Option(5, help="Grouped cross-validation folds for the held-out metrics."),
     c: float = typer.Option(4.0, help="Inverse L2 strength of the logistic regressions."),
+    overwrite: bool = typer.Option(False, help="Replace a judge already in --out (the shipped one included)."),
+    progress: ProgressOpt = True,
 ):
     """Train the offline judge; print and store its held-out accuracy/AUROC."""
-    j = train_offline_judge(data, folds=folds, c=c, progress=True)
+    if (out / "judge.json").exists() and not overwrite:
+        shipped = " (the shipped judge, used by --judge offline)" if out.resolve() == DEFAULT_JUDGE_DIR.resolve() else ""
+        _fail(f"{out} already holds a judge{shipped}; pass --overwrite to replace it, or choose another --out")
+    j = train_offline_judge(data, folds=folds, c=c, progress=progress)
     j.save(out)
     m = j.metrics
     for head in j.HEADS:
         typer.echo(f"{head}: held-out accuracy {m[head]['heldout_accuracy']:.3f}, AUROC {m[head]['heldout_auroc']:.3f} "
                    f"(out-of-fold, {m['n']} rows)")
-    typer.echo(str(out))
+    typer.echo(f"saved -> {out} (score with it: --judge {out})")
 
 
 @judge_app.command("score")
@@ -69,6 +78,7 @@ def judge_score(
     max_retries: int = typer.Option(APIJudge.max_retries, help="API judge: retries of a failed request (exponential backoff)."),
     out: Path | None = typer.Option(None, help="Write one JSON row per sample (id, alignment, coherence, error, "
                                     "misaligned; scores and misaligned are null for an unscored answer)."),
+    progress: ProgressOpt = True,
 ):
     """Score DATA's answers for alignment and coherence (0-100).
 
@@ -81,7 +91,7 @@ def judge_score(
     j = load_judge(judge, base_url=base_url, api_key_env=api_key_env, cache_dir=cache_dir, timeout=timeout,
                    max_retries=max_retries) if judge and judge.startswith("api:") else load_judge(judge)
     pairs = [question_and_answer(s_.messages) for s_ in samples]
-    scores = j.score([q for q, _ in pairs], [a for _, a in pairs], progress=True)
+    scores = j.score([q for q, _ in pairs], [a for _, a in pairs], progress=progress)
     rows = [{"id": s_.id, "alignment": r.alignment, "coherence": r.coherence, "error": r.error,
              "misaligned": r.misaligned()} for s_, r in zip(samples, scores)]
     if out is not None:
@@ -117,6 +127,7 @@ def experiment(
                                     "`conditions`, or all); the report covers every finished condition."),
     out: Path | None = typer.Option(None, help="Override the config's `out` (the experiment goes to OUT/<name>/)."),
     list_conditions: bool = typer.Option(False, "--list", help="Print the conditions and exit."),
+    device: str | None = typer.Option(None, help="Override the config's `device` (cpu, cuda, ...)."),
     progress: bool = typer.Option(True, help="Show progress bars and per-step lines."),
 ):
     """Fine-tune under several conditions (base, misaligned, filtered, gated), evaluate each the same way, and
@@ -124,6 +135,8 @@ def experiment(
     cfg = ExperimentConfig.from_yaml(config)
     if out is not None:
         cfg.out = str(out)
+    if device is not None:
+        cfg.device = device
     if only:
         cfg.conditions = [x.strip() for x in only.split(",") if x.strip()]
     runner = ExperimentRunner(cfg, progress=progress)
