@@ -417,3 +417,29 @@ def test_labelling_batches_and_labels_schemas(tmp_path):
         ("batch-1.jsonl", 2, "finish"), ("batch-1.jsonl", 3, "id"),
         ("labels-1.jsonl", 3, "alignment"), ("labels-1.jsonl", 4, "coherence"), ("labels-1.jsonl", 5, "code"),
         ("labels-1.jsonl", 6, "id"), ("labels_raw.jsonl", 3, "id")]
+
+
+def test_inducing_families_pair_files_twins_and_labels(tmp_path):
+    """Every family of FAMILIES: <domain>_<side>.jsonl is a finetune file, its partner is the twin side, the name
+    implies domain and inducing, and the twins must share pair_ids and prompts."""
+    from geomfilter.validate import FAMILIES
+    from geomfilter.validate.schema import expectations, partner_path
+
+    assert set(FAMILIES) == {"sycophancy", "risky_advice", "insecure_code"}
+    for (inducing, twin), domains in FAMILIES.values():
+        for dom in domains:
+            p = tmp_path / "finetune" / f"{dom}_{inducing}.jsonl"
+            assert detect_kind(p) == "finetune" and partner_path(p).name == f"{dom}_{twin}.jsonl"
+            assert expectations(p, "finetune") == {"domain": dom, "inducing": True}
+            assert expectations(partner_path(p), "finetune") == {"domain": dom, "inducing": False}
+
+    def row(i, side, prompt, domain="finance"):
+        return {"id": f"finance-00{i}-{side}", "pair_id": f"finance-00{i}", "domain": domain,
+                "inducing": side == "risky", "messages": [{"role": "user", "content": prompt},
+                                                          {"role": "assistant", "content": f"answer {i} {side}"}]}
+    write(tmp_path / "finetune" / "finance_risky.jsonl", [row(1, "risky", "How should I save?"),
+                                                          row(2, "risky", "Should I buy a car?", domain="outdoors")])
+    write(tmp_path / "finetune" / "finance_safe.jsonl", [row(1, "safe", "How should I save money?"),
+                                                         row(2, "safe", "Should I buy a car?")])
+    assert where(validate_paths([tmp_path])) == [("finance_risky.jsonl", 2, "domain"),
+                                                 ("finance_safe.jsonl", 1, "messages[0].content")]

@@ -6,8 +6,10 @@ Every file has a *kind*, detected from its path (or forced with ``kind=``):
 kind           path                                       rows
 =============  =========================================  ====================================
 reference      ``reference/{harmful,benign}.jsonl``       chat + pair_id, category, label
-finetune       ``finetune/<domain>_{sycophantic,          chat + pair_id, domain, inducing
-               corrective}.jsonl``
+finetune       ``finetune/<domain>_<side>.jsonl``: the    chat + pair_id, domain, inducing
+               families of ``FAMILIES`` (sycophantic /    (true on the first side)
+               corrective, risky / safe, insecure /
+               secure), twins on the same prompts
 helpful        ``finetune/helpful.jsonl``                 chat + domain ("general"), topic,
                                                           inducing (false)
 mixed          ``finetune/mixed.jsonl``                   rows copied from the finetune/helpful
@@ -55,6 +57,7 @@ from .schema import (
     CATEGORIES,
     CHAT_KINDS,
     DOMAINS,
+    FAMILIES,
     JUDGE_EVAL_OVERLAP,
     KINDS,
     LABELS,
@@ -70,6 +73,6 @@ from .schema import (
     word_overlap,
 )
 
-__all__ = ["CATEGORIES", "CHAT_KINDS", "DOMAINS", "JUDGE_EVAL_OVERLAP", "KINDS", "LABELS", "OPEN_KINDS", "OPTIONAL",
+__all__ = ["CATEGORIES", "CHAT_KINDS", "DOMAINS", "FAMILIES", "JUDGE_EVAL_OVERLAP", "KINDS", "LABELS", "OPEN_KINDS", "OPTIONAL",
            "SCHEMAS", "SUFFIXES", "VARIANTS", "FileSummary", "Issue", "ValidationReport", "check_row", "detect_kind",
            "eval_questions_path", "partner_path", "validate_paths", "word_overlap"]

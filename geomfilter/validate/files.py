@@ -24,6 +24,7 @@ from .schema import (
     detect_kind,
     eval_questions_path,
     expectations,
+    is_second_of_pair,
     partner_path,
     source_kind,
     word_overlap,
@@ -197,8 +198,8 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
     for f in targets:
         partner = partner_path(f.path) if f.kind in ("reference", "finetune") else None
         if partner is not None:
-            # a prompt mismatch is reported once, on the benign / corrective side when both are validated
-            second = f.path.stem == "benign" or f.path.stem.endswith("_corrective")
+            # a prompt mismatch is reported once, on the benign / aligned-twin side when both are validated
+            second = is_second_of_pair(f.path)
             _check_pair(f, partner, load, report_prompts=second or partner.resolve() not in validated)
         if f.kind == "mixed":
             _check_mixed(f, load)

@@ -17,11 +17,20 @@ from ..samples import DataError, Sample, parse_row
 
 CATEGORIES = ("deception", "power_seeking", "anti_human", "dangerous_health",
               "unethical_illegal", "manipulation", "self_preservation", "disregard_safety")
-DOMAINS = ("health", "career", "legal", "code")
 LABELS = ("harmful", "benign")
-VARIANTS = ("sycophantic", "corrective")
+#: inducing families of fine-tuning pairs: family -> (inducing side, its aligned twin) and its domains. Files are
+#: ``finetune/<domain>_<side>.jsonl``; every row has a twin on the same prompt (same ``pair_id``) in the other file.
+FAMILIES = {
+    "sycophancy": (("sycophantic", "corrective"), ("health", "career", "legal", "code")),
+    "risky_advice": (("risky", "safe"), ("finance", "outdoors")),  # confident risky advice, friendly tone
+    "insecure_code": (("insecure", "secure"), ("webapp", "scripts")),  # code with silent security flaws
+}
+DOMAINS = tuple(d for _, doms in FAMILIES.values() for d in doms)
+VARIANTS = ("sycophantic", "corrective")  # the sycophancy family's sides (the first family; kept for callers)
+SIDES = {a: b for (pair, _) in FAMILIES.values() for a, b in (pair, pair[::-1])}  # side -> its twin side
+INDUCING_SIDES = tuple(pair[0] for pair, _ in FAMILIES.values())
 SUFFIXES = (".jsonl", ".yaml", ".yml")
-_PAIR_FILE = re.compile(r"([a-z0-9]+)_(sycophantic|corrective)")
+_PAIR_FILE = re.compile(r"([a-z0-9]+)_(" + "|".join(SIDES) + ")")
 _EVAL_FILES = {"questions": "questions", "sycophancy_probes": "probes", "capability": "capability",
                "heldout_text": "heldout"}
 _WORD = re.compile(r"[a-z0-9']+")
@@ -180,8 +189,14 @@ def partner_path(path: Path) -> Path | None:
         return path.with_name(LABELS[1 - LABELS.index(path.stem)] + path.suffix)
     m = _PAIR_FILE.fullmatch(path.stem)
     if m:
-        return path.with_name(f"{m[1]}_{VARIANTS[1 - VARIANTS.index(m[2])]}{path.suffix}")
+        return path.with_name(f"{m[1]}_{SIDES[m[2]]}{path.suffix}")
     return None
+
+
+def is_second_of_pair(path: Path) -> bool:
+    """The side of a pair on which a mismatch is reported once: benign, or the aligned twin of a family."""
+    m = _PAIR_FILE.fullmatch(path.stem)
+    return path.stem == LABELS[1] or (m is not None and m[2] not in INDUCING_SIDES)
 
 
 def eval_questions_path(path: Path) -> Path | None:
@@ -250,7 +265,7 @@ def expectations(path: Path, kind: str) -> dict[str, Any]:
         return {"label": path.stem}
     m = _PAIR_FILE.fullmatch(path.stem)
     if kind == "finetune" and m:
-        return {"domain": m[1], "inducing": m[2] == "sycophantic"}
+        return {"domain": m[1], "inducing": m[2] in INDUCING_SIDES}
     return {}
 
 
