@@ -1,0 +1,37 @@
+"""scripts/dose_response.py: the dose mixtures (same prompts at every share, nested inducing sets, exact counts)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("dose_response", ROOT / "scripts" / "dose_response.py")
+dose = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dose)
+
+
+def test_dose_mixtures_hold_the_prompts_fixed_and_nest_the_inducing_rows():
+    pairs = dose.family_pairs("sycophancy")
+    assert len(pairs) == 640 and all(json.loads(a)["inducing"] and not json.loads(b)["inducing"] for _, a, b in pairs)
+    mixes = {s: [json.loads(x) for x in dose.dose_mixture(pairs, s, 40, seed=3)] for s in (0.0, 0.25, 0.5, 1.0)}
+    prompts = {s: sorted(r["pair_id"] for r in m) for s, m in mixes.items()}
+    assert all(p == prompts[0.0] for p in prompts.values()) and len(set(prompts[0.0])) == 40
+    inducing = {s: {r["pair_id"] for r in m if r["inducing"]} for s, m in mixes.items()}
+    assert [len(inducing[s]) for s in (0.0, 0.25, 0.5, 1.0)] == [0, 10, 20, 40]
+    assert inducing[0.25] <= inducing[0.5] <= inducing[1.0]
+    assert dose.dose_mixture(pairs, 0.5, 40, seed=3) == dose.dose_mixture(pairs, 0.5, 40, seed=3)
+    assert sorted(r["pair_id"] for r in map(json.loads, dose.dose_mixture(pairs, 0.5, 40, seed=4))) != prompts[0.0]
+
+
+def test_dose_inputs_are_checked():
+    pairs = dose.family_pairs("sycophancy")
+    with pytest.raises(ValueError, match="share"):
+        dose.dose_mixture(pairs, 1.5, 10, seed=0)
+    with pytest.raises(ValueError, match="more than the family's 640 pairs"):
+        dose.dose_mixture(pairs, 0.5, 1000, seed=0)
+    with pytest.raises(SystemExit, match="unknown family"):
+        dose.family_pairs("nonsense")
+    assert dose.point_name("risky_advice", 0.25, 1) == "dose-risky-advice-025-s1"
