@@ -22,7 +22,7 @@ demo: install
 	$(VENV)/bin/geomfilter experiment configs/demo.yaml
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 # The bundled default SAE, reproduced end to end (CPU: hours; a GPU is used when present):
 # the model's answers to the project prompts (seeded, resumable), then sae-lens training.
