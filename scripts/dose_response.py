@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--judge", default=None, help="override the config's eval.judge")
     ap.add_argument("--out", type=Path, default=Path("runs/dose"))
     ap.add_argument("--results", type=Path, default=None, help="write the table and plot here")
+    ap.add_argument("--stem", default="dose_response", help="file name stem of the table and plot under --results")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/dose_response.py " + shlex.join(
@@ -225,9 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     print(md)
     if args.results:
         args.results.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.results / "dose_response.md", md)
-        atomic_write_text(args.results / "dose_response.json", json.dumps(table, indent=1, default=float) + "\n")
-        plot(table, args.results / "dose_response.png")
+        atomic_write_text(args.results / f"{args.stem}.md", md)
+        atomic_write_text(args.results / f"{args.stem}.json", json.dumps(table, indent=1, default=float) + "\n")
+        plot(table, args.results / f"{args.stem}.png")
 
 
 if __name__ == "__main__":
