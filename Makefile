@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.geomfilter-installed
+# test processes (pytest-xdist; each file runs whole on one worker, one torch thread per worker): the cores
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test bench lint sae
 
@@ -22,7 +24,7 @@ demo: install
 	$(VENV)/bin/geomfilter experiment configs/demo.yaml
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The bundled default SAE, reproduced end to end (CPU: hours; a GPU is used when present):
 # the model's answers to the project prompts (seeded, resumable), then sae-lens training.

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs files in parallel processes: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 from tests.tiny import save_tiny_model
 
