@@ -129,7 +129,7 @@ class ExperimentRunner:
         """Cache references + mixture with the SAE once (the filtering pipeline), then write every filtered
         condition's ``filter/``."""
         cfg = self.cfg
-        inputs = {name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for name, p in paths.items()}
+        inputs = {name: _digest(p) for name, p in paths.items()}
         ident = {"inputs": inputs, "model": cfg.model, "sae": cfg.sae, "hook": cfg.hook, "seed": cfg.seed,
                  "max_tokens": cfg.train.max_tokens}
 

@@ -54,7 +54,8 @@ class GenerationResult:
     seconds: float
 
 
-def _done_ids(*paths: Path) -> set[str]:
+def done_ids(*paths: Path) -> set[str]:
+    """The ids of the rows already in ``paths`` (JSONL; missing files are empty): what a resumed run skips."""
     done = set()
     for path in paths:
         if path.is_file():
@@ -173,7 +174,7 @@ def generate_answers(model: Any, prompts: list[Prompt], out: str | Path, *, max_
         order = [k for b in batches for k in b][:limit]
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     n_order = sum(len(b) for b in batches)
-    done = _done_ids(out, rejects_path)
+    done = done_ids(out, rejects_path)
     todo = [(b, batch) for b, batch in enumerate(batches) if not all(k in done for k in batch)]
     out.parent.mkdir(parents=True, exist_ok=True)
     t0, n_new, n_rej, n_written, n_todo = time.perf_counter(), 0, 0, 0, 0

@@ -180,18 +180,6 @@ def plan_chunks(variants: list[Variant], prompts: list[dict], a: argparse.Namesp
     return chunks
 
 
-def done_ids(path: Path) -> set[str]:
-    done = set()
-    if path.is_file():
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    done.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError) as e:
-                    raise SystemExit(f"{path}:{n}: cannot resume from this row ({e}); remove the broken line") from e
-    return done
-
-
 def made_by(model: str, base: str) -> str:
     """How a run folder was made (the command, from its finetune.json), or that it is a plain model spec."""
     meta_path = Path(model) / "finetune.json"
@@ -251,8 +239,12 @@ def sample_chunk(tm, chunk: Chunk, batch_size: int, progress: bool) -> dict[str,
 def run_chunks(chunks: list[Chunk], out: Path, a: argparse.Namespace) -> dict:
     """Sample every chunk not yet in ``out`` and append its rows; one model load per (model, gates)."""
     from geomfilter.finetune import load_tuned  # imported here: torch/transformers take seconds
+    from geomfilter.generate import GenerationError, done_ids
 
-    done = done_ids(out)
+    try:
+        done = done_ids(out)
+    except GenerationError as e:
+        raise SystemExit(f"{e}; remove the broken line") from e
     todo = [c for c in chunks if not all(k in done for k in c.keys)]
     print(f"{len(chunks)} chunks ({sum(len(c.keys) for c in chunks)} answers): "
           f"{len(chunks) - len(todo)} already in {out}, {len(todo)} to sample", flush=True)

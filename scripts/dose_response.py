@@ -77,9 +77,9 @@ def point_name(family: str, share: float, seed: int) -> str:
     return f"dose-{family.replace('_', '-')}-{int(round(share * 100)):03d}-s{seed}"
 
 
-def point_config(base: ExperimentConfig, name: str, mixture: Path | None, n: int, args) -> ExperimentConfig:
+def point_config(name: str, mixture: Path | None, n: int, args) -> ExperimentConfig:
     cfg = ExperimentConfig.from_yaml(args.config)
-    cfg.name, cfg.out, cfg.seed = name, str(args.out), base.seed
+    cfg.name, cfg.out = name, str(args.out)
     cfg.conditions = ["base"] if mixture is None else ["misaligned"]
     if mixture is not None:
         cfg.data.mixture, cfg.data.n_samples = str(mixture), n
@@ -199,14 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/dose_response.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    base_cfg = ExperimentConfig.from_yaml(args.config)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     shares = [float(x) for x in args.shares.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     mix_dir = args.out / "mixtures"
     mix_dir.mkdir(parents=True, exist_ok=True)
     print("base", flush=True)
-    base = run_point(point_config(base_cfg, "dose-base", None, 0, args), args.progress)
+    base = run_point(point_config("dose-base", None, 0, args), args.progress)
     points = {}
     for seed in seeds:
         for fam in families:
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                 mix.write_text("".join(x + "\n" for x in dose_mixture(pairs, share, args.n_samples, seed)),
                                encoding="utf-8")
                 print(name, flush=True)
-                cfg = point_config(base_cfg, name, mix, args.n_samples, args)
+                cfg = point_config(name, mix, args.n_samples, args)
                 cfg.seed = seed
                 points[(fam, share, seed)] = run_point(cfg, args.progress)
                 m = points[(fam, share, seed)]["metrics"]

@@ -429,7 +429,8 @@ def run_final(rows: list[dict], cache: Path, n_boot: int, command: str) -> dict:
     cfg, chosen = chosen_config(OUT)
     train = [r for r in rows if r["split"] == "train"] + old_rows()  # fit() leaves the old rows out at weight 0
     held = [r for r in rows if r["split"] == "heldout"]
-    cfg.update({k: v for k, v in tune_rules([r for r in train if r["kind"] != "old"]).items() if k in FINAL})
+    rules = tune_rules([r for r in train if r["kind"] != "old"])
+    cfg.update({k: v for k, v in rules.items() if k in FINAL})
     tr_in, ho_in = features(train, cfg["blocks"], cache), features(held, tuple(b for b in ALL_BLOCKS if b in cfg["blocks"] or b != "perplexity"), cache)
     ho_nofinish = features([{**r, "finish": None} for r in held], ("text",), cache)
     lab, groups, idx = labels_of(held), col(held, "prompt_id"), np.arange(len(held))
@@ -449,7 +450,7 @@ def run_final(rows: list[dict], cache: Path, n_boot: int, command: str) -> dict:
            "n_train": n_real_train, "n_old": len(train) - n_real_train, "n_heldout": len(held), "judges": {},
            "by_kind": {}, "by_variant": {}, "train_cv": {k: v["value"] for k, v in cv.items()},
            "train_cv_old": {k: v["value"] for k, v in cv_old.items()},
-           "rules": tune_rules([r for r in train if r["kind"] != "old"])}
+           "rules": rules}
     subtle = subtle_rows()
     sub_in = features(subtle, tuple(b for b in ALL_BLOCKS if b in cfg["blocks"] or b != "perplexity"), cache)
     res["subtle"] = {name: subtle_metrics(f(sub_in, [r["answer"] for r in subtle]), subtle, n_boot)
