@@ -20,7 +20,7 @@ run through here, SAELens-style::
   does all of it and writes the outputs (:mod:`geomfilter.outputs`).
 
 What a strategy needs (an SAE, a seed, the rows' texts) is read from its class
-(``requires_sae``, ``uses_seed``, ``needs_texts``): nothing here names a strategy.
+(``requires_sae``, ``uses_seed``, ``needs_texts``, ``needs_gradients``): nothing here names a strategy.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ from .cache import (
 from .data import PreparedDataset, prepare_dataset
 from .errors import GeomfilterError
 from .filtering import STRATEGIES, FilterResult, SampleFilter, check_filter_params, make_filter
+from .gradients import cache_gradients, gradients_current
 from .model_specs import check_model_spec
 from .models import HookedModel, load_model
 from .outputs import check_filter_out, check_scores_out, write_filter_outputs, write_scores_file
@@ -234,6 +235,8 @@ class FilterInputs:
     benign: ActivationCache
     own: ActivationCache | None
     sae: Any
+    dataset: PreparedDataset | None = None
+    """DATA's prepared rows (None when DATA is a cache folder: re-prepared from its source when needed)."""
 
 
 @dataclass
@@ -319,6 +322,7 @@ class FilterRunner:
             cfg = self.cfg
             if is_cache_dir(cfg.data):
                 data, samples, rejects = self._from_cache_dir(cfg.data)
+                ds = None
             else:
                 out = self.data_dir()
                 ds, _ = self.builder.build(cfg.data, out, cache=cfg.cache, skip_invalid=cfg.skip_invalid,
@@ -327,7 +331,7 @@ class FilterRunner:
             harmful, benign = self.reference(cfg.harmful), self.reference(cfg.benign)
             own = self.reference(cfg.own, "own-") if cfg.own is not None else None
             self._inputs = FilterInputs(data=data, samples=samples, rejects=rejects, harmful=harmful,
-                                        benign=benign, own=own, sae=self.builder.sae)
+                                        benign=benign, own=own, sae=self.builder.sae, dataset=ds)
         return self._inputs
 
     def _from_cache_dir(self, path: Path) -> tuple[ActivationCache, list[Sample], list[dict]]:
@@ -365,10 +369,26 @@ class FilterRunner:
         check_filter_params(strategy, **params)
         self.check_strategy(strategy)
         inp = self.inputs()
+        if STRATEGIES[strategy].needs_gradients:
+            self.ensure_gradients(inp)
         f = make_filter(strategy, sae=inp.sae, **params).fit(inp.harmful, inp.benign)
         result = f.apply(inp.data, own=inp.own, samples=inp.samples,
                          explain=self.cfg.explain if explain is None else explain)
         return f, result
+
+    def ensure_gradients(self, inp: FilterInputs) -> None:
+        """Compute and store the loss gradients of DATA's rows with its cache, unless current ones are there."""
+        if gradients_current(inp.data):
+            return
+        ds = inp.dataset
+        if ds is None:  # DATA was a cache folder: its rows, prepared as they were cached
+            ident = inp.data.manifest["identity"]["dataset"]
+            ds = prepare_dataset(Path(inp.data.manifest["source"]), self.builder.model.tokenizer,
+                                 response=ident["response"], max_tokens=ident["max_tokens"],
+                                 truncation=ident["truncation"], skip_invalid=True)
+        self.builder.log(f"computing loss gradients at {inp.data.hook} for {len(inp.data)} rows "
+                         f"(stored in {inp.data.path})")
+        cache_gradients(self.builder.model, ds, inp.data, progress=self.cfg.progress)
 
     def write(self, out: Path, f: SampleFilter, result: FilterResult, report_extra: dict | None = None, *,
               describe_run: bool = True) -> dict:

@@ -73,8 +73,14 @@ def dose_mixture(pairs: list[tuple[str, str, str]], share: float, n: int, seed: 
     return [rows[i] for i in np.random.default_rng(seed + 1).permutation(n)]
 
 
-def point_name(family: str, share: float, seed: int) -> str:
-    return f"dose-{family.replace('_', '-')}-{int(round(share * 100)):03d}-s{seed}"
+def point_name(family: str, share: float, seed: int, epochs: float = 1.0, lora_r: int | None = None,
+               n_samples: int = 128) -> str:
+    """The point's run folder name; training settings other than the defaults (1 epoch, the config's LoRA rank,
+    128 rows) are part of it, so the points of a longer or wider run never resume from a shorter one's."""
+    tag = "" if epochs == 1.0 else f"-e{epochs:g}"
+    tag += f"-r{lora_r}" if lora_r else ""
+    tag += "" if n_samples == 128 else f"-n{n_samples}"
+    return f"dose-{family.replace('_', '-')}-{int(round(share * 100)):03d}-s{seed}{tag}"
 
 
 def point_config(name: str, mixture: Path | None, n: int, args) -> ExperimentConfig:
@@ -141,7 +147,7 @@ def report(points: dict, base: dict, args, command: str) -> tuple[str, dict]:
             row[f"{metric}_minus_base"] = paired_comparison(p, base, metric)
             row[f"{metric}_minus_control"] = (paired_comparison(p, ctrl, metric)
                                               if ctrl is not None and share > 0 else None)
-        table["points"][point_name(fam, share, seed)] = row
+        table["points"][point_name(fam, share, seed, args.epochs, args.lora_r, args.n_samples)] = row
         m = row["metrics"]
         lines.append(f"| {fam} | {share:g} | {seed} | {_cell(m['misalignment_rate'])} | "
                      f"{_cell(m['logprob_preference'])} | {_cell(m['mc_accuracy'])} | "
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         for fam in families:
             pairs = family_pairs(fam)
             for share in shares:
-                name = point_name(fam, share, seed)
+                name = point_name(fam, share, seed, args.epochs, args.lora_r, args.n_samples)
                 mix = mix_dir / f"{name}.jsonl"
                 mix.write_text("".join(x + "\n" for x in dose_mixture(pairs, share, args.n_samples, seed)),
                                encoding="utf-8")

@@ -10,8 +10,9 @@ from geomfilter.cache import ActivationCache
 
 def make_cache(dense: np.ndarray, resid: np.ndarray | None = None, meta: list[dict] | None = None,
                ids: list[str] | None = None, top_k: int = 32, hook: str = "blocks.1.hook_resid_post",
-               name: str = "synthetic") -> ActivationCache:
-    """An :class:`ActivationCache` whose mean (and max) pooled activations are ``dense``'s top-k."""
+               name: str = "synthetic", grad: np.ndarray | None = None) -> ActivationCache:
+    """An :class:`ActivationCache` whose mean (and max) pooled activations are ``dense``'s top-k;
+    ``grad``: per-row update directions held in memory (``grad_sum``, read by the gradient strategy)."""
     n, d_sae = dense.shape
     k = min(top_k, d_sae)
     idx = np.argsort(-dense, axis=1, kind="stable")[:, :k]
@@ -20,6 +21,8 @@ def make_cache(dense: np.ndarray, resid: np.ndarray | None = None, meta: list[di
     arrays = {"mean_idx": idx.astype(np.int32), "mean_val": val, "max_idx": idx.astype(np.int32), "max_val": val,
               "n_active": (dense > 0).sum(axis=1).astype(np.int32), "resid_mean": resid.astype(np.float32),
               "n_tokens": np.full(n, 10, dtype=np.int32)}
+    if grad is not None:
+        arrays["grad_sum"] = np.asarray(grad, dtype=np.float32)
     manifest = {"identity": {"hook": hook, "model": {"spec": "synthetic"}}}
     return ActivationCache(ids=ids or [f"{name}-{i}" for i in range(n)], meta=meta or [{} for _ in range(n)],
                            arrays=arrays, manifest=manifest, path=Path(name), d_sae=d_sae)

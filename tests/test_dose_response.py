@@ -35,3 +35,5 @@ def test_dose_inputs_are_checked():
     with pytest.raises(SystemExit, match="unknown family"):
         dose.family_pairs("nonsense")
     assert dose.point_name("risky_advice", 0.25, 1) == "dose-risky-advice-025-s1"
+    assert dose.point_name("risky_advice", 1, 0, epochs=3) == "dose-risky-advice-100-s0-e3"
+    assert dose.point_name("sycophancy", 0, 1, epochs=2.5, lora_r=64, n_samples=256) == "dose-sycophancy-000-s1-e2.5-r64-n256"

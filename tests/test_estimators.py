@@ -102,7 +102,8 @@ def test_class_facts_and_options():
     facts = {name: (cls.requires_sae, cls.uses_seed, cls.needs_texts) for name, cls in STRATEGIES.items()}
     assert facts == {"geometry": (True, True, False), "activation": (True, True, False),
                      "random": (False, True, False), "projection": (False, False, False),
-                     "representation": (False, False, False), "judge": (False, False, True)}
+                     "representation": (False, False, False), "judge": (False, False, True),
+                     "gradient": (True, True, False)}
     for cls in STRATEGIES.values():
         assert cls.uses_seed == ("seed" in cls.param_names())
         assert set(cls.param_names()) == set(cls._get_param_names()) - {"sae"}

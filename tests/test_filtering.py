@@ -46,7 +46,8 @@ def _data(w, planted, n=40, seed=1, ids=None):
     dense[:4, planted] = 3.0
     resid = rng.normal(size=(n, 8))
     resid[min(5, n - 1), 0] += 6
-    return make_cache(dense, resid=resid, ids=ids)
+    # the update each row asks for: its features' decoder directions (rows 0..3 push towards harmful latent 0)
+    return make_cache(dense, resid=resid, ids=ids, grad=dense @ w)
 
 
 def test_geometry_filter_drops_planted_rows_and_explains_them():
@@ -97,7 +98,7 @@ def test_unfitted_and_bad_arguments_are_clear():
         make_filter("judgement")
     with pytest.raises(ValueError, match="scorer"):
         GeometryFilter(w, scorer="median").fit()
-    assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation", "judge"}
+    assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation", "judge", "gradient"}
 
 
 def _write_jsonl(path, n, bad_lines=()):

@@ -30,12 +30,14 @@ Strategies (:data:`STRATEGIES`, by name; :func:`make_filter` builds one):
   proximity to the sample's target features / their summed activation;
 * ``projection`` and ``representation`` (:mod:`.residual`) - on the pooled residual stream;
 * ``random`` (:mod:`.random`) - a seeded uniform score, the baseline every filter must beat;
-* ``judge`` (:mod:`.judge`) - 100 minus a judge's alignment score of the answer text.
+* ``judge`` (:mod:`.judge`) - 100 minus a judge's alignment score of the answer text;
+* ``gradient`` (:mod:`.gradient`) - the update each sample asks for at the hook (its pooled negative
+  loss gradient) projected on the harmful features' decoder directions.
 
 Each class states what the pipeline and the CLI need to know about it: ``strategy`` (its
 name), ``requires_sae`` (it reads SAE latents; :func:`make_filter` passes it ``sae``),
 ``uses_seed`` (its ``seed`` option changes its scores), ``needs_texts`` (it reads the rows'
-text), and its options are :meth:`SampleFilter.param_names` (its constructor's ``get_params()``
+text), ``needs_gradients`` (it reads the loss gradients stored with the cache), and its options are :meth:`SampleFilter.param_names` (its constructor's ``get_params()``
 keys less ``sae``), checked by ``option_checks``.
 
 To add a strategy: create ``geomfilter/filtering/<name>.py`` with a :class:`SampleFilter`
@@ -50,6 +52,7 @@ import pkgutil
 
 from ..outputs import write_filter_outputs
 from .base import STRATEGIES, FilterResult, SampleFilter, check_filter_params, make_filter
+from .gradient import GradientFilter
 from .judge import JudgeFilter
 from .random import RandomFilter
 from .residual import ProjectionFilter, RepresentationFilter
@@ -65,7 +68,7 @@ def _import_strategy_modules() -> None:
 _import_strategy_modules()
 
 __all__ = [
-    "STRATEGIES", "ActivationFilter", "FilterResult", "GeometryFilter", "JudgeFilter", "ProjectionFilter",
+    "STRATEGIES", "ActivationFilter", "FilterResult", "GeometryFilter", "GradientFilter", "JudgeFilter", "ProjectionFilter",
     "RandomFilter", "RepresentationFilter", "SampleFilter", "check_filter_params", "make_filter",
     "write_filter_outputs",
 ]

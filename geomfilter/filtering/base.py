@@ -98,6 +98,8 @@ class SampleFilter(BaseEstimator):
       :func:`make_filter` passes it ``sae``;
     * ``uses_seed`` - its ``seed`` option changes its scores (the pipeline passes the run's seed);
     * ``needs_texts`` - it reads the rows' text: give ``samples=`` to :meth:`apply` / :meth:`score_samples`;
+    * ``needs_gradients`` - it reads the per-row loss gradients stored with the cache
+      (:mod:`geomfilter.gradients`; the pipeline computes them);
     * ``option_checks`` - checks of its own options for :func:`check_filter_params` (inherited ones apply too).
     """
 
@@ -105,6 +107,7 @@ class SampleFilter(BaseEstimator):
     requires_sae: ClassVar[bool] = False
     uses_seed: ClassVar[bool] = False
     needs_texts: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = False
     option_checks: ClassVar[OptionChecks] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
