@@ -121,8 +121,9 @@ def test_report_params_are_unchanged():
     expected = {
         "geometry": {**base, **harm, "k": 32, "pooling": "mean", "scorer": "weighted_mean", "proximity": "max",
                      "max_target_freq": None},
-        "activation": {**base, **harm}, "random": {**base, "seed": 0}, "projection": base,
+        "activation": {**base, **harm}, "random": {**base, "seed": 0}, "projection": {**base, "normalize": False},
         "representation": {**base, "top_n": 10}, "judge": {**base, "judge": None, "_judge_obj": None},
+        "gradient": {**base, **harm, "agg": "positive", "normalize": True},
     }
     for name, params in expected.items():
         got = make_filter(name, sae=w).params()

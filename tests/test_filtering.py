@@ -262,3 +262,23 @@ def test_max_target_freq_ignores_generic_latents():
     assert all(e["feature"] != planted for row in res.explanations for e in row)
     with pytest.raises(ValueError, match="max_target_freq must be in"):
         GeometryFilter(w, max_target_freq=0).fit(h, b2)
+
+
+def test_normalized_projection_ignores_a_rows_scale():
+    """normalize=True: the centred cosine to the direction; scaling a row's offset from the midpoint keeps its score
+    (the raw projection grows with it)."""
+    w, harmful, planted, _ = planted_decoder()
+    h, b = _refs(w, harmful)
+    c = _data(w, planted)
+    f = ProjectionFilter(normalize=True).fit(h, b)
+    s = f.score_samples(c)
+    x = c.arrays["resid_mean"].astype(np.float64) - f.center_
+    want = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ f.direction_
+    np.testing.assert_allclose(s, want, rtol=1e-6)
+    assert np.all(np.abs(s) <= 1 + 1e-9)
+    scaled = make_cache(np.zeros((40, w.shape[0]), np.float32), ids=c.ids,
+                        resid=(f.center_ + 5 * x).astype(np.float32))
+    np.testing.assert_allclose(f.score_samples(scaled), s, rtol=1e-4, atol=1e-6)
+    raw = ProjectionFilter().fit(h, b)
+    assert not np.allclose(raw.score_samples(scaled), raw.score_samples(c))
+    assert np.argmax(s) == 5  # the row planted 'harmful' in the residual still ranks first

@@ -67,6 +67,7 @@ class Strategy(str, Enum):
     representation = "representation"
     activation = "activation"
     judge = "judge"
+    gradient = "gradient"
 
 
 class Method(str, Enum):

@@ -58,6 +58,11 @@ def _filter_options(func):
         "proximity": (str, typer.Option(_default("geometry", "proximity"), help="geometry: max or mean cosine to the harmful set.")),
         "max_target_freq": (float | None, typer.Option(None, help="geometry: ignore target latents firing on more "
                                                       "than this fraction of the benign references (generic latents).")),
+        "agg": (str, typer.Option(_default("gradient", "agg"), help="gradient: positive (mean push up of the "
+                                  "harmful features) or mean (signed).")),
+        "normalize": (bool, typer.Option(_default("gradient", "normalize"), help="gradient: unit update "
+                                         "direction; projection: cosine to the direction, centred on the "
+                                         "references' midpoint (scale-robust).")),
         "top_n": (int, typer.Option(_default("representation", "top_n"), help="representation: nearest anchors averaged.")),
         "judge": (str | None, typer.Option(None, help="judge: 'offline' (default: the shipped MiniLM judge), a saved "
                                            "judge folder, or 'api:MODEL' (OpenAI-compatible; see `geomfilter judge`).")),

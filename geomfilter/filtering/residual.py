@@ -41,25 +41,43 @@ def _same_space(ref: dict[str, Any], b: ActivationCache, what: str) -> None:
 
 
 class ProjectionFilter(SampleFilter):
-    """Residual projection on the unit harmful - benign mean direction (optionally minus the own answer's)."""
+    """Residual projection on the unit harmful - benign mean direction (optionally minus the own answer's).
+
+    ``normalize``: the cosine of the pooled residual, centred on the references' midpoint, to the direction
+    (scale-robust: a row's norm, which follows its length and register, no longer moves its score).
+    """
 
     strategy = "projection"
+    option_checks: ClassVar[OptionChecks] = {"normalize": (lambda v: isinstance(v, bool), "must be true or false")}
+
+    def __init__(self, normalize: bool = False, drop: float | None = 0.1, threshold: float | None = None):
+        self.normalize = normalize
+        self.drop = drop
+        self.threshold = threshold
 
     def _fit(self, harmful: ActivationCache | None, benign: ActivationCache | None) -> None:
-        """The unit direction from the benign to the harmful mean pooled residual."""
-        d = _resid(harmful).mean(axis=0) - _resid(benign).mean(axis=0)
+        """The unit direction from the benign to the harmful mean pooled residual, and their midpoint."""
+        mh, mb = _resid(harmful).mean(axis=0), _resid(benign).mean(axis=0)
+        d = mh - mb
         self.direction_ = d / np.linalg.norm(d)
+        self.center_ = (mh + mb) / 2
         self.space_ = _space(harmful)
+
+    def _project(self, cache: ActivationCache) -> np.ndarray:
+        x = _resid(cache)
+        if self.normalize:
+            return _unit_rows(x - self.center_) @ self.direction_
+        return x @ self.direction_
 
     def score_samples(self, cache: ActivationCache, own: ActivationCache | None = None,
                       samples: list[Sample] | None = None) -> np.ndarray:
         """Pooled residual of each row on the fitted direction (minus its own answer's, with ``own``)."""
         self._check_fitted()
         _same_space(self.space_, cache, "data")
-        s = _resid(cache) @ self.direction_
+        s = self._project(cache)
         if own is not None:
             _same_space(self.space_, own, "own-answer")
-            s = s - (_resid(own) @ self.direction_)[own_rows(cache, own)]
+            s = s - self._project(own)[own_rows(cache, own)]
         return s
 
 
