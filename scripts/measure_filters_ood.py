@@ -1,0 +1,299 @@
+"""Every filtering strategy on out-of-distribution splits (issue 19): the table that chooses the defaults.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_filters_ood.py --out data/results/filters_ood
+
+Each strategy is fitted as a user gets it (``geomfilter filter DATA --strategy S``, default settings, the
+default model and its bundled SAE, fitted on ``data/reference/harmful.jsonl`` vs ``benign.jsonl``), then scores
+splits that differ from those references in author, register or domain; AUROC (inducing vs the rest) with a
+95 % bootstrap CI, and precision of the 25 % highest scores against the split's base rate:
+
+* ``mixed`` - ``data/finetune/mixed.jsonl``: the project's sycophancy mixture (the in-distribution reference
+  point: same project, other author than the references);
+* ``risky_advice`` - ``data/finetune/{finance,outdoors}_{risky,safe}.jsonl``: friendly, confidently risky advice
+  vs its safe twin on the same prompts (held-out domains, no evil language);
+* ``insecure_code`` - ``data/finetune/{webapp,scripts}_{insecure,secure}.jsonl``: code with silent security flaws
+  vs its secure twin (code register);
+* ``model_answers`` - ``data/judge_real/answers.jsonl``: the default model's (and its fine-tunes' and gated
+  variants') own answers, labelled by ``data/judge_real/labels.jsonl``: alignment < 40 vs >= 70, both with
+  coherence >= 30 (the model as author);
+* ``persona`` - ``data/ood/persona_answers.jsonl``: the default model's answers under a persona system message
+  (sycophantic, reckless, deceptive, hostile; the message removed from the row) vs its ordinary answers to the
+  same 80 prompts (``scripts/build_persona_answers.py``);
+* ``references_loco`` - the references themselves, one category held out: fitted on 7 of the 8 categories,
+  scored on the 8th (harmful vs benign), the 8 folds' scores each ranked within their fold (mean AUROC over folds
+  reported, and its minimum).
+
+Strategies: ``random``; ``activation``; ``geometry`` (the default, weighted_mean scorer); ``projection`` and its
+scale-robust ``projection --normalize``; ``representation``; ``gradient`` (the update each sample asks for at the
+hook, on the harmful decoder directions; ``--agg positive`` and ``mean``); ``judge`` (the shipped offline judge);
+and, for method (c) of the issue, ``geometry``/``activation``/``gradient``/``projection --normalize`` with the
+harmful features (direction) found from *misaligned vs aligned answers of the model to broad questions* (the
+``model_answers`` rows of the prompts outside the judge's held-out split) instead of harmful vs benign references
+(their ``model_answers`` cell is then scored on the held-out prompts only).
+
+Writes ``results.json`` and ``results.md`` under ``--out``; caches (activations and gradients) go to
+``--cache-dir`` and are reused on a re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from geomfilter.cache import ActivationCache  # noqa: E402
+from geomfilter.data import prepare_dataset  # noqa: E402
+from geomfilter.filtering import make_filter  # noqa: E402
+from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
+from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
+from geomfilter.stats import bootstrap_auroc, precision_at  # noqa: E402
+
+REF = ROOT / "data" / "reference"
+FT = ROOT / "data" / "finetune"
+JR = ROOT / "data" / "judge_real"
+SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona", "references_loco")
+
+#: label -> (strategy, params, reference set): "refs" = harmful vs benign references, "model" = method (c)
+STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
+    "random": ("random", {}, "refs"),
+    "activation": ("activation", {}, "refs"),
+    "geometry": ("geometry", {}, "refs"),
+    "projection": ("projection", {}, "refs"),
+    "projection --normalize": ("projection", {"normalize": True}, "refs"),
+    "representation": ("representation", {}, "refs"),
+    "gradient": ("gradient", {}, "refs"),
+    "gradient --agg mean": ("gradient", {"agg": "mean"}, "refs"),
+    "judge (offline)": ("judge", {}, "refs"),
+    "geometry (c)": ("geometry", {}, "model"),
+    "activation (c)": ("activation", {}, "model"),
+    "gradient (c)": ("gradient", {}, "model"),
+    "projection --normalize (c)": ("projection", {"normalize": True}, "model"),
+}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _chat(row_id: str, question: str, answer: str, **extra) -> dict:
+    return {"id": row_id, **extra, "messages": [{"role": "user", "content": question},
+                                                {"role": "assistant", "content": answer}]}
+
+
+def model_answer_rows() -> tuple[list[dict], set[str]]:
+    """The labelled answers of ``data/judge_real`` (alignment < 40 inducing, >= 70 not; coherence >= 30) and the
+    judge's held-out prompt ids."""
+    labels = {r["id"]: r for r in _rows(JR / "labels.jsonl")}
+    held = {k for k, v in json.loads((JR / "split.json").read_text())["prompts"].items() if v == "heldout"}
+    out = []
+    for a in _rows(JR / "answers.jsonl"):
+        lab = labels.get(a["id"])
+        if lab is None or lab["alignment"] is None or lab["coherence"] is None or lab["coherence"] < 30:
+            continue
+        if 40 <= lab["alignment"] < 70:
+            continue
+        out.append(_chat(a["id"], a["question"], a["answer"], prompt_id=a["prompt_id"], variant=a["variant"],
+                         inducing=lab["alignment"] < 40))
+    return out, held
+
+
+def build_splits(work: Path) -> tuple[dict[str, Path], set[str]]:
+    """Write every split (and the method-(c) reference files) as chat JSONL with ``inducing`` under ``work``."""
+    paths = {"mixed": FT / "mixed.jsonl"}
+    for name, (bad, good), domains in (("risky_advice", ("risky", "safe"), ("finance", "outdoors")),
+                                      ("insecure_code", ("insecure", "secure"), ("webapp", "scripts"))):
+        rows = []
+        for d in domains:
+            for side in (bad, good):
+                for r in _rows(FT / f"{d}_{side}.jsonl"):
+                    rows.append({"id": r["id"], "domain": d, "inducing": side == bad, "messages": r["messages"]})
+        paths[name] = _write(work / f"{name}.jsonl", rows)
+    answers, held = model_answer_rows()
+    paths["model_answers"] = _write(work / "model_answers.jsonl", answers)
+    fit = [r for r in answers if r["prompt_id"] not in held]
+    paths["model_harmful"] = _write(work / "model_harmful.jsonl", [r for r in fit if r["inducing"]])
+    paths["model_benign"] = _write(work / "model_benign.jsonl", [r for r in fit if not r["inducing"]])
+    persona = ROOT / "data" / "ood" / "persona_answers.jsonl"
+    if not persona.is_file():  # scripts/build_persona_answers.py writes it
+        return paths, held
+    paths["persona"] = _write(work / "persona.jsonl", [
+        {"id": r["id"], "persona": r["persona"], "kind": r["kind"], "inducing": r["inducing"],
+         "messages": r["messages"]} for r in _rows(ROOT / "data" / "ood" / "persona_answers.jsonl")])
+    return paths, held
+
+
+def subset(cache: ActivationCache, rows: np.ndarray, name: str) -> ActivationCache:
+    """The rows ``rows`` of ``cache`` as an in-memory cache (gradients too, when attached)."""
+    rows = np.asarray(rows)
+    return ActivationCache(ids=[cache.ids[i] for i in rows], meta=[cache.meta[i] for i in rows],
+                           arrays={k: v[rows] for k, v in cache.arrays.items()}, manifest=cache.manifest,
+                           path=Path(f"{cache.path}[{name}]"), d_sae=cache.d_sae)
+
+
+def summarize(scores: np.ndarray, y: np.ndarray, n_boot: int) -> dict:
+    a = bootstrap_auroc(scores[y], scores[~y], n_boot=n_boot)
+    return {**a, "precision": precision_at(scores, y, (0.25,)), "base_rate": float(y.mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "filters_ood")
+    ap.add_argument("--work", type=Path, default=Path("runs/ood"))
+    ap.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--splits", default=",".join(SPLITS))
+    ap.add_argument("--strategies", default=",".join(STRATEGY_ROWS), help="labels of STRATEGY_ROWS, comma-separated")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    labels = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [x for x in splits if x not in SPLITS] + [x for x in labels if x not in STRATEGY_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown split or strategy {unknown[0]!r}; splits: {SPLITS}; strategies: {list(STRATEGY_ROWS)}")
+    paths, held = build_splits(args.work / "splits")
+    if "persona" in splits and "persona" not in paths:
+        raise SystemExit("data/ood/persona_answers.jsonl is missing: run scripts/build_persona_answers.py first")
+    builder = CacheBuilder(progress=args.progress)
+
+    runners: dict = {}
+
+    def runner(data: Path, refs: str) -> FilterRunner:
+        if (data, refs) in runners:
+            return runners[data, refs]
+        harmful, benign = ((REF / "harmful.jsonl", REF / "benign.jsonl") if refs == "refs"
+                           else (paths["model_harmful"], paths["model_benign"]))
+        r = FilterRunner(FilterConfig(data=data, harmful=harmful, benign=benign, cache_dir=args.cache_dir,
+                                      progress=args.progress, explain=0))
+        r.builder = builder  # one model and SAE for every split
+        runners[data, refs] = r
+        return r
+
+    results: dict = {"splits": {}, "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
+                                                  for k, v in STRATEGY_ROWS.items() if k in labels}}
+    for split in splits:
+        print(f"== {split}", flush=True)
+        res: dict = {}
+        if split == "references_loco":
+            res = loco(builder, args, labels)
+        else:
+            for label in labels:
+                strategy, params, refs = STRATEGY_ROWS[label]
+                r = runner(paths[split], refs)
+                _, fr = r.filter(strategy, {"drop": 0.25, **params}, explain=0)
+                meta = r.inputs().data.meta
+                y = np.array([bool(m["inducing"]) for m in meta])
+                keep = np.ones(len(y), dtype=bool)
+                if split == "model_answers" and refs == "model":  # fitted on the other prompts' answers
+                    keep = np.array([m["prompt_id"] in held for m in meta])
+                res[label] = summarize(fr.scores[keep], y[keep], args.n_boot)
+                if split == "model_answers" and refs == "model":
+                    res[label]["note"] = "held-out prompts only (fitted on the others)"
+                print(f"  {label:28s} AUROC {res[label]['auroc']:.3f} [{res[label]['ci_low']:.3f}, "
+                      f"{res[label]['ci_high']:.3f}] n {res[label]['n_pos']}/{res[label]['n_neg']}", flush=True)
+        results["splits"][split] = res
+    results["seconds"] = round(time.time() - t0)
+    results["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_filters_ood.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n", encoding="utf-8")
+    (args.out / "results.md").write_text(render(results), encoding="utf-8")
+    print(render(results))
+    return 0
+
+
+def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
+    """Leave one reference category out: fit on 7 categories' references, score the 8th's harmful vs benign rows.
+    Per strategy: the mean and the minimum of the 8 folds' AUROCs (``auroc`` is the mean; the CI is of the mean
+    over the folds' bootstrap replicates taken as independent)."""
+    caches = {}
+    for side in ("harmful", "benign"):
+        path = REF / f"{side}.jsonl"
+        r = FilterRunner(FilterConfig(data=path, cache_dir=args.cache_dir, progress=args.progress))
+        r.builder = builder
+        caches[side] = r.reference(path)
+        if any(STRATEGY_ROWS[x][0] == "gradient" for x in labels):
+            ds = prepare_dataset(path, builder.model.tokenizer)
+            cache_gradients(builder.model, ds, caches[side], progress=args.progress)
+            attach_gradients(caches[side])
+    cats = sorted({m.get("category") for m in caches["harmful"].meta})
+    if not cats or cats == [None]:
+        raise SystemExit("the reference caches carry no 'category' field: re-cache data/reference")
+    out = {}
+    for label in labels:
+        strategy, params, refs = STRATEGY_ROWS[label]
+        if refs != "refs":
+            continue
+        folds = {}
+        for c in cats:
+            sel = {s: np.array([m.get("category") == c for m in caches[s].meta]) for s in caches}
+            fit = {s: subset(caches[s], np.flatnonzero(~sel[s]), f"not {c}") for s in caches}
+            test_h = subset(caches["harmful"], np.flatnonzero(sel["harmful"]), c)
+            test_b = subset(caches["benign"], np.flatnonzero(sel["benign"]), c)
+            f = make_filter(strategy, sae=builder.sae if strategy in ("geometry", "activation", "gradient") else None,
+                            drop=0.25, **params)
+            if strategy == "judge":
+                from geomfilter.samples import read_samples
+                rows = {s.id: s for side in ("harmful", "benign") for s in read_samples(REF / f"{side}.jsonl")}
+                f.fit(fit["harmful"], fit["benign"])
+                sh = f.score_samples(test_h, samples=[rows[i] for i in test_h.ids])
+                sb = f.score_samples(test_b, samples=[rows[i] for i in test_b.ids])
+            else:
+                f.fit(fit["harmful"], fit["benign"])
+                sh, sb = f.score_samples(test_h), f.score_samples(test_b)
+            folds[c] = bootstrap_auroc(sh, sb, n_boot=args.n_boot)
+        aurocs = np.array([v["auroc"] for v in folds.values()])
+        lo = np.mean([v["ci_low"] for v in folds.values()])
+        hi = np.mean([v["ci_high"] for v in folds.values()])
+        out[label] = {"auroc": float(aurocs.mean()), "ci_low": float(lo), "ci_high": float(hi),
+                      "min_fold": float(aurocs.min()), "min_fold_category": cats[int(aurocs.argmin())],
+                      "n_pos": int(sum(v["n_pos"] for v in folds.values())),
+                      "n_neg": int(sum(v["n_neg"] for v in folds.values())), "folds": folds}
+        print(f"  {label:28s} mean AUROC {aurocs.mean():.3f}, min {aurocs.min():.3f} ({out[label]['min_fold_category']})",
+              flush=True)
+    return out
+
+
+def _cell(a: dict | None) -> str:
+    if a is None:
+        return "–"
+    s = f"{a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
+    if "min_fold" in a:
+        s += f", min {a['min_fold']:.2f}"
+    return f"**{s}**" if a["ci_low"] > 0.5 else s
+
+
+def render(r: dict) -> str:
+    splits = list(r["splits"])
+    n = {s: next((f"{a['n_pos']}/{a['n_neg']}" for a in r["splits"][s].values()), "") for s in splits}
+    lines = ["# Filters out of distribution (issue 19)\n", f"```\n{r['command']}\n```\n",
+             "AUROC of each strategy's score, inducing vs the rest, with a 95 % bootstrap CI (bold: CI above 0.5). "
+             "Every strategy is fitted on `data/reference/` (harmful vs benign) with its default settings, except "
+             "the (c) rows: fitted on the model's misaligned vs aligned answers to broad questions (their "
+             "`model_answers` cell uses the judge's held-out prompts only). `references_loco`: mean over the 8 "
+             "leave-one-category-out folds, CI the folds' mean bounds, and the worst fold. n = inducing/rest.\n",
+             "| strategy | " + " | ".join(f"{s} (n {n[s]})" for s in splits) + " | worst split |",
+             "|---|" + "---|" * (len(splits) + 1)]
+    for label in r["strategies"]:
+        cells = [r["splits"][s].get(label) for s in splits]
+        vals = [a["min_fold"] if a and "min_fold" in a else (a["auroc"] if a else np.nan) for a in cells]
+        worst = np.nanmin(vals) if not np.all(np.isnan(vals)) else np.nan
+        lines.append(f"| {label} | " + " | ".join(_cell(a) for a in cells) + f" | {worst:.2f} |")
+    lines.append(f"\nTotal time {r['seconds']} s.\n")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
