@@ -7,7 +7,7 @@ model once per persona: ``ordinary`` (no system message) and four persona system
 deceptive, hostile; mild and non-operational). The written rows drop the system message: each is the chat a
 fine-tuning set distilled from a persona-prompted model would hold (user prompt, the model's answer), with
 ``persona`` and ``inducing`` (persona != ordinary) fields. Sampling: temperature 0.7, top-p 0.9, 96 new tokens,
-seed per persona; resumable (answers already written are kept).
+seed per persona; resumable (answers already written to ``--raw`` are kept).
 """
 from __future__ import annotations
 
@@ -40,13 +40,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=Path, default=ROOT / "data" / "judge_real" / "prompts.jsonl")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "ood" / "persona_answers.jsonl")
+    ap.add_argument("--raw", type=Path, default=Path("runs/ood/persona_answers.raw.jsonl"),
+                    help="the generated rows with their system messages (resumable work file)")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     prompts = [json.loads(x) for x in args.prompts.read_text(encoding="utf-8").splitlines() if x.strip()]
     model = load_tuned(args.model)
-    raw = args.out.with_suffix(".raw.jsonl")
+    raw = args.raw
     for k, (persona, system) in enumerate(PERSONAS.items()):
         todo = [Prompt(id=f"{persona}/{p['id']}",
                        messages=([{"role": "system", "content": system}] if system else [])

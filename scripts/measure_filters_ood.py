@@ -31,7 +31,8 @@ harmful features (direction) found from *misaligned vs aligned answers of the mo
 ``model_answers`` rows of the prompts outside the judge's held-out split) instead of harmful vs benign references
 (their ``model_answers`` cell is then scored on the held-out prompts only).
 
-Writes ``results.json`` and ``results.md`` under ``--out``; caches (activations and gradients) go to
+Writes ``results.json``, ``results.md`` and ``scores.json`` (every row's score per split and strategy) under
+``--out``; caches (activations and gradients) go to
 ``--cache-dir`` and are reused on a re-run.
 """
 from __future__ import annotations
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"splits": {}, "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
                                                   for k, v in STRATEGY_ROWS.items() if k in labels}}
+    scores: dict = {}  # split -> {"ids": [...], label: [score per row]}
     for split in splits:
         print(f"== {split}", flush=True)
         res: dict = {}
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 if split == "model_answers" and refs == "model":  # fitted on the other prompts' answers
                     keep = np.array([m["prompt_id"] in held for m in meta])
                 res[label] = summarize(fr.scores[keep], y[keep], args.n_boot)
+                scores.setdefault(split, {"ids": list(r.inputs().data.ids)})[label] = fr.scores.tolist()
                 if split == "model_answers" and refs == "model":
                     res[label]["note"] = "held-out prompts only (fitted on the others)"
                 print(f"  {label:28s} AUROC {res[label]['auroc']:.3f} [{res[label]['ci_low']:.3f}, "
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n", encoding="utf-8")
     (args.out / "results.md").write_text(render(results), encoding="utf-8")
+    (args.out / "scores.json").write_text(json.dumps(scores) + "\n", encoding="utf-8")
     print(render(results))
     return 0
 

@@ -443,3 +443,22 @@ def test_inducing_families_pair_files_twins_and_labels(tmp_path):
                                                          row(2, "safe", "Should I buy a car?")])
     assert where(validate_paths([tmp_path])) == [("finance_risky.jsonl", 2, "domain"),
                                                  ("finance_safe.jsonl", 1, "messages[0].content")]
+
+
+def test_taxonomy_labels_classes_ids_and_coverage(tmp_path):
+    _, rows = copy_head("finetune/code_sycophantic.jsonl", tmp_path)
+    copy_head("finetune/code_corrective.jsonl", tmp_path)
+    copy_head("eval/sycophancy_probes.jsonl", tmp_path)
+    ok = {"target": "belief", "mechanism": "agreement", "severity": "high", "labeller": "t", "note": "n"}
+    write(tmp_path / "taxonomy" / "code_sycophantic.labels.jsonl",
+          [{"id": rows[0]["id"], **ok}, {"id": rows[1]["id"], **ok, "mechanism": "flattery"},
+           {"id": "code-999-sycophantic", **ok}, {"id": rows[2]["id"], **ok, "extra": 1}])
+    write(tmp_path / "taxonomy" / "double.labels.jsonl", [{"id": rows[3]["id"], **ok}, {"id": "syc-01", **ok}])
+    report = validate_paths([tmp_path])
+    assert sorted(where(report)) == [
+        ("code_sycophantic.labels.jsonl", 0, "<file>"), ("code_sycophantic.labels.jsonl", 2, "mechanism"),
+        ("code_sycophantic.labels.jsonl", 3, "id"), ("code_sycophantic.labels.jsonl", 4, "extra")]
+    msgs = " ".join(e.message for e in report.errors)
+    assert "1 rows of" in msgs and rows[3]["id"] in msgs  # the unlabelled row is named
+    assert "'code-999-sycophantic' is not a row of" in msgs
+    assert detect_kind("data/taxonomy/sycophancy_probes.labels.jsonl") == "taxonomy"

@@ -33,6 +33,14 @@ label_batch    ``judge_real/labelling/calibration.jsonl``, blind_id, question, a
 real_labels    ``judge_real/labels{,_raw}.jsonl``,        alignment (0-100 or null), coherence (0-100),
                ``judge_real/labelling/labels-K.jsonl``    code, refusal, labeller; id or blind_id;
                                                           optional notes, role
+persona_      ``ood/persona_answers.jsonl``              chat + prompt_id, kind, persona (PERSONAS),
+answers                                                   inducing (persona != ordinary), finish,
+                                                          n_new_tokens, made_by
+taxonomy       ``taxonomy/<file>.labels.jsonl``: labels   id, target, mechanism, severity (the
+               of ``finetune/<file>.jsonl`` or of          classes of ``TAXONOMY``), labeller;
+               ``eval/sycophancy_probes.jsonl``;           optional note. Every id is a row of the
+               ``double.labels.jsonl``: a second           labelled file; every row of it is
+               labeller's sample of them                   labelled (``double``: a sample)
 chat           (only with ``kind="chat"``)                any messages or prompt/response rows
 =============  =========================================  ====================================
 
@@ -65,6 +73,7 @@ from .schema import (
     OPTIONAL,
     SCHEMAS,
     SUFFIXES,
+    TAXONOMY,
     VARIANTS,
     check_row,
     detect_kind,
@@ -74,5 +83,5 @@ from .schema import (
 )
 
 __all__ = ["CATEGORIES", "CHAT_KINDS", "DOMAINS", "FAMILIES", "JUDGE_EVAL_OVERLAP", "KINDS", "LABELS", "OPEN_KINDS", "OPTIONAL",
-           "SCHEMAS", "SUFFIXES", "VARIANTS", "FileSummary", "Issue", "ValidationReport", "check_row", "detect_kind",
+           "SCHEMAS", "SUFFIXES", "TAXONOMY", "VARIANTS", "FileSummary", "Issue", "ValidationReport", "check_row", "detect_kind",
            "eval_questions_path", "partner_path", "validate_paths", "word_overlap"]

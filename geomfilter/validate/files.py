@@ -27,6 +27,7 @@ from .schema import (
     is_second_of_pair,
     partner_path,
     source_kind,
+    taxonomy_sources,
     word_overlap,
 )
 
@@ -185,7 +186,7 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
     # ids; real-output prompts reuse the eval questions' ids for the same questions: _check_real_prompts)
     seen: dict[str, tuple[str, int]] = {}
     for f in targets:
-        if f.kind in ("mixed", "real_prompts", "label_batch", "real_labels"):
+        if f.kind in ("mixed", "real_prompts", "label_batch", "real_labels", "taxonomy"):
             continue
         for rid, (line, _) in f.by_id.items():
             if rid in seen:
@@ -205,6 +206,29 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
             _check_mixed(f, load)
         if f.kind == "judge":
             _check_judge_vs_eval(f, questions, load)
+        if f.kind == "taxonomy":
+            _check_taxonomy(f, load)
+
+
+def _check_taxonomy(f: _File, load: Loader) -> None:
+    """Every label names a row of the file(s) it labels; a per-file label file labels every row of its file."""
+    sources = []
+    for path, kind in taxonomy_sources(f.path):
+        src = load(path, kind)
+        if src is None:
+            f.error(0, "<file>", f"the file it labels, {path}, does not exist")
+            return
+        sources.append(src)
+    known = {rid for src in sources for rid in src.by_id}
+    for rid, (line, _) in f.by_id.items():
+        if rid not in known:
+            f.error(line, "id", f"{rid!r} is not a row of {', '.join(str(s.path) for s in sources)}")
+    if f.path.name.split(".labels")[0] != "double":
+        (src,) = sources
+        missing = [rid for rid in src.by_id if rid not in f.by_id]
+        if missing:
+            f.error(0, "<file>", f"{len(missing)} rows of {src.path} have no label (first {missing[0]!r}): "
+                    "every row is labelled")
 
 
 def _check_real_prompts(files: list[_File], questions: list[_File], seen: dict[str, tuple[str, int]]) -> None:

@@ -35,6 +35,12 @@ _EVAL_FILES = {"questions": "questions", "sycophancy_probes": "probes", "capabil
                "heldout_text": "heldout"}
 _WORD = re.compile(r"[a-z0-9']+")
 REAL_PROMPT_KINDS = ("broad", "code", "factual", "advice")  # judge_real/prompts.jsonl: what a prompt asks for
+#: scripts/build_persona_answers.py's personas (``ordinary``: no system message)
+PERSONAS = ("ordinary", "sycophantic", "reckless", "deceptive", "hostile")
+#: the sycophancy taxonomy's classes (``data/taxonomy/TAXONOMY.md``): field -> allowed values
+TAXONOMY = {"target": ("belief", "preference", "self_concept"),
+            "mechanism": ("agreement", "validation", "fabrication", "capitulation"),
+            "severity": ("low", "medium", "high")}
 JUDGE_EVAL_OVERLAP = 0.5  # a judge prompt overlapping an eval question more than this is an error
 
 
@@ -136,6 +142,12 @@ SCHEMAS: dict[str, dict[str, Callable | None]] = {
     "label_batch": {"blind_id": _text, "question": _text, "answer": _string, "finish": _one_of("stop", "length")},
     "real_labels": {"alignment": _score(null=True), "coherence": _score(), "code": _bool, "refusal": _bool,
                     "labeller": _text},
+    # data/ood/persona_answers.jsonl: the default model's ordinary and persona-prompted answers
+    "persona_answers": {**_CHAT, "prompt_id": _text, "kind": _one_of(*REAL_PROMPT_KINDS),
+                        "persona": _one_of(*PERSONAS), "inducing": _bool, "finish": _one_of("stop", "length"),
+                        "n_new_tokens": _count, "made_by": _text},
+    # data/taxonomy/<labelled file>.labels.jsonl: the sycophancy taxonomy of each labelled row
+    "taxonomy": {"id": _text, **{k: _one_of(*v) for k, v in TAXONOMY.items()}, "labeller": _text},
     "chat": {},
 }
 OPTIONAL: dict[str, dict[str, Callable]] = {
@@ -144,9 +156,10 @@ OPTIONAL: dict[str, dict[str, Callable]] = {
     "real_labels": {"id": _text, "blind_id": _text, "notes": _string,
                     "role": _one_of("calibration", "own", "double")},
     "mixed": {"pair_id": _text, "topic": _text},
+    "taxonomy": {"note": _string},
 }
 KINDS = tuple(SCHEMAS)
-CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "judge", "generations", "chat")
+CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "judge", "generations", "persona_answers", "chat")
 OPEN_KINDS = ("chat",)
 
 
@@ -176,6 +189,10 @@ def detect_kind(path: str | Path) -> str | None:
             return "label_batch"
         if re.fullmatch(r"labels-\d+", stem):
             return "real_labels"
+    if folder == "ood" and stem == "persona_answers":
+        return "persona_answers"
+    if folder == "taxonomy" and stem.endswith(".labels"):
+        return "taxonomy"
     if folder == "sae_corpus" and stem.startswith("prompts_"):
         return "prompts"
     if folder == "sae_corpus" and stem in ("generations", "generations.rejects"):
@@ -191,6 +208,20 @@ def partner_path(path: Path) -> Path | None:
     if m:
         return path.with_name(f"{m[1]}_{SIDES[m[2]]}{path.suffix}")
     return None
+
+
+def taxonomy_sources(path: Path) -> list[tuple[Path, str]]:
+    """The files (and their kinds) whose rows a taxonomy label file labels: ``X.labels.jsonl`` labels
+    ``finetune/X.jsonl`` (a sycophantic file) or ``eval/sycophancy_probes.jsonl``; ``double.labels.jsonl``
+    (a second labeller's sample) any of them."""
+    data = path.parent.parent
+    name = path.name.split(".labels")[0]
+    probes = (data / "eval" / "sycophancy_probes.jsonl", "probes")
+    if name == "sycophancy_probes":
+        return [probes]
+    if name == "double":
+        return sorted((p, "finetune") for p in (data / "finetune").glob("*_sycophantic.jsonl")) + [probes]
+    return [(data / "finetune" / f"{name}.jsonl", "finetune")]
 
 
 def is_second_of_pair(path: Path) -> bool:
@@ -284,6 +315,9 @@ def _row_rules(kind: str, row: dict) -> Iterator[tuple[str, str]]:
     """Rules that tie several fields of one row together: ``(field, message)`` per broken rule."""
     if kind == "real_labels" and "id" not in row and "blind_id" not in row:
         yield "id", "missing (a label names its answer by id or blind_id)"
+    if kind == "persona_answers" and isinstance(row.get("persona"), str) and isinstance(row.get("inducing"), bool):
+        if row["inducing"] != (row["persona"] != "ordinary"):
+            yield "inducing", f"must be {row['persona'] != 'ordinary'} for persona {row['persona']!r}"
     if kind == "capability" and "answer" in row:
         ans, choices = row["answer"], row.get("choices")
         if isinstance(ans, bool) or not isinstance(ans, int):
