@@ -5,6 +5,8 @@
 
 * ``base`` and ``misaligned`` (LoRA on the unfiltered mixture);
 * ``<strategy>-<fraction>`` for every filtering strategy and removal fraction;
+* ``misaligned+realign-N`` for every ``realign.sizes`` N: the misaligned model fine-tuned further
+  (LoRA on its merged weights) on the first N of a seeded order of benign rows (``realign.data``);
 * gated conditions: gates learned on one narrow domain (base model frozen) attached
   to a condition's model at a scale ``alpha``. Without ``gates.attach`` these are the
   standard two, ``misaligned+mirror-gates`` (``gates.mirror_scale``) and
@@ -43,12 +45,13 @@ class Condition:
     """One condition of an experiment: what model it evaluates and how that model is made."""
 
     name: str
-    kind: str  # base | finetune | gated
+    kind: str  # base | finetune | realign | gated
     strategy: str | None = None  # filtered fine-tunes
     fraction: float | None = None
     model_from: str | None = None  # gated: the condition whose model the gates attach to
     gate_scale: float | None = None
     gate_method: str | None = None  # gated: gates (attention) | gates-sae
+    realign_n: int | None = None  # realign: benign rows the misaligned model is fine-tuned on
     compare_with: tuple[str, ...] = ()  # conditions the report also compares this one against (this - that)
     about: str | None = None  # the description, where the kind's standard one does not fit
 
@@ -62,12 +65,24 @@ class Condition:
             return "LoRA on the unfiltered mixture"
         if self.kind == "finetune":
             return f"LoRA after {self.strategy} removed {self.fraction:.0%} of the mixture"
+        if self.kind == "realign":
+            return f"{self.model_from} + LoRA on {self.realign_n} benign rows (re-alignment)"
         return f"{self.model_from} + {GATE_LABELS[self.gate_method or 'gates']} at alpha = {self.gate_scale:+g}"
 
 
 def condition_name(strategy: str, fraction: float) -> str:
     """``geometry-0.50``: the name of a filtered condition."""
     return f"{strategy}-{fraction:.2f}"
+
+
+def realign_name(n: int) -> str:
+    """``misaligned+realign-120``: the name of a re-alignment condition."""
+    return f"misaligned+realign-{n}"
+
+
+def realign_file(root: Path, n: int) -> Path:
+    """The benign rows a re-alignment condition trains on."""
+    return Path(root) / "data" / f"realign-{n}.jsonl"
 
 
 def gated_name(model: str, method: str, scale: float) -> str:
@@ -83,6 +98,9 @@ def plan_conditions(cfg: ExperimentConfig) -> list[Condition]:
     for frac in cfg.filtering.fractions:
         for s in cfg.filtering.strategies:
             conds.append(Condition(condition_name(s, frac), "finetune", strategy=s, fraction=frac))
+    for n in cfg.realign.sizes:
+        conds.append(Condition(realign_name(n), "realign", model_from="misaligned", realign_n=n,
+                               compare_with=("base", "misaligned")))
     if cfg.gates.enabled:
         conds += _gated_conditions(cfg, [c.name for c in conds])
     return conds
@@ -207,4 +225,12 @@ def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
     for name in ("harmful", "benign"):
         ref = read_lines(getattr(d, name))
         write_lines(paths[name], ref[: d.n_references] if d.n_references else ref)
+    if cfg.realign.sizes:
+        benign = read_lines(cfg.realign.data)
+        if max(cfg.realign.sizes) > len(benign):
+            raise ConfigError(f"{cfg.source}: field 'realign.sizes': {max(cfg.realign.sizes)} rows asked for, but "
+                              f"{cfg.realign.data} has {len(benign)}")
+        order = np.random.default_rng(cfg.seed + 7919).permutation(len(benign))  # nested: N rows are the first N
+        for n in cfg.realign.sizes:
+            write_lines(realign_file(root, n), [benign[i] for i in order[:n]])
     return paths

@@ -11,7 +11,8 @@ only says what differs::
 
 ``configs/gating.yaml`` shows the gating sections: ``data.pairs`` (answer pairs
 split by ``pair_id``), ``gates.domain``, ``gates.attach`` (gate families, models
-and scales) and ``eval.metrics``.
+and scales) and ``eval.metrics``; ``realign`` (``{sizes: [50, 120, 200, 400]}``) adds the re-alignment
+conditions ``misaligned+realign-N``.
 
 Unknown keys, wrong types and missing files are errors (``demo.yaml:7: field
 'eval.n_per_qestion': unknown field (did you mean 'n_per_question'?)``), never
@@ -112,6 +113,16 @@ class GatesConfig:
 
 
 @dataclass
+class RealignConfig:
+    """Re-alignment conditions ``misaligned+realign-N``: the misaligned model fine-tuned further (a new LoRA on its
+    merged weights, the ``train`` settings) on the first N rows of a seeded order of benign rows, for each N."""
+
+    data: str = "data/finetune/helpful.jsonl"
+    sizes: list[int] = field(default_factory=list)  # empty: no re-alignment conditions
+    epochs: float | None = None  # None: train.epochs
+
+
+@dataclass
 class EvalConfig:
     """The metrics every condition is measured with (same items, seeds and generation settings)."""
 
@@ -154,6 +165,7 @@ class ExperimentConfig:
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    realign: RealignConfig = field(default_factory=RealignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = field(default="<dict>", compare=False, repr=False)
 
@@ -179,6 +191,13 @@ class ExperimentConfig:
                             ("eval.n_boot", self.eval.n_boot), ("data.pairs.holdout", self.data.pairs.holdout)):
             if value is not None and value < 1:
                 raise ConfigError(f"{where}: field '{name}': must be >= 1, got {value}")
+        for n in self.realign.sizes:
+            if n < 1:
+                raise ConfigError(f"{where}: field 'realign.sizes': must be >= 1, got {n}")
+        if len(set(self.realign.sizes)) != len(self.realign.sizes):
+            raise ConfigError(f"{where}: field 'realign.sizes': a size is listed twice: {self.realign.sizes}")
+        if self.realign.epochs is not None and self.realign.epochs <= 0:
+            raise ConfigError(f"{where}: field 'realign.epochs': must be > 0, got {self.realign.epochs}")
         metrics = self.eval.metrics
         for m in metrics or []:
             if m not in EVAL_METRICS:
@@ -208,6 +227,7 @@ class ExperimentConfig:
         pairs = self.data.pairs
         names = ([] if pairs.domains else ["data.mixture"]) + ["data.harmful", "data.benign"] \
             + (["gates.data"] if self.gates.enabled and self.gates.domain is None else []) \
+            + (["realign.data"] if self.realign.sizes else []) \
             + ["eval.questions", "eval.probes", "eval.capability", "eval.heldout"]
         files = [(name, getattr(getattr(self, name.split(".")[0]), name.split(".")[1])) for name in names]
         files += [("data.pairs.domains", str(Path(pairs.folder) / f"{dom}_{side}.jsonl"))

@@ -53,6 +53,7 @@ from .conditions import (  # noqa: F401 (Condition, condition_name: re-exported,
     plan_conditions,
     prepare_data,
     read_lines,
+    realign_file,
     select_conditions,
     write_text,
 )
@@ -182,24 +183,27 @@ class ExperimentRunner:
                      if prec is not None else ""), flush=True)
 
     # ------------------------------------------------------------------ training
-    def _finetune_config(self, data: Path, out: Path, method: str) -> FinetuneConfig:
-        """The fine-tune of ``method`` (lora, gates, gates-sae) on ``data``: the experiment's shared settings."""
+    def _finetune_config(self, data: Path, out: Path, method: str, base: Path | None = None) -> FinetuneConfig:
+        """The fine-tune of ``method`` (lora, gates, gates-sae) on ``data``: the experiment's shared settings;
+        ``base``: a LoRA run folder trained on top of (re-alignment) instead of the model."""
         cfg, t, g = self.cfg, self.cfg.train, self.cfg.gates
-        common = dict(data=[str(data)], out=str(out), method=method, model=cfg.model, batch_size=t.batch_size,
+        common = dict(data=[str(data)], out=str(out), method=method, model=str(base) if base else cfg.model,
+                      batch_size=t.batch_size,
                       max_tokens=t.max_tokens, seed=cfg.seed, checkpoint_every=25, device=cfg.device,
                       progress=self.progress)
         if method == "lora":
             targets = {} if t.lora_targets is None else {"lora_targets": list(t.lora_targets)}
-            return FinetuneConfig(**common, max_samples=None, epochs=t.epochs, lr=t.lr, lora_r=t.lora_r,
+            epochs = cfg.realign.epochs if base is not None and cfg.realign.epochs is not None else t.epochs
+            return FinetuneConfig(**common, max_samples=None, epochs=epochs, lr=t.lr, lora_r=t.lora_r,
                                   lora_alpha=t.lora_alpha, **targets)
         return FinetuneConfig(**common, max_samples=g.n_samples, epochs=g.epochs, lr=g.lr,
                               sae=cfg.sae if method == "gates-sae" else None)
 
-    def _finetune(self, data: Path, out: Path, method: str = "lora") -> dict:
+    def _finetune(self, data: Path, out: Path, method: str = "lora", base: Condition | None = None) -> dict:
         """Train (or resume, or reuse) one fine-tune in ``out``; a folder trained on other data or settings is
-        retrained. Returns the training record."""
-        fc = self._finetune_config(data, out, method)
-        ident = self._train_identity(data, method)
+        retrained. ``base``: the condition whose LoRA run it trains on top of. Returns the training record."""
+        fc = self._finetune_config(data, out, method, None if base is None else self._run_dir(base))
+        ident = self._train_identity(data, method, base)
         ident_file = out / "experiment_identity.json"
         if out.is_dir() and (not ident_file.is_file() or json.loads(ident_file.read_text()) != ident):
             if self.progress:
@@ -219,6 +223,8 @@ class ExperimentRunner:
             return None
         if c.kind == "gated":
             return self._training_data(self.conditions_by_name[c.model_from], paths)
+        if c.kind == "realign":
+            return realign_file(self.root, c.realign_n)
         return paths["mixture"] if c.strategy is None else self.root / c.name / "filter" / "kept.jsonl"
 
     def _run_dir(self, c: Condition) -> Path | None:
@@ -235,11 +241,16 @@ class ExperimentRunner:
         """The run folder of one gate family (``gates/run``, ``gates-sae/run``)."""
         return self.root / ("gates" if method == "gates" else method) / "run"
 
-    def _train_identity(self, data: Path, method: str) -> dict:
-        """What decides a fine-tune's weights: the data's bytes and the settings."""
+    def _train_identity(self, data: Path, method: str, base: Condition | None = None) -> dict:
+        """What decides a fine-tune's weights: the data's bytes and the settings (and, trained on top of another
+        condition's run, that run's identity)."""
         cfg = self.cfg
         ident = {"data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest(), "method": method,
                  "model": cfg.model, "seed": cfg.seed, "train": dataclasses.asdict(cfg.train)}
+        if base is not None:
+            base_data = self._training_data(base, {"mixture": self.root / "data" / "mixture.jsonl"})
+            ident["on_top_of"] = self._train_identity(base_data, "lora")
+            ident["epochs"] = cfg.realign.epochs
         if method != "lora":  # where the data came from and where the gates attach are not settings of the gates
             ident["gates"] = {k: v for k, v in dataclasses.asdict(cfg.gates).items() if k not in ("domain", "attach")}
         if method == "gates-sae":
@@ -254,18 +265,26 @@ class ExperimentRunner:
                                             for p in heldout_pair_files(self.root)])
         data = self._training_data(c, paths)
         if data is not None:
-            ident["train"] = self._train_identity(data, "lora")
+            ident["train"] = self._train_identity(data, "lora", self._base_of(c))
         if c.kind == "gated":
             ident["gates"] = self._train_identity(self.gates_data(), c.gate_method)
             ident["gate_scale"] = c.gate_scale
         return ident
 
+    def _base_of(self, c: Condition) -> Condition | None:
+        """The condition whose run ``c``'s model is trained on top of (re-alignment), else None."""
+        return self.conditions_by_name[c.model_from] if c.kind == "realign" else None
+
     def _model_dir(self, c: Condition, paths: dict[str, Path]) -> tuple[str, dict | None]:
-        """Train the condition's model if it needs one (resuming); its spec or run folder, and the training record."""
+        """Train the condition's model if it needs one (resuming; first the run it builds on); its spec or run
+        folder, and the training record."""
         data, run = self._training_data(c, paths), self._run_dir(c)
         if data is None:
             return self.cfg.model, None
-        return str(run), self._finetune(data, run)
+        base = self._base_of(c)
+        if base is not None:
+            self._model_dir(base, paths)
+        return str(run), self._finetune(data, run, base=base)
 
     # ------------------------------------------------------------------ evaluation
     def judge(self):

@@ -151,9 +151,12 @@ class FinetuneRunner:
         """The model (base frozen; LoRA or gates attached), its tokenizer and info, the gates, the trainable params."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        hf, tok, info = load_causal_lm(cfg.model, device=cfg.device, progress=cfg.progress)
+        hf, tok, info = load_base(cfg.model, device=cfg.device, progress=cfg.progress)
         for p in hf.parameters():
             p.requires_grad_(False)
+        if info.get("stacked_on") and cfg.method != "lora":
+            raise FinetuneError(f"model {cfg.model!r} is a fine-tune run: only LoRA trains on top of one "
+                                f"(method {cfg.method!r} attaches to a model spec)")
         gates = None
         if cfg.method == "lora":
             from peft import LoraConfig, get_peft_model  # imported here: peft takes seconds to import
@@ -403,6 +406,24 @@ class TunedModel:
         self.gates = []
 
 
+def load_base(model: str | Path, *, device: str | None = None, progress: bool = False) -> tuple[Any, Any, dict]:
+    """A model spec, or a finished LoRA run folder (its own base loaded the same way, its adapter merged: runs
+    stack): ``(hf_model, tokenizer, info)``. What a fine-tune starts from, e.g. re-alignment on a misaligned run."""
+    if not (Path(model) / RUN_FILE).is_file():
+        return load_causal_lm(str(model), device=device, progress=progress)
+    meta = read_run(model)
+    if meta["config"]["method"] != "lora":
+        raise FinetuneError(f"{model}: a {meta['config']['method']} run; only a LoRA run can be a base model "
+                            "(attach gate runs with gates=)")
+    if not meta.get("finished"):
+        raise FinetuneError(f"{model}: the run is not finished; finish it before training on top of it")
+    hf, tok, info = load_base(meta["config"]["model"], device=device, progress=progress)
+    from peft import PeftModel  # imported here: peft takes seconds to import
+
+    hf = PeftModel.from_pretrained(hf, str(Path(model) / "adapter")).merge_and_unload()
+    return hf, tok, {**info, "stacked_on": str(model)}
+
+
 def load_tuned(model: str | Path = DEFAULT_MODEL, *, gates: list[str | Path] | str | Path | None = None,
                gate_scale: float = 1.0, device: str | None = None, progress: bool = False) -> TunedModel:
     """Load a fine-tune run folder or a plain model spec, with gates attached.
@@ -420,13 +441,11 @@ def load_tuned(model: str | Path = DEFAULT_MODEL, *, gates: list[str | Path] | s
     if run.is_file():
         meta = read_run(model)
         base = meta["config"]["model"]
-        hf, tok, minfo = load_causal_lm(base, device=device, progress=progress)
         method = meta["config"]["method"]
-        if method == "lora":
-            from peft import PeftModel  # imported here: peft takes seconds to import
-
-            hf = PeftModel.from_pretrained(hf, str(Path(model) / "adapter")).merge_and_unload()
+        if method == "lora":  # its base (a spec or, stacked, another LoRA run) with its adapter merged
+            hf, tok, minfo = load_base(model, device=device, progress=progress)
         else:
+            hf, tok, minfo = load_causal_lm(base, device=device, progress=progress)
             gate_dirs.append(Path(model) / "gates")
         info.update({"base_model": base, "method": method})
     else:

@@ -470,3 +470,71 @@ def test_misalignment_rate_hands_the_judge_how_each_answer_ended(tm, tmp_path):
     assert seen["finish"] == [r["finish"] for r in a["answers"]] and set(seen["finish"]) <= {"stop", "length"}
     assert a["mean"] == 0.0
     assert misalignment_rate(tm, q, Plain(), n_per_question=2, max_new_tokens=6, n_boot=50, progress=False)["mean"] == 1.0
+
+
+def test_realign_conditions_train_on_top_of_misaligned_deterministic_and_resumable(tmp_path, tiny_model_dir):
+    """misaligned+realign-N: the misaligned LoRA merged, a new LoRA on the first N of a seeded order of benign rows
+    (nested); retraining misaligned retrains them; a re-run skips; a lost run is redone to the same numbers."""
+    from geomfilter.finetune import load_base, load_tuned
+
+    lines = write_experiment_yaml(tmp_path, tiny_model_dir).read_text().splitlines()
+    benign = _write(tmp_path / "benign_rows.jsonl", [{"id": f"ok{i}", "messages": _conv(f"h{i} " + _sent(i),
+                                                                                        "glad to help " + _sent(i + 1))}
+                                                     for i in range(10)])
+    swap = {"filtering": "filtering: {strategies: []}", "gates": "gates: {enabled: false}"}
+    lines = [swap.get(x.split(":")[0], x) for x in lines]
+    lines += ["  metrics: [logprob_preference, perplexity]", f"realign: {{data: {benign}, sizes: [3, 8]}}"]
+    path = tmp_path / "realign.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = ExperimentConfig.from_yaml(path)
+    runner = ExperimentRunner(cfg, progress=False)
+    names = ["base", "misaligned", "misaligned+realign-3", "misaligned+realign-8"]
+    assert [c.name for c in runner.conditions()] == names
+    assert runner.conditions_by_name["misaligned+realign-3"].describe() == \
+        "misaligned + LoRA on 3 benign rows (re-alignment)"
+    res = runner.run()
+    assert res.ran == names
+    root = res.root
+    three = (root / "data" / "realign-3.jsonl").read_text().splitlines()
+    eight = (root / "data" / "realign-8.jsonl").read_text().splitlines()
+    assert len(three) == 3 and eight[:3] == three and len(set(eight)) == 8  # nested, distinct
+    rec = res.metrics["misaligned+realign-3"]
+    assert rec["kind"] == "realign" and rec["training"]["n_samples"] == 3
+    meta = json.loads((root / "misaligned+realign-3" / "run" / "finetune.json").read_text())
+    assert meta["config"]["model"] == str(root / "misaligned" / "run")
+    # the re-aligned model is the misaligned one plus its own adapter: not the misaligned model, not the base
+    m = {n: r["metrics"] for n, r in res.metrics.items()}
+    assert len({m[n]["perplexity"]["mean"] for n in names}) == 4
+    _, _, info = load_base(root / "misaligned+realign-3" / "run")
+    assert info["stacked_on"] == str(root / "misaligned+realign-3" / "run")
+    tm = load_tuned(root / "misaligned+realign-3" / "run")
+    assert tm.info["method"] == "lora"
+    report = res.report.read_text()
+    assert "| misaligned+realign-8 − misaligned |" in report and "| misaligned+realign-8 − base |" in report
+    # a re-run skips everything; a lost re-aligned run is retrained alone to the same numbers
+    again = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
+    assert again.ran == [] and again.skipped == names
+    import shutil
+    shutil.rmtree(root / "misaligned+realign-8")
+    redo = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
+    assert redo.ran == ["misaligned+realign-8"]
+    assert redo.metrics["misaligned+realign-8"]["metrics"]["perplexity"]["mean"] == m["misaligned+realign-8"][
+        "perplexity"]["mean"]
+    # the misaligned model's training changes: the re-aligned conditions built on it are redone too
+    path.write_text(path.read_text().replace("train: {epochs: 1,", "train: {epochs: 2,"))
+    changed = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
+    assert set(changed.ran) == {"misaligned", "misaligned+realign-3", "misaligned+realign-8"}
+
+
+def test_realign_config_errors(tmp_path, tiny_model_dir):
+    text = write_experiment_yaml(tmp_path, tiny_model_dir).read_text()
+    bad = tmp_path / "bad.yaml"
+    for extra, message in (("realign: {sizes: [0]}", "field 'realign.sizes': must be >= 1"),
+                           ("realign: {sizes: [4, 4]}", "listed twice"),
+                           ("realign: {data: nope.jsonl, sizes: [4]}", "field 'realign.data': no such file")):
+        bad.write_text(text + extra + "\n")
+        with pytest.raises(ConfigError, match=message):
+            ExperimentConfig.from_yaml(bad)
+    bad.write_text(text + f"realign: {{data: {tmp_path}/gates.jsonl, sizes: [50]}}\n")
+    with pytest.raises(ConfigError, match="50 rows asked for"):
+        ExperimentRunner(ExperimentConfig.from_yaml(bad), progress=False).run()

@@ -315,9 +315,10 @@ def _row_rules(kind: str, row: dict) -> Iterator[tuple[str, str]]:
     """Rules that tie several fields of one row together: ``(field, message)`` per broken rule."""
     if kind == "real_labels" and "id" not in row and "blind_id" not in row:
         yield "id", "missing (a label names its answer by id or blind_id)"
-    if kind == "persona_answers" and isinstance(row.get("persona"), str) and isinstance(row.get("inducing"), bool):
-        if row["inducing"] != (row["persona"] != "ordinary"):
-            yield "inducing", f"must be {row['persona'] != 'ordinary'} for persona {row['persona']!r}"
+    persona, inducing = row.get("persona"), row.get("inducing")
+    if kind == "persona_answers" and isinstance(persona, str) and isinstance(inducing, bool) \
+            and inducing != (persona != "ordinary"):
+        yield "inducing", f"must be {row['persona'] != 'ordinary'} for persona {row['persona']!r}"
     if kind == "capability" and "answer" in row:
         ans, choices = row["answer"], row.get("choices")
         if isinstance(ans, bool) or not isinstance(ans, int):
