@@ -132,9 +132,12 @@ def markdown_table(reports: list[dict]) -> str:
 
 
 def machine_output(path: Path) -> bool:
-    """Model output, not hand-written data: the generations caches and data/judge_real's answers, labelling
-    batches and labels (its prompts.jsonl is written by the project and is checked)."""
+    """Model output or labels, not hand-written texts: the generations caches, data/judge_real's answers,
+    labelling batches and labels (its prompts.jsonl is written by the project and is checked), the model's
+    persona answers (data/ood/) and the taxonomy labels (data/taxonomy/)."""
     if path.name.startswith("generations"):
+        return True
+    if "ood" in path.parts or "taxonomy" in path.parts:
         return True
     return "judge_real" in path.parts and path.name != "prompts.jsonl"
 
