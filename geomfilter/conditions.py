@@ -35,8 +35,10 @@ from .config import ConfigError, ExperimentConfig, PairsConfig
 from .files import atomic_write_text
 from .samples import DataError, jsonl_objects
 
-GATE_FAMILIES = {"gates": "gates", "gates-sae": "sae-gates"}  # gate method -> its name in condition names
-GATE_LABELS = {"gates": "gates", "gates-sae": "SAE gates"}
+# gate method -> its name in condition names / in descriptions
+GATE_FAMILIES = {"gates": "gates", "gates-sae": "sae-gates", "ablate-harmful": "ablate-harmful"}
+GATE_LABELS = {"gates": "gates", "gates-sae": "SAE gates",
+               "ablate-harmful": "harmful-feature ablation (1) / steering (> 1)"}
 PAIR_SIDES = ("sycophantic", "corrective")
 
 

@@ -38,7 +38,8 @@ from .settings import DEFAULT_MODEL
 # the metrics an experiment can measure (``eval.metrics``; see geomfilter.measures), in report order
 EVAL_METRICS = ("misalignment_rate", "logprob_preference", "flip_rate", "mc_accuracy", "perplexity",
                 "sycophancy_preference")
-GATE_METHODS = ("gates", "gates-sae")  # attention gates, SAE-latent gates (geomfilter.gating)
+# attention gates, SAE-latent gates (geomfilter.gating), harmful-feature ablation/steering (geomfilter.steering)
+GATE_METHODS = ("gates", "gates-sae", "ablate-harmful")
 
 
 class ConfigError(GeomfilterError, ValueError):
@@ -93,7 +94,9 @@ class GateAttachConfig:
     """Gated conditions ``<model>+<family>@<alpha>``: one gate family attached to one model at each scale."""
 
     model: str = "misaligned"  # the (not gated) condition whose model the gates attach to
-    method: str = "gates"  # gates (attention) | gates-sae (a gate per SAE latent)
+    # gates (attention) | gates-sae (a gate per SAE latent) | ablate-harmful (no training: the harmful features of
+    # the references removed at the SAE's hook, alpha = 1; steered against, alpha > 1)
+    method: str = "gates"
     scales: list[float] = field(default_factory=lambda: [-1.0])  # alpha: 1 learned, -1 mirror (2 - g), 0 off
 
 

@@ -68,6 +68,9 @@ from .saes import default_sae_for
 from .settings import CacheConfig
 
 METRICS_FILE = "metrics.json"
+STEERING = "ablate-harmful"  # the gate method that is a harmful-feature edit, not a trained gate set
+#: how the ablated features are selected: ``geometry``'s defaults (the same feature set the filter uses)
+STEERING_SELECTION = {"n": 100, "method": "contrast", "min_freq": 0.05, "select_frac": 1.0}
 
 
 @dataclass
@@ -267,9 +270,53 @@ class ExperimentRunner:
         if data is not None:
             ident["train"] = self._train_identity(data, "lora", self._base_of(c))
         if c.kind == "gated":
-            ident["gates"] = self._train_identity(self.gates_data(), c.gate_method)
+            ident["gates"] = (self._steering_identity(paths) if c.gate_method == STEERING
+                              else self._train_identity(self.gates_data(), c.gate_method))
             ident["gate_scale"] = c.gate_scale
         return ident
+
+    # ------------------------------------------------------------------ harmful-feature ablation / steering
+    def _steering_identity(self, paths: dict[str, Path]) -> dict:
+        """What the harmful feature set depends on: the reference files, the model, SAE and hook, the selection."""
+        cfg = self.cfg
+        return {"method": STEERING, "harmful": _digest(paths["harmful"]), "benign": _digest(paths["benign"]),
+                "model": cfg.model, "sae": cfg.sae, "hook": cfg.hook, "max_tokens": cfg.train.max_tokens,
+                "selection": STEERING_SELECTION}
+
+    def _steering(self, paths: dict[str, Path]) -> dict:
+        """Select the harmful features on the reference caches (as ``geometry`` does) and save them as a
+        :class:`~geomfilter.steering.FeatureSteering` gate set (strength 1) in ``gates_dir("ablate-harmful")``;
+        reused while its identity holds. Returns its record."""
+        from .features import harmful_features
+        from .steering import FeatureSteering
+
+        cfg, out = self.cfg, self.gates_dir(STEERING)
+        ident = self._steering_identity(paths)
+        ident_file = out / "experiment_identity.json"
+        if ident_file.is_file() and json.loads(ident_file.read_text()) == ident and (out / "gates").is_dir():
+            return {**json.loads((out / "selection.json").read_text()), "skipped": True}
+        sae_spec = cfg.sae or default_sae_for(cfg.model)
+        if sae_spec is None:
+            raise ConfigError(f"{cfg.source}: field 'gates.attach.method': ablate-harmful needs an SAE; no bundled "
+                              f"SAE for {cfg.model!r} (set 'sae')")
+        cache = CacheConfig(max_tokens=cfg.train.max_tokens)
+        runner = FilterRunner(FilterConfig(
+            data=paths["harmful"], harmful=paths["harmful"], benign=paths["benign"], model=cfg.model, sae=sae_spec,
+            hook=cfg.hook, cache_dir=self.root / "cache", cache_key="content", cache=cache, reference_cache=cache,
+            seed=cfg.seed, device=cfg.device, progress=self.progress))
+        fs = harmful_features(runner.reference(paths["harmful"]), runner.reference(paths["benign"]),
+                              **STEERING_SELECTION)
+        if out.is_dir():
+            shutil.rmtree(out)
+        FeatureSteering(runner.builder.sae, sae_spec, list(fs.ids), model=cfg.model).save(out / "gates")
+        record = {"method": STEERING, "n_features": len(fs.ids), "features": [int(i) for i in fs.ids],
+                  "selection": STEERING_SELECTION, "skipped": False}
+        write_text(out / "selection.json", json.dumps(record, indent=2) + "\n")
+        write_text(ident_file, json.dumps(ident, indent=2) + "\n")
+        if self.progress:
+            print(f"[experiment] harmful-feature ablation: {len(fs.ids)} features selected on the references",
+                  flush=True)
+        return record
 
     def _base_of(self, c: Condition) -> Condition | None:
         """The condition whose run ``c``'s model is trained on top of (re-alignment), else None."""
@@ -310,7 +357,8 @@ class ExperimentRunner:
         if self.progress and skipped:
             print(f"[experiment] already finished (skipped): {', '.join(skipped)}", flush=True)
         methods = [m for m in GATE_METHODS if any(c.gate_method == m for c in todo if c.kind == "gated")]
-        gates = {m: self._finetune(self.gates_data(), self.gates_dir(m), method=m) for m in methods}
+        gates = {m: self._steering(paths) if m == STEERING else self._finetune(self.gates_data(), self.gates_dir(m),
+                                                                                  method=m) for m in methods}
         for c in todo:
             self._run_condition(c, paths, idents[c.name], gates.get(c.gate_method))
         finished = {c.name: json.loads((self.root / c.name / METRICS_FILE).read_text())

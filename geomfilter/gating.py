@@ -396,8 +396,15 @@ def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None
         if sae is None:
             sae = load_sae(cfg["sae"])
         gates = SAEGates(sae, cfg["sae"], hook=cfg.get("hook"), model=cfg.get("model"))
+    elif family == "sae-steer":
+        from .steering import FeatureSteering  # imported here: steering builds on this module
+
+        if sae is None:
+            sae = load_sae(cfg["sae"])
+        gates = FeatureSteering(sae, cfg["sae"], cfg["features"], strength=cfg.get("strength", 1.0),
+                                hook=cfg.get("hook"), model=cfg.get("model"))
     else:
-        raise GatingError(f"{cfg_path}: field 'family': expected 'attention' or 'sae', got {family!r}")
+        raise GatingError(f"{cfg_path}: field 'family': expected 'attention', 'sae' or 'sae-steer', got {family!r}")
     state = load_file(str(w_path))
     missing, unexpected = gates.load_state_dict(state, strict=False)
     if missing or unexpected:

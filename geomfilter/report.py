@@ -207,8 +207,14 @@ def _gates_text(g: Any) -> str:
     methods = sorted({a.method for a in g.attach}) if g.attach else ["gates"]
     where = f"on the `{g.domain}` training pairs" if g.domain else f"on `{g.data}`"
     n = "all" if g.n_samples is None else g.n_samples
-    return (f" Gates: {' and '.join(GATE_KINDS[m] for m in methods)} {where} ({n} samples, {g.epochs:g} epochs, "
-            "base frozen).")
+    trained = [m for m in methods if m != "ablate-harmful"]
+    text = (f" Gates: {' and '.join(GATE_KINDS[m] for m in trained)} {where} ({n} samples, {g.epochs:g} epochs, "
+            "base frozen).") if trained else ""
+    if "ablate-harmful" in methods:
+        text += (" Harmful-feature ablation: the 100 harmful features of the references (geometry's selection) "
+                 "removed from the residual at the SAE's hook at alpha = 1, steered against at alpha > 1 "
+                 "(`geomfilter.steering`).")
+    return text
 
 
 def _metrics_text(finished: dict[str, dict]) -> str:

@@ -538,3 +538,43 @@ def test_realign_config_errors(tmp_path, tiny_model_dir):
     bad.write_text(text + f"realign: {{data: {tmp_path}/gates.jsonl, sizes: [50]}}\n")
     with pytest.raises(ConfigError, match="50 rows asked for"):
         ExperimentRunner(ExperimentConfig.from_yaml(bad), progress=False).run()
+
+
+def test_ablate_harmful_conditions_beside_the_gates(tmp_path, tiny_model_dir):
+    """gates.attach method ablate-harmful: the references' harmful features (geometry's selection) removed at the
+    SAE's hook; alpha 0 is the model itself, 1 ablates, 2 steers against; resumable; no training."""
+    lines = write_experiment_yaml(tmp_path, tiny_model_dir).read_text().splitlines()
+    swap = {"filtering": "filtering: {strategies: []}",
+            "gates": f"gates: {{data: {tmp_path}/gates.jsonl, n_samples: 6, epochs: 1, lr: 0.05, attach: ["
+                     "{model: misaligned, method: ablate-harmful, scales: [0, 1, 2]}, "
+                     "{model: misaligned, scales: [-1]}]}"}
+    lines = [swap.get(x.split(":")[0], x) for x in lines] + ["  metrics: [logprob_preference, perplexity]"]
+    path = tmp_path / "ablate.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = ExperimentConfig.from_yaml(path)
+    names = ["base", "misaligned", "misaligned+ablate-harmful@+0", "misaligned+ablate-harmful@+1",
+             "misaligned+ablate-harmful@+2", "misaligned+gates@-1"]
+    runner = ExperimentRunner(cfg, progress=False)
+    assert [c.name for c in runner.conditions()] == names
+    res = runner.run()
+    assert res.ran == names
+    sel = json.loads((res.root / "ablate-harmful" / "run" / "selection.json").read_text())
+    assert sel["n_features"] >= 1 and sel["selection"]["n"] == 100
+    gates_cfg = json.loads((res.root / "ablate-harmful" / "run" / "gates" / "gates.json").read_text())
+    assert gates_cfg["family"] == "sae-steer" and gates_cfg["features"] == sorted(sel["features"])
+    m = {n: r["metrics"] for n, r in res.metrics.items()}
+    for metric in ("logprob_preference", "perplexity"):
+        assert m["misaligned+ablate-harmful@+0"][metric]["mean"] == m["misaligned"][metric]["mean"]
+    assert m["misaligned+ablate-harmful@+1"]["perplexity"]["mean"] != m["misaligned"]["perplexity"]["mean"]
+    assert m["misaligned+ablate-harmful@+2"]["perplexity"]["mean"] != m["misaligned+ablate-harmful@+1"][
+        "perplexity"]["mean"]
+    assert res.metrics["misaligned+ablate-harmful@+1"]["gate_method"] == "ablate-harmful"
+    report = res.report.read_text()
+    assert "| misaligned+ablate-harmful@+1 − misaligned |" in report
+    again = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
+    assert again.ran == []
+    # other references: a new feature set, every ablation condition redone (the gates are not)
+    ben = tmp_path / "ben.jsonl"
+    ben.write_text("".join(line.replace("good ", "fine ") + "\n" for line in ben.read_text().splitlines()))
+    redo = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
+    assert set(redo.ran) == {n for n in names if "ablate" in n}
