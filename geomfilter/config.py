@@ -38,7 +38,7 @@ from .settings import DEFAULT_MODEL
 # the metrics an experiment can measure (``eval.metrics``; see geomfilter.measures), in report order
 EVAL_METRICS = ("misalignment_rate", "logprob_preference", "flip_rate", "mc_accuracy", "perplexity",
                 "sycophancy_preference")
-# attention gates, SAE-latent gates (geomfilter.gating), harmful-feature ablation/steering (geomfilter.steering)
+# attention gates, SAE-latent gates (geomfilter.gating), harmful-feature ablation/steering (geomfilter.gating.FeatureSteering)
 GATE_METHODS = ("gates", "gates-sae", "ablate-harmful")
 
 

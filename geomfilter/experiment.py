@@ -58,8 +58,10 @@ from .conditions import (  # noqa: F401 (Condition, condition_name: re-exported,
     write_text,
 )
 from .config import GATE_METHODS, ConfigError, ExperimentConfig
+from .features import harmful_features
 from .filtering import STRATEGIES
 from .finetune import FinetuneConfig, FinetuneRunner, load_tuned
+from .gating import FeatureSteering
 from .judges import judge_fingerprint
 from .measures import ConditionEvaluator, metric_names
 from .pipeline import FilterConfig, FilterRunner
@@ -287,9 +289,6 @@ class ExperimentRunner:
         """Select the harmful features on the reference caches (as ``geometry`` does) and save them as a
         :class:`~geomfilter.steering.FeatureSteering` gate set (strength 1) in ``gates_dir("ablate-harmful")``;
         reused while its identity holds. Returns its record."""
-        from .features import harmful_features
-        from .steering import FeatureSteering
-
         cfg, out = self.cfg, self.gates_dir(STEERING)
         ident = self._steering_identity(paths)
         ident_file = out / "experiment_identity.json"

@@ -16,6 +16,8 @@ learn the representations the fine-tuning data's behaviour relies on.
 * our continuous control: ``g_alpha = 1 + alpha * (g - 1)``; ``alpha = 0`` is the
   ungated model (the hooks are skipped, so it is bit-identical), other values
   interpolate or extrapolate.
+* :class:`FeatureSteering` (family ``sae-steer``, no trained weights) removes or steers against the
+  harmful features at an SAE's hook, for comparison with the gates.
 * our second family, tying gating to geometry: :class:`SAEGates` gate each
   latent of an SAE at its hook. The residual stream ``x`` becomes
   ``x + sum_i (g_i - 1) * a_i(x) * W_dec[i]`` -- each latent's contribution is
@@ -374,6 +376,74 @@ class SAEGates(_GateSet):
         return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
 
 
+class FeatureSteering(_GateSet):
+    """Harmful-feature ablation and steering at inference, through an SAE at its hook (issue 20 (2)).
+
+    ``x -> x - strength * alpha * sum_{j in H} a_j(x) * W_dec[j]`` for the harmful feature set ``H`` (the
+    features ``geometry`` uses, selected on the reference caches): ``strength * alpha = 1`` *ablates* them
+    (their decoded contribution to the residual is removed; the rest of the SAE's reconstruction and its error
+    are left alone), larger values *steer against* them in proportion to how much they fire, ``alpha = 0`` is
+    the unedited model (the hook is skipped). A gate set without trained parameters: it attaches, saves and
+    loads like the gates (family ``sae-steer``); an experiment's ``gates.attach`` entry ``{method:
+    ablate-harmful, scales: [1, 2]}`` evaluates ``<model>+ablate-harmful@+1`` and ``@+2``.
+    """
+
+    family = "sae-steer"
+
+    def __init__(self, sae: Any, sae_spec: str, features: list[int], *, strength: float = 1.0,
+                 hook: str | None = None, model: str | None = None):
+        super().__init__()
+        if not features:
+            raise GatingError("FeatureSteering needs at least one feature id")
+        d_sae = int(sae.cfg.d_sae)
+        bad = [f for f in features if not 0 <= int(f) < d_sae]
+        if bad:
+            raise GatingError(f"feature ids {bad[:5]} are outside the SAE's {d_sae} latents")
+        self.hook = hook or sae_hook_name(sae)
+        self.layer = resid_post_layer(self.hook)
+        self.sae_spec, self.model_spec = sae_spec, model
+        self.d_in, self.d_sae = int(sae.cfg.d_in), d_sae
+        self.strength = float(strength)
+        object.__setattr__(self, "sae", sae)  # not a submodule: frozen, never saved
+        for p in sae.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("features", torch.tensor(sorted({int(f) for f in features}), dtype=torch.long))
+
+    def config(self) -> dict:
+        """What ``gates.json`` records (SAE spec, hook, layer, widths, the feature ids, the strength)."""
+        return {"family": self.family, "sae": self.sae_spec, "hook": self.hook, "layer": self.layer,
+                "d_in": self.d_in, "d_sae": self.d_sae, "model": self.model_spec,
+                "features": self.features.tolist(), "strength": self.strength}
+
+    def _install(self, model: torch.nn.Module) -> list:
+        layers = decoder_layers(model)
+        if self.layer >= len(layers):
+            raise GatingError(f"SAE hook {self.hook} but the model has {len(layers)} layers")
+        d_model = getattr(getattr(model, "config", None), "hidden_size", self.d_in)
+        if int(d_model) != self.d_in:
+            raise GatingError(f"the SAE reads width {self.d_in} but the model's residual stream is {d_model}")
+        dev = next(model.parameters()).device
+        self.sae.to(dev)
+        self.to(dev)
+        return [layers[self.layer].register_forward_hook(self._edit_hook)]
+
+    def edit(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual ``x [.., d_in]`` with the harmful latents' contribution scaled by ``1 - strength * alpha``."""
+        scale = self.strength * self.alpha
+        if scale == 0.0:
+            return x
+        a = self.sae.encode(x.to(self.sae.W_dec.dtype))[..., self.features].float()
+        delta = a @ self.sae.W_dec[self.features].float()
+        return x - (scale * delta).to(x.dtype)
+
+    def _edit_hook(self, _mod, _args, output):
+        if self.alpha == 0.0:
+            return None
+        x = output[0] if isinstance(output, tuple) else output
+        y = self.edit(x)
+        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +467,6 @@ def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None
             sae = load_sae(cfg["sae"])
         gates = SAEGates(sae, cfg["sae"], hook=cfg.get("hook"), model=cfg.get("model"))
     elif family == "sae-steer":
-        from .steering import FeatureSteering  # imported here: steering builds on this module
-
         if sae is None:
             sae = load_sae(cfg["sae"])
         gates = FeatureSteering(sae, cfg["sae"], cfg["features"], strength=cfg.get("strength", 1.0),

@@ -213,7 +213,7 @@ def _gates_text(g: Any) -> str:
     if "ablate-harmful" in methods:
         text += (" Harmful-feature ablation: the 100 harmful features of the references (geometry's selection) "
                  "removed from the residual at the SAE's hook at alpha = 1, steered against at alpha > 1 "
-                 "(`geomfilter.steering`).")
+                 "(`geomfilter.gating.FeatureSteering`).")
     return text
 
 

@@ -1,4 +1,4 @@
-"""Harmful-feature ablation / steering at inference (geomfilter.steering), on the tiny model and SAE."""
+"""Harmful-feature ablation / steering at inference (geomfilter.gating.FeatureSteering), on the tiny model and SAE."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomfilter.gating import GatingError, load_gates
-from geomfilter.steering import FeatureSteering
+from geomfilter.gating import FeatureSteering, GatingError, load_gates
 from tests.tiny import tiny_sae
 
 HOOK = "blocks.1.hook_resid_post"
