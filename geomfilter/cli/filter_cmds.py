@@ -60,9 +60,10 @@ def _filter_options(func):
                                                       "than this fraction of the benign references (generic latents).")),
         "agg": (str, typer.Option(_default("gradient", "agg"), help="gradient: positive (mean push up of the "
                                   "harmful features) or mean (signed).")),
-        "normalize": (bool, typer.Option(_default("gradient", "normalize"), help="gradient: unit update "
-                                         "direction; projection: cosine to the direction, centred on the "
-                                         "references' midpoint (scale-robust).")),
+        "normalize": (bool | None, typer.Option(None, "--normalize/--no-normalize", help="gradient: unit update "
+                                                "direction (its default); projection: cosine to the direction, "
+                                                "centred on the references' midpoint (scale-robust; default off). "
+                                                "Unset: the strategy's default.")),
         "top_n": (int, typer.Option(_default("representation", "top_n"), help="representation: nearest anchors averaged.")),
         "judge": (str | None, typer.Option(None, help="judge: 'offline' (default: the shipped MiniLM judge), a saved "
                                            "judge folder, or 'api:MODEL' (OpenAI-compatible; see `geomfilter judge`).")),
@@ -94,7 +95,8 @@ def _config(data: Path, opts: dict, *, drop: float | None, threshold: float | No
     strategy = o["strategy"]
     given = {**o, "drop": drop, "threshold": threshold,
              "harmful_ids": _int_list(o["harmful_ids"], "--harmful-ids")}
-    params = {k: given[k] for k in STRATEGIES[strategy].param_names() if k in given and k != "seed"}
+    params = {k: given[k] for k in STRATEGIES[strategy].param_names() if k in given and k != "seed"
+              and not (k == "normalize" and given[k] is None)}  # unset: the strategy's own default
     return FilterConfig(
         data=data, strategy=strategy, params=params, model=o["model"], sae=o["sae"], hook=o["hook"],
         harmful=o["harmful"], benign=o["benign"], own=o["own"], cache_dir=o["cache_dir"], seed=o["seed"],
