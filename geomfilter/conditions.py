@@ -82,6 +82,12 @@ def realign_name(n: int) -> str:
     return f"misaligned+realign-{n}"
 
 
+def data_paths(root: Path) -> dict[str, Path]:
+    """Where :func:`prepare_data` writes the ``mixture`` and the ``harmful`` and ``benign`` references."""
+    out = Path(root) / "data"
+    return {"mixture": out / "mixture.jsonl", "harmful": out / "harmful.jsonl", "benign": out / "benign.jsonl"}
+
+
 def realign_file(root: Path, n: int) -> Path:
     """The benign rows a re-alignment condition trains on."""
     return Path(root) / "data" / f"realign-{n}.jsonl"
@@ -213,7 +219,7 @@ def split_pairs(pairs: PairsConfig, seed: int, root: Path) -> dict[str, dict]:
 def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
     """Seeded subset of the mixture (or of the pair split's training rows), first-N reference rows; written
     under ``<root>/data/`` (raw lines kept). Returns the paths of ``mixture``, ``harmful`` and ``benign``."""
-    out, d = Path(root) / "data", cfg.data
+    d = cfg.data
     if d.pairs.domains:
         split_pairs(d.pairs, cfg.seed, root)
         rows = [x for dom in d.pairs.domains for x in read_lines(pairs_train_file(root, dom))]
@@ -222,7 +228,7 @@ def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
     if d.n_samples is not None and d.n_samples < len(rows):
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), d.n_samples, replace=False))
         rows = [rows[i] for i in keep]
-    paths = {"mixture": out / "mixture.jsonl", "harmful": out / "harmful.jsonl", "benign": out / "benign.jsonl"}
+    paths = data_paths(root)
     write_lines(paths["mixture"], rows)
     for name in ("harmful", "benign"):
         ref = read_lines(getattr(d, name))

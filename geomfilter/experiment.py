@@ -48,6 +48,7 @@ import numpy as np
 from .conditions import (  # noqa: F401 (Condition, condition_name: re-exported, their old home)
     Condition,
     condition_name,
+    data_paths,
     heldout_pair_files,
     pairs_train_file,
     plan_conditions,
@@ -253,8 +254,7 @@ class ExperimentRunner:
         ident = {"data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest(), "method": method,
                  "model": cfg.model, "seed": cfg.seed, "train": dataclasses.asdict(cfg.train)}
         if base is not None:
-            base_data = self._training_data(base, {"mixture": self.root / "data" / "mixture.jsonl"})
-            ident["on_top_of"] = self._train_identity(base_data, "lora")
+            ident["on_top_of"] = self._train_identity(self._training_data(base, data_paths(self.root)), "lora")
             ident["epochs"] = cfg.realign.epochs
         if method != "lora":  # where the data came from and where the gates attach are not settings of the gates
             ident["gates"] = {k: v for k, v in dataclasses.asdict(cfg.gates).items() if k not in ("domain", "attach")}

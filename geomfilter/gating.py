@@ -319,14 +319,10 @@ def resid_post_layer(hook: str) -> int:
     return int(m.group(1))
 
 
-class SAEGates(_GateSet):
-    """Gates on an SAE's latents at its hook: ``x -> x + ((g - 1) * a(x)) @ W_dec``, ``g = 2 sigmoid(W x + b)``.
-
-    The SAE itself is frozen and not saved with the gates (``gates.json``
-    records its spec; :func:`load_gates` loads it again).
-    """
-
-    family = "sae"
+class _SAEHookSet(_GateSet):
+    """What the gate families at an SAE's residual hook share: the frozen SAE (not a submodule: never
+    trained, never saved; ``gates.json`` records its spec and :func:`load_gates` loads it again), its hook
+    and layer, the checks on attaching, and one forward hook on that layer (``_hook``)."""
 
     def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None):
         super().__init__()
@@ -337,7 +333,6 @@ class SAEGates(_GateSet):
         object.__setattr__(self, "sae", sae)  # not a submodule: never trained, never saved
         for p in sae.parameters():
             p.requires_grad_(False)
-        self.gate = Gate(self.d_in, self.d_sae)
 
     def config(self) -> dict:
         """What ``gates.json`` records to rebuild and attach these gates (SAE spec, hook, layer, widths)."""
@@ -351,11 +346,29 @@ class SAEGates(_GateSet):
         d_model = getattr(getattr(model, "config", None), "hidden_size", self.d_in)
         if int(d_model) != self.d_in:
             raise GatingError(f"the SAE reads width {self.d_in} but the model's residual stream is {d_model}")
-        self.sae.to(next(model.parameters()).device)
-        self.gate.to(next(model.parameters()).device)
-        return [layers[self.layer].register_forward_hook(self._latent_hook)]
+        dev = next(model.parameters()).device
+        self.sae.to(dev)
+        self.to(dev)
+        return [layers[self.layer].register_forward_hook(self._hook)]
 
-    def _latent_hook(self, _mod, _args, output):
+    def _hook(self, _mod, _args, output):
+        raise NotImplementedError
+
+
+class SAEGates(_SAEHookSet):
+    """Gates on an SAE's latents at its hook: ``x -> x + ((g - 1) * a(x)) @ W_dec``, ``g = 2 sigmoid(W x + b)``.
+
+    The SAE itself is frozen and not saved with the gates (``gates.json``
+    records its spec; :func:`load_gates` loads it again).
+    """
+
+    family = "sae"
+
+    def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None):
+        super().__init__(sae, sae_spec, hook=hook, model=model)
+        self.gate = Gate(self.d_in, self.d_sae)
+
+    def _hook(self, _mod, _args, output):
         if self.alpha == 0.0 and self._recorder is None:
             return None
         x = output[0] if isinstance(output, tuple) else output
@@ -376,7 +389,7 @@ class SAEGates(_GateSet):
         return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
 
 
-class FeatureSteering(_GateSet):
+class FeatureSteering(_SAEHookSet):
     """Harmful-feature ablation and steering at inference, through an SAE at its hook (issue 20 (2)).
 
     ``x -> x - strength * alpha * sum_{j in H} a_j(x) * W_dec[j]`` for the harmful feature set ``H`` (the
@@ -392,40 +405,18 @@ class FeatureSteering(_GateSet):
 
     def __init__(self, sae: Any, sae_spec: str, features: list[int], *, strength: float = 1.0,
                  hook: str | None = None, model: str | None = None):
-        super().__init__()
+        super().__init__(sae, sae_spec, hook=hook, model=model)
         if not features:
             raise GatingError("FeatureSteering needs at least one feature id")
-        d_sae = int(sae.cfg.d_sae)
-        bad = [f for f in features if not 0 <= int(f) < d_sae]
+        bad = [f for f in features if not 0 <= int(f) < self.d_sae]
         if bad:
-            raise GatingError(f"feature ids {bad[:5]} are outside the SAE's {d_sae} latents")
-        self.hook = hook or sae_hook_name(sae)
-        self.layer = resid_post_layer(self.hook)
-        self.sae_spec, self.model_spec = sae_spec, model
-        self.d_in, self.d_sae = int(sae.cfg.d_in), d_sae
+            raise GatingError(f"feature ids {bad[:5]} are outside the SAE's {self.d_sae} latents")
         self.strength = float(strength)
-        object.__setattr__(self, "sae", sae)  # not a submodule: frozen, never saved
-        for p in sae.parameters():
-            p.requires_grad_(False)
         self.register_buffer("features", torch.tensor(sorted({int(f) for f in features}), dtype=torch.long))
 
     def config(self) -> dict:
-        """What ``gates.json`` records (SAE spec, hook, layer, widths, the feature ids, the strength)."""
-        return {"family": self.family, "sae": self.sae_spec, "hook": self.hook, "layer": self.layer,
-                "d_in": self.d_in, "d_sae": self.d_sae, "model": self.model_spec,
-                "features": self.features.tolist(), "strength": self.strength}
-
-    def _install(self, model: torch.nn.Module) -> list:
-        layers = decoder_layers(model)
-        if self.layer >= len(layers):
-            raise GatingError(f"SAE hook {self.hook} but the model has {len(layers)} layers")
-        d_model = getattr(getattr(model, "config", None), "hidden_size", self.d_in)
-        if int(d_model) != self.d_in:
-            raise GatingError(f"the SAE reads width {self.d_in} but the model's residual stream is {d_model}")
-        dev = next(model.parameters()).device
-        self.sae.to(dev)
-        self.to(dev)
-        return [layers[self.layer].register_forward_hook(self._edit_hook)]
+        """What ``gates.json`` records: the SAE gates' fields, the feature ids and the strength."""
+        return {**super().config(), "features": self.features.tolist(), "strength": self.strength}
 
     def edit(self, x: torch.Tensor) -> torch.Tensor:
         """The residual ``x [.., d_in]`` with the harmful latents' contribution scaled by ``1 - strength * alpha``."""
@@ -436,7 +427,7 @@ class FeatureSteering(_GateSet):
         delta = a @ self.sae.W_dec[self.features].float()
         return x - (scale * delta).to(x.dtype)
 
-    def _edit_hook(self, _mod, _args, output):
+    def _hook(self, _mod, _args, output):
         if self.alpha == 0.0:
             return None
         x = output[0] if isinstance(output, tuple) else output

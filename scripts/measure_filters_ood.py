@@ -50,9 +50,10 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.data import prepare_dataset  # noqa: E402
-from geomfilter.filtering import make_filter  # noqa: E402
+from geomfilter.filtering import STRATEGIES, make_filter  # noqa: E402
 from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
+from geomfilter.samples import read_samples  # noqa: E402
 from geomfilter.stats import bootstrap_auroc, precision_at  # noqa: E402
 
 REF = ROOT / "data" / "reference"
@@ -228,35 +229,29 @@ def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
         r = FilterRunner(FilterConfig(data=path, cache_dir=args.cache_dir, progress=args.progress))
         r.builder = builder
         caches[side] = r.reference(path)
-        if any(STRATEGY_ROWS[x][0] == "gradient" for x in labels):
+        if any(STRATEGIES[STRATEGY_ROWS[x][0]].needs_gradients for x in labels):
             ds = prepare_dataset(path, builder.model.tokenizer)
             cache_gradients(builder.model, ds, caches[side], progress=args.progress)
             attach_gradients(caches[side])
     cats = sorted({m.get("category") for m in caches["harmful"].meta})
     if not cats or cats == [None]:
         raise SystemExit("the reference caches carry no 'category' field: re-cache data/reference")
+    rows = {s.id: s for side in ("harmful", "benign") for s in read_samples(REF / f"{side}.jsonl")}
+    folds_of = {}  # category -> (fit caches, held-out harmful, held-out benign): the same for every strategy
+    for c in cats:
+        sel = {s: np.array([m.get("category") == c for m in caches[s].meta]) for s in caches}
+        folds_of[c] = ({s: subset(caches[s], np.flatnonzero(~sel[s]), f"not {c}") for s in caches},
+                       subset(caches["harmful"], np.flatnonzero(sel["harmful"]), c),
+                       subset(caches["benign"], np.flatnonzero(sel["benign"]), c))
     out = {}
     for label in labels:
         strategy, params, refs = STRATEGY_ROWS[label]
         if refs != "refs":
             continue
         folds = {}
-        for c in cats:
-            sel = {s: np.array([m.get("category") == c for m in caches[s].meta]) for s in caches}
-            fit = {s: subset(caches[s], np.flatnonzero(~sel[s]), f"not {c}") for s in caches}
-            test_h = subset(caches["harmful"], np.flatnonzero(sel["harmful"]), c)
-            test_b = subset(caches["benign"], np.flatnonzero(sel["benign"]), c)
-            f = make_filter(strategy, sae=builder.sae if strategy in ("geometry", "activation", "gradient") else None,
-                            drop=0.25, **params)
-            if strategy == "judge":
-                from geomfilter.samples import read_samples
-                rows = {s.id: s for side in ("harmful", "benign") for s in read_samples(REF / f"{side}.jsonl")}
-                f.fit(fit["harmful"], fit["benign"])
-                sh = f.score_samples(test_h, samples=[rows[i] for i in test_h.ids])
-                sb = f.score_samples(test_b, samples=[rows[i] for i in test_b.ids])
-            else:
-                f.fit(fit["harmful"], fit["benign"])
-                sh, sb = f.score_samples(test_h), f.score_samples(test_b)
+        for c, (fit, test_h, test_b) in folds_of.items():
+            f = make_filter(strategy, sae=builder.sae, drop=0.25, **params).fit(fit["harmful"], fit["benign"])
+            sh, sb = (f.score_samples(t, samples=[rows[i] for i in t.ids]) for t in (test_h, test_b))  # text: judge
             folds[c] = bootstrap_auroc(sh, sb, n_boot=args.n_boot)
         aurocs = np.array([v["auroc"] for v in folds.values()])
         lo = np.mean([v["ci_low"] for v in folds.values()])
