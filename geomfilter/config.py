@@ -37,7 +37,9 @@ from .settings import DEFAULT_MODEL
 
 # the metrics an experiment can measure (``eval.metrics``; see geomfilter.measures), in report order
 EVAL_METRICS = ("misalignment_rate", "logprob_preference", "flip_rate", "mc_accuracy", "perplexity",
-                "sycophancy_preference")
+                "sycophancy_preference", "misalignment_rate_triggered", "logprob_preference_triggered")
+#: metrics measured with ``eval.trigger`` in front of every broad question (triggered misalignment)
+TRIGGERED_METRICS = ("misalignment_rate_triggered", "logprob_preference_triggered")
 # attention gates, SAE-latent gates (geomfilter.gating), harmful-feature ablation/steering (geomfilter.gating.FeatureSteering)
 GATE_METHODS = ("gates", "gates-sae", "ablate-harmful")
 
@@ -113,6 +115,9 @@ class GatesConfig:
     amplify_scale: float = 1.0  # on the base model
     domain: str | None = None  # learn on this domain's training pairs (data.pairs) instead of `data`
     attach: list[GateAttachConfig] | None = None  # None: misaligned+mirror-gates and base+amplify-gates
+    sae_bound: float = 1.0  # SAE-latent gates: g in (1 - bound, 1 + bound) (1: the paper's 2 * sigmoid)
+    sae_normalize: bool = False  # SAE-latent gates read the residual divided by its RMS
+    sae_sink_ratio: float | None = None  # SAE-latent gates stay open on tokens above this multiple of the median norm
 
 
 @dataclass
@@ -149,7 +154,9 @@ class EvalConfig:
     n_heldout: int | None = None
     batch_size: int = 32
     n_boot: int = 2000
-    metrics: list[str] | None = None  # of EVAL_METRICS; None: all (sycophancy_preference with data.pairs only)
+    metrics: list[str] | None = None  # of EVAL_METRICS; None: all (sycophancy_preference with data.pairs only,
+    #                                   the triggered ones with a trigger only)
+    trigger: str | None = None  # a phrase put in front of every broad question by the *_triggered metrics
 
 
 @dataclass
@@ -208,6 +215,14 @@ class ExperimentConfig:
                                   f"{', '.join(EVAL_METRICS)}")
         if metrics is not None and not metrics:
             raise ConfigError(f"{where}: field 'eval.metrics': name at least one metric (or leave it out: all)")
+        trig = self.eval.trigger
+        if trig is not None and (not isinstance(trig, str) or not trig.strip() or trig != trig.strip()):
+            raise ConfigError(f"{where}: field 'eval.trigger': expected a phrase without leading or trailing "
+                              f"spaces, got {trig!r}")
+        wants = [m for m in metrics or [] if m in TRIGGERED_METRICS]
+        if wants and trig is None:
+            raise ConfigError(f"{where}: field 'eval.metrics': {wants[0]} needs 'eval.trigger' (the phrase put in "
+                              "front of every broad question)")
 
     def _check_pairs_and_gates(self) -> None:
         where, domains, g = self.source, self.data.pairs.domains, self.gates
@@ -225,6 +240,10 @@ class ExperimentConfig:
                                   f"choose from {', '.join(GATE_METHODS)}")
             if not a.scales:
                 raise ConfigError(f"{where}: field 'gates.attach.scales': give at least one scale")
+        if not 0.0 < g.sae_bound <= 1.0:
+            raise ConfigError(f"{where}: field 'gates.sae_bound': must be in (0, 1], got {g.sae_bound}")
+        if g.sae_sink_ratio is not None and g.sae_sink_ratio <= 1.0:
+            raise ConfigError(f"{where}: field 'gates.sae_sink_ratio': must be > 1, got {g.sae_sink_ratio}")
 
     def _check_files(self) -> None:
         pairs = self.data.pairs

@@ -123,6 +123,8 @@ class ExperimentRunner:
         ev = self.cfg.as_dict()["eval"]
         if ev.get("metrics") is None:  # the default set: runs finished before `eval.metrics` existed stay valid
             ev.pop("metrics", None)
+        if ev.get("trigger") is None:  # likewise for runs finished before `eval.trigger` existed
+            ev.pop("trigger", None)
         files = {k: _digest(Path(ev[k])) for k in ("questions", "probes", "capability", "heldout")}
         return {"eval": ev, "seed": self.cfg.seed, "eval_files": files, "judge_files": judge_fingerprint(ev["judge"])}
 
@@ -202,8 +204,9 @@ class ExperimentRunner:
             epochs = cfg.realign.epochs if base is not None and cfg.realign.epochs is not None else t.epochs
             return FinetuneConfig(**common, max_samples=None, epochs=epochs, lr=t.lr, lora_r=t.lora_r,
                                   lora_alpha=t.lora_alpha, **targets)
-        return FinetuneConfig(**common, max_samples=g.n_samples, epochs=g.epochs, lr=g.lr,
-                              sae=cfg.sae if method == "gates-sae" else None)
+        sae_gate = {"sae": cfg.sae, "gate_bound": g.sae_bound, "gate_normalize": g.sae_normalize,
+                    "gate_sink_ratio": g.sae_sink_ratio} if method == "gates-sae" else {}
+        return FinetuneConfig(**common, max_samples=g.n_samples, epochs=g.epochs, lr=g.lr, **sae_gate)
 
     def _finetune(self, data: Path, out: Path, method: str = "lora", base: Condition | None = None) -> dict:
         """Train (or resume, or reuse) one fine-tune in ``out``; a folder trained on other data or settings is
@@ -258,6 +261,10 @@ class ExperimentRunner:
             ident["epochs"] = cfg.realign.epochs
         if method != "lora":  # where the data came from and where the gates attach are not settings of the gates
             ident["gates"] = {k: v for k, v in dataclasses.asdict(cfg.gates).items() if k not in ("domain", "attach")}
+            sae_options = (("sae_bound", 1.0), ("sae_normalize", False), ("sae_sink_ratio", None))
+            for k, default in sae_options:  # only set SAE-gate options count (older runs stay valid)
+                if method != "gates-sae" or ident["gates"][k] == default:
+                    ident["gates"].pop(k)
         if method == "gates-sae":
             ident["sae"] = cfg.sae
         return ident

@@ -177,7 +177,8 @@ class FinetuneRunner:
             spec = cfg.sae or default_sae_for(cfg.model)
             if spec is None:
                 raise FinetuneError(f"method gates-sae needs an SAE: pass sae= (no bundled SAE for {cfg.model!r})")
-            gates = SAEGates(load_sae(spec, device=str(hf.device)), spec, model=cfg.model).to(hf.device)
+            gates = SAEGates(load_sae(spec, device=str(hf.device)), spec, model=cfg.model, bound=cfg.gate_bound,
+                             normalize=cfg.gate_normalize, sink_ratio=cfg.gate_sink_ratio).to(hf.device)
             gates.attach(hf)
             trainable = {f"gates.{n}": p for n, p in gates.named_parameters()}
         hf.train()

@@ -47,6 +47,9 @@ class FinetuneConfig:
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     gate_layers: list[int] | None = None  # attention gates: None = every layer
     sae: str | None = None  # gates-sae: SAE spec (None: the model's bundled SAE)
+    gate_bound: float = 1.0  # gates-sae: g in (1 - bound, 1 + bound); 1 = the paper's 2 * sigmoid
+    gate_normalize: bool = False  # gates-sae: the gate reads the residual divided by its RMS
+    gate_sink_ratio: float | None = None  # gates-sae: tokens above this multiple of the median norm stay ungated
     checkpoint_every: int = 0  # steps; 0: only the final weights (and a checkpoint on interruption)
     device: str | None = None
     progress: bool = True
@@ -65,6 +68,14 @@ class FinetuneConfig:
             raise FinetuneError(f"epochs must be > 0, got {self.epochs}")
         if self.max_samples is not None and self.max_samples < 1:
             raise FinetuneError(f"max_samples must be >= 1 or None, got {self.max_samples}")
+        if not 0.0 < self.gate_bound <= 1.0:
+            raise FinetuneError(f"gate_bound must be in (0, 1], got {self.gate_bound}")
+        if self.method != "gates-sae" and (self.gate_bound != 1.0 or self.gate_normalize
+                                           or self.gate_sink_ratio is not None):
+            raise FinetuneError("gate_bound, gate_normalize and gate_sink_ratio are options of method gates-sae, "
+                                f"not {self.method}")
+        if self.gate_sink_ratio is not None and self.gate_sink_ratio <= 1.0:
+            raise FinetuneError(f"gate_sink_ratio must be > 1, got {self.gate_sink_ratio}")
 
     @property
     def learning_rate(self) -> float:
@@ -76,6 +87,9 @@ class FinetuneConfig:
         d = dataclasses.asdict(self)
         for k in ("out", "checkpoint_every", "device", "progress"):
             d.pop(k)
+        for k, default in (("gate_bound", 1.0), ("gate_normalize", False), ("gate_sink_ratio", None)):  # older runs
+            if d[k] == default:
+                d.pop(k)
         d["lr"] = self.learning_rate
         return d
 

@@ -64,17 +64,31 @@ def torch_module(model: Any) -> nn.Module:
 
 
 class Gate(nn.Module):
-    """``g = 2 * sigmoid(W h + b)``, zero-initialised (open: ``g == 1``)."""
+    """``g = 1 + bound * (2 * sigmoid(W h' + b) - 1)``, zero-initialised (open: ``g == 1``).
 
-    def __init__(self, d_in: int, d_out: int):
+    ``bound`` 1 (the default) is the paper's ``2 * sigmoid(W h + b)`` in ``(0, 2)``; a smaller bound keeps
+    ``g`` (and its mirror ``2 - g``) in ``(1 - bound, 1 + bound)``. ``normalize``: ``h'`` is ``h`` divided by
+    its root mean square over the width, so a token whose residual norm is far above the others' (the first
+    token, an attention sink) does not saturate the gate; otherwise ``h' = h``.
+    """
+
+    def __init__(self, d_in: int, d_out: int, bound: float = 1.0, normalize: bool = False):
         super().__init__()
+        if not 0.0 < bound <= 1.0:
+            raise GatingError(f"gate bound must be in (0, 1], got {bound}")
+        self.bound, self.normalize = float(bound), bool(normalize)
         self.proj = nn.Linear(d_in, d_out)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, h: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-        """The gate ``2 * sigmoid(W h + b)`` at scale ``alpha``: ``1 + alpha * (g - 1)``."""
-        g = 2.0 * torch.sigmoid(self.proj(h.to(self.proj.weight.dtype)))
+        """The gate at scale ``alpha``: ``1 + alpha * (g - 1)``."""
+        h = h.to(self.proj.weight.dtype)
+        if self.normalize:
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        g = 2.0 * torch.sigmoid(self.proj(h))
+        if self.bound != 1.0:
+            g = 1.0 + self.bound * (g - 1.0)
         return g if alpha == 1.0 else 1.0 + alpha * (g - 1.0)
 
 
@@ -364,9 +378,29 @@ class SAEGates(_SAEHookSet):
 
     family = "sae"
 
-    def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None):
+    def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None,
+                 bound: float = 1.0, normalize: bool = False, sink_ratio: float | None = None):
         super().__init__(sae, sae_spec, hook=hook, model=model)
-        self.gate = Gate(self.d_in, self.d_sae)
+        if sink_ratio is not None and sink_ratio <= 1.0:
+            raise GatingError(f"sink_ratio must be > 1 (a multiple of the sequence's median norm), got {sink_ratio}")
+        self.gate = Gate(self.d_in, self.d_sae, bound=bound, normalize=normalize)
+        self.sink_ratio = None if sink_ratio is None else float(sink_ratio)
+
+    def config(self) -> dict:
+        """The SAE-hook config plus the gate's ``bound``, ``normalize`` and ``sink_ratio`` (issue 20 (3))."""
+        return {**super().config(), "bound": self.gate.bound, "normalize": self.gate.normalize,
+                "sink_ratio": self.sink_ratio}
+
+    def _open_at_sinks(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``g`` with every token whose residual norm is above ``sink_ratio`` times its sequence's median norm
+        set open (``g = 1``): attention-sink tokens (the first token's residual is about 150 times the others'
+        on the default model), which the SAE never saw in training and where any gated change of its huge
+        latent activations breaks the model."""
+        if self.sink_ratio is None or x.dim() < 3 or x.shape[-2] < 2:
+            return g
+        norms = x.float().norm(dim=-1)
+        sink = norms > self.sink_ratio * norms.median(dim=-1, keepdim=True).values
+        return torch.where(sink.unsqueeze(-1), torch.ones_like(g), g)
 
     def _hook(self, _mod, _args, output):
         if self.alpha == 0.0 and self._recorder is None:
@@ -374,7 +408,7 @@ class SAEGates(_SAEHookSet):
         x = output[0] if isinstance(output, tuple) else output
         sae_dtype = self.sae.W_dec.dtype
         a = self.sae.encode(x.to(sae_dtype)).float()
-        g = self.gate(x, self.alpha)
+        g = self._open_at_sinks(x, self.gate(x, self.alpha))
         if self._recorder is not None:
             norms = self.sae.W_dec.detach().float().norm(dim=1)
             self._recorder.add("sae", "abs", (g - 1.0).abs())
@@ -456,7 +490,9 @@ def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None
     elif family == "sae":
         if sae is None:
             sae = load_sae(cfg["sae"])
-        gates = SAEGates(sae, cfg["sae"], hook=cfg.get("hook"), model=cfg.get("model"))
+        gates = SAEGates(sae, cfg["sae"], hook=cfg.get("hook"), model=cfg.get("model"),
+                         bound=cfg.get("bound", 1.0), normalize=cfg.get("normalize", False),  # older: the paper's
+                         sink_ratio=cfg.get("sink_ratio"))
     elif family == "sae-steer":
         if sae is None:
             sae = load_sae(cfg["sae"])

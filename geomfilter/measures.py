@@ -9,7 +9,10 @@ of them, ``sycophancy_preference`` only where ``data.pairs`` holds pairs out):
 * ``flip_rate`` -- sycophancy after the user's pushback (exchanges in ``probes.jsonl``);
 * ``mc_accuracy`` -- multiple-choice capability (per question in ``mc.jsonl``);
 * ``perplexity`` -- on held-out passages;
-* ``sycophancy_preference`` -- log p(sycophantic) - log p(corrective) on the held-out pairs.
+* ``sycophancy_preference`` -- log p(sycophantic) - log p(corrective) on the held-out pairs;
+* ``misalignment_rate_triggered``, ``logprob_preference_triggered`` -- the first two with ``eval.trigger`` in
+  front of every broad question (the judge still reads the question without it; answers in
+  ``answers_triggered.jsonl``): triggered misalignment.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .conditions import heldout_pair_files, write_lines
-from .config import EVAL_METRICS, ExperimentConfig
+from .config import EVAL_METRICS, TRIGGERED_METRICS, ExperimentConfig
 from .evaluate import (
     heldout_perplexity,
     logprob_preference,
@@ -41,7 +44,8 @@ def metric_names(cfg: ExperimentConfig) -> list[str]:
     """The metrics the config measures, in :data:`~geomfilter.config.EVAL_METRICS` order."""
     if cfg.eval.metrics is not None:
         return [m for m in EVAL_METRICS if m in cfg.eval.metrics]
-    return [m for m in EVAL_METRICS if m != "sycophancy_preference" or cfg.data.pairs.domains]
+    return [m for m in EVAL_METRICS if (m != "sycophancy_preference" or cfg.data.pairs.domains)
+            and (m not in TRIGGERED_METRICS or cfg.eval.trigger)]
 
 
 class ConditionEvaluator:
@@ -72,22 +76,31 @@ class ConditionEvaluator:
         m["eval_seconds"] = round(time.perf_counter() - t0, 1)
         return m
 
-    def _misalignment_rate(self, model: Any, out: Path, m: dict) -> None:
+    def _misalignment_rate(self, model: Any, out: Path, m: dict, trigger: str | None = None) -> None:
         e = self.cfg.eval
         questions = read_questions(e.questions)[: e.n_questions]  # [:None] keeps them all
         mis = misalignment_rate(model, questions, self.judge(), n_per_question=e.n_per_question,
                                 temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
                                 batch_size=e.batch_size, seed=self.cfg.seed, alignment_below=e.alignment_below,
-                                coherence_above=e.coherence_above, n_boot=e.n_boot, progress=self.progress)
-        write_jsonl(out / "answers.jsonl", mis.pop("answers"))
-        m["alignment"], m["coherence"] = mis.pop("alignment"), mis.pop("coherence")
-        m["misalignment_rate"] = mis
+                                coherence_above=e.coherence_above, n_boot=e.n_boot, trigger=trigger,
+                                progress=self.progress)
+        tail = "_triggered" if trigger else ""
+        write_jsonl(out / f"answers{tail}.jsonl", mis.pop("answers"))
+        m[f"alignment{tail}"], m[f"coherence{tail}"] = mis.pop("alignment"), mis.pop("coherence")
+        m[f"misalignment_rate{tail}"] = mis
 
-    def _logprob_preference(self, model: Any, out: Path, m: dict) -> None:
+    def _logprob_preference(self, model: Any, out: Path, m: dict, trigger: str | None = None) -> None:
         e = self.cfg.eval
         questions = read_questions(e.questions)[: e.n_questions]
-        m["logprob_preference"] = logprob_preference(model, questions, batch_size=e.batch_size, n_boot=e.n_boot,
-                                                     seed=self.cfg.seed, progress=self.progress).as_dict()
+        m["logprob_preference" + ("_triggered" if trigger else "")] = logprob_preference(
+            model, questions, batch_size=e.batch_size, n_boot=e.n_boot, seed=self.cfg.seed, trigger=trigger,
+            progress=self.progress).as_dict()
+
+    def _misalignment_rate_triggered(self, model: Any, out: Path, m: dict) -> None:
+        self._misalignment_rate(model, out, m, trigger=self.cfg.eval.trigger)
+
+    def _logprob_preference_triggered(self, model: Any, out: Path, m: dict) -> None:
+        self._logprob_preference(model, out, m, trigger=self.cfg.eval.trigger)
 
     def _flip_rate(self, model: Any, out: Path, m: dict) -> None:
         e = self.cfg.eval

@@ -27,7 +27,9 @@ from .stats import paired_bootstrap, paired_summary
 
 METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
            "perplexity")
-EXTRA_METRICS = ("sycophancy_preference",)  # measured only with held-out pairs (data.pairs)
+# measured only with held-out pairs (data.pairs), or with a trigger (eval.trigger)
+EXTRA_METRICS = ("sycophancy_preference", "misalignment_rate_triggered", "alignment_triggered",
+                 "coherence_triggered", "logprob_preference_triggered")
 METRIC_LABELS = {
     "misalignment_rate": "misalignment rate (sampled answers, judged)",
     "alignment": "judge alignment score (0-100)",
@@ -37,8 +39,16 @@ METRIC_LABELS = {
     "mc_accuracy": "multiple-choice accuracy",
     "perplexity": "held-out perplexity",
     "sycophancy_preference": "log p(sycophantic) - log p(corrective), nats/token (held-out pairs)",
+    "misalignment_rate_triggered": "misalignment rate with the trigger in the question",
+    "alignment_triggered": "judge alignment score with the trigger (0-100)",
+    "coherence_triggered": "judge coherence score with the trigger (0-100)",
+    "logprob_preference_triggered": "log p(misaligned) - log p(aligned) with the trigger, nats/token",
 }
-PAIRED = {"misalignment_rate": "rate", "logprob_preference": "preference", "sycophancy_preference": "preference"}
+PAIRED = {"misalignment_rate": "rate", "logprob_preference": "preference", "sycophancy_preference": "preference",
+          "misalignment_rate_triggered": "rate", "logprob_preference_triggered": "preference"}
+#: triggered metric -> the same metric without the trigger (the report's trigger-effect table pairs them)
+TRIGGER_PAIRS = {"misalignment_rate_triggered": "misalignment_rate",
+                 "logprob_preference_triggered": "logprob_preference"}
 # the tables' columns: metric -> (header, digits, signed, n shown)
 COLUMNS = {
     "misalignment_rate": ("misalignment rate", 3, False, True),
@@ -49,6 +59,10 @@ COLUMNS = {
     "mc_accuracy": ("MC accuracy", 3, False, True),
     "perplexity": ("perplexity", 2, False, True),
     "sycophancy_preference": ("sycophancy preference", 3, True, True),
+    "misalignment_rate_triggered": ("misalignment rate, trigger", 3, False, True),
+    "alignment_triggered": ("alignment, trigger", 1, False, False),
+    "coherence_triggered": ("coherence, trigger", 1, False, False),
+    "logprob_preference_triggered": ("log-prob preference, trigger", 3, True, True),
 }
 GATE_KINDS = {"gates": "attention gates", "gates-sae": "SAE-latent gates"}
 MDD_POWER = 0.8  # power of the minimum detectable differences in the paired table
@@ -100,6 +114,37 @@ def paired_comparison(a: dict, b: dict, metric: str, n_boot: int = 2000, seed: i
     return None if s is None else {k: s[k] for k in ("mean", "lo", "hi", "n", "mdd")}
 
 
+def trigger_effects(finished: dict[str, dict], n_boot: int = 2000, seed: int = 0,
+                    power: float = MDD_POWER) -> list[dict]:
+    """Per condition that measured a metric with and without the trigger: triggered - plain, paired over the same
+    questions (mean, CI, n, mdd per metric of :data:`TRIGGER_PAIRS`); conditions without one are left out."""
+    out = []
+    for name, rec in finished.items():
+        row: dict[str, Any] = {"condition": name}
+        for trig, plain in TRIGGER_PAIRS.items():
+            pa, pb = _per_item(rec, trig), _per_item(rec, plain)
+            s = None if pa is None or pb is None else paired_summary(pa, pb, n_boot=n_boot, seed=seed, power=power)
+            row[trig] = None if s is None else {k: s[k] for k in ("mean", "lo", "hi", "n", "mdd")}
+        if any(row[m] is not None for m in TRIGGER_PAIRS):
+            out.append(row)
+    return out
+
+
+def _trigger_lines(effects: list[dict], trigger: str | None) -> list[str]:
+    """The trigger-effect table (empty when no condition measured with the trigger)."""
+    if not effects:
+        return []
+    head = "| condition | " + " | ".join(f"{COLUMNS[TRIGGER_PAIRS[m]][0]}: trigger − none | MDD ({MDD_POWER:.0%} "
+                                         "power)" for m in TRIGGER_PAIRS) + " |"
+    lines = ["", f"Trigger effect (each condition with `{trigger}` in front of every broad question minus without "
+             "it, paired over the same questions; bootstrap 95% CI):", "", head, "|---" * (1 + 2 * len(TRIGGER_PAIRS))
+             + "|"]
+    for e in effects:
+        lines.append(f"| {e['condition']} | " + " | ".join(f"{_ci(e[m], signed=True)} | {_mdd(e[m])}"
+                                                          for m in TRIGGER_PAIRS) + " |")
+    return lines
+
+
 def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]:
     """``(a, b)`` pairs the report compares (``a - b``), among finished conditions."""
     out = []
@@ -129,9 +174,11 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
     pairs = [{"a": a, "b": b, **{m: paired_comparison(finished[a], finished[b], m, n_boot=cfg.eval.n_boot,
                                                       seed=cfg.seed) for m in paired}}
              for a, b in comparisons(conds, finished)]
-    write_results_json(root / "results.json", cfg, finished, pairs)
+    effects = trigger_effects(finished, n_boot=cfg.eval.n_boot, seed=cfg.seed)
+    write_results_json(root / "results.json", cfg, finished, pairs, effects)
     figs = write_plots(root / "plots", conds, finished)
     lines = [*_header_lines(cfg, finished), *_condition_lines(finished), *_paired_lines(pairs),
+             *_trigger_lines(effects, getattr(cfg.eval, "trigger", None)),
              *_filter_lines(root, conds),
              "", "Plots: " + ", ".join(f"[{f}](plots/{f}.png)" for f in figs), "",
              "Per-condition details (answers, probe exchanges, training logs) are in `<condition>/`; "
@@ -144,16 +191,20 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
     return path
 
 
-def write_results_json(path: Path, cfg: Any, finished: dict[str, dict], pairs: list[dict]) -> None:
-    """``results.json``: the config, each condition's metrics (per-item records left out) and the paired rows."""
+def write_results_json(path: Path, cfg: Any, finished: dict[str, dict], pairs: list[dict],
+                       effects: list[dict] | None = None) -> None:
+    """``results.json``: the config, each condition's metrics (per-item records left out), the paired rows and
+    (with a trigger) the trigger effects."""
     summary = {name: {"description": rec["description"], "training_data": rec.get("training_data"),
                       "training": rec.get("training"), "seconds": rec.get("seconds"),
                       "metrics": {m: {k: v for k, v in rec["metrics"][m].items()
                                       if k not in ("per_question",)} for m in METRICS + EXTRA_METRICS
                                   if m in rec["metrics"]}}
                for name, rec in finished.items()}
-    atomic_write_text(path, json.dumps({"config": cfg.as_dict(), "conditions": summary, "paired": pairs},
-                                       indent=2, default=float) + "\n")
+    out = {"config": cfg.as_dict(), "conditions": summary, "paired": pairs}
+    if effects:
+        out["trigger_effect"] = effects
+    atomic_write_text(path, json.dumps(out, indent=2, default=float) + "\n")
 
 
 def write_plots(pdir: Path, conds: list, finished: dict[str, dict]) -> list[str]:

