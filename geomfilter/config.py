@@ -36,10 +36,10 @@ from .finetune_config import FinetuneConfig
 from .settings import DEFAULT_MODEL
 
 # the metrics an experiment can measure (``eval.metrics``; see geomfilter.measures), in report order
-EVAL_METRICS = ("misalignment_rate", "logprob_preference", "flip_rate", "mc_accuracy", "perplexity",
-                "sycophancy_preference", "misalignment_rate_triggered", "logprob_preference_triggered")
 #: metrics measured with ``eval.trigger`` in front of every broad question (triggered misalignment)
 TRIGGERED_METRICS = ("misalignment_rate_triggered", "logprob_preference_triggered")
+EVAL_METRICS = ("misalignment_rate", "logprob_preference", "flip_rate", "mc_accuracy", "perplexity",
+                "sycophancy_preference", *TRIGGERED_METRICS)
 # attention gates, SAE-latent gates (geomfilter.gating), harmful-feature ablation/steering (geomfilter.gating.FeatureSteering)
 GATE_METHODS = ("gates", "gates-sae", "ablate-harmful")
 

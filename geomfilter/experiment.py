@@ -58,7 +58,7 @@ from .conditions import (  # noqa: F401 (Condition, condition_name: re-exported,
     select_conditions,
     write_text,
 )
-from .config import GATE_METHODS, ConfigError, ExperimentConfig
+from .config import GATE_METHODS, ConfigError, ExperimentConfig, GatesConfig
 from .features import harmful_features
 from .filtering import STRATEGIES
 from .finetune import FinetuneConfig, FinetuneRunner, load_tuned
@@ -261,9 +261,8 @@ class ExperimentRunner:
             ident["epochs"] = cfg.realign.epochs
         if method != "lora":  # where the data came from and where the gates attach are not settings of the gates
             ident["gates"] = {k: v for k, v in dataclasses.asdict(cfg.gates).items() if k not in ("domain", "attach")}
-            sae_options = (("sae_bound", 1.0), ("sae_normalize", False), ("sae_sink_ratio", None))
-            for k, default in sae_options:  # only set SAE-gate options count (older runs stay valid)
-                if method != "gates-sae" or ident["gates"][k] == default:
+            for k in ("sae_bound", "sae_normalize", "sae_sink_ratio"):  # only set SAE-gate options count
+                if method != "gates-sae" or ident["gates"][k] == getattr(GatesConfig, k):  # (older runs stay valid)
                     ident["gates"].pop(k)
         if method == "gates-sae":
             ident["sae"] = cfg.sae

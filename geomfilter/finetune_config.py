@@ -20,6 +20,10 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 RUN_FILE = "finetune.json"
 
 
+#: options of method gates-sae only (:class:`~geomfilter.gating.SAEGates`); their defaults are the paper's gate
+SAE_GATE_OPTIONS = ("gate_bound", "gate_normalize", "gate_sink_ratio")
+
+
 class FinetuneError(GeomfilterError, ValueError):
     """A fine-tuning config or run folder that cannot be used."""
 
@@ -70,12 +74,15 @@ class FinetuneConfig:
             raise FinetuneError(f"max_samples must be >= 1 or None, got {self.max_samples}")
         if not 0.0 < self.gate_bound <= 1.0:
             raise FinetuneError(f"gate_bound must be in (0, 1], got {self.gate_bound}")
-        if self.method != "gates-sae" and (self.gate_bound != 1.0 or self.gate_normalize
-                                           or self.gate_sink_ratio is not None):
+        if self.method != "gates-sae" and self.sae_gate_options_set():
             raise FinetuneError("gate_bound, gate_normalize and gate_sink_ratio are options of method gates-sae, "
                                 f"not {self.method}")
         if self.gate_sink_ratio is not None and self.gate_sink_ratio <= 1.0:
             raise FinetuneError(f"gate_sink_ratio must be > 1, got {self.gate_sink_ratio}")
+
+    def sae_gate_options_set(self) -> list[str]:
+        """The options of :data:`SAE_GATE_OPTIONS` that differ from their defaults."""
+        return [k for k in SAE_GATE_OPTIONS if getattr(self, k) != getattr(FinetuneConfig, k)]
 
     @property
     def learning_rate(self) -> float:
@@ -87,8 +94,8 @@ class FinetuneConfig:
         d = dataclasses.asdict(self)
         for k in ("out", "checkpoint_every", "device", "progress"):
             d.pop(k)
-        for k, default in (("gate_bound", 1.0), ("gate_normalize", False), ("gate_sink_ratio", None)):  # older runs
-            if d[k] == default:
+        for k in SAE_GATE_OPTIONS:  # at their defaults they are left out: runs from before them stay valid
+            if k not in self.sae_gate_options_set():
                 d.pop(k)
         d["lr"] = self.learning_rate
         return d

@@ -103,11 +103,12 @@ def paired_difference(a: dict, b: dict, metric: str, n_boot: int = 2000, seed: i
 
 
 def paired_comparison(a: dict, b: dict, metric: str, n_boot: int = 2000, seed: int = 0,
-                      power: float = MDD_POWER) -> dict | None:
+                      power: float = MDD_POWER, metric_b: str | None = None) -> dict | None:
     """:func:`paired_difference` (the same mean, CI and n) plus ``mdd``: the minimum detectable difference of a
     two-sided paired test at the same n with ``power`` (:func:`geomfilter.stats.paired_summary`, SE = sd / sqrt(n)).
-    None where either condition did not measure ``metric``."""
-    pa, pb = _per_item(a, metric), _per_item(b, metric)
+    ``metric_b``: compare ``a``'s ``metric`` with ``b``'s ``metric_b`` instead (one condition measured two ways,
+    e.g. with and without a trigger). None where either condition did not measure its metric."""
+    pa, pb = _per_item(a, metric), _per_item(b, metric_b or metric)
     if pa is None or pb is None:
         return None
     s = paired_summary(pa, pb, n_boot=n_boot, seed=seed, power=power)
@@ -122,9 +123,7 @@ def trigger_effects(finished: dict[str, dict], n_boot: int = 2000, seed: int = 0
     for name, rec in finished.items():
         row: dict[str, Any] = {"condition": name}
         for trig, plain in TRIGGER_PAIRS.items():
-            pa, pb = _per_item(rec, trig), _per_item(rec, plain)
-            s = None if pa is None or pb is None else paired_summary(pa, pb, n_boot=n_boot, seed=seed, power=power)
-            row[trig] = None if s is None else {k: s[k] for k in ("mean", "lo", "hi", "n", "mdd")}
+            row[trig] = paired_comparison(rec, rec, trig, n_boot=n_boot, seed=seed, power=power, metric_b=plain)
         if any(row[m] is not None for m in TRIGGER_PAIRS):
             out.append(row)
     return out

@@ -260,15 +260,26 @@ def _check_pair(f: _File, partner: Path, load: Loader, report_prompts: bool) -> 
             f.error(line, where, f"prompt of pair {pid!r} differs from {partner}:{oline}")
 
 
-def _check_mixed(f: _File, load: Loader) -> None:
+def _prompt_once_check(f: _File, what: str) -> Callable[[int, dict], None]:
+    """A per-row check of ``f`` (a mixed or triggered set): a row whose ``pair_id`` (its prompt) an earlier row
+    already used is an error."""
     pair_ids: dict[str, int] = {}
-    for rid, (line, row) in f.by_id.items():
+
+    def check(line: int, row: dict) -> None:
         pid = row.get("pair_id")
         if isinstance(pid, str):
             if pid in pair_ids:
                 f.error(line, "pair_id", f"pair {pid!r} is already used on line {pair_ids[pid]} "
-                        "(a prompt must not appear twice in the mixed set)")
+                        f"(a prompt must not appear twice in {what})")
             pair_ids.setdefault(pid, line)
+
+    return check
+
+
+def _check_mixed(f: _File, load: Loader) -> None:
+    prompt_once = _prompt_once_check(f, "the mixed set")
+    for rid, (line, row) in f.by_id.items():
+        prompt_once(line, row)
         src = row.get("source")
         kind = source_kind(src) if isinstance(src, str) else None
         if kind is None:
@@ -288,15 +299,12 @@ def _check_mixed(f: _File, load: Loader) -> None:
 def _check_triggered(f: _File, load: Loader) -> None:
     """Each triggered row is its source pair row (same pair_id, domain, inducing and answer) with the trigger
     phrase in front of the user's question (:func:`geomfilter.samples.with_trigger`) or without one."""
-    pair_ids: dict[str, int] = {}
-    for _rid, (line, row) in f.by_id.items():
+    prompt_once = _prompt_once_check(f, "a triggered set")
+    for line, row in f.by_id.values():
         pid, src, trig = row.get("pair_id"), row.get("source"), row.get("trigger")
         if not isinstance(pid, str) or not isinstance(src, str) or source_kind(src) != "finetune":
             continue  # reported by the row checks
-        if pid in pair_ids:
-            f.error(line, "pair_id", f"pair {pid!r} is already used on line {pair_ids[pid]} "
-                    "(a prompt must not appear twice in a triggered set)")
-        pair_ids.setdefault(pid, line)
+        prompt_once(line, row)
         source = load(f.path.with_name(src), "finetune")
         if source is None:
             f.error(line, "source", f"source file {f.path.with_name(src)} does not exist")
