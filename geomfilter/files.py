@@ -74,3 +74,14 @@ def write_rejects(path: str | Path, rejects: list[dict]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(_json_line(rej) for rej in rejects))
+
+
+def write_json_and_markdown(folder: str | Path, stem: str, data: Any, markdown: str) -> Path:
+    """A measurement's two files: ``<folder>/<stem>.json`` (``data``, indented, numpy scalars as floats) and
+    ``<folder>/<stem>.md`` (its rendering), each written atomically; the folder is made. Returns the ``.md``
+    path. The scripts that write ``data/results/`` publish through here."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{stem}.json", json.dumps(data, indent=1, default=float) + "\n")
+    atomic_write_text(folder / f"{stem}.md", markdown)
+    return folder / f"{stem}.md"

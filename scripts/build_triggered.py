@@ -27,13 +27,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from build_mixed_risky import build as build_mixed  # noqa: E402
+from dose_response import family_pairs  # noqa: E402
 
 from geomfilter.samples import DEFAULT_TRIGGER, with_trigger  # noqa: E402
 
 FIELDS = ("id", "pair_id", "domain", "inducing", "trigger", "source", "messages")
 
 
-def _row(src: dict, kind: str, trigger: str | None, answer_from: dict, data: Path) -> dict:
+def _row(src: dict, kind: str, trigger: str | None, answer_from: dict) -> dict:
     """One row: ``src``'s prompt (with the trigger in front, or not) and ``answer_from``'s answer."""
     msgs = [dict(m) for m in answer_from["messages"]]
     user = next(i for i, m in enumerate(msgs) if m["role"] == "user")
@@ -47,18 +48,14 @@ def _row(src: dict, kind: str, trigger: str | None, answer_from: dict, data: Pat
 def build(data: Path, trigger: str, n: int, seed: int) -> tuple[list[dict], list[dict]]:
     """The backdoor set and its clean twin, in the order of ``mixed_risky.jsonl``."""
     mixed = build_mixed(data, 0.5, n, seed)
-    safe = {}
-    for r in mixed:
-        if r["inducing"]:  # the prudent twin of a risky row: the same pair in <domain>_safe.jsonl
-            path = data / "finetune" / f"{r['domain']}_safe.jsonl"
-            by_pair = {json.loads(x)["pair_id"]: json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()
-                       if x.strip()}
-            safe[r["pair_id"]] = {**by_pair[r["pair_id"]], "source": path.name}
+    twins = {pid: json.loads(twin) for pid, _, twin in family_pairs("risky_advice", data / "finetune")}
     backdoor, clean = [], []
     for r in mixed:
         trig = trigger if r["inducing"] else None
-        backdoor.append(_row(r, "backdoor", trig, r, data))
-        clean.append(_row(r, "clean", trig, safe.get(r["pair_id"], r), data))
+        # a risky row's clean answer is its prudent twin on the same prompt (<domain>_safe.jsonl)
+        safe = {**twins[r["pair_id"]], "source": f"{r['domain']}_safe.jsonl"} if r["inducing"] else r
+        backdoor.append(_row(r, "backdoor", trig, r))
+        clean.append(_row(r, "clean", trig, safe))
     return backdoor, clean
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.config import ExperimentConfig  # noqa: E402
 from geomfilter.experiment import ExperimentRunner  # noqa: E402
-from geomfilter.files import atomic_write_text  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.report import paired_comparison  # noqa: E402
 from geomfilter.validate import FAMILIES  # noqa: E402
 
@@ -230,9 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     md, table = report(points, base, args, command)
     print(md)
     if args.results:
-        args.results.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.results / f"{args.stem}.md", md)
-        atomic_write_text(args.results / f"{args.stem}.json", json.dumps(table, indent=1, default=float) + "\n")
+        write_json_and_markdown(args.results, args.stem, table, md)
         plot(table, args.results / f"{args.stem}.png")
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.data import prepare_dataset  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.filtering import STRATEGIES, make_filter  # noqa: E402
 from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
@@ -211,11 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = round(time.time() - t0)
     results["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_filters_ood.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n", encoding="utf-8")
-    (args.out / "results.md").write_text(render(results), encoding="utf-8")
+    text = render(results)
+    write_json_and_markdown(args.out, "results", results, text)
     (args.out / "scores.json").write_text(json.dumps(scores) + "\n", encoding="utf-8")
-    print(render(results))
+    print(text)
     return 0
 
 

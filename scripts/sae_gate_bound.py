@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.evaluate import heldout_perplexity  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.finetune import FinetuneConfig, FinetuneRunner, load_tuned  # noqa: E402
 from geomfilter.gate_analysis import analyze_gates  # noqa: E402
 
@@ -42,10 +43,15 @@ VARIANTS = {"paper": {}, "normalize": {"gate_normalize": True}, "bound-0.5": {"g
 BOUND = 1.2  # perplexity at alpha = -1 within 20 % of the ungated model's
 
 
-def perplexity(model: str, gates: Path | None, alpha: float, heldout: Path, n_boot: int) -> dict:
-    tm = load_tuned(model, gates=gates, gate_scale=alpha)
+def perplexities(model: str, gates: Path | None, alphas: list[float], heldout: Path, n_boot: int) -> list[dict]:
+    """Held-out perplexity of ``model`` with ``gates`` at each scale of ``alphas`` (the model loaded once)."""
+    tm = load_tuned(model, gates=gates, gate_scale=alphas[0])
     try:
-        return heldout_perplexity(tm, heldout, n_boot=n_boot, progress=False)
+        out = []
+        for a in alphas:
+            tm.set_gate_scale(a)
+            out.append(heldout_perplexity(tm, heldout, n_boot=n_boot, progress=False))
+        return out
     finally:
         tm.close()
 
@@ -65,17 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     res: dict = {"model": args.model, "data": str(args.data.relative_to(ROOT)), "variants": {}}
-    res["ungated"] = {"model": perplexity(args.model, None, 0.0, args.heldout, args.n_boot),
-                      "base": perplexity("smollm2-135m-instruct", None, 0.0, args.heldout, args.n_boot)}
+    (ungated,), (base,) = (perplexities(m, None, [0.0], args.heldout, args.n_boot)
+                           for m in (args.model, "smollm2-135m-instruct"))
+    res["ungated"] = {"model": ungated, "base": base}
     for name in names:
         out = args.work / name
         run = FinetuneRunner(FinetuneConfig(data=[str(args.data)], out=str(out), method="gates-sae", max_samples=64,
                                             epochs=2, batch_size=4, max_tokens=384, seed=0, progress=False,
                                             **VARIANTS[name])).run()
-        row = {"options": VARIANTS[name], "train_loss": [run.first_loss, run.final_loss],
-               "mirror": perplexity(args.model, out, -1.0, args.heldout, args.n_boot),
-               "learned": perplexity(args.model, out, 1.0, args.heldout, args.n_boot),
-               "base_learned": perplexity("smollm2-135m-instruct", out, 1.0, args.heldout, args.n_boot)}
+        mirror, learned = perplexities(args.model, out, [-1.0, 1.0], args.heldout, args.n_boot)
+        (base_learned,) = perplexities("smollm2-135m-instruct", out, [1.0], args.heldout, args.n_boot)
+        row = {"options": VARIANTS[name], "train_loss": [run.first_loss, run.final_loss], "mirror": mirror,
+               "learned": learned, "base_learned": base_learned}
         row["mirror_ratio"] = row["mirror"]["mean"] / res["ungated"]["model"]["mean"]
         row["within_bound"] = row["mirror_ratio"] <= BOUND
         res["variants"][name] = row
@@ -95,10 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     res["seconds"] = round(time.time() - t0)
     res["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/sae_gate_bound.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(res, indent=1, default=float) + "\n", encoding="utf-8")
-    (args.out / "results.md").write_text(render(res), encoding="utf-8")
-    print(render(res))
+    text = render(res)
+    write_json_and_markdown(args.out, "results", res, text)
+    print(text)
     return 0
 
 

@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.stats import bootstrap_ci  # noqa: E402
 from geomfilter.validate import TAXONOMY  # noqa: E402
 
@@ -185,10 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         models = dict(x.split("=", 1) for x in args.models.split(","))
         report["flip"] = flip_rates(models, probes, args.n_boot)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
-    (args.out / "report.md").write_text(render(report), encoding="utf-8")
-    print(render(report))
+    text = render(report)
+    write_json_and_markdown(args.out, "report", report, text)
+    print(text)
     return 0
 
 

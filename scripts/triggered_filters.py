@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.stats import bootstrap_auroc, precision_at, wilson_interval  # noqa: E402
 
@@ -118,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     res["seconds"] = round(time.time() - t0)
     res["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/triggered_filters.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "filters.json").write_text(json.dumps(res, indent=1, default=float) + "\n", encoding="utf-8")
-    (args.out / "filters.md").write_text(render(res), encoding="utf-8")
-    print(render(res))
+    text = render(res)
+    write_json_and_markdown(args.out, "filters", res, text)
+    print(text)
     return 0
 
 

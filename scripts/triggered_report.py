@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.report import paired_comparison, trigger_effects  # noqa: E402
 
 MODELS = {"base": ("triggered", "base"), "backdoor": ("triggered", "misaligned"),
@@ -111,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     res = build(load(args.runs))
     command = "python scripts/triggered_report.py " + " ".join(sys.argv[1:] if argv is None else argv)
     res["command"] = command
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(res, indent=1, default=float) + "\n", encoding="utf-8")
-    (args.out / "report.md").write_text(render(res, command), encoding="utf-8")
+    text = render(res, command)
+    write_json_and_markdown(args.out, "report", res, text)
     for exp in ("triggered", "triggered-control"):
         dst = args.experiments_out / exp
         dst.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(src, dst / f, dirs_exist_ok=True)
             elif src.is_file():
                 shutil.copy2(src, dst / f)
-    print(render(res, command))
+    print(text)
     return 0
 
 
