@@ -30,169 +30,41 @@ a merged LoRA fine-tune, a ``peft`` model) or to a :class:`~geomfilter.models.Ho
 They are saved on their own (``gates.safetensors`` + ``gates.json``) and
 :func:`load_gates` brings them back. :mod:`geomfilter.gate_analysis` measures which
 heads, units or latents moved (the gates record their movement while
-:meth:`~_GateSet.recording`) and relates the most-moved SAE latents to harmful features.
+:meth:`~geomfilter.gate_set.GateSet.recording`) and relates the most-moved SAE latents to harmful features.
+
+The shared parts live in :mod:`geomfilter.gate_set`, the SAE-hook families in :mod:`geomfilter.sae_gating`;
+this module holds the attention gates and :func:`load_gates`, and re-exports the rest.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .errors import GeomfilterError
-from .saes import load_sae, sae_hook_name
+from .gate_set import (
+    FORMAT_VERSION,
+    GATES_CONFIG,
+    GATES_WEIGHTS,
+    Gate,
+    GateRecorder,
+    GateSet,
+    GatingError,
+    torch_module,
+)
+from .sae_gating import FeatureSteering, SAEGates, decoder_layers, resid_post_layer
+from .saes import load_sae
 
-GATES_WEIGHTS = "gates.safetensors"
-GATES_CONFIG = "gates.json"
-FORMAT_VERSION = 1
+__all__ = ["AttentionGates", "FeatureSteering", "FORMAT_VERSION", "GATES_CONFIG", "GATES_WEIGHTS", "Gate",
+           "GateRecorder", "GateSet", "GatingError", "SAEGates", "attention_projections", "decoder_layers",
+           "load_gates", "resid_post_layer", "torch_module"]
+
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)(?:\.|$)")
-
-
-class GatingError(GeomfilterError, ValueError):
-    """Gates that do not fit the model they are attached to, or an unreadable gates folder."""
-
-
-def torch_module(model: Any) -> nn.Module:
-    """The torch module of a HookedModel, a TunedModel or a plain (peft) HF model."""
-    return getattr(model, "hf_model", model)
-
-
-class Gate(nn.Module):
-    """``g = 1 + bound * (2 * sigmoid(W h' + b) - 1)``, zero-initialised (open: ``g == 1``).
-
-    ``bound`` 1 (the default) is the paper's ``2 * sigmoid(W h + b)`` in ``(0, 2)``; a smaller bound keeps
-    ``g`` (and its mirror ``2 - g``) in ``(1 - bound, 1 + bound)``. ``normalize``: ``h'`` is ``h`` divided by
-    its root mean square over the width, so a token whose residual norm is far above the others' (the first
-    token, an attention sink) does not saturate the gate; otherwise ``h' = h``.
-    """
-
-    def __init__(self, d_in: int, d_out: int, bound: float = 1.0, normalize: bool = False):
-        super().__init__()
-        if not 0.0 < bound <= 1.0:
-            raise GatingError(f"gate bound must be in (0, 1], got {bound}")
-        self.bound, self.normalize = float(bound), bool(normalize)
-        self.proj = nn.Linear(d_in, d_out)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, h: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-        """The gate at scale ``alpha``: ``1 + alpha * (g - 1)``."""
-        h = h.to(self.proj.weight.dtype)
-        if self.normalize:
-            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        g = 2.0 * torch.sigmoid(self.proj(h))
-        if self.bound != 1.0:
-            g = 1.0 + self.bound * (g - 1.0)
-        return g if alpha == 1.0 else 1.0 + alpha * (g - 1.0)
-
-
-class GateRecorder:
-    """Running sums of gate movement while the gates are :meth:`~_GateSet.recording`: ``sums[key][name]``
-    (per gated unit, summed over the tokens ``mask`` counts) and ``sums[key]["_n"]`` (their number)."""
-
-    def __init__(self):
-        self.sums: dict[str, dict[str, torch.Tensor]] = {}
-        self.mask: torch.Tensor | None = None  # [B, T] tokens that count
-
-    def add(self, key: str, name: str, value: torch.Tensor) -> None:
-        """Add ``value [B, T, d]`` summed over the counted tokens."""
-        if self.mask is not None and self.mask.shape == value.shape[:2]:
-            value = value * self.mask[..., None].to(value.dtype)
-        total = value.detach().float().sum(dim=(0, 1)).cpu()
-        slot = self.sums.setdefault(key, {})
-        slot[name] = slot[name] + total if name in slot else total
-
-    def count(self, key: str, value: torch.Tensor) -> None:
-        """Add the number of counted tokens of ``value [B, T, ...]`` to ``key``'s ``_n``."""
-        n = float(self.mask.sum()) if self.mask is not None and self.mask.shape == value.shape[:2] else float(
-            value.shape[0] * value.shape[1])
-        slot = self.sums.setdefault(key, {})
-        slot["_n"] = slot.get("_n", torch.tensor(0.0)) + n
-
-
-class _GateSet(nn.Module):
-    """Shared attach/detach/save logic of the two gate families."""
-
-    family = ""
-
-    def __init__(self):
-        super().__init__()
-        self.alpha = 1.0
-        self._handles: list = []
-        self._recorder: GateRecorder | None = None
-
-    # -- attaching ------------------------------------------------------------------------------
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-    def attach(self, model: Any, alpha: float | None = None) -> _GateSet:
-        """Hook the gates into ``model`` (``alpha``: the gate scale, default 1 = learned gates).
-
-        Returns self, which is also a context manager that detaches on exit::
-
-            with gates.attach(model, alpha=-1):
-                model.generate(...)
-        """
-        if self.attached:
-            raise GatingError("these gates are already attached; detach() them first")
-        if alpha is not None:
-            self.alpha = float(alpha)
-        self._handles = self._install(torch_module(model))
-        return self
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self) -> _GateSet:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.detach()
-
-    @contextlib.contextmanager
-    def recording(self, model: Any) -> Iterator[GateRecorder]:
-        """Record the gates' movement at alpha = 1 while ``model`` runs inside the block (attaching the gates
-        to it if they are not attached); their scale and attachment are restored after."""
-        was_attached, alpha = self.attached, self.alpha
-        rec = GateRecorder()
-        self._recorder = rec
-        if not was_attached:
-            self.attach(torch_module(model), alpha=1.0)
-        else:
-            self.alpha = 1.0
-        try:
-            yield rec
-        finally:
-            self._recorder = None
-            self.alpha = alpha
-            if not was_attached:
-                self.detach()
-
-    def _install(self, model: nn.Module) -> list:
-        raise NotImplementedError
-
-    # -- saving ---------------------------------------------------------------------------------
-    def config(self) -> dict:
-        raise NotImplementedError
-
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        """Write ``gates.safetensors`` (the gate parameters only) and ``gates.json`` (their config)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / GATES_WEIGHTS))
-        cfg = {"format_version": FORMAT_VERSION, **self.config(), **(extra or {})}
-        (folder / GATES_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
-        return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +98,7 @@ def _in_features(linear: nn.Module) -> int:
     return int(base.in_features)
 
 
-class AttentionGates(_GateSet):
+class AttentionGates(GateSet):
     """One :class:`Gate` per chosen attention layer (``d_model -> n_heads * head_dim``)."""
 
     family = "attention"
@@ -314,166 +186,10 @@ class AttentionGates(_GateSet):
 
 
 # ---------------------------------------------------------------------------------------------
-# SAE-latent gates (our extension)
-# ---------------------------------------------------------------------------------------------
-def decoder_layers(model: Any) -> nn.ModuleList:
-    """The model's list of transformer blocks (``model.layers`` / ``transformer.h``)."""
-    for name, mod in torch_module(model).named_modules():
-        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h") and len(mod) > 0:
-            return mod
-    kind = type(torch_module(model)).__name__
-    raise GatingError(f"no list of transformer blocks (…layers / …h) found in {kind}")
-
-
-def resid_post_layer(hook: str) -> int:
-    """The layer ``L`` of a ``blocks.L.hook_resid_post`` hook; any other hook is a :class:`GatingError`."""
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook or "")
-    if not m:
-        raise GatingError(f"SAE gates need an SAE on a residual-stream hook blocks.L.hook_resid_post, not {hook!r}")
-    return int(m.group(1))
-
-
-class _SAEHookSet(_GateSet):
-    """What the gate families at an SAE's residual hook share: the frozen SAE (not a submodule: never
-    trained, never saved; ``gates.json`` records its spec and :func:`load_gates` loads it again), its hook
-    and layer, the checks on attaching, and one forward hook on that layer (``_hook``)."""
-
-    def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None):
-        super().__init__()
-        self.hook = hook or sae_hook_name(sae)
-        self.layer = resid_post_layer(self.hook)
-        self.sae_spec, self.model_spec = sae_spec, model
-        self.d_in, self.d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
-        object.__setattr__(self, "sae", sae)  # not a submodule: never trained, never saved
-        for p in sae.parameters():
-            p.requires_grad_(False)
-
-    def config(self) -> dict:
-        """What ``gates.json`` records to rebuild and attach these gates (SAE spec, hook, layer, widths)."""
-        return {"family": self.family, "sae": self.sae_spec, "hook": self.hook, "layer": self.layer,
-                "d_in": self.d_in, "d_sae": self.d_sae, "model": self.model_spec}
-
-    def _install(self, model: nn.Module) -> list:
-        layers = decoder_layers(model)
-        if self.layer >= len(layers):
-            raise GatingError(f"SAE hook {self.hook} but the model has {len(layers)} layers")
-        d_model = getattr(getattr(model, "config", None), "hidden_size", self.d_in)
-        if int(d_model) != self.d_in:
-            raise GatingError(f"the SAE reads width {self.d_in} but the model's residual stream is {d_model}")
-        dev = next(model.parameters()).device
-        self.sae.to(dev)
-        self.to(dev)
-        return [layers[self.layer].register_forward_hook(self._hook)]
-
-    def _hook(self, _mod, _args, output):
-        raise NotImplementedError
-
-
-class SAEGates(_SAEHookSet):
-    """Gates on an SAE's latents at its hook: ``x -> x + ((g - 1) * a(x)) @ W_dec``, ``g = 2 sigmoid(W x + b)``.
-
-    The SAE itself is frozen and not saved with the gates (``gates.json``
-    records its spec; :func:`load_gates` loads it again).
-    """
-
-    family = "sae"
-
-    def __init__(self, sae: Any, sae_spec: str, hook: str | None = None, model: str | None = None,
-                 bound: float = 1.0, normalize: bool = False, sink_ratio: float | None = None):
-        super().__init__(sae, sae_spec, hook=hook, model=model)
-        if sink_ratio is not None and sink_ratio <= 1.0:
-            raise GatingError(f"sink_ratio must be > 1 (a multiple of the sequence's median norm), got {sink_ratio}")
-        self.gate = Gate(self.d_in, self.d_sae, bound=bound, normalize=normalize)
-        self.sink_ratio = None if sink_ratio is None else float(sink_ratio)
-
-    def config(self) -> dict:
-        """The SAE-hook config plus the gate's ``bound``, ``normalize`` and ``sink_ratio`` (issue 20 (3))."""
-        return {**super().config(), "bound": self.gate.bound, "normalize": self.gate.normalize,
-                "sink_ratio": self.sink_ratio}
-
-    def _open_at_sinks(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``g`` with every token whose residual norm is above ``sink_ratio`` times its sequence's median norm
-        set open (``g = 1``): attention-sink tokens (the first token's residual is about 150 times the others'
-        on the default model), which the SAE never saw in training and where any gated change of its huge
-        latent activations breaks the model."""
-        if self.sink_ratio is None or x.dim() < 3 or x.shape[-2] < 2:
-            return g
-        norms = x.float().norm(dim=-1)
-        sink = norms > self.sink_ratio * norms.median(dim=-1, keepdim=True).values
-        return torch.where(sink.unsqueeze(-1), torch.ones_like(g), g)
-
-    def _hook(self, _mod, _args, output):
-        if self.alpha == 0.0 and self._recorder is None:
-            return None
-        x = output[0] if isinstance(output, tuple) else output
-        sae_dtype = self.sae.W_dec.dtype
-        a = self.sae.encode(x.to(sae_dtype)).float()
-        g = self._open_at_sinks(x, self.gate(x, self.alpha))
-        if self._recorder is not None:
-            norms = self.sae.W_dec.detach().float().norm(dim=1)
-            self._recorder.add("sae", "abs", (g - 1.0).abs())
-            self._recorder.add("sae", "signed", g - 1.0)
-            self._recorder.add("sae", "effect", ((g - 1.0) * a).abs() * norms)
-            self._recorder.add("sae", "active", (a > 0).float())
-            self._recorder.count("sae", g)
-        if self.alpha == 0.0:
-            return None
-        delta = ((g - 1.0) * a) @ self.sae.W_dec.float()
-        y = x + delta.to(x.dtype)
-        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
-
-
-class FeatureSteering(_SAEHookSet):
-    """Harmful-feature ablation and steering at inference, through an SAE at its hook (issue 20 (2)).
-
-    ``x -> x - strength * alpha * sum_{j in H} a_j(x) * W_dec[j]`` for the harmful feature set ``H`` (the
-    features ``geometry`` uses, selected on the reference caches): ``strength * alpha = 1`` *ablates* them
-    (their decoded contribution to the residual is removed; the rest of the SAE's reconstruction and its error
-    are left alone), larger values *steer against* them in proportion to how much they fire, ``alpha = 0`` is
-    the unedited model (the hook is skipped). A gate set without trained parameters: it attaches, saves and
-    loads like the gates (family ``sae-steer``); an experiment's ``gates.attach`` entry ``{method:
-    ablate-harmful, scales: [1, 2]}`` evaluates ``<model>+ablate-harmful@+1`` and ``@+2``.
-    """
-
-    family = "sae-steer"
-
-    def __init__(self, sae: Any, sae_spec: str, features: list[int], *, strength: float = 1.0,
-                 hook: str | None = None, model: str | None = None):
-        super().__init__(sae, sae_spec, hook=hook, model=model)
-        if not features:
-            raise GatingError("FeatureSteering needs at least one feature id")
-        bad = [f for f in features if not 0 <= int(f) < self.d_sae]
-        if bad:
-            raise GatingError(f"feature ids {bad[:5]} are outside the SAE's {self.d_sae} latents")
-        self.strength = float(strength)
-        self.register_buffer("features", torch.tensor(sorted({int(f) for f in features}), dtype=torch.long))
-
-    def config(self) -> dict:
-        """What ``gates.json`` records: the SAE gates' fields, the feature ids and the strength."""
-        return {**super().config(), "features": self.features.tolist(), "strength": self.strength}
-
-    def edit(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual ``x [.., d_in]`` with the harmful latents' contribution scaled by ``1 - strength * alpha``."""
-        scale = self.strength * self.alpha
-        if scale == 0.0:
-            return x
-        a = self.sae.encode(x.to(self.sae.W_dec.dtype))[..., self.features].float()
-        delta = a @ self.sae.W_dec[self.features].float()
-        return x - (scale * delta).to(x.dtype)
-
-    def _hook(self, _mod, _args, output):
-        if self.alpha == 0.0:
-            return None
-        x = output[0] if isinstance(output, tuple) else output
-        y = self.edit(x)
-        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
-
-
-# ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
 def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None) -> AttentionGates | SAEGates:
-    """Load gates saved by :meth:`_GateSet.save` (an SAE-gates folder loads its SAE by spec unless ``sae`` is given)."""
+    """Load gates saved by :meth:`GateSet.save` (an SAE-gates folder loads its SAE by spec unless ``sae`` is given)."""
     folder = Path(folder)
     if (folder / "gates" / GATES_CONFIG).is_file():  # a fine-tune run folder
         folder = folder / "gates"
@@ -486,7 +202,7 @@ def load_gates(folder: str | Path, *, sae: Any = None, device: str | None = None
         raise GatingError(f"{cfg_path}: line {e.lineno}: not valid JSON ({e.msg})") from e
     family = cfg.get("family")
     if family == "attention":
-        gates: _GateSet = AttentionGates(cfg["layers"], cfg["d_in"], cfg["d_out"], cfg["n_heads"], model=cfg.get("model"))
+        gates: GateSet = AttentionGates(cfg["layers"], cfg["d_in"], cfg["d_out"], cfg["n_heads"], model=cfg.get("model"))
     elif family == "sae":
         if sae is None:
             sae = load_sae(cfg["sae"])
