@@ -357,6 +357,13 @@ def test_cli_experiment_list_and_run_only(experiment_yaml):
     assert "ran 1 condition(s)" in r.output and "report: " in r.output
     report = Path(r.output.split("report: ")[1].strip())
     assert report.is_file() and "| base |" in report.read_text()
+    before = report.read_bytes()
+    r = CliRunner().invoke(app, ["experiment", str(experiment_yaml), "--only", "base", "--seed", "7", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    replicate = Path(r.output.split("report: ")[1].strip())  # a replicate: its own folder, the config's run untouched
+    assert replicate.parent.name == report.parent.name + "-seed7" and replicate.is_file()
+    assert json.loads((replicate.parent / "config.json").read_text())["seed"] == 7
+    assert report.read_bytes() == before
     bad = experiment_yaml.with_name("bad.yaml")
     bad.write_text(experiment_yaml.read_text().replace("seed", "sed") + "sed: 1\n")
     r = CliRunner().invoke(app, ["experiment", str(bad)])

@@ -128,6 +128,8 @@ def experiment(
     out: Path | None = typer.Option(None, help="Override the config's `out` (the experiment goes to OUT/<name>/)."),
     list_conditions: bool = typer.Option(False, "--list", help="Print the conditions and exit."),
     device: str | None = typer.Option(None, help="Override the config's `device` (cpu, cuda, ...)."),
+    seed: int | None = typer.Option(None, help="Override the config's `seed`: a replicate of the experiment, written "
+                                    "to OUT/<name>-seed<SEED>/ so the config's own run is never overwritten."),
     progress: bool = typer.Option(True, help="Show progress bars and per-step lines."),
 ):
     """Fine-tune under several conditions (base, misaligned, filtered, gated), evaluate each the same way, and
@@ -137,6 +139,8 @@ def experiment(
         cfg.out = str(out)
     if device is not None:
         cfg.device = device
+    if seed is not None and seed != cfg.seed:
+        cfg.seed, cfg.name = seed, f"{cfg.name}-seed{seed}"
     if only:
         cfg.conditions = [x.strip() for x in only.split(",") if x.strip()]
     runner = ExperimentRunner(cfg, progress=progress)
