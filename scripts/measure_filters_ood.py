@@ -30,6 +30,9 @@ and, for method (c) of the issue, ``geometry``/``activation``/``gradient``/``pro
 harmful features (direction) found from *misaligned vs aligned answers of the model to broad questions* (the
 ``model_answers`` rows of the prompts outside the judge's held-out split) instead of harmful vs benign references
 (their ``model_answers`` cell is then scored on the held-out prompts only).
+For method (b), ``geometry``/``activation``/``projection`` ``--own``: fitted on the references, each row scored
+relative to the model's own greedy answer to its prompt (what ``geomfilter respond`` writes; rows sharing a prompt
+share one generation, kept under ``--work``/own/): the features a row raises above what the model already does.
 
 Writes ``results.json``, ``results.md`` and ``scores.json`` (every row's score per split and strategy) under
 ``--out``; caches (activations and gradients) go to
@@ -38,6 +41,8 @@ Writes ``results.json``, ``results.md`` and ``scores.json`` (every row's score p
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import sys
 import time
@@ -52,6 +57,8 @@ from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.data import prepare_dataset  # noqa: E402
 from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.filtering import STRATEGIES, make_filter  # noqa: E402
+from geomfilter.finetune import load_tuned  # noqa: E402
+from geomfilter.generate import Prompt, done_ids, generate_answers, prompts_of_samples  # noqa: E402
 from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.samples import read_samples  # noqa: E402
@@ -62,7 +69,8 @@ FT = ROOT / "data" / "finetune"
 JR = ROOT / "data" / "judge_real"
 SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona", "references_loco")
 
-#: label -> (strategy, params, reference set): "refs" = harmful vs benign references, "model" = method (c)
+#: label -> (strategy, params, reference set): "refs" = harmful vs benign references, "model" = method (c),
+#: "own" = the references, scored relative to the model's own (greedy) answer to each row's prompt: method (b)
 STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "random": ("random", {}, "refs"),
     "activation": ("activation", {}, "refs"),
@@ -77,7 +85,12 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "activation (c)": ("activation", {}, "model"),
     "gradient (c)": ("gradient", {}, "model"),
     "projection --normalize (c)": ("projection", {"normalize": True}, "model"),
+    "geometry --own (b)": ("geometry", {}, "own"),
+    "activation --own (b)": ("activation", {}, "own"),
+    "projection --own (b)": ("projection", {}, "own"),
 }
+#: the own answers: what `geomfilter respond` writes (greedy, 96 new tokens, repetition penalty 1.1)
+OWN_GENERATION = {"max_new_tokens": 96, "temperature": 0.0, "repetition_penalty": 1.1, "batch_size": 32, "seed": 0}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -137,6 +150,31 @@ def build_splits(work: Path) -> tuple[dict[str, Path], set[str]]:
     return paths, held
 
 
+@functools.cache
+def _plain_model(spec: str):
+    return load_tuned(spec)
+
+
+def own_answers(data: Path, out: Path, builder: CacheBuilder, progress: bool) -> Path:
+    """The model's own answer to every row's prompt of ``data`` (rows with the same prompt share one greedy
+    generation), as chat JSONL with the rows' ids: the ``--own`` file of method (b). Resumable."""
+    samples = read_samples(data)
+    prompts = prompts_of_samples(samples)
+    key = {p.id: "p" + hashlib.sha256(json.dumps(p.messages, sort_keys=True).encode()).hexdigest()[:16]
+           for p in prompts}
+    unique = {key[p.id]: Prompt(id=key[p.id], messages=p.messages, extra={}) for p in prompts}
+    raw = out.with_name(out.stem + ".unique.jsonl")
+    if not raw.is_file() or len(done_ids(raw)) < len(unique):  # the plain HF model generates (not the hooked one)
+        generate_answers(_plain_model(builder.model_spec), list(unique.values()), raw, progress=progress,
+                         **OWN_GENERATION)
+    answer = {r["id"]: r["messages"][-1] for r in map(json.loads, raw.read_text(encoding="utf-8").splitlines())}
+    missing = [p.id for p in prompts if key[p.id] not in answer]
+    if missing:
+        raise SystemExit(f"{raw}: no own answer for {len(missing)} rows of {data} (first {missing[0]!r}; empty "
+                         f"answers are listed in {raw.with_suffix('.rejects.jsonl')})")
+    return _write(out, [{"id": p.id, "messages": p.messages + [answer[key[p.id]]]} for p in prompts])
+
+
 def subset(cache: ActivationCache, rows: np.ndarray, name: str) -> ActivationCache:
     """The rows ``rows`` of ``cache`` as an in-memory cache (gradients too, when attached)."""
     rows = np.asarray(rows)
@@ -158,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default=",".join(SPLITS))
     ap.add_argument("--strategies", default=",".join(STRATEGY_ROWS), help="labels of STRATEGY_ROWS, comma-separated")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--sae", default=None,
+                    help="SAE spec or folder for the SAE strategies (default: the model's bundled SAE); the caches "
+                         "are keyed by it, so each SAE gets its own")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -169,22 +210,24 @@ def main(argv: list[str] | None = None) -> int:
     paths, held = build_splits(args.work / "splits")
     if "persona" in splits and "persona" not in paths:
         raise SystemExit("data/ood/persona_answers.jsonl is missing: run scripts/build_persona_answers.py first")
-    builder = CacheBuilder(progress=args.progress)
+    builder = CacheBuilder(sae=args.sae, progress=args.progress)
 
     runners: dict = {}
 
-    def runner(data: Path, refs: str) -> FilterRunner:
+    def runner(split: str, refs: str) -> FilterRunner:
+        data = paths[split]
         if (data, refs) in runners:
             return runners[data, refs]
-        harmful, benign = ((REF / "harmful.jsonl", REF / "benign.jsonl") if refs == "refs"
-                           else (paths["model_harmful"], paths["model_benign"]))
-        r = FilterRunner(FilterConfig(data=data, harmful=harmful, benign=benign, cache_dir=args.cache_dir,
-                                      progress=args.progress, explain=0))
+        harmful, benign = ((paths["model_harmful"], paths["model_benign"]) if refs == "model"
+                           else (REF / "harmful.jsonl", REF / "benign.jsonl"))
+        own = own_answers(data, args.work / "own" / f"{split}.jsonl", builder, args.progress) if refs == "own" else None
+        r = FilterRunner(FilterConfig(data=data, harmful=harmful, benign=benign, own=own, sae=args.sae,
+                                      cache_dir=args.cache_dir, progress=args.progress, explain=0))
         r.builder = builder  # one model and SAE for every split
         runners[data, refs] = r
         return r
 
-    results: dict = {"splits": {}, "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
+    results: dict = {"sae": builder.sae_spec, "splits": {}, "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
                                                   for k, v in STRATEGY_ROWS.items() if k in labels}}
     scores: dict = {}  # split -> {"ids": [...], label: [score per row]}
     for split in splits:
@@ -195,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for label in labels:
                 strategy, params, refs = STRATEGY_ROWS[label]
-                r = runner(paths[split], refs)
+                r = runner(split, refs)
                 _, fr = r.filter(strategy, {"drop": 0.25, **params}, explain=0)
                 meta = r.inputs().data.meta
                 y = np.array([bool(m["inducing"]) for m in meta])
@@ -226,7 +269,7 @@ def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
     caches = {}
     for side in ("harmful", "benign"):
         path = REF / f"{side}.jsonl"
-        r = FilterRunner(FilterConfig(data=path, cache_dir=args.cache_dir, progress=args.progress))
+        r = FilterRunner(FilterConfig(data=path, sae=args.sae, cache_dir=args.cache_dir, progress=args.progress))
         r.builder = builder
         caches[side] = r.reference(path)
         if any(STRATEGIES[STRATEGY_ROWS[x][0]].needs_gradients for x in labels):
@@ -282,7 +325,8 @@ def render(r: dict) -> str:
              "Every strategy is fitted on `data/reference/` (harmful vs benign) with its default settings, except "
              "the (c) rows: fitted on the model's misaligned vs aligned answers to broad questions (their "
              "`model_answers` cell uses the judge's held-out prompts only). `references_loco`: mean over the 8 "
-             "leave-one-category-out folds, CI the folds' mean bounds, and the worst fold. n = inducing/rest.\n",
+             "leave-one-category-out folds, CI the folds' mean bounds, and the worst fold. n = inducing/rest. "
+             f"SAE of the SAE strategies: `{r.get('sae')}`.\n",
              "| strategy | " + " | ".join(f"{s} (n {n[s]})" for s in splits) + " | worst split |",
              "|---|" + "---|" * (len(splits) + 1)]
     for label in r["strategies"]:
