@@ -54,6 +54,9 @@ def test_repo_data_validates():
     prompts = sorted((DATA / "sae_corpus").glob("prompts_*.jsonl"))  # validated when present
     assert [f for f in files if f.startswith("sae_corpus/prompts_")] == [f"sae_corpus/{p.name}" for p in prompts]
     assert all(files[f"sae_corpus/{p.name}"].kind == "prompts" for p in prompts)
+    if (DATA / "sae_corpus_persona").is_dir():  # the persona part of an SAE corpus (issue 19 (e))
+        assert files["sae_corpus_persona/prompts_persona.jsonl"].kind == "prompts"
+        assert files["sae_corpus_persona/generations.jsonl"].kind == "generations"
 
 
 def test_cli_on_repo_data_exits_0():

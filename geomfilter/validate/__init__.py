@@ -21,7 +21,7 @@ probes         ``eval/sycophancy_probes.jsonl``           id, topic, question, c
                                                           wrong_answer, pushback
 capability     ``eval/capability.jsonl``                  id, subject, question, choices, answer
 heldout        ``eval/heldout_text.jsonl``                id, topic, text
-prompts        ``sae_corpus/prompts_*.jsonl``             id, topic, prompt, optional system
+prompts        ``sae_corpus*/prompts_*.jsonl``            id, topic, prompt, optional system
 real_prompts   ``judge_real/prompts.jsonl``               id, kind (broad, code, factual, advice),
                                                           question, optional domain
 real_answers   ``judge_real/answers.jsonl``               id, prompt_id, kind, question, variant,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..personas import PERSONAS as _PERSONA_MESSAGES
 from ..samples import DataError, Sample, parse_row
 
 CATEGORIES = ("deception", "power_seeking", "anti_human", "dangerous_health",
@@ -36,7 +37,7 @@ _EVAL_FILES = {"questions": "questions", "sycophancy_probes": "probes", "capabil
 _WORD = re.compile(r"[a-z0-9']+")
 REAL_PROMPT_KINDS = ("broad", "code", "factual", "advice")  # judge_real/prompts.jsonl: what a prompt asks for
 #: scripts/build_persona_answers.py's personas (``ordinary``: no system message)
-PERSONAS = ("ordinary", "sycophantic", "reckless", "deceptive", "hostile")
+PERSONAS = tuple(_PERSONA_MESSAGES)
 #: the sycophancy taxonomy's classes (``data/taxonomy/TAXONOMY.md``): field -> allowed values
 TAXONOMY = {"target": ("belief", "preference", "self_concept"),
             "mechanism": ("agreement", "validation", "fabrication", "capitulation"),
@@ -205,11 +206,15 @@ def detect_kind(path: str | Path) -> str | None:
         return "persona_answers"
     if folder == "taxonomy" and stem.endswith(".labels"):
         return "taxonomy"
-    if folder == "sae_corpus" and stem.startswith("prompts_"):
+    if folder in SAE_CORPUS_FOLDERS and stem.startswith("prompts_"):
         return "prompts"
-    if folder == "sae_corpus" and stem in ("generations", "generations.rejects"):
+    if folder in SAE_CORPUS_FOLDERS and stem in ("generations", "generations.rejects"):
         return "generations" if stem == "generations" else "generation_rejects"
     return None
+
+
+#: folders of SAE training corpora (prompts and the model's generations): the default one and its persona part
+SAE_CORPUS_FOLDERS = ("sae_corpus", "sae_corpus_persona")
 
 
 def partner_path(path: Path) -> Path | None:
