@@ -308,7 +308,8 @@ def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
     return out
 
 
-def _cell(a: dict | None) -> str:
+def auroc_cell(a: dict | None) -> str:
+    """``AUROC [lo, hi]`` (``, min`` the worst fold for ``references_loco``), bold when the CI is above 0.5."""
     if a is None:
         return "–"
     s = f"{a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
@@ -333,7 +334,7 @@ def render(r: dict) -> str:
         cells = [r["splits"][s].get(label) for s in splits]
         vals = [a["min_fold"] if a and "min_fold" in a else (a["auroc"] if a else np.nan) for a in cells]
         worst = np.nanmin(vals) if not np.all(np.isnan(vals)) else np.nan
-        lines.append(f"| {label} | " + " | ".join(_cell(a) for a in cells) + f" | {worst:.2f} |")
+        lines.append(f"| {label} | " + " | ".join(auroc_cell(a) for a in cells) + f" | {worst:.2f} |")
     lines.append(f"\nTotal time {r['seconds']} s.\n")
     return "\n".join(lines) + "\n"
 
