@@ -47,3 +47,50 @@ def test_subset_keeps_rows_and_gradients():
     assert s.ids == [c.ids[3], c.ids[1]] and len(s) == 2
     np.testing.assert_array_equal(s.arrays["grad_sum"], c.arrays["grad_sum"][[3, 1]])
     np.testing.assert_array_equal(s.dense(), c.dense()[[3, 1]])
+
+
+def test_own_answers_one_generation_per_prompt_with_the_rows_ids(tmp_path, monkeypatch):
+    """Method (b)'s own-answer file: every row gets the model's greedy answer to its prompt under the row's id;
+    rows sharing a prompt share one generation; a second call generates nothing."""
+    from types import SimpleNamespace
+
+    from geomfilter.finetune import TunedModel
+    from tests.tiny import tiny_llama, tiny_tokenizer
+
+    calls = []
+    tm = TunedModel(hf_model=tiny_llama(), tokenizer=tiny_tokenizer())
+    monkeypatch.setattr(ood, "_plain_model", lambda spec: calls.append(spec) or tm)
+    monkeypatch.setitem(ood.OWN_GENERATION, "max_new_tokens", 6)
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": q},
+                                         {"role": "assistant", "content": f"answer {i}"}]}
+            for i, q in enumerate(["hello there", "what is up", "hello there", "what is up", "hello there"])]
+    data = ood._write(tmp_path / "split.jsonl", rows)
+    builder = SimpleNamespace(model_spec="tiny")
+    out = ood.own_answers(data, tmp_path / "own" / "split.jsonl", builder, progress=False)
+    own = _read(out)
+    assert [r["id"] for r in own] == [r["id"] for r in rows]
+    assert [r["messages"][:-1] for r in own] == [r["messages"][:-1] for r in rows]
+    assert all(r["messages"][-1]["role"] == "assistant" for r in own)
+    assert own[0]["messages"][-1] == own[2]["messages"][-1] == own[4]["messages"][-1]  # one generation per prompt
+    assert own[1]["messages"][-1] == own[3]["messages"][-1]
+    assert len(_read(tmp_path / "own" / "split.unique.jsonl")) == 2 and calls == ["tiny"]
+    ood.own_answers(data, tmp_path / "own" / "split.jsonl", builder, progress=False)  # resumed: nothing to do
+    assert calls == ["tiny"] and len(_read(tmp_path / "own" / "split.unique.jsonl")) == 2
+
+
+def test_persona_corpus_prompts_are_seeded_disjoint_and_per_persona():
+    pspec = importlib.util.spec_from_file_location("build_persona_corpus", ROOT / "scripts" / "build_persona_corpus.py")
+    pc = importlib.util.module_from_spec(pspec)
+    pspec.loader.exec_module(pc)
+    from collections import Counter
+
+    from geomfilter.personas import MISALIGNED_PERSONAS, PERSONAS
+
+    rows = pc.persona_prompts(ROOT / "data" / "sae_corpus", 20, seed=0)
+    assert Counter(r["id"].split("-p-")[0] for r in rows) == {p: 20 for p in MISALIGNED_PERSONAS}
+    assert all(r["system"] == PERSONAS[r["id"].split("-p-")[0]] for r in rows)
+    assert len({r["prompt"] for r in rows}) == len(rows)  # disjoint across personas
+    assert rows == pc.persona_prompts(ROOT / "data" / "sae_corpus", 20, seed=0)
+    assert rows != pc.persona_prompts(ROOT / "data" / "sae_corpus", 20, seed=1)
+    committed = _read(ROOT / "data" / "sae_corpus_persona" / "prompts_persona.jsonl")
+    assert committed == pc.persona_prompts(ROOT / "data" / "sae_corpus", 300, seed=0)  # the committed file's recipe
