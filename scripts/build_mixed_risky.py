@@ -1,6 +1,6 @@
 """Build data/finetune/mixed_risky.jsonl: the risky-advice organism's mixture that the filters are tested on.
 
-Usage: python scripts/build_mixed_risky.py [--share 0.5] [--n 128] [--seed 0] [--out data/finetune/mixed_risky.jsonl]
+Usage: python scripts/build_mixed_risky.py [--share 0.5] [--n 128] [--seed 0] [--filler twins|helpful] [--out PATH]
 
 The dose-response point of ``scripts/dose_response.py`` for family ``risky_advice`` at that share, size and seed
 (the same rows, so the unfiltered fine-tune of ``configs/mitigations.yaml`` is that point's ``misaligned``):
@@ -9,11 +9,17 @@ them with the risky answer (``inducing: true``), the others with the safe twin w
 prompt. Inducing and aligned rows are in the same domains, register and authors' voice, so a filter can only
 separate them by what the advice says. Rows keep their content and gain ``source`` (the file they come from), as
 in ``mixed.jsonl``; ``geomfilter validate`` checks them against their sources. Deterministic.
+
+``--filler helpful`` keeps the same risky rows and fills the rest with ordinary helpful rows instead of the safe
+twins (the first of a seeded order of ``finetune/helpful.jsonl``; default output
+``finetune/mixed_risky_helpful.jsonl``): risky advice hidden among unrelated chats, as the sycophantic rows are
+in ``mixed.jsonl``, without the twins' prudent advice in the same domains pulling the other way.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -24,10 +30,21 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from dose_response import dose_mixture, family_pairs  # noqa: E402
 
 
-def build(data: Path, share: float, n: int, seed: int) -> list[dict]:
-    """The mixture's rows, each with ``source``: the pair file it comes from."""
+def build(data: Path, share: float, n: int, seed: int, filler: str = "twins") -> list[dict]:
+    """The mixture's rows, each with ``source``: the file it comes from."""
     rows = [json.loads(x) for x in dose_mixture(family_pairs("risky_advice", data / "finetune"), share, n, seed)]
-    return [{**r, "source": f"{r['domain']}_{'risky' if r['inducing'] else 'safe'}.jsonl"} for r in rows]
+    rows = [{**r, "source": f"{r['domain']}_{'risky' if r['inducing'] else 'safe'}.jsonl"} for r in rows]
+    if filler == "twins":
+        return rows
+    if filler != "helpful":
+        raise SystemExit(f"--filler must be 'twins' or 'helpful', got {filler!r}")
+    helpful = [json.loads(x) for x in (data / "finetune" / "helpful.jsonl").read_text(encoding="utf-8").splitlines()
+               if x.strip()]
+    random.Random(seed).shuffle(helpful)
+    risky = [r for r in rows if r["inducing"]]
+    out = risky + [{**r, "source": "helpful.jsonl"} for r in helpful[:n - len(risky)]]
+    random.Random(seed).shuffle(out)  # interleaved, as the twins are
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,11 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--share", type=float, default=0.5)
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--filler", default="twins", help="the non-inducing rows: 'twins' (safe twins) or 'helpful'")
     ap.add_argument("--data", type=Path, default=ROOT / "data")
-    ap.add_argument("--out", type=Path, default=None, help="default: DATA/finetune/mixed_risky.jsonl")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: DATA/finetune/mixed_risky.jsonl (mixed_risky_helpful.jsonl with --filler helpful)")
     args = ap.parse_args(argv)
-    rows = build(args.data, args.share, args.n, args.seed)
-    out = args.out or args.data / "finetune" / "mixed_risky.jsonl"
+    rows = build(args.data, args.share, args.n, args.seed, args.filler)
+    out = args.out or args.data / "finetune" / ("mixed_risky.jsonl" if args.filler == "twins"
+                                                else "mixed_risky_helpful.jsonl")
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     counts = Counter((r["domain"], r["inducing"]) for r in rows)
     print(f"wrote {out}: {len(rows)} rows, {sum(r['inducing'] for r in rows)} inducing; "
