@@ -38,6 +38,8 @@ _WORD = re.compile(r"[a-z0-9']+")
 REAL_PROMPT_KINDS = ("broad", "code", "factual", "advice")  # judge_real/prompts.jsonl: what a prompt asks for
 #: scripts/build_persona_answers.py's personas (``ordinary``: no system message)
 PERSONAS = tuple(_PERSONA_MESSAGES)
+#: folders of SAE training corpora (prompts and the model's generations): the default one and its persona part
+SAE_CORPUS_FOLDERS = ("sae_corpus", "sae_corpus_persona")
 #: the sycophancy taxonomy's classes (``data/taxonomy/TAXONOMY.md``): field -> allowed values
 TAXONOMY = {"target": ("belief", "preference", "self_concept"),
             "mechanism": ("agreement", "validation", "fabrication", "capitulation"),
@@ -211,10 +213,6 @@ def detect_kind(path: str | Path) -> str | None:
     if folder in SAE_CORPUS_FOLDERS and stem in ("generations", "generations.rejects"):
         return "generations" if stem == "generations" else "generation_rejects"
     return None
-
-
-#: folders of SAE training corpora (prompts and the model's generations): the default one and its persona part
-SAE_CORPUS_FOLDERS = ("sae_corpus", "sae_corpus_persona")
 
 
 def partner_path(path: Path) -> Path | None:
