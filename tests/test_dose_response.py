@@ -4,8 +4,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from geomfilter.config import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("dose_response", ROOT / "scripts" / "dose_response.py")
@@ -37,3 +40,15 @@ def test_dose_inputs_are_checked():
     assert dose.point_name("risky_advice", 0.25, 1) == "dose-risky-advice-025-s1"
     assert dose.point_name("risky_advice", 1, 0, epochs=3) == "dose-risky-advice-100-s0-e3"
     assert dose.point_name("sycophancy", 0, 1, epochs=2.5, lora_r=64, n_samples=256) == "dose-sycophancy-000-s1-e2.5-r64-n256"
+
+
+def test_point_config_rank_keeps_alpha_over_rank(tmp_path):
+    """--lora-r changes the rank and sets alpha = 2 r, so the LoRA update's scale alpha / r stays the config's."""
+    args = SimpleNamespace(config=ROOT / "configs" / "medium.yaml", out=tmp_path, epochs=3.0, lora_r=64,
+                           n_per_question=2, max_new_tokens=48, n_capability=None, n_questions=None, judge=None)
+    cfg = dose.point_config("p", tmp_path / "mix.jsonl", 128, args)
+    assert (cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.epochs) == (64, 128, 3.0)
+    assert cfg.train.lora_alpha / cfg.train.lora_r == ExperimentConfig.from_yaml(args.config).train.lora_alpha / 16
+    args.lora_r = None
+    cfg = dose.point_config("p", tmp_path / "mix.jsonl", 128, args)
+    assert (cfg.train.lora_r, cfg.train.lora_alpha) == (16, 32)
