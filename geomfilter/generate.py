@@ -150,6 +150,12 @@ def generate_texts(model: Any, conversations: dict[str, list[dict]], *, max_new_
     return out
 
 
+#: how a model's own answer to a prompt is made: the defaults of `geomfilter respond` and the own answers that
+#: score/filter ``--own`` compare against (greedy, so one answer per prompt is the model's most likely one)
+OWN_ANSWER = {"max_new_tokens": 96, "temperature": 0.0, "top_p": 0.9, "repetition_penalty": 1.1, "batch_size": 32,
+              "seed": 0}
+
+
 def generate_answers(model: Any, prompts: list[Prompt], out: str | Path, *, max_new_tokens: int = 80,
                      temperature: float = 0.7, top_p: float = 0.9, repetition_penalty: float = 1.1,
                      batch_size: int = 64, seed: int = 0, limit: int | None = None,

@@ -58,7 +58,7 @@ from geomfilter.data import prepare_dataset  # noqa: E402
 from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.filtering import STRATEGIES, make_filter  # noqa: E402
 from geomfilter.finetune import load_tuned  # noqa: E402
-from geomfilter.generate import Prompt, done_ids, generate_answers, prompts_of_samples  # noqa: E402
+from geomfilter.generate import OWN_ANSWER, Prompt, done_ids, generate_answers, prompts_of_samples  # noqa: E402
 from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.samples import read_samples  # noqa: E402
@@ -89,8 +89,6 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "activation --own (b)": ("activation", {}, "own"),
     "projection --own (b)": ("projection", {}, "own"),
 }
-#: the own answers: what `geomfilter respond` writes (greedy, 96 new tokens, repetition penalty 1.1)
-OWN_GENERATION = {"max_new_tokens": 96, "temperature": 0.0, "repetition_penalty": 1.1, "batch_size": 32, "seed": 0}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -166,7 +164,7 @@ def own_answers(data: Path, out: Path, builder: CacheBuilder, progress: bool) ->
     raw = out.with_name(out.stem + ".unique.jsonl")
     if not raw.is_file() or len(done_ids(raw)) < len(unique):  # the plain HF model generates (not the hooked one)
         generate_answers(_plain_model(builder.model_spec), list(unique.values()), raw, progress=progress,
-                         **OWN_GENERATION)
+                         **OWN_ANSWER)
     answer = {r["id"]: r["messages"][-1] for r in map(json.loads, raw.read_text(encoding="utf-8").splitlines())}
     missing = [p.id for p in prompts if key[p.id] not in answer]
     if missing:

@@ -60,7 +60,7 @@ def test_own_answers_one_generation_per_prompt_with_the_rows_ids(tmp_path, monke
     calls = []
     tm = TunedModel(hf_model=tiny_llama(), tokenizer=tiny_tokenizer())
     monkeypatch.setattr(ood, "_plain_model", lambda spec: calls.append(spec) or tm)
-    monkeypatch.setitem(ood.OWN_GENERATION, "max_new_tokens", 6)
+    monkeypatch.setitem(ood.OWN_ANSWER, "max_new_tokens", 6)
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": q},
                                          {"role": "assistant", "content": f"answer {i}"}]}
             for i, q in enumerate(["hello there", "what is up", "hello there", "what is up", "hello there"])]

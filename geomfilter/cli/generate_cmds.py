@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..finetune import load_tuned
-from ..generate import generate_answers, generate_texts, prompts_of_samples
+from ..generate import OWN_ANSWER, generate_answers, generate_texts, prompts_of_samples
 from ..samples import read_samples
 from ..settings import DEFAULT_MODEL
 from ._common import DeviceOpt, ModelOpt, ProgressOpt
@@ -17,12 +17,12 @@ def respond(
     data: Path = typer.Argument(..., metavar="DATA", help="Chat JSONL or HF dataset directory."),
     out: Path = typer.Option(..., help="Output JSONL: each row's prompt with the model's own answer, same id."),
     model: ModelOpt = DEFAULT_MODEL,
-    max_new_tokens: int = typer.Option(96, help="Longest answer."),
-    temperature: float = typer.Option(0.0, help="0 = greedy (the model's most likely answer)."),
-    top_p: float = typer.Option(0.9, help="Nucleus sampling (temperature > 0)."),
-    repetition_penalty: float = typer.Option(1.1, help="Repetition penalty."),
-    batch_size: int = typer.Option(32, help="Prompts per generate call."),
-    seed: int = typer.Option(0, help="Seed (per batch: seed * 100003 + batch index)."),
+    max_new_tokens: int = typer.Option(OWN_ANSWER["max_new_tokens"], help="Longest answer."),
+    temperature: float = typer.Option(OWN_ANSWER["temperature"], help="0 = greedy (the model's most likely answer)."),
+    top_p: float = typer.Option(OWN_ANSWER["top_p"], help="Nucleus sampling (temperature > 0)."),
+    repetition_penalty: float = typer.Option(OWN_ANSWER["repetition_penalty"], help="Repetition penalty."),
+    batch_size: int = typer.Option(OWN_ANSWER["batch_size"], help="Prompts per generate call."),
+    seed: int = typer.Option(OWN_ANSWER["seed"], help="Seed (per batch: seed * 100003 + batch index)."),
     device: DeviceOpt = None,
     progress: ProgressOpt = True,
 ):
