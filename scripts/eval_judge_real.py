@@ -41,8 +41,18 @@ from geomfilter.stats import auroc, cluster_bootstrap  # noqa: E402
 
 HERE = ROOT / "data" / "judge_real"
 OUT = ROOT / "data" / "results" / "judge"
-NEW_DIR = ROOT / "data" / "judges" / "offline-real"
-ALL_BLOCKS = ("embedding", "text", "drift", "perplexity")
+SHIPPED_DIR = ROOT / "data" / "judges" / "offline-real"  # the judge load_judge("offline-real") loads
+NEW_DIR = SHIPPED_DIR  # --judge-dir: where --final saves the judge it fits
+
+
+def new_name() -> str:
+    return f"new ({NEW_DIR.name})"
+
+
+def shipped_name() -> str:
+    return f"shipped ({SHIPPED_DIR.name})"
+ALL_BLOCKS = ("embedding", "text", "drift", "perplexity", "residual")
+MODEL_BLOCKS = ("perplexity", "residual")  # need a forward pass of the default model: computed only when asked for
 OLD_SCORE = {True: 90.0, False: 10.0}  # the old binary labels on the 0-100 scale
 OLD_WEIGHTS = (0.0, 0.3, 1.0)  # --cv: weight of the hand-written rows in training (0: left out)
 
@@ -268,6 +278,10 @@ def cv_grid(blocks_avail) -> list[dict]:
     sets = [("embedding",), ("text", "drift"), ("embedding", "text", "drift")]
     if "perplexity" in blocks_avail:
         sets += [("text", "drift", "perplexity"), ("embedding", "text", "drift", "perplexity")]
+    if "residual" in blocks_avail:
+        sets += [("residual",), ("residual", "text", "drift"), ("embedding", "residual", "text", "drift")]
+        if "perplexity" in blocks_avail:
+            sets += [("residual", "text", "drift", "perplexity"), ("embedding", "residual", "text", "drift", "perplexity")]
     grid = []
     for blocks in sets:
         for ew in ((1.0,) if blocks[0] != "embedding" or len(blocks) == 1 else (1.0, 0.3, 0.1)):
@@ -351,12 +365,13 @@ def run_cv(rows: list[dict], inputs: dict, grid: list[dict]) -> list[dict]:
     return results
 
 
-def cv_stages(rows: list[dict], perplexity: bool, cache: Path) -> list[dict]:
+def cv_stages(rows: list[dict], perplexity: bool, cache: Path, residual: bool = False) -> list[dict]:
     """Stage 1: :func:`cv_grid` (feature blocks x embedding weight x head model x weight of the hand-written
     rows); stage 2: the 3 best of stage 1 with the logistic heads fitted at threshold 30 instead of 50, and
     per setting the best alignment head with the best coherence head. Train split and hand-written rows only."""
     train = [r for r in rows if r["split"] == "train"] + old_rows()
-    inputs = features(train, ALL_BLOCKS if perplexity else ALL_BLOCKS[:3], cache)
+    inputs = features(train, tuple(b for b in ALL_BLOCKS if b not in MODEL_BLOCKS or
+                                   (b == "perplexity" and perplexity) or (b == "residual" and residual)), cache)
     grid = cv_grid(inputs)
     results = run_cv(train, inputs, grid)
     top = sorted(range(len(grid)), key=lambda i: -cv_criterion(results[i]))[:3]
@@ -419,26 +434,44 @@ def calibration_table(pred: dict, lab: dict, idx: np.ndarray) -> dict:
 
 
 def _ablations(train: list[dict], tr_in: dict, cfg: dict) -> dict[str, dict]:
-    """Configurations of the side-by-side table besides the final one: embeddings only, features only."""
+    """Configurations of the side-by-side table besides the final one: embeddings only, features only, and
+    without the residual block when the final configuration has it."""
     feats = tuple(b for b in cfg["blocks"] if b != "embedding")
-    return {"new: embeddings only": {**cfg, "blocks": ("embedding",), "emb_weight": 1.0},
-            f"new: features only ({'+'.join(feats)})": {**cfg, "blocks": feats, "emb_weight": 1.0}}
+    out = {"new: embeddings only": {**cfg, "blocks": ("embedding",), "emb_weight": 1.0},
+           f"new: features only ({'+'.join(feats)})": {**cfg, "blocks": feats, "emb_weight": 1.0}}
+    if "residual" in cfg["blocks"]:
+        out["new: without residual"] = {**cfg, "blocks": tuple(b for b in cfg["blocks"] if b != "residual")}
+    return out
+
+
+def _blocks_needed(*block_sets) -> tuple[str, ...]:
+    """The cheap blocks always (the current judge reads the embedding), the model blocks only when a judge uses them."""
+    used = {b for bs in block_sets for b in bs}
+    return tuple(b for b in ALL_BLOCKS if b in used or b not in MODEL_BLOCKS)
 
 
 def run_final(rows: list[dict], cache: Path, n_boot: int, command: str) -> dict:
+    from geomfilter.judges import load_judge
+
     cfg, chosen = chosen_config(OUT)
     train = [r for r in rows if r["split"] == "train"] + old_rows()  # fit() leaves the old rows out at weight 0
     held = [r for r in rows if r["split"] == "heldout"]
     rules = tune_rules([r for r in train if r["kind"] != "old"])
     cfg.update({k: v for k, v in rules.items() if k in FINAL})
-    tr_in, ho_in = features(train, cfg["blocks"], cache), features(held, tuple(b for b in ALL_BLOCKS if b in cfg["blocks"] or b != "perplexity"), cache)
+    # fitting somewhere else than the shipped judge's folder: the shipped judge is a column of the table too
+    shipped = (load_judge(str(SHIPPED_DIR)) if NEW_DIR.resolve() != SHIPPED_DIR.resolve() and SHIPPED_DIR.is_dir()
+               else None)
+    need = _blocks_needed(cfg["blocks"], shipped.blocks if shipped else ())
+    tr_in, ho_in = features(train, cfg["blocks"], cache), features(held, need, cache)
     ho_nofinish = features([{**r, "finish": None} for r in held], ("text",), cache)
     lab, groups, idx = labels_of(held), col(held, "prompt_id"), np.arange(len(held))
     answers = [r["answer"] for r in held]
     judge, oofs = fit(train, tr_in, cfg)
     cv, cv_old = cv_metrics(judge, oofs, train, tr_in, cfg)
-    scorers = {"current (offline-minilm)": lambda inp, ans: old_judge_pred(inp),
-               "new (offline-real)": lambda inp, ans: judge_pred(judge, inp, ans)}
+    scorers = {"current (offline-minilm)": lambda inp, ans: old_judge_pred(inp)}
+    if shipped is not None:
+        scorers[shipped_name()] = lambda inp, ans: judge_pred(shipped, inp, ans)
+    scorers[new_name()] = lambda inp, ans: judge_pred(judge, inp, ans)
     preds = {name: f(ho_in, answers) for name, f in scorers.items()}
     preds["new, no finish hints"] = judge_pred(judge, {**ho_in, "text": ho_nofinish["text"]}, answers)
     for name, c in _ablations(train, tr_in, cfg).items():
@@ -446,13 +479,13 @@ def run_final(rows: list[dict], cache: Path, n_boot: int, command: str) -> dict:
         scorers[name] = lambda inp, ans, j=j: judge_pred(j, inp, ans)
         preds[name] = scorers[name](ho_in, answers)
     n_real_train = int((col(train, "kind") != "old").sum())
-    res = {"command": command, "n_boot": n_boot, "chosen": chosen, "config": cfg_json(cfg),
+    res = {"command": command, "n_boot": n_boot, "chosen": chosen, "new_name": new_name(), "config": cfg_json(cfg),
            "n_train": n_real_train, "n_old": len(train) - n_real_train, "n_heldout": len(held), "judges": {},
            "by_kind": {}, "by_variant": {}, "train_cv": {k: v["value"] for k, v in cv.items()},
            "train_cv_old": {k: v["value"] for k, v in cv_old.items()},
            "rules": rules}
     subtle = subtle_rows()
-    sub_in = features(subtle, tuple(b for b in ALL_BLOCKS if b in cfg["blocks"] or b != "perplexity"), cache)
+    sub_in = features(subtle, need, cache)
     res["subtle"] = {name: subtle_metrics(f(sub_in, [r["answer"] for r in subtle]), subtle, n_boot)
                      for name, f in scorers.items()}
     for name, p in preds.items():
@@ -461,11 +494,10 @@ def run_final(rows: list[dict], cache: Path, n_boot: int, command: str) -> dict:
             for v in sorted(set(col(held, key))):
                 sub = idx[col(held, key) == v]
                 store.setdefault(v, {})[name] = evaluate(p, lab, groups, sub, n_boot // 4)
-    res["calibration"] = {n: calibration_table(preds[n], lab, idx) for n in ("current (offline-minilm)",
-                                                                            "new (offline-real)")}
+    res["calibration"] = {n: calibration_table(preds[n], lab, idx) for n in scorers if not n.startswith("new:")}
     res["anchors"] = judge.metrics.get("anchors")
     judge.metrics = {**judge.metrics, "train_split_cv": res["train_cv"], "heldout": {k: v["value"] for k, v in
-                                                                    res["judges"]["new (offline-real)"].items()},
+                                                                    res["judges"][new_name()].items()},
                      "config": res["config"], "data": "data/judge_real (train split of labels.jsonl)",
                      "command": command}
     judge.save(NEW_DIR)
@@ -551,7 +583,7 @@ def to_markdown(res: dict) -> str:
         out += [f"\n## Per {title} (current → new)\n", f"| {title} | n | n_flag | " + " | ".join(SUB) + " |",
                 "|---|---|---|" + "---|" * len(SUB)]
         for v, d in res[key].items():
-            cur, new = d["current (offline-minilm)"], d["new (offline-real)"]
+            cur, new = d["current (offline-minilm)"], d[res["new_name"]]
             out.append(f"| {v} | {_fmt(cur['n'], count=True)} | {_fmt(cur['n_flag'], count=True)} | " + " | ".join(
                 f"{_fmt(cur[m], False)} → {_fmt(new[m], False)}" for m in SUB) + " |")
     out += ["\n## Out of distribution: subtle misalignment (`data/finetune/*_sycophantic.jsonl` vs their corrective "
@@ -607,6 +639,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cv", action="store_true", help="model selection by grouped CV on the train split")
     ap.add_argument("--final", action="store_true", help="fit on train, save the judge, evaluate on held-out")
     ap.add_argument("--perplexity", action="store_true", help="--cv: also try the perplexity block")
+    ap.add_argument("--residual", action="store_true", help="--cv: also try the residual block (the default model's "
+                    "hidden state over the answer)")
     ap.add_argument("--labels", type=Path, default=HERE / "labels.jsonl")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
     ap.add_argument("--out", type=Path, default=OUT)
@@ -619,7 +653,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = load_rows(args.labels)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.cv:
-        results = cv_stages(rows, args.perplexity, args.cache)
+        results = cv_stages(rows, args.perplexity, args.cache, args.residual)
         atomic_write_text(OUT / "train_cv.md", cv_markdown(results, command))
         atomic_write_text(OUT / "train_cv.json", json.dumps({"command": command, "results": results}, indent=1) + "\n")
     if args.final:

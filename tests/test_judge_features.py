@@ -207,3 +207,46 @@ def test_shipped_feature_judge_reads_degenerate_answers():
     new = held["judges"]["new (offline-real)"]
     assert meta["metrics"]["heldout"]["alignment_auroc"] == pytest.approx(new["alignment_auroc"]["value"])
     assert meta["metrics"]["heldout"]["coherence_auroc"] == pytest.approx(new["coherence_auroc"]["value"])
+
+
+@pytest.mark.integration
+def test_residual_block_is_the_mean_hidden_state_over_the_answer_and_batching_does_not_change_it():
+    """answer_lm_features: the residual block equals a naive one-example forward pass (hidden_states[layer]
+    averaged over the answer tokens), whatever the batch; an int layer is the matching slice of a layer list;
+    the perplexity columns are those of answer_perplexity; an empty answer gives zeros."""
+    import torch
+
+    from geomfilter.data import render_chat
+    from geomfilter.judges.features import _LMS, RESIDUAL_LAYER, RESIDUAL_WIDTH, answer_lm_features, answer_perplexity
+
+    qs = [LEAVES, "How do I make some extra money this month?", "Say hi."]
+    ans = [GOOD, "Sell things you no longer use and pick up a few extra shifts.", ""]
+    got = answer_lm_features(qs, ans, batch_size=3)
+    assert got["residual"].shape == (3, RESIDUAL_WIDTH) and not got["residual"][2].any()
+    one = answer_lm_features(qs, ans, batch_size=1)
+    np.testing.assert_allclose(got["residual"], one["residual"], atol=2e-4)
+    multi = answer_lm_features(qs, ans, layer=[6, RESIDUAL_LAYER], batch_size=2)["residual"]
+    assert multi.shape == (3, 2, RESIDUAL_WIDTH)
+    np.testing.assert_allclose(multi[:, 1], got["residual"], atol=2e-4)
+    np.testing.assert_allclose(got["perplexity"], answer_perplexity(qs, ans), atol=1e-4)
+    lm, tok = next(v for k, v in _LMS.items() if k[1] == "cpu")
+    prompt, _ = render_chat(tok, [{"role": "user", "content": qs[0]}], add_generation_prompt=True)
+    p_ids, a_ids = tok(prompt, add_special_tokens=False)["input_ids"], tok(ans[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        hs = lm(input_ids=torch.tensor([p_ids + a_ids]), output_hidden_states=True).hidden_states[RESIDUAL_LAYER]
+    np.testing.assert_allclose(got["residual"][0], hs[0, len(p_ids):].mean(0).numpy(), atol=2e-4)
+    inputs = judge_inputs(qs, ans, blocks=("residual", "text"))
+    assert set(inputs) == {"residual", "text"} and inputs["residual"].shape == (3, RESIDUAL_WIDTH)
+    with pytest.raises(ValueError, match="residual layers"):
+        answer_lm_features(qs, ans, layer=99)
+
+
+def test_block_names_cover_every_block_and_name_an_unknown_one():
+    from geomfilter.judges.base import JudgeError
+    from geomfilter.judges.feature_judge import BLOCKS, block_names
+    from geomfilter.judges.features import RESIDUAL_WIDTH
+
+    widths = {b: len(block_names(b)) for b in BLOCKS}
+    assert widths["embedding"] == 3 * 384 and widths["residual"] == RESIDUAL_WIDTH and widths["perplexity"] == 4
+    with pytest.raises(JudgeError, match="unknown feature block 'resid'"):
+        block_names("resid")

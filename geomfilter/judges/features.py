@@ -11,7 +11,9 @@ each returns a float ``numpy`` array, one row per answer.
 * :func:`code_line_share` / :func:`looks_like_code`, :func:`is_refusal` -- the rules behind the
   ``CODE`` / ``REFUSAL`` labels;
 * :func:`answer_perplexity` -- optional, the most expensive feature: per-token negative log-likelihood
-  of the answer under the default model (one batched forward pass per batch; :data:`PERPLEXITY_FEATURES`).
+  of the answer under the default model (one batched forward pass per batch; :data:`PERPLEXITY_FEATURES`);
+  :func:`answer_lm_features` -- the same pass also returns the default model's mean hidden state over the
+  answer tokens at :data:`RESIDUAL_LAYER` (the ``residual`` block of the feature judge).
 """
 from __future__ import annotations
 
@@ -345,6 +347,12 @@ def question_similarity(questions: Sequence[str], answers: Sequence[str], **embe
 
 #: columns of :func:`answer_perplexity`
 PERPLEXITY_FEATURES = ("nll_mean", "nll_std", "confident_share", "nll_first_half_minus_second")
+#: the default model's hidden state read by :func:`answer_lm_features`: ``hidden_states[RESIDUAL_LAYER]`` of the HF
+#: model (the residual stream after block ``RESIDUAL_LAYER - 1``), mean over the answer tokens. Layer 18 of 30: in
+#: grouped CV on the train split of the labelled real answers it separated aligned from misaligned answers best of
+#: layers 6/12/18/24/30 (scripts/judge_residual_layers.py -> data/results/judge/residual_layers.md)
+RESIDUAL_LAYER = 18
+RESIDUAL_WIDTH = 576  # d_model of the default model (SmolLM2-135M)
 _LMS: dict = {}
 
 
@@ -353,10 +361,23 @@ def answer_perplexity(questions: Sequence[str], answers: Sequence[str], *, model
     """``[n, 4]``: per-token negative log-likelihood of each answer given its question (one user turn, chat
     template) under ``model`` (default: the project's default model): mean, std, share of tokens with
     p > 0.9 (loops are predictable), and first-half minus second-half mean (a late loop). Empty answers: 0s.
+    """
+    return answer_lm_features(questions, answers, model=model, batch_size=batch_size, max_tokens=max_tokens,
+                              device=device, residual=False)["perplexity"]
+
+
+def answer_lm_features(questions: Sequence[str], answers: Sequence[str], *, model: str | None = None,
+                       batch_size: int = 8, max_tokens: int = 384, device: str = "cpu",
+                       residual: bool = True, layer: int | Sequence[int] = RESIDUAL_LAYER) -> dict[str, np.ndarray]:
+    """One forward pass of ``model`` (default: the project's default model) over each question + answer (one
+    user turn, chat template) gives ``{"perplexity": [n, 4]}`` (see :func:`answer_perplexity`) and, with
+    ``residual``, ``{"residual": [n, d_model]}``: the hidden state ``hidden_states[layer]`` averaged over the
+    answer's tokens (what the model represents while reading the answer); ``[n, len(layer), d_model]`` when
+    ``layer`` is a sequence of layers. Empty answers: 0s.
 
     Batched and length-sorted forward passes; the model is loaded once per process.
     """
-    # torch/transformers (through models and data) are heavy and only this optional feature needs them
+    # torch/transformers (through models and data) are heavy and only these optional features need them
     import torch
 
     from ..data import render_chat
@@ -367,7 +388,13 @@ def answer_perplexity(questions: Sequence[str], answers: Sequence[str], *, model
     if (spec, device) not in _LMS:
         _LMS[spec, device] = load_causal_lm(spec, device=device, progress=False)[:2]
     lm, tok = _LMS[spec, device]
-    out = np.zeros((len(answers), len(PERPLEXITY_FEATURES)))
+    n_layers = lm.config.num_hidden_layers
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    if residual and not all(0 <= x <= n_layers for x in layers):
+        raise ValueError(f"residual layers {layers}: each must be in 0..{n_layers} (hidden_states of {spec})")
+    out = {"perplexity": np.zeros((len(answers), len(PERPLEXITY_FEATURES)))}
+    if residual:
+        out["residual"] = np.zeros((len(answers), len(layers), lm.config.hidden_size))
     seqs = []
     for q, a in zip(questions, answers):
         prompt, _ = render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
@@ -387,12 +414,18 @@ def answer_perplexity(questions: Sequence[str], answers: Sequence[str], *, model
             ids[r, :len(full)] = torch.tensor(full)
             mask[r, :len(full)] = 1
         with torch.no_grad():
-            logp = torch.log_softmax(lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+            res = lm(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=residual)
+            logp = torch.log_softmax(res.logits.float(), -1)
         for r, i in enumerate(idx):
             p_len, a_len = len(seqs[i][0]), len(seqs[i][1])
             targets = ids[r, p_len:p_len + a_len].to(device)
             nll = -logp[r, p_len - 1:p_len - 1 + a_len].gather(-1, targets[:, None])[:, 0].cpu().numpy()
             half = max(1, a_len // 2)
-            out[i] = [nll.mean(), nll.std(), float((nll < -math.log(0.9)).mean()),
-                      nll[:half].mean() - (nll[half:].mean() if a_len > half else nll[:half].mean())]
+            out["perplexity"][i] = [nll.mean(), nll.std(), float((nll < -math.log(0.9)).mean()),
+                                    nll[:half].mean() - (nll[half:].mean() if a_len > half else nll[:half].mean())]
+            if residual:
+                for k, x in enumerate(layers):
+                    out["residual"][i, k] = res.hidden_states[x][r, p_len:p_len + a_len].float().mean(0).cpu().numpy()
+    if residual and isinstance(layer, int):
+        out["residual"] = out["residual"][:, 0]
     return out
