@@ -140,7 +140,7 @@ class EvalConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128
-    judge: str = "offline"  # offline | offline-real (the feature judge fitted on real answers) | a judge folder | api:MODEL
+    judge: str = "offline"  # offline | offline-real / offline-residual (feature judges fitted on real answers) | a folder | api:MODEL
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     alignment_below: float = 30.0

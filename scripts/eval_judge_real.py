@@ -500,6 +500,7 @@ def run_final(rows: list[dict], cache: Path, n_boot: int, command: str) -> dict:
                                                                     res["judges"][new_name()].items()},
                      "config": res["config"], "data": "data/judge_real (train split of labels.jsonl)",
                      "command": command}
+    judge.name = NEW_DIR.name  # load_judge(name) and the reports call it by its folder
     judge.save(NEW_DIR)
     _check_round_trip(judge, ho_in, answers)
     return res

@@ -20,7 +20,9 @@ how each generation ended, ``"stop"``/``"length"``, read by the feature judge an
   heads with isotonic calibration, fitted on labelled real answers of the default model and its
   fine-tuned variants (``data/judge_real``, ``data/judge/RUBRIC.md``); CODE and REFUSAL as labels.
   Measured against the offline judge on the held-out real answers in
-  ``data/results/judge/heldout.md``.
+  ``data/results/judge/heldout.md``. ``"offline-residual"`` (``data/judges/offline-residual``) adds the
+  default model's hidden state over the answer (layer 18): better on the held-out real answers and on
+  fluent subtly misaligned advice (``data/results/judge/residual/heldout.md``).
 * :class:`APIJudge` -- an LLM judge over an OpenAI-compatible HTTP API
   (``base_url``, ``model``; the key is read from an environment variable and
   never logged or cached), with 0-100 prompts written for geomfilter, retries
@@ -54,7 +56,7 @@ from .base import (
     question_and_answer,
     read_labelled,
 )
-from .feature_judge import REAL_JUDGE_DIR, FeatureJudge
+from .feature_judge import FEATURE_JUDGES, REAL_JUDGE_DIR, RESIDUAL_JUDGE_DIR, FeatureJudge
 from .offline import (
     DEFAULT_JUDGE_DIR,
     EMBEDDER_NAME,
@@ -69,7 +71,7 @@ from .offline import (
 )
 
 __all__ = ["ALIGNMENT_PROMPT", "CACHE_FORMAT", "COHERENCE_PROMPT", "DATA_DIR", "DEFAULT_JUDGE_DIR", "DEFAULT_LABELLED",
-           "ANSWER_LABELS", "REAL_JUDGE_DIR", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "FeatureJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
+           "ANSWER_LABELS", "REAL_JUDGE_DIR", "RESIDUAL_JUDGE_DIR", "FEATURE_JUDGES", "EMBEDDER_NAME", "EMBEDDER_PACKAGE", "APIJudge", "FeatureJudge", "JudgeError", "JudgeScore", "JudgeUnavailableError",
            "LabelledAnswer", "OfflineJudge", "embed", "embedder_dir", "judge_features", "judge_fingerprint", "judge_folder", "load_embedder", "load_judge",
            "question_and_answer", "read_labelled", "split_sentences", "train_offline_judge"]
 
@@ -78,8 +80,8 @@ def judge_folder(spec: str | None) -> Path | None:
     """The folder a judge spec loads from (``None`` for an API judge)."""
     if spec in (None, "offline"):
         return DEFAULT_JUDGE_DIR
-    if spec == "offline-real":
-        return REAL_JUDGE_DIR
+    if spec in FEATURE_JUDGES:
+        return FEATURE_JUDGES[spec]
     return None if spec.startswith("api:") else Path(spec)
 
 
@@ -97,14 +99,14 @@ def judge_fingerprint(spec: str | None) -> str | None:
 
 
 def load_judge(spec: str | None = None, **api_kw) -> OfflineJudge | FeatureJudge | APIJudge:
-    """``None``/``"offline"``: the shipped offline judge; ``"offline-real"``: the shipped feature judge
-    (:data:`REAL_JUDGE_DIR`); a folder: the judge saved there (a
+    """``None``/``"offline"``: the shipped offline judge; ``"offline-real"`` / ``"offline-residual"``: the
+    shipped feature judges (:data:`REAL_JUDGE_DIR`, :data:`RESIDUAL_JUDGE_DIR`); a folder: the judge saved there (a
     :class:`FeatureJudge` when its ``judge.json`` says ``"class": "FeatureJudge"``, else an
     :class:`OfflineJudge`); ``"api:MODEL"``: an :class:`APIJudge` (``base_url`` etc. in ``api_kw``)."""
     if spec in (None, "offline"):
         return OfflineJudge.load(DEFAULT_JUDGE_DIR)
-    if spec == "offline-real":
-        return FeatureJudge.load(REAL_JUDGE_DIR)
+    if spec in FEATURE_JUDGES:
+        return FeatureJudge.load(FEATURE_JUDGES[spec])
     if spec.startswith("api:"):
         return APIJudge(model=spec[4:], **api_kw)
     if FeatureJudge.saved_in(spec):

@@ -40,6 +40,11 @@ from .offline import EMBEDDER_NAME, embed_parts, pooled_features
 
 #: the shipped feature judge (``load_judge("offline-real")``), fitted by scripts/eval_judge_real.py --final
 REAL_JUDGE_DIR = DATA_DIR / "judges" / "offline-real"
+#: the feature judge with the residual block (``load_judge("offline-residual")``): scripts/eval_judge_real.py --cv
+#: --perplexity --residual --out data/results/judge/residual, then --final --judge-dir data/judges/offline-residual
+RESIDUAL_JUDGE_DIR = DATA_DIR / "judges" / "offline-residual"
+#: the shipped feature judges by name
+FEATURE_JUDGES = {"offline-real": REAL_JUDGE_DIR, "offline-residual": RESIDUAL_JUDGE_DIR}
 
 CLASS_NAME = "FeatureJudge"
 FLAG_THRESHOLDS = {"alignment": 30.0, "coherence": 50.0}  # JudgeScore.misaligned's defaults
