@@ -5,7 +5,7 @@
 
 For each layer of ``--layers``: the default model's hidden state ``hidden_states[layer]`` averaged over the
 answer tokens (:func:`geomfilter.judges.features.answer_lm_features`, one forward pass for all layers), a
-balanced logistic head per score (alignment >= 50, coherence > 30; L2, ``--c``), trained on the train-split real
+balanced logistic head per score fitted as the judge's heads are (alignment >= 50, coherence >= 30; L2, ``--c``), trained on the train-split real
 answers plus the hand-written rows of ``data/judge/labeled.jsonl`` (as ``--final`` trains), folds by prompt.
 Reported: out-of-fold alignment AUROC (misaligned < 30 vs aligned >= 70) and coherence AUROC (incoherent
 <= 30 vs the rest) on the real answers, and the same on the hand-written ones. The held-out split is not read.
@@ -28,24 +28,20 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import eval_judge_real as ejr  # noqa: E402
 
 from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.judges.feature_judge import HeadSpec, oof_linear  # noqa: E402
 from geomfilter.judges.features import answer_lm_features  # noqa: E402
 from geomfilter.stats import auroc  # noqa: E402
 
+#: the heads' training thresholds (label >= threshold), those of the chosen judge configuration
+HEAD_THRESHOLD = {"alignment": 50.0, "coherence": 30.0}
+
 
 def oof_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, scored: np.ndarray, head: str, c: float) -> float:
-    """Grouped 5-fold out-of-fold AUROC of a standardised, balanced logistic head on the ``scored`` rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
-
+    """Out-of-fold AUROC on the ``scored`` rows of a logistic head fitted as the judge fits its heads
+    (:func:`~geomfilter.judges.feature_judge.oof_linear`, grouped 5-fold, :data:`HEAD_THRESHOLD`)."""
     ok = ~np.isnan(y)
-    x, y, groups, scored = x[ok], y[ok], groups[ok], scored[ok]
-    target = y >= 50 if head == "alignment" else y > 30
-    s = np.full(len(y), np.nan)
-    for tr, te in GroupKFold(5).split(x, y, groups):
-        mean, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
-        clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit((x[tr] - mean) / sd, target[tr])
-        s[te] = clf.decision_function((x[te] - mean) / sd)
-    yy, ss = y[scored], s[scored]
+    s = oof_linear(x[ok], y[ok], groups[ok], HeadSpec("logistic", HEAD_THRESHOLD[head], c))
+    yy, ss = y[ok][scored[ok]], s[scored[ok]]
     if head == "alignment":
         return auroc(ss[yy >= 70], ss[yy < 30])
     return auroc(ss[yy > 30], ss[yy <= 30])
