@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.files import atomic_write_text  # noqa: E402
-from geomfilter.judges import OfflineJudge, read_labelled  # noqa: E402
+from geomfilter.judges import REAL_JUDGE_DIR, FeatureJudge, OfflineJudge, read_labelled  # noqa: E402
 from geomfilter.judges.feature_judge import HeadSpec, block_names, judge_inputs, train_feature_judge  # noqa: E402
 from geomfilter.judges.features import is_refusal, looks_like_code  # noqa: E402
 from geomfilter.judges.offline import DEFAULT_JUDGE_DIR  # noqa: E402
@@ -41,8 +41,11 @@ from geomfilter.stats import auroc, cluster_bootstrap  # noqa: E402
 
 HERE = ROOT / "data" / "judge_real"
 OUT = ROOT / "data" / "results" / "judge"
-SHIPPED_DIR = ROOT / "data" / "judges" / "offline-real"  # the judge load_judge("offline-real") loads
-NEW_DIR = SHIPPED_DIR  # --judge-dir: where --final saves the judge it fits
+NEW_DIR = REAL_JUDGE_DIR  # --judge-dir: where --final saves the judge it fits (default: the shipped offline-real)
+ALL_BLOCKS = ("embedding", "text", "drift", "perplexity", "residual")
+MODEL_BLOCKS = ("perplexity", "residual")  # need a forward pass of the default model: computed only when asked for
+OLD_SCORE = {True: 90.0, False: 10.0}  # the old binary labels on the 0-100 scale
+OLD_WEIGHTS = (0.0, 0.3, 1.0)  # --cv: weight of the hand-written rows in training (0: left out)
 
 
 def new_name() -> str:
@@ -50,11 +53,14 @@ def new_name() -> str:
 
 
 def shipped_name() -> str:
-    return f"shipped ({SHIPPED_DIR.name})"
-ALL_BLOCKS = ("embedding", "text", "drift", "perplexity", "residual")
-MODEL_BLOCKS = ("perplexity", "residual")  # need a forward pass of the default model: computed only when asked for
-OLD_SCORE = {True: 90.0, False: 10.0}  # the old binary labels on the 0-100 scale
-OLD_WEIGHTS = (0.0, 0.3, 1.0)  # --cv: weight of the hand-written rows in training (0: left out)
+    return f"shipped ({REAL_JUDGE_DIR.name})"
+
+
+def blocks_needed(*block_sets) -> tuple[str, ...]:
+    """The cheap blocks always (the current judge reads the embedding), the model blocks only when asked for."""
+    used = {b for bs in block_sets for b in bs}
+    return tuple(b for b in ALL_BLOCKS if b in used or b not in MODEL_BLOCKS)
+
 
 #: the configuration --final fits when there is no train_cv.json (else the best --cv row, see chosen_config)
 FINAL = {"blocks": ("embedding", "text", "drift"), "emb_weight": 0.3, "old_weight": 0.0,
@@ -370,8 +376,7 @@ def cv_stages(rows: list[dict], perplexity: bool, cache: Path, residual: bool = 
     rows); stage 2: the 3 best of stage 1 with the logistic heads fitted at threshold 30 instead of 50, and
     per setting the best alignment head with the best coherence head. Train split and hand-written rows only."""
     train = [r for r in rows if r["split"] == "train"] + old_rows()
-    inputs = features(train, tuple(b for b in ALL_BLOCKS if b not in MODEL_BLOCKS or
-                                   (b == "perplexity" and perplexity) or (b == "residual" and residual)), cache)
+    inputs = features(train, blocks_needed(("perplexity",) * perplexity + ("residual",) * residual), cache)
     grid = cv_grid(inputs)
     results = run_cv(train, inputs, grid)
     top = sorted(range(len(grid)), key=lambda i: -cv_criterion(results[i]))[:3]
@@ -444,24 +449,16 @@ def _ablations(train: list[dict], tr_in: dict, cfg: dict) -> dict[str, dict]:
     return out
 
 
-def _blocks_needed(*block_sets) -> tuple[str, ...]:
-    """The cheap blocks always (the current judge reads the embedding), the model blocks only when a judge uses them."""
-    used = {b for bs in block_sets for b in bs}
-    return tuple(b for b in ALL_BLOCKS if b in used or b not in MODEL_BLOCKS)
-
-
 def run_final(rows: list[dict], cache: Path, n_boot: int, command: str) -> dict:
-    from geomfilter.judges import load_judge
-
     cfg, chosen = chosen_config(OUT)
     train = [r for r in rows if r["split"] == "train"] + old_rows()  # fit() leaves the old rows out at weight 0
     held = [r for r in rows if r["split"] == "heldout"]
     rules = tune_rules([r for r in train if r["kind"] != "old"])
     cfg.update({k: v for k, v in rules.items() if k in FINAL})
     # fitting somewhere else than the shipped judge's folder: the shipped judge is a column of the table too
-    shipped = (load_judge(str(SHIPPED_DIR)) if NEW_DIR.resolve() != SHIPPED_DIR.resolve() and SHIPPED_DIR.is_dir()
-               else None)
-    need = _blocks_needed(cfg["blocks"], shipped.blocks if shipped else ())
+    shipped = (FeatureJudge.load(REAL_JUDGE_DIR)
+               if NEW_DIR.resolve() != REAL_JUDGE_DIR.resolve() and REAL_JUDGE_DIR.is_dir() else None)
+    need = blocks_needed(cfg["blocks"], shipped.blocks if shipped else ())
     tr_in, ho_in = features(train, cfg["blocks"], cache), features(held, need, cache)
     ho_nofinish = features([{**r, "finish": None} for r in held], ("text",), cache)
     lab, groups, idx = labels_of(held), col(held, "prompt_id"), np.arange(len(held))
