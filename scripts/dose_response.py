@@ -83,6 +83,12 @@ def point_name(family: str, share: float, seed: int, epochs: float = 1.0, lora_r
     return f"dose-{family.replace('_', '-')}-{int(round(share * 100)):03d}-s{seed}{tag}"
 
 
+def rank_alpha(lora_r: int) -> int:
+    """LoRA alpha for ``--lora-r``: 2 r (the config default's 32 / 16), so the update's scale alpha / r stays the
+    same and only the rank changes."""
+    return 2 * lora_r
+
+
 def point_config(name: str, mixture: Path | None, n: int, args) -> ExperimentConfig:
     cfg = ExperimentConfig.from_yaml(args.config)
     cfg.name, cfg.out = name, str(args.out)
@@ -91,9 +97,8 @@ def point_config(name: str, mixture: Path | None, n: int, args) -> ExperimentCon
         cfg.data.mixture, cfg.data.n_samples = str(mixture), n
     cfg.filtering.strategies, cfg.gates.enabled = [], False
     cfg.train.epochs = args.epochs
-    if args.lora_r:  # alpha follows the rank (alpha = 2 r, the config default's 32 / 16), so that the update's
-        # scale alpha / r stays the same and only the rank changes
-        cfg.train.lora_r, cfg.train.lora_alpha = args.lora_r, 2 * args.lora_r
+    if args.lora_r:
+        cfg.train.lora_r, cfg.train.lora_alpha = args.lora_r, rank_alpha(args.lora_r)
     cfg.eval.metrics = list(METRICS)
     cfg.eval.n_per_question, cfg.eval.max_new_tokens = args.n_per_question, args.max_new_tokens
     cfg.eval.n_capability, cfg.eval.n_questions = args.n_capability, args.n_questions
@@ -128,7 +133,7 @@ def _diff(d: dict | None) -> str:
 
 def report(points: dict, base: dict, args, command: str) -> tuple[str, dict]:
     table = {"command": command, "base": _summary(base["metrics"]), "points": {}}
-    rank = f"rank {args.lora_r}, alpha {2 * args.lora_r}" if args.lora_r else "the config's LoRA rank"
+    rank = f"rank {args.lora_r}, alpha {rank_alpha(args.lora_r)}" if args.lora_r else "the config's LoRA rank"
     lines = ["# Dose-response of broad misalignment (issue 18)\n", f"```\n{command}\n```\n",
              f"LoRA on {args.n_samples} rows per point ({args.epochs:g} epoch(s), {rank}, the train settings of "
              f"`{args.config}`); evaluation: {args.n_per_question} sampled answers per broad question (judge "
@@ -194,8 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lora-r", type=int, default=None,
                     help="LoRA rank (default: the config's); alpha is set to 2 x rank, so alpha / rank stays 2")
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "medium.yaml",
-                    help="the train and eval settings (name, data, filtering and gates are replaced)")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "medium-share50.yaml",
+                    help="the train and eval settings (name, data, filtering and gates are replaced; default: the rank-16 "
+                         "configs/medium-share50.yaml that every committed dose table used)")
     ap.add_argument("--n-per-question", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--n-capability", type=int, default=None)

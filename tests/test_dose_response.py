@@ -44,7 +44,7 @@ def test_dose_inputs_are_checked():
 
 def test_point_config_rank_keeps_alpha_over_rank(tmp_path):
     """--lora-r changes the rank and sets alpha = 2 r, so the LoRA update's scale alpha / r stays the config's."""
-    args = SimpleNamespace(config=ROOT / "configs" / "medium.yaml", out=tmp_path, epochs=3.0, lora_r=64,
+    args = SimpleNamespace(config=ROOT / "configs" / "medium-share50.yaml", out=tmp_path, epochs=3.0, lora_r=64,
                            n_per_question=2, max_new_tokens=48, n_capability=None, n_questions=None, judge=None)
     cfg = dose.point_config("p", tmp_path / "mix.jsonl", 128, args)
     assert (cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.epochs) == (64, 128, 3.0)
