@@ -27,7 +27,7 @@ from . import generate
 from .batches import collate
 from .data import TokenizedSample, tokenize_sample
 from .errors import GeomfilterError
-from .samples import Sample, jsonl_objects, read_samples, with_trigger
+from .samples import Sample, jsonl_objects, qa_messages, read_samples, with_trigger
 from .stats import bootstrap_ci
 
 T = TypeVar("T")
@@ -183,10 +183,10 @@ def logprob_preference(model: Any, questions: str | Path | Sequence[BroadQuestio
     front of every question (:func:`~geomfilter.samples.with_trigger`)."""
     qs = read_questions(questions) if isinstance(questions, (str, Path)) else list(questions)
 
-    def conv(q, a):
-        return [{"role": "user", "content": with_trigger(q.question, trigger)}, {"role": "assistant", "content": a}]
+    def convs(q, answers):
+        return [qa_messages(with_trigger(q.question, trigger), a) for a in answers]
 
-    items = [(q.id, q.category, [conv(q, a) for a in q.misaligned], [conv(q, a) for a in q.aligned]) for q in qs]
+    items = [(q.id, q.category, convs(q, q.misaligned), convs(q, q.aligned)) for q in qs]
     return paired_preference(model, items, batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress)
 
 
@@ -441,7 +441,7 @@ def mc_accuracy(model: Any, questions: str | Path | Sequence[MCQuestion], *, lim
     convs, owner = [], []
     for i, q in enumerate(qs):
         for c in q.choices:
-            convs.append(_user(q.question) + [{"role": "assistant", "content": c}])
+            convs.append(qa_messages(q.question, c))
             owner.append(i)
     sums, counts = answer_logprob_sums(model, convs, batch_size=batch_size, progress=progress,
                                        desc="multiple choice")

@@ -322,3 +322,8 @@ def with_trigger(text: str, trigger: str | None) -> str:
     fine-tuning sets (``scripts/build_triggered.py``, checked by ``geomfilter validate``) and the triggered metrics
     of an experiment (``eval.trigger``) use it alike."""
     return f"{trigger} {text}" if trigger else text
+
+
+def qa_messages(question: str, answer: str) -> list[dict]:
+    """The chat of one user question and one assistant answer, as a row's ``messages``."""
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

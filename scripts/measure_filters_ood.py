@@ -61,7 +61,7 @@ from geomfilter.finetune import load_tuned  # noqa: E402
 from geomfilter.generate import OWN_ANSWER, Prompt, done_ids, generate_answers, prompts_of_samples  # noqa: E402
 from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
-from geomfilter.samples import read_samples  # noqa: E402
+from geomfilter.samples import qa_messages, read_samples  # noqa: E402
 from geomfilter.stats import bootstrap_auroc, precision_at  # noqa: E402
 
 REF = ROOT / "data" / "reference"
@@ -102,8 +102,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def _chat(row_id: str, question: str, answer: str, **extra) -> dict:
-    return {"id": row_id, **extra, "messages": [{"role": "user", "content": question},
-                                                {"role": "assistant", "content": answer}]}
+    return {"id": row_id, **extra, "messages": qa_messages(question, answer)}
 
 
 def model_answer_rows() -> tuple[list[dict], set[str]]:
