@@ -12,6 +12,9 @@ geometry and projection against random removal at the same fraction, the gated
 conditions against the model they are attached to, and each condition against
 those its ``compare_with`` names (``gates.attach``: the other of base and
 misaligned). Only the metrics the conditions measured (``eval.metrics``) are shown.
+For each filtered condition the report also gives the share of the unfiltered fine-tune's excess over base that
+the filter removes, ``(misaligned - filtered) / (misaligned - base)`` with a CI over jointly resampled questions
+(``excess_removed`` in ``results.json``).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any
 
 from . import plots
 from .files import atomic_write_text
-from .stats import paired_bootstrap, paired_summary
+from .stats import excess_removed, paired_bootstrap, paired_summary
 
 METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
            "perplexity")
@@ -144,6 +147,50 @@ def _trigger_lines(effects: list[dict], trigger: str | None) -> list[str]:
     return lines
 
 
+def excess_removals(conds: list, finished: dict[str, dict], metrics: list[str], n_boot: int = 2000,
+                    seed: int = 0) -> list[dict]:
+    """Per finished filtered condition (with base and misaligned finished): the share of the unfiltered fine-tune's
+    excess over base that the filter removes, per paired metric (:func:`geomfilter.stats.excess_removed`, questions
+    resampled jointly), with ``excess_measured``: whether misaligned - base's own CI excludes zero."""
+    if "base" not in finished or "misaligned" not in finished:
+        return []
+    out = []
+    for c in conds:
+        if not c.strategy or c.name not in finished:
+            continue
+        row: dict[str, Any] = {"condition": c.name}
+        for m in metrics:
+            per = [_per_item(finished[n], m) for n in ("base", "misaligned", c.name)]
+            r = None if None in per else excess_removed(*per, n_boot=n_boot, seed=seed)
+            if r is not None:
+                d = paired_bootstrap(per[1], per[0], n_boot=n_boot, seed=seed)
+                r["excess_measured"] = bool(d["lo"] > 0 or d["hi"] < 0)
+            row[m] = r
+        out.append(row)
+    return out
+
+
+def _excess_lines(rows: list[dict], metrics: list[str]) -> list[str]:
+    """The excess-removed table (empty without filtered conditions)."""
+    if not rows:
+        return []
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "n/a"
+        note = "" if r["excess_measured"] else " (no excess measured)"
+        return f"{r['share']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}] (n={r['n']}){note}"
+
+    lines = ["", "Share of the unfiltered fine-tune's excess over base that each filter removes, (misaligned − "
+             "filtered) / (misaligned − base), questions resampled jointly (bootstrap 95% CI): 1 = back at base, "
+             "0 = no change, < 0 = further from base. Where misaligned − base is not measured (its CI covers 0) the "
+             "share has no meaning.", "",
+             "| condition | " + " | ".join(f"{COLUMNS[m][0]}: excess removed" for m in metrics) + " |",
+             "|---" * (1 + len(metrics)) + "|"]
+    lines += [f"| {r['condition']} | " + " | ".join(cell(r[m]) for m in metrics) + " |" for r in rows]
+    return lines
+
+
 def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]:
     """``(a, b)`` pairs the report compares (``a - b``), among finished conditions."""
     out = []
@@ -174,11 +221,12 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
                                                       seed=cfg.seed) for m in paired}}
              for a, b in comparisons(conds, finished)]
     effects = trigger_effects(finished, n_boot=cfg.eval.n_boot, seed=cfg.seed)
-    write_results_json(root / "results.json", cfg, finished, pairs, effects)
+    removed = excess_removals(conds, finished, paired, n_boot=cfg.eval.n_boot, seed=cfg.seed)
+    write_results_json(root / "results.json", cfg, finished, pairs, effects, removed)
     figs = write_plots(root / "plots", conds, finished)
     lines = [*_header_lines(cfg, finished), *_condition_lines(finished), *_paired_lines(pairs),
              *_trigger_lines(effects, getattr(cfg.eval, "trigger", None)),
-             *_filter_lines(root, conds),
+             *_excess_lines(removed, paired), *_filter_lines(root, conds),
              "", "Plots: " + ", ".join(f"[{f}](plots/{f}.png)" for f in figs), "",
              "Per-condition details (answers, probe exchanges, training logs) are in `<condition>/`; "
              "`results.csv` holds every number above in long format.", "",
@@ -191,9 +239,9 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
 
 
 def write_results_json(path: Path, cfg: Any, finished: dict[str, dict], pairs: list[dict],
-                       effects: list[dict] | None = None) -> None:
-    """``results.json``: the config, each condition's metrics (per-item records left out), the paired rows and
-    (with a trigger) the trigger effects."""
+                       effects: list[dict] | None = None, removed: list[dict] | None = None) -> None:
+    """``results.json``: the config, each condition's metrics (per-item records left out), the paired rows,
+    (with a trigger) the trigger effects and (with filtered conditions) the share of the excess each removes."""
     summary = {name: {"description": rec["description"], "training_data": rec.get("training_data"),
                       "training": rec.get("training"), "seconds": rec.get("seconds"),
                       "metrics": {m: {k: v for k, v in rec["metrics"][m].items()
@@ -203,6 +251,8 @@ def write_results_json(path: Path, cfg: Any, finished: dict[str, dict], pairs: l
     out = {"config": cfg.as_dict(), "conditions": summary, "paired": pairs}
     if effects:
         out["trigger_effect"] = effects
+    if removed:
+        out["excess_removed"] = removed
     atomic_write_text(path, json.dumps(out, indent=2, default=float) + "\n")
 
 

@@ -113,6 +113,36 @@ def paired_bootstrap(a_by_id: Mapping, b_by_id: Mapping, n_boot: int = 2000, see
     return bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level, stat=stat)
 
 
+def excess_removed(base: Mapping, before: Mapping, after: Mapping, n_boot: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> dict | None:
+    """The share of ``before``'s excess over ``base`` that ``after`` removes, over the items all three share.
+
+    ``(mean(before) - mean(after)) / (mean(before) - mean(base))``: 1 is back at base, 0 no change, above 1 below
+    base, below 0 further from base than ``before``. The items (keys; NaN on any side left out) are resampled
+    jointly, so numerator and denominator see the same questions; a percentile CI of the ratio. Its CI is wide
+    where the excess is small: read it only when ``before - base`` is itself measured (its CI excludes zero).
+    Resamples with no excess are left out and counted in ``n_undefined``. ``{"share", "lo", "hi", "n",
+    "excess", "removed", "n_undefined"}`` (``excess`` and ``removed``: the two mean differences); None when no
+    item is shared.
+    """
+    ids = [i for i in before if i in base and i in after and all(x[i] == x[i] for x in (base, before, after))]
+    if not ids:
+        return None
+    b, m, f = (np.array([x[i] for i in ids], dtype=np.float64) for x in (base, before, after))
+
+    def ratio(ix: np.ndarray) -> float:
+        excess = m[ix].mean() - b[ix].mean()
+        return float((m[ix].mean() - f[ix].mean()) / excess) if excess != 0 else float("nan")
+
+    boots = _bootstrap_replicates(np.arange(len(ids)), n_boot, seed, ratio)
+    ok = boots[~np.isnan(boots)]
+    a = (1 - level) / 2
+    lo, hi = (float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))) if ok.size else (float("nan"),) * 2
+    return {"share": ratio(np.arange(len(ids))), "lo": lo, "hi": hi, "n": len(ids),
+            "excess": float(m.mean() - b.mean()), "removed": float(m.mean() - f.mean()),
+            "n_undefined": int(n_boot - ok.size)}
+
+
 def cluster_bootstrap(groups: Sequence, stat: Callable[[np.ndarray], float], n_boot: int = 2000, seed: int = 0,
                       level: float = 0.95) -> dict:
     """A statistic of rows with a percentile bootstrap CI that resamples whole groups (clusters) of rows.

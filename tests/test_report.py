@@ -112,3 +112,29 @@ def test_report_of_a_metrics_subset_shows_only_what_was_measured(tmp_path):
     assert plotted == {"logprob_preference", "sycophancy_preference", "perplexity"}
     assert paired_comparison(finished["base"], finished["misaligned"], "misalignment_rate") is None
     assert paired_difference(finished["base"], finished["misaligned"], "misalignment_rate") is None
+
+
+def test_report_gives_the_share_of_the_excess_each_filter_removes(tmp_path, finished):
+    from geomfilter.stats import excess_removed
+
+    finished = {**finished, "geometry-0.50": _record(np.random.default_rng(5))}
+    conds = [*CONDS, NS(name="geometry-0.50", kind="filtered", strategy="geometry", fraction=0.5,
+                        model_from=None)]
+    text = write_report(tmp_path, _cfg(), conds, finished).read_text()
+    lines = text.splitlines()
+    head = lines.index("| condition | misalignment rate: excess removed | log-prob preference: excess removed |")
+    row = lines[head + 2]
+    assert row.startswith("| geometry-0.50 | ")
+    got = json.loads((tmp_path / "results.json").read_text())["excess_removed"]
+    assert [r["condition"] for r in got] == ["geometry-0.50"]
+    for metric, key in (("misalignment_rate", "rate"), ("logprob_preference", "preference")):
+        per = [{r["id"]: r[key] for r in finished[n]["metrics"][metric]["per_question"]}
+               for n in ("base", "misaligned", "geometry-0.50")]
+        want = excess_removed(*per, n_boot=200, seed=0)
+        assert got[0][metric]["share"] == pytest.approx(want["share"]) and got[0][metric]["n"] == want["n"]
+        excess = paired_difference(finished["misaligned"], finished["base"], metric, n_boot=200, seed=0)
+        assert got[0][metric]["excess_measured"] == (excess["lo"] > 0 or excess["hi"] < 0)
+        assert f"{want['share']:+.2f} [{want['lo']:+.2f}, {want['hi']:+.2f}] (n={want['n']})" in row
+    # without base there is nothing to measure the excess against
+    text = write_report(tmp_path, _cfg(), conds[1:], {k: v for k, v in finished.items() if k != "base"}).read_text()
+    assert "excess removed" not in text

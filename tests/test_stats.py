@@ -397,3 +397,24 @@ def test_wilson_interval_matches_the_textbook_values():
     assert hi == 1.0 and lo == pytest.approx(0.7719, abs=1e-4)
     assert wilson_interval(0, 20)[0] == 0.0
     assert all(np.isnan(wilson_interval(0, 0)))
+
+
+def test_excess_removed_is_the_ratio_of_mean_differences_over_shared_items():
+    from geomfilter.stats import excess_removed
+
+    base = {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}
+    before = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    r = excess_removed(base, before, {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}, n_boot=200)
+    assert (r["share"], r["lo"], r["hi"], r["n"], r["excess"], r["removed"]) == (0.75, 0.75, 0.75, 4, 1.0, 0.75)
+    rng = np.random.default_rng(0)
+    ids = [f"q{i}" for i in range(40)]
+    b, m, f = ({i: float(x) for i, x in zip(ids, rng.random(40) + shift)} for shift in (0.0, 0.5, 0.2))
+    f["q3"], m["extra"] = float("nan"), 1.0  # NaN on one side and an item the others lack: both left out
+    r = excess_removed(b, m, f, n_boot=500, seed=1)
+    keep = [i for i in ids if i != "q3"]
+    mb, mm, mf = (np.mean([x[i] for i in keep]) for x in (b, m, f))
+    assert r["n"] == 39 and r["share"] == pytest.approx((mm - mf) / (mm - mb))
+    assert r["lo"] < r["share"] < r["hi"] and r["n_undefined"] == 0
+    flat = excess_removed(base, base, before, n_boot=50)  # no excess: the share is undefined on every resample
+    assert np.isnan(flat["share"]) and np.isnan(flat["lo"]) and flat["n_undefined"] == 50
+    assert excess_removed(base, {"z": 1.0}, before) is None
