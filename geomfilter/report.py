@@ -437,3 +437,55 @@ def write_results_csv(path: Path, metrics: dict[str, dict]) -> None:
     for r in results_rows(metrics):
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write_text(path, fh.getvalue())
+
+
+# --------------------------------------------------------------------------- replicates pooled
+
+
+def pool_replicates(replicates: list[dict[str, dict]]) -> dict[str, dict]:
+    """Finished conditions of several replicates of one experiment (its runs at different seeds) as one.
+
+    For every condition finished in each replicate and every paired metric (:data:`PAIRED`) they all measured,
+    an item's value is its mean over the replicates (items measured in every replicate; NaN ones left out): the
+    same n questions with less sampling and training noise per question. The records hold only those
+    ``per_question`` values (for :func:`paired_comparison` and :func:`excess_removals`)."""
+    if not replicates:
+        raise ValueError("no replicates to pool")
+    names = [n for n in replicates[0] if all(n in r for r in replicates)]
+    out = {}
+    for name in names:
+        metrics = {}
+        for m, key in PAIRED.items():
+            per = [_per_item(r[name], m) for r in replicates]
+            if None in per:
+                continue
+            ids = [i for i in per[0] if all(i in p for p in per)]
+            metrics[m] = {"per_question": [{"id": i, key: sum(p[i] for p in per) / len(per)} for i in ids]}
+        out[name] = {"metrics": metrics}
+    return out
+
+
+def write_pooled_report(root: Path, cfg: Any, conds: list, replicates: list[dict[str, dict]],
+                        sources: list[str]) -> Path:
+    """``report.md`` and ``results.json`` under ``root``: the report's paired differences (with MDD) and the
+    share of the excess each filter removes, over questions pooled across ``replicates``
+    (:func:`pool_replicates`; ``sources``: where each replicate was read from, in the same order)."""
+    root = Path(root)
+    pooled = pool_replicates(replicates)
+    paired = [m for m in PAIRED if any(m in rec["metrics"] for rec in pooled.values())]
+    pairs = [{"a": a, "b": b, **{m: paired_comparison(pooled[a], pooled[b], m, n_boot=cfg.eval.n_boot,
+                                                      seed=cfg.seed) for m in paired}}
+             for a, b in comparisons(conds, pooled)]
+    removed = excess_removals(conds, pooled, paired, n_boot=cfg.eval.n_boot, seed=cfg.seed)
+    lines = [f"# Experiment `{cfg.name}`: {len(replicates)} replicates pooled", "",
+             "Replicates: " + ", ".join(f"`{s}`" for s in sources) + ". Conditions finished in every one: "
+             + ", ".join(pooled) + ". Each question's value is its mean over the replicates (per condition); "
+             "differences are paired over the questions measured in every replicate.",
+             *_paired_lines(pairs), *_excess_lines(removed, paired)]
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "results.json", json.dumps({"config": cfg.as_dict(), "replicates": sources,
+                                                         "conditions": list(pooled), "paired": pairs,
+                                                         "excess_removed": removed}, indent=2, default=float) + "\n")
+    path = root / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,76 @@
+"""Replicates of one experiment pooled question by question (report.pool_replicates, scripts/pool_replicates.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomfilter.report import paired_comparison, pool_replicates
+from geomfilter.stats import excess_removed, paired_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import pool_replicates as script  # noqa: E402
+
+NAMES = ("base", "misaligned", "random-0.50", "geometry-0.50")
+
+
+def _record(rng, shift: float, n: int = 12) -> dict:
+    rate = [{"id": f"q{j}", "rate": float(np.clip(rng.random() * 0.3 + shift, 0, 1))} for j in range(n)]
+    pref = [{"id": f"q{j}", "preference": float(rng.normal() + shift)} for j in range(n)]
+    return {"finished": True, "metrics": {"misalignment_rate": {"mean": 0.0, "per_question": rate},
+                                          "logprob_preference": {"mean": 0.0, "per_question": pref}}}
+
+
+def _replicate(seed: int) -> dict[str, dict]:
+    rng = np.random.default_rng(seed)
+    return {n: _record(rng, s) for n, s in zip(NAMES, (0.0, 0.2, 0.18, 0.05))}
+
+
+def test_pooled_values_are_per_question_means_over_the_replicates():
+    reps = [_replicate(0), _replicate(1)]
+    reps[1]["geometry-0.50"]["metrics"]["misalignment_rate"]["per_question"][3]["rate"] = float("nan")
+    del reps[1]["random-0.50"]  # finished in one replicate only: left out
+    pooled = pool_replicates(reps)
+    assert list(pooled) == ["base", "misaligned", "geometry-0.50"]
+    per = {r["id"]: r["rate"] for r in pooled["geometry-0.50"]["metrics"]["misalignment_rate"]["per_question"]}
+    assert "q3" not in per and len(per) == 11
+    want = [np.mean([rep["geometry-0.50"]["metrics"]["misalignment_rate"]["per_question"][5]["rate"] for rep in reps])]
+    assert per["q5"] == pytest.approx(want[0])
+    got = paired_comparison(pooled["geometry-0.50"], pooled["misaligned"], "misalignment_rate", n_boot=300)
+    mis = {r["id"]: r["rate"] for r in pooled["misaligned"]["metrics"]["misalignment_rate"]["per_question"]}
+    assert got["mean"] == pytest.approx(paired_summary(per, mis, n_boot=300)["mean"]) and got["n"] == 11
+    with pytest.raises(ValueError, match="no replicates"):
+        pool_replicates([])
+
+
+def test_script_writes_the_pooled_report(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("name: exp\nfiltering: {strategies: [random, geometry], fractions: [0.5]}\ngates: {enabled: false}\n"
+                   "eval: {n_boot: 200}\n")
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"exp-seed{seed}"
+        for name, rec in _replicate(seed).items():
+            (run / name).mkdir(parents=True)
+            (run / name / "metrics.json").write_text(json.dumps(rec))
+        runs.append(run)
+    assert script.main([str(cfg), *map(str, runs), "--out", str(tmp_path / "pooled")]) == 0
+    text = (tmp_path / "pooled" / "report.md").read_text()
+    res = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    assert [(p["a"], p["b"]) for p in res["paired"]] == [
+        ("misaligned", "base"), ("random-0.50", "base"), ("random-0.50", "misaligned"), ("geometry-0.50", "base"),
+        ("geometry-0.50", "misaligned"), ("geometry-0.50", "random-0.50")]
+    pooled = pool_replicates([_replicate(0), _replicate(1)])
+    per = [{r["id"]: r["preference"] for r in pooled[n]["metrics"]["logprob_preference"]["per_question"]}
+           for n in ("base", "misaligned", "geometry-0.50")]
+    geo = next(r for r in res["excess_removed"] if r["condition"] == "geometry-0.50")
+    assert geo["logprob_preference"]["share"] == pytest.approx(excess_removed(*per, n_boot=200)["share"])
+    assert "| geometry-0.50 − random-0.50 |" in text and "2 replicates pooled" in text
+    with pytest.raises(SystemExit, match="at least two"):
+        script.main([str(cfg), str(runs[0]), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no such run folder"):
+        script.main([str(cfg), str(runs[0]), str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
