@@ -212,16 +212,23 @@ def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]
     return [(a, b) for a, b in out if a in finished and b in finished]
 
 
-def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -> Path:
-    """Write the report files under ``root`` and return the path of ``report.md``."""
-    root = Path(root)
-    write_results_csv(root / "results.csv", finished)
+def paired_rows(cfg: Any, conds: list, finished: dict[str, dict]) -> tuple[list[str], list[dict], list[dict]]:
+    """The paired metrics measured, the report's paired rows (:func:`comparisons`, each with
+    :func:`paired_comparison` per metric) and the share of the excess each filter removes
+    (:func:`excess_removals`), at the config's ``n_boot`` and seed."""
     paired = [m for m in PAIRED if m in measured(finished)]
     pairs = [{"a": a, "b": b, **{m: paired_comparison(finished[a], finished[b], m, n_boot=cfg.eval.n_boot,
                                                       seed=cfg.seed) for m in paired}}
              for a, b in comparisons(conds, finished)]
+    return paired, pairs, excess_removals(conds, finished, paired, n_boot=cfg.eval.n_boot, seed=cfg.seed)
+
+
+def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -> Path:
+    """Write the report files under ``root`` and return the path of ``report.md``."""
+    root = Path(root)
+    write_results_csv(root / "results.csv", finished)
+    paired, pairs, removed = paired_rows(cfg, conds, finished)
     effects = trigger_effects(finished, n_boot=cfg.eval.n_boot, seed=cfg.seed)
-    removed = excess_removals(conds, finished, paired, n_boot=cfg.eval.n_boot, seed=cfg.seed)
     write_results_json(root / "results.json", cfg, finished, pairs, effects, removed)
     figs = write_plots(root / "plots", conds, finished)
     lines = [*_header_lines(cfg, finished), *_condition_lines(finished), *_paired_lines(pairs),
@@ -472,11 +479,7 @@ def write_pooled_report(root: Path, cfg: Any, conds: list, replicates: list[dict
     (:func:`pool_replicates`; ``sources``: where each replicate was read from, in the same order)."""
     root = Path(root)
     pooled = pool_replicates(replicates)
-    paired = [m for m in PAIRED if any(m in rec["metrics"] for rec in pooled.values())]
-    pairs = [{"a": a, "b": b, **{m: paired_comparison(pooled[a], pooled[b], m, n_boot=cfg.eval.n_boot,
-                                                      seed=cfg.seed) for m in paired}}
-             for a, b in comparisons(conds, pooled)]
-    removed = excess_removals(conds, pooled, paired, n_boot=cfg.eval.n_boot, seed=cfg.seed)
+    paired, pairs, removed = paired_rows(cfg, conds, pooled)
     lines = [f"# Experiment `{cfg.name}`: {len(replicates)} replicates pooled", "",
              "Replicates: " + ", ".join(f"`{s}`" for s in sources) + ". Conditions finished in every one: "
              + ", ".join(pooled) + ". Each question's value is its mean over the replicates (per condition); "
