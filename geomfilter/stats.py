@@ -113,6 +113,15 @@ def paired_bootstrap(a_by_id: Mapping, b_by_id: Mapping, n_boot: int = 2000, see
     return bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level, stat=stat)
 
 
+def _percentile_ci(boots: np.ndarray, level: float) -> tuple[float, float, int]:
+    """Percentile CI of bootstrap replicates that may be undefined (NaN, left out): ``(lo, hi, n_undefined)``;
+    NaN bounds when no replicate is defined."""
+    ok = boots[~np.isnan(boots)]
+    a = (1 - level) / 2
+    lo, hi = (float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))) if ok.size else (float("nan"),) * 2
+    return lo, hi, int(boots.size - ok.size)
+
+
 def excess_removed(base: Mapping, before: Mapping, after: Mapping, n_boot: int = 2000, seed: int = 0,
                    level: float = 0.95) -> dict | None:
     """The share of ``before``'s excess over ``base`` that ``after`` removes, over the items all three share.
@@ -134,13 +143,9 @@ def excess_removed(base: Mapping, before: Mapping, after: Mapping, n_boot: int =
         excess = m[ix].mean() - b[ix].mean()
         return float((m[ix].mean() - f[ix].mean()) / excess) if excess != 0 else float("nan")
 
-    boots = _bootstrap_replicates(np.arange(len(ids)), n_boot, seed, ratio)
-    ok = boots[~np.isnan(boots)]
-    a = (1 - level) / 2
-    lo, hi = (float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))) if ok.size else (float("nan"),) * 2
+    lo, hi, undefined = _percentile_ci(_bootstrap_replicates(np.arange(len(ids)), n_boot, seed, ratio), level)
     return {"share": ratio(np.arange(len(ids))), "lo": lo, "hi": hi, "n": len(ids),
-            "excess": float(m.mean() - b.mean()), "removed": float(m.mean() - f.mean()),
-            "n_undefined": int(n_boot - ok.size)}
+            "excess": float(m.mean() - b.mean()), "removed": float(m.mean() - f.mean()), "n_undefined": undefined}
 
 
 def cluster_bootstrap(groups: Sequence, stat: Callable[[np.ndarray], float], n_boot: int = 2000, seed: int = 0,
@@ -158,11 +163,9 @@ def cluster_bootstrap(groups: Sequence, stat: Callable[[np.ndarray], float], n_b
     rng = np.random.default_rng(seed)
     boots = np.array([stat(np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]))
                       for _ in range(n_boot)], dtype=np.float64)
-    ok = boots[~np.isnan(boots)]
-    a = (1 - level) / 2
-    lo, hi = (float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))) if ok.size else (float("nan"),) * 2
+    lo, hi, undefined = _percentile_ci(boots, level)
     return {"value": float(stat(np.arange(len(inverse)))), "lo": lo, "hi": hi, "level": level, "n_boot": n_boot,
-            "n_undefined": int(n_boot - ok.size), "n_groups": int(len(labels))}
+            "n_undefined": undefined, "n_groups": int(len(labels))}
 
 
 # --------------------------------------------------------------------------- detectable differences
