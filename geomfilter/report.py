@@ -154,18 +154,23 @@ def excess_removals(conds: list, finished: dict[str, dict], metrics: list[str], 
     resampled jointly), with ``excess_measured``: whether misaligned - base's own CI excludes zero."""
     if "base" not in finished or "misaligned" not in finished:
         return []
+    base = {m: _per_item(finished["base"], m) for m in metrics}
+    before = {m: _per_item(finished["misaligned"], m) for m in metrics}
+    measured_excess = {}  # misaligned - base per metric: the same for every filter
+    for m in metrics:
+        d = None if base[m] is None or before[m] is None else paired_bootstrap(before[m], base[m], n_boot=n_boot,
+                                                                                seed=seed)
+        measured_excess[m] = d is not None and bool(d["lo"] > 0 or d["hi"] < 0)
     out = []
     for c in conds:
         if not c.strategy or c.name not in finished:
             continue
         row: dict[str, Any] = {"condition": c.name}
         for m in metrics:
-            per = [_per_item(finished[n], m) for n in ("base", "misaligned", c.name)]
-            r = None if None in per else excess_removed(*per, n_boot=n_boot, seed=seed)
-            if r is not None:
-                d = paired_bootstrap(per[1], per[0], n_boot=n_boot, seed=seed)
-                r["excess_measured"] = bool(d["lo"] > 0 or d["hi"] < 0)
-            row[m] = r
+            per = [base[m], before[m], _per_item(finished[c.name], m)]
+            row[m] = None if None in per else excess_removed(*per, n_boot=n_boot, seed=seed)
+            if row[m] is not None:
+                row[m]["excess_measured"] = measured_excess[m]
         out.append(row)
     return out
 
