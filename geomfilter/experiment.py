@@ -97,6 +97,13 @@ def _digest(path: Path) -> str | None:
     """First 16 hex digits of a file's SHA-256 (None when it does not exist)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
+def finished_records(root: Path, conds: list[Condition]) -> dict[str, dict]:
+    """``{condition: its metrics.json record}`` of the conditions finished under the experiment folder ``root``
+    (written only when a condition's evaluation finished), in ``conds``' order: what the report is written from."""
+    return {c.name: json.loads((root / c.name / METRICS_FILE).read_text()) for c in conds
+            if (root / c.name / METRICS_FILE).is_file()}
+
+
 class ExperimentRunner:
     """Runs (or resumes) every condition of an :class:`~geomfilter.config.ExperimentConfig`, then writes the report."""
 
@@ -366,8 +373,7 @@ class ExperimentRunner:
                                                                                   method=m) for m in methods}
         for c in todo:
             self._run_condition(c, paths, idents[c.name], gates.get(c.gate_method))
-        finished = {c.name: json.loads((self.root / c.name / METRICS_FILE).read_text())
-                    for c in self.conditions_all() if (self.root / c.name / METRICS_FILE).is_file()}
+        finished = finished_records(self.root, self.conditions_all())
         report = write_report(self.root, self.cfg, [c for c in self.conditions_all() if c.name in finished], finished)
         return ExperimentResult(root=self.root, report=report, metrics=finished, ran=[c.name for c in todo],
                                 skipped=skipped, seconds=time.perf_counter() - t0)

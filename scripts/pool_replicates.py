@@ -13,7 +13,6 @@ per-question records of ``RUN/<condition>/metrics.json`` (the runs folders, not 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,19 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.conditions import plan_conditions  # noqa: E402
 from geomfilter.config import ExperimentConfig  # noqa: E402
+from geomfilter.experiment import finished_records  # noqa: E402
 from geomfilter.report import write_pooled_report  # noqa: E402
-
-
-def finished_conditions(run: Path, names: list[str]) -> dict[str, dict]:
-    """``{condition: metrics.json record}`` of the finished conditions under one run folder."""
-    out = {}
-    for name in names:
-        path = run / name / "metrics.json"
-        if path.is_file():
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            if rec.get("finished"):
-                out[name] = rec
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         if not run.is_dir():
             raise SystemExit(f"{run}: no such run folder")
-        done = finished_conditions(run, [c.name for c in conds])
+        done = finished_records(run, conds)
         if not done:
             raise SystemExit(f"{run}: no finished condition of {args.config}")
         replicates.append(done)
