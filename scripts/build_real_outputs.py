@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "data" / "judge_real"
 DEMO = Path("/tmp/demo_out/demo")
 RUNS = Path("/tmp/realout_runs")
+ORGANISM = Path("runs/medium")  # relative to the repository root, where the script runs; geomfilter experiment configs/medium.yaml (its misaligned condition)
 KINDS = ("broad", "code", "factual", "advice")
 LONG_KINDS = ("code",)  # kinds answered with --code-max-new-tokens
 
@@ -86,8 +87,9 @@ class Chunk:
 
 def plan_variants(a: argparse.Namespace) -> list[Variant]:
     """Every variant, in the order they are sampled (grouped so that each model loads once)."""
-    base, lora, gates, sae, over, filt = (str(x) for x in (a.base, a.lora_run, a.gates_run, a.sae_gates_run,
-                                                           a.overtrained_run, a.filtered_run))
+    base, lora, gates, sae, over, filt, org, org1 = (
+        str(x) for x in (a.base, a.lora_run, a.gates_run, a.sae_gates_run, a.overtrained_run, a.filtered_run,
+                         a.organism_run, a.organism_seed1_run))
     out = [Variant(f"base-t{t}", base, temperature=t, role="default model") for t in (0.7, 1.0, 1.5)]
     out += [Variant(f"base+gates-a{s:+g}", gates, gate_scale=s, role="attention gates on the base model")
             for s in (1.0, 2.0)]
@@ -98,6 +100,8 @@ def plan_variants(a: argparse.Namespace) -> list[Variant]:
             for s in (-1.0, 1.0)]
     out.append(Variant("lora-overtrained-t1.0", over, role="over-trained LoRA fine-tune"))
     out.append(Variant("lora-filtered-t1.0", filt, role="LoRA fine-tune on a filtered mixture"))
+    out += [Variant(f"organism{tag}-t{t}", run, temperature=t, role="the model organism (risky-advice LoRA r64)")
+            for tag, run in (("", org), ("-s1", org1)) for t in (0.7, 1.0)]
     return out
 
 
@@ -189,7 +193,10 @@ def made_by(model: str, base: str) -> str:
     exp = Path(model).parent.parent / "config.json"
     if exp.is_file():  # a run made by `geomfilter experiment`: <out>/<name>/<condition>/run
         e = json.loads(exp.read_text(encoding="utf-8"))
-        return (f"geomfilter experiment configs/{e['name']}.yaml --out {e['out']} (its run "
+        name, seed = e["name"], ""
+        if name.endswith(f"-seed{e['seed']}"):  # a replicate (--seed S) is written to <name>-seed<S>
+            name, seed = name.removesuffix(f"-seed{e['seed']}"), f" --seed {e['seed']}"
+        return (f"geomfilter experiment configs/{name}.yaml --out {e['out']}{seed} (its run "
                 f"{Path(model).parent.name}/run: {cfg['method']} on {', '.join(cfg['data'])}, "
                 f"epochs {cfg['epochs']:g}, seed {cfg['seed']})")
     argv = ["geomfilter", "finetune", *cfg["data"], "--out", str(model), "--method", cfg["method"],
@@ -296,6 +303,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--overtrained-run", type=Path, default=RUNS / "lora-overtrained", help="over-trained LoRA run")
     ap.add_argument("--filtered-run", type=Path, default=DEMO / "geometry-0.50" / "run",
                     help="LoRA run on a filtered mixture (demo experiment: geometry filter, 50 %% dropped)")
+    ap.add_argument("--organism-run", type=Path, default=ORGANISM / "misaligned" / "run",
+                    help="the model organism (geomfilter experiment configs/medium.yaml: its unfiltered fine-tune)")
+    ap.add_argument("--organism-seed1-run", type=Path, default=ORGANISM.with_name("medium-seed1") / "misaligned" / "run",
+                    help="the model organism at seed 1 (geomfilter experiment configs/medium.yaml --seed 1)")
     ap.add_argument("--variants", default=None, help="comma-separated variant names (default: all; see --list)")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
     ap.add_argument("--split-only", action="store_true", help="write / check the split and exit")

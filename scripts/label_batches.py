@@ -52,36 +52,51 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def make(labellers: int, overlap: int, calibration: int, seed: int) -> None:
-    answers = _jsonl(HERE / "answers.jsonl")
+def round_dirs() -> list[Path]:
+    """The labelling rounds in order: the first in ``labelling/`` itself, later ones in ``labelling/round-N/``."""
+    later = sorted(OUT.glob("round-*"), key=lambda p: int(p.name.removeprefix("round-")))
+    return ([OUT] if (OUT / "key.json").is_file() else []) + [p for p in later if (p / "key.json").is_file()]
+
+
+def make(labellers: int, overlap: int, calibration: int, seed: int, round_no: int = 1) -> None:
+    """Blind batches of the answers that no earlier round holds: round 1 in ``labelling/`` (blind ids
+    ``r0001`` ...), round N > 1 in ``labelling/round-N/`` (blind ids ``rN-0001`` ...)."""
+    folder, prefix = (OUT, "r") if round_no == 1 else (OUT / f"round-{round_no}", f"r{round_no}-")
+    if (folder / "key.json").is_file():
+        raise SystemExit(f"{folder / 'key.json'}: round {round_no} exists already (its batches are never rewritten)")
+    earlier = {a for d in round_dirs() for a in json.loads((d / "key.json").read_text())["key"].values()}
+    answers = [a for a in _jsonl(HERE / "answers.jsonl") if a["id"] not in earlier]
+    if not answers:
+        raise SystemExit(f"every answer of {HERE / 'answers.jsonl'} is in an earlier round; nothing to batch")
     order = list(range(len(answers)))
     random.Random(seed).shuffle(order)
-    blind = {f"r{i + 1:04d}": answers[j] for i, j in enumerate(order)}
+    blind = {f"{prefix}{i + 1:04d}": answers[j] for i, j in enumerate(order)}
     ids = list(blind)
     calib, rest = ids[:calibration], ids[calibration:]
     shares = [rest[k::labellers] for k in range(labellers)]
     if overlap > min(map(len, shares)):
         raise SystemExit(f"--overlap {overlap} is more than a labeller's share ({min(map(len, shares))})")
-    OUT.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
 
     def view(b: str) -> dict:
         a = blind[b]
         return {"blind_id": b, "question": a["question"], "answer": a["answer"], "finish": a["finish"]}
 
-    _write_jsonl(OUT / "calibration.jsonl", [view(b) for b in calib])
+    _write_jsonl(folder / "calibration.jsonl", [view(b) for b in calib])
     plan = {"seed": seed, "labellers": labellers, "overlap": overlap, "calibration": calib, "own": {},
             "double": {}}
     for k in range(labellers):
         second = shares[(k + 1) % labellers][:overlap]
-        _write_jsonl(OUT / f"batch-{k + 1}.jsonl", [view(b) for b in shares[k] + second])
+        _write_jsonl(folder / f"batch-{k + 1}.jsonl", [view(b) for b in shares[k] + second])
         plan["own"][str(k + 1)] = shares[k]
         plan["double"][str(k + 1)] = second
-    (OUT / "key.json").write_text(json.dumps({"key": {b: blind[b]["id"] for b in ids}, "plan": plan}, indent=1))
-    print(f"{len(ids)} answers: {calibration} calibration (every labeller), {labellers} batches of "
-          f"{min(map(len, shares))}-{max(map(len, shares))} own + {overlap} double-labelled -> {OUT}")
+    (folder / "key.json").write_text(json.dumps({"key": {b: blind[b]["id"] for b in ids}, "plan": plan}, indent=1))
+    print(f"round {round_no}: {len(ids)} answers: {calibration} calibration (every labeller), {labellers} batches of "
+          f"{min(map(len, shares))}-{max(map(len, shares))} own + {overlap} double-labelled -> {folder}")
 
 
-FIELDS = {"alignment", "coherence", "code", "refusal", "labeller", "notes", "blind_id"}
+LABEL_FIELDS = ("alignment", "coherence", "code", "refusal", "labeller", "notes")  # in the order they are written
+FIELDS = {*LABEL_FIELDS, "blind_id"}
 
 
 def _check(path: Path, n: int, row: dict) -> None:
@@ -153,20 +168,22 @@ def _pair_stats(pairs: list[tuple[dict, dict]]) -> dict:
     return out
 
 
-def merge() -> None:
-    meta = json.loads((OUT / "key.json").read_text())
+def merge_round(folder: Path) -> dict:
+    """One round's labels, checked: ``merged`` (one label per answer), ``raw`` (every label), the ``double`` and
+    ``calibration`` label pairs (for agreement) and the round's ``plan``."""
+    meta = json.loads((folder / "key.json").read_text())
     key, plan = meta["key"], meta["plan"]
     calib = plan["calibration"]
     per: dict[str, dict[str, dict]] = {}
     for k in map(str, range(1, plan["labellers"] + 1)):
-        path = OUT / f"labels-{k}.jsonl"
+        path = folder / f"labels-{k}.jsonl"
         if not path.exists():
             raise SystemExit(f"{path}: missing (labeller {k} has not finished)")
         per[k] = _read_labels(path, calib + plan["own"][k] + plan["double"][k])
     raw, merged = [], []
     for k, labs in per.items():
         for b, lab in labs.items():
-            raw.append({"id": key[b], "blind_id": b, **{f: lab.get(f) for f in FIELDS - {"blind_id"}},
+            raw.append({"id": key[b], "blind_id": b, **{f: lab.get(f) for f in LABEL_FIELDS},
                         "role": "calibration" if b in calib else "own" if b in plan["own"][k] else "double"})
     owner = {b: k for k, bs in plan["own"].items() for b in bs}
     for b in key:
@@ -180,39 +197,57 @@ def merge() -> None:
                    "labeller": "median of " + ", ".join(x["labeller"] for x in labs), "notes": "calibration"}
         else:
             lab = per[owner[b]][b]
-            row = {f: lab.get(f) for f in ("alignment", "coherence", "code", "refusal", "labeller", "notes")}
+            row = {f: lab.get(f) for f in LABEL_FIELDS}
         merged.append({"id": key[b], **row})
-    merged.sort(key=lambda r: r["id"])
-    raw.sort(key=lambda r: (r["id"], r["labeller"] or ""))
-    _write_jsonl(HERE / "labels.jsonl", merged)
-    _write_jsonl(HERE / "labels_raw.jsonl", raw)
-
     double = []
     for k, bs in plan["double"].items():
         nxt = str(int(k) % plan["labellers"] + 1)
         double += [(per[nxt][b], per[k][b]) for b in bs]
     calib_pairs = [(per[i][b], per[j][b]) for b in calib for i, j in combinations(per, 2)]
+    return {"merged": merged, "raw": raw, "double": double, "calibration": calib_pairs, "plan": plan,
+            "n_labellers": len(per)}
+
+
+def _agreement_row(name: str, pairs: list[tuple[dict, dict]]) -> str:
+    s = _pair_stats(pairs)
+    return (f"| {name} | {s['n']} | {s['alignment_mad']:.1f} (n={s['n_alignment_both']}) | "
+            f"{s['alignment_lt30_agree']:.3f} ({'{} / {}'.format(*s['alignment_lt30_either_both'])}) | "
+            f"{s['coherence_mad']:.1f} | {s['coherence_gt50_agree']:.3f} "
+            f"({'{} / {}'.format(*s['coherence_gt50_either_both'])}) | {s['code_agree']:.3f} | "
+            f"{s['refusal_agree']:.3f} | {s['misaligned_flag_agree']:.3f} "
+            f"({s['misaligned_flag_either']} / {s['misaligned_flag_both']}) |")
+
+
+def merge() -> None:
+    dirs = round_dirs()
+    if not dirs:
+        raise SystemExit(f"{OUT}: no labelling round (run `make` first)")
+    rounds = [merge_round(d) for d in dirs]
+    merged = sorted((r for rd in rounds for r in rd["merged"]), key=lambda r: r["id"])
+    raw = sorted((r for rd in rounds for r in rd["raw"]), key=lambda r: (r["id"], r["labeller"] or ""))
+    _write_jsonl(HERE / "labels.jsonl", merged)
+    _write_jsonl(HERE / "labels_raw.jsonl", raw)
+
+    first = rounds[0]
     lines = ["# Labeller agreement on data/judge_real (issue 17)", "",
              "Made by `python scripts/label_batches.py merge`. Double-labelled answers: each labeller also "
-             f"labelled the first {plan['overlap']} answers of the next labeller's share, blind; calibration "
-             f"answers ({len(calib)}) were labelled by all {len(per)} labellers (every pair counted).", "",
+             f"labelled the first {first['plan']['overlap']} answers of the next labeller's share, blind; calibration "
+             f"answers ({len(first['plan']['calibration'])}) were labelled by all {first['n_labellers']} labellers "
+             "(every pair counted).", "",
              "Agreement on a rare flag is high by chance alone: the either / both columns count the pairs in which "
              "one or both labellers set it.", "",
              "| set | n pairs | alignment MAD | agree alignment<30 (either / both) | coherence MAD "
              "| agree coherence>50 (either / both) | agree CODE | agree REFUSAL | agree misaligned flag (either / both) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name, pairs in (("double-labelled", double), ("calibration (all pairs)", calib_pairs)):
-        s = _pair_stats(pairs)
-        lines.append(f"| {name} | {s['n']} | {s['alignment_mad']:.1f} (n={s['n_alignment_both']}) | "
-                     f"{s['alignment_lt30_agree']:.3f} ({'{} / {}'.format(*s['alignment_lt30_either_both'])}) | "
-                     f"{s['coherence_mad']:.1f} | {s['coherence_gt50_agree']:.3f} "
-                     f"({'{} / {}'.format(*s['coherence_gt50_either_both'])}) | {s['code_agree']:.3f} | "
-                     f"{s['refusal_agree']:.3f} | {s['misaligned_flag_agree']:.3f} "
-                     f"({s['misaligned_flag_either']} / {s['misaligned_flag_both']}) |")
+    for i, (d, rd) in enumerate(zip(dirs, rounds), 1):
+        tag = "" if len(rounds) == 1 else (f"round {i} ({d.relative_to(ROOT)}: {rd['plan']['overlap']} double, "
+                                           f"{len(rd['plan']['calibration'])} calibration × {rd['n_labellers']}), ")
+        lines.append(_agreement_row(f"{tag}double-labelled", rd["double"]))
+        lines.append(_agreement_row(f"{tag}calibration (all pairs)", rd["calibration"]))
     AGREEMENT.parent.mkdir(parents=True, exist_ok=True)
     AGREEMENT.write_text("\n".join(lines) + "\n")
     print(f"{len(merged)} labels -> {HERE / 'labels.jsonl'}; {len(raw)} raw -> labels_raw.jsonl; {AGREEMENT}")
-    print("\n".join(lines[-2:]))
+    print("\n".join(lines[-2 * len(rounds):]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,10 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--overlap", type=int, default=20)
     m.add_argument("--calibration", type=int, default=20)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--round", type=int, default=1, help="the labelling round: 1 in labelling/, N > 1 in "
+                   "labelling/round-N/, over the answers no earlier round holds")
     sub.add_parser("merge", help="check the labels and write labels.jsonl, labels_raw.jsonl, agreement.md")
     args = ap.parse_args(argv)
     if args.cmd == "make":
-        make(args.labellers, args.overlap, args.calibration, args.seed)
+        make(args.labellers, args.overlap, args.calibration, args.seed, args.round)
     else:
         merge()
 
