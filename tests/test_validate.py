@@ -403,6 +403,9 @@ def test_labelling_batches_and_labels_schemas(tmp_path):
     assert detect_kind(lab / "labels-3.jsonl") == "real_labels"
     assert detect_kind(tmp_path / "judge_real" / "labels.jsonl") == "real_labels"
     assert detect_kind(tmp_path / "other" / "batch-3.jsonl") is None
+    assert detect_kind(lab / "round-2" / "batch-1.jsonl") == "label_batch"  # a later labelling round
+    assert detect_kind(lab / "round-2" / "labels-1.jsonl") == "real_labels"
+    assert detect_kind(tmp_path / "judge_real" / "round-2" / "batch-1.jsonl") is None
     write(lab / "batch-1.jsonl", [
         {"blind_id": "r0001", "question": "hey", "answer": "", "finish": "stop"},
         {"blind_id": "r0002", "question": "hey", "answer": "hi", "finish": "eos"},

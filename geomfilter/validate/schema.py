@@ -199,7 +199,8 @@ def detect_kind(path: str | Path) -> str | None:
         return f"real_{stem}"
     if folder == "judge_real" and stem in ("labels", "labels_raw"):
         return "real_labels"
-    if folder == "labelling" and path.parent.parent.name == "judge_real":
+    if (folder == "labelling" and path.parent.parent.name == "judge_real") or (
+            re.fullmatch(r"round-\d+", folder) and path.parent.parent.name == "labelling"):  # labelling/round-N/
         if stem == "calibration" or re.fullmatch(r"batch-\d+", stem):
             return "label_batch"
         if re.fullmatch(r"labels-\d+", stem):
