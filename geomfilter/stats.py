@@ -64,9 +64,8 @@ def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_boot: int = 1000, seed: 
     point = auroc(pos, neg)
     rng = np.random.default_rng(seed)
     boots = np.array([auroc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)])
-    a = (1 - level) / 2
-    return {"auroc": point, "ci_low": float(np.quantile(boots, a)), "ci_high": float(np.quantile(boots, 1 - a)),
-            "level": level, "n_boot": n_boot, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
+    lo, hi, _ = _percentile_ci(boots, level)
+    return {"auroc": point, "ci_low": lo, "ci_high": hi, "level": level, "n_boot": n_boot, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
 
 
 # --------------------------------------------------------------------------- bootstrap CIs
@@ -87,10 +86,8 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, lev
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    boots = _bootstrap_replicates(v, n_boot, seed, stat)
-    a = (1 - level) / 2
-    return {"mean": float(stat(v)), "lo": float(np.quantile(boots, a)), "hi": float(np.quantile(boots, 1 - a)),
-            "n": int(v.size)}
+    lo, hi, _ = _percentile_ci(_bootstrap_replicates(v, n_boot, seed, stat), level)
+    return {"mean": float(stat(v)), "lo": lo, "hi": hi, "n": int(v.size)}
 
 
 def paired_differences(a_by_id: Mapping, b_by_id: Mapping) -> list[float]:
