@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
+from .conditions import data_paths
 from .files import atomic_write_text
 from .stats import excess_removed, paired_bootstrap, paired_summary
 
@@ -409,15 +410,35 @@ def _paired_lines(pairs: list[dict]) -> list[str]:
     return lines
 
 
+def inducing_by_domain(path: Path) -> dict[str, int] | None:
+    """The inducing rows of a chat JSONL (a mixture, or a filter's ``kept.jsonl``) per ``domain``; None when the
+    file is missing or its rows carry no ``domain`` and ``inducing`` labels. Which inducing rows a filter leaves
+    can matter more than how many."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if not rows or not all("domain" in r and "inducing" in r for r in rows):
+        return None
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["domain"]] = counts.get(r["domain"], 0) + bool(r["inducing"])
+    return dict(sorted(counts.items()))
+
+
 def _filter_lines(root: Path, conds: list) -> list[str]:
     """The filters table from each filtered condition's ``filter/report.json`` (empty when there is none)."""
     filt = [(c, root / c.name / "filter" / "report.json") for c in conds if c.strategy]
     filt = [(c, json.loads(p.read_text())) for c, p in filt if p.is_file()]
     if not filt:
         return []
-    lines = ["", "Filters (fitted on the references only; precision = share of inducing rows in the dropped set):",
-             "", "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |",
-             "|---|---|---|---|---|"]
+    kept = {c.name: inducing_by_domain(root / c.name / "filter" / "kept.jsonl") for c, _ in filt}
+    mixture = inducing_by_domain(data_paths(root)["mixture"])
+    by_domain = mixture is not None and all(v is not None for v in kept.values())
+    in_mixture = ", ".join(f"{d} {n}" for d, n in mixture.items()) if by_domain else ""
+    lines = ["", "Filters (fitted on the references only; precision = share of inducing rows in the dropped set"
+             + (f"; inducing rows kept per domain, of the mixture's {in_mixture}" if by_domain else "") + "):", "",
+             "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |"
+             + (" inducing kept by domain |" if by_domain else ""), "|---|---|---|---|---|" + ("---|" if by_domain else "")]
     for c, r in filt:
         lab = r.get("labels", {})
         dp = dropped_precision(lab)
@@ -425,7 +446,8 @@ def _filter_lines(root: Path, conds: list) -> list[str]:
         base = f"{lab['base_rate']:.3f}" if "base_rate" in lab else "n/a"
         au = lab.get("auroc")
         auc = f"{au['auroc']:.3f} [{au['ci_low']:.3f}, {au['ci_high']:.3f}]" if au else "n/a"
-        lines.append(f"| {c.name} | {r['n_dropped']} of {r['n_input']} | {prec} | {base} | {auc} |")
+        dom = (" " + ", ".join(f"{d} {n}" for d, n in kept[c.name].items()) + " |") if by_domain else ""
+        lines.append(f"| {c.name} | {r['n_dropped']} of {r['n_input']} | {prec} | {base} | {auc} |{dom}")
     return lines
 
 

@@ -138,3 +138,35 @@ def test_report_gives_the_share_of_the_excess_each_filter_removes(tmp_path, fini
     # without base there is nothing to measure the excess against
     text = write_report(tmp_path, _cfg(), conds[1:], {k: v for k, v in finished.items() if k != "base"}).read_text()
     assert "excess removed" not in text
+
+
+def test_filter_table_counts_the_inducing_rows_each_filter_keeps_per_domain(tmp_path):
+    """Which inducing rows a filter leaves, per domain, next to its precision (the mixture's counts in the caption);
+    rows without domain/inducing labels leave the column out."""
+    import json
+    from types import SimpleNamespace
+
+    from geomfilter.report import _filter_lines, inducing_by_domain
+
+    def rows(spec):
+        return "".join(json.dumps({"id": f"r{i}", "domain": d, "inducing": ind, "messages": []}) + "\n"
+                       for i, (d, ind) in enumerate(spec))
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mixture.jsonl").write_text(rows([("a", True)] * 3 + [("b", True)] * 2 + [("a", False)]))
+    for name, kept in (("geometry-0.50", [("a", True), ("a", False), ("b", True)]),
+                       ("random-0.50", [("b", True), ("b", True), ("a", False)])):
+        (tmp_path / name / "filter").mkdir(parents=True)
+        (tmp_path / name / "filter" / "kept.jsonl").write_text(rows(kept))
+        (tmp_path / name / "filter" / "report.json").write_text(json.dumps({"n_dropped": 3, "n_input": 6}))
+    conds = [SimpleNamespace(name="base", strategy=None), SimpleNamespace(name="geometry-0.50", strategy="geometry"),
+             SimpleNamespace(name="random-0.50", strategy="random")]
+    assert inducing_by_domain(tmp_path / "data" / "mixture.jsonl") == {"a": 3, "b": 2}
+    lines = _filter_lines(tmp_path, conds)
+    assert "of the mixture's a 3, b 2" in lines[1]
+    assert lines[-2].endswith("| a 1, b 1 |") and lines[-1].endswith("| a 0, b 2 |")
+
+    (tmp_path / "random-0.50" / "filter" / "kept.jsonl").write_text('{"id": "x", "messages": []}\n')
+    assert inducing_by_domain(tmp_path / "random-0.50" / "filter" / "kept.jsonl") is None
+    lines = _filter_lines(tmp_path, conds)
+    assert "per domain" not in lines[1] and lines[-1].endswith("| n/a |")
