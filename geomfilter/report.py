@@ -434,11 +434,12 @@ def _filter_lines(root: Path, conds: list) -> list[str]:
     kept = {c.name: inducing_by_domain(root / c.name / "filter" / "kept.jsonl") for c, _ in filt}
     mixture = inducing_by_domain(data_paths(root)["mixture"])
     by_domain = mixture is not None and all(v is not None for v in kept.values())
-    in_mixture = ", ".join(f"{d} {n}" for d, n in mixture.items()) if by_domain else ""
-    lines = ["", "Filters (fitted on the references only; precision = share of inducing rows in the dropped set"
-             + (f"; inducing rows kept per domain, of the mixture's {in_mixture}" if by_domain else "") + "):", "",
-             "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |"
-             + (" inducing kept by domain |" if by_domain else ""), "|---|---|---|---|---|" + ("---|" if by_domain else "")]
+    caption = "precision = share of inducing rows in the dropped set"
+    head, sep = "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |", "|---|---|---|---|---|"
+    if by_domain:
+        caption += "; inducing rows kept per domain, of the mixture's " + ", ".join(f"{d} {n}" for d, n in mixture.items())
+        head, sep = head + " inducing kept by domain |", sep + "---|"
+    lines = ["", f"Filters (fitted on the references only; {caption}):", "", head, sep]
     for c, r in filt:
         lab = r.get("labels", {})
         dp = dropped_precision(lab)

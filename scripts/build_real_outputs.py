@@ -23,7 +23,9 @@ Variants (``--list``): the base model at temperature 0.7, 1.0 and 1.5; a LoRA ru
 alone and with the attention gates of ``--gates-run`` at alpha -2, -1, +1, +2; the gates run on the
 base model at alpha +1, +2; an SAE-gate run (``--sae-gates-run``) at alpha -1 (the mirror: known to
 be broken) and +1; an over-trained LoRA run (``--overtrained-run``) and a filtered LoRA run
-(``--filtered-run``). Fine-tuned variants sample at temperature 1, top-p 1, as the evaluation does.
+(``--filtered-run``); the model organism (``--organism-run``, ``--organism-seed1-run``: the unfiltered fine-tune of
+``configs/medium.yaml`` at seeds 0 and 1) at temperature 0.7 and 1 (labelling round 2). Other fine-tuned variants
+sample at temperature 1, top-p 1, as the evaluation does.
 
 Seeded and resumable: each (variant, length group) chunk samples under its own seed, derived from
 ``--seed``, the variant name and the group (not from the order of variants), so a chunk's answers are
@@ -52,7 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "data" / "judge_real"
 DEMO = Path("/tmp/demo_out/demo")
 RUNS = Path("/tmp/realout_runs")
-ORGANISM = Path("runs/medium")  # relative to the repository root, where the script runs; geomfilter experiment configs/medium.yaml (its misaligned condition)
+# the medium experiment (geomfilter experiment configs/medium.yaml), relative to the repository root where the
+# script runs: its unfiltered fine-tune is the model organism
+ORGANISM = Path("runs/medium")
 KINDS = ("broad", "code", "factual", "advice")
 LONG_KINDS = ("code",)  # kinds answered with --code-max-new-tokens
 
