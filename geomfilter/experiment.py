@@ -97,6 +97,7 @@ def _digest(path: Path) -> str | None:
     """First 16 hex digits of a file's SHA-256 (None when it does not exist)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
+
 def finished_records(root: Path, conds: list[Condition]) -> dict[str, dict]:
     """``{condition: its metrics.json record}`` of the conditions finished under the experiment folder ``root``
     (written only when a condition's evaluation finished), in ``conds``' order: what the report is written from."""

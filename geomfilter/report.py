@@ -27,6 +27,7 @@ from typing import Any
 from . import plots
 from .conditions import data_paths
 from .files import atomic_write_text
+from .samples import jsonl_objects
 from .stats import excess_removed, paired_bootstrap, paired_summary
 
 METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
@@ -416,13 +417,18 @@ def inducing_by_domain(path: Path) -> dict[str, int] | None:
     can matter more than how many."""
     if not path.is_file():
         return None
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = [r for _, r in jsonl_objects(path)]
     if not rows or not all("domain" in r and "inducing" in r for r in rows):
         return None
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["domain"]] = counts.get(r["domain"], 0) + bool(r["inducing"])
     return dict(sorted(counts.items()))
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    """``finance 6, outdoors 35``."""
+    return ", ".join(f"{d} {n}" for d, n in counts.items())
 
 
 def _filter_lines(root: Path, conds: list) -> list[str]:
@@ -435,9 +441,10 @@ def _filter_lines(root: Path, conds: list) -> list[str]:
     mixture = inducing_by_domain(data_paths(root)["mixture"])
     by_domain = mixture is not None and all(v is not None for v in kept.values())
     caption = "precision = share of inducing rows in the dropped set"
-    head, sep = "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |", "|---|---|---|---|---|"
+    head = "| condition | dropped | precision of dropped | base rate | AUROC inducing vs rest |"
+    sep = "|---|---|---|---|---|"
     if by_domain:
-        caption += "; inducing rows kept per domain, of the mixture's " + ", ".join(f"{d} {n}" for d, n in mixture.items())
+        caption += f"; inducing rows kept per domain, of the mixture's {_counts_text(mixture)}"
         head, sep = head + " inducing kept by domain |", sep + "---|"
     lines = ["", f"Filters (fitted on the references only; {caption}):", "", head, sep]
     for c, r in filt:
@@ -447,7 +454,7 @@ def _filter_lines(root: Path, conds: list) -> list[str]:
         base = f"{lab['base_rate']:.3f}" if "base_rate" in lab else "n/a"
         au = lab.get("auroc")
         auc = f"{au['auroc']:.3f} [{au['ci_low']:.3f}, {au['ci_high']:.3f}]" if au else "n/a"
-        dom = (" " + ", ".join(f"{d} {n}" for d, n in kept[c.name].items()) + " |") if by_domain else ""
+        dom = f" {_counts_text(kept[c.name])} |" if by_domain else ""
         lines.append(f"| {c.name} | {r['n_dropped']} of {r['n_input']} | {prec} | {base} | {auc} |{dom}")
     return lines
 

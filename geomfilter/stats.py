@@ -65,7 +65,8 @@ def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_boot: int = 1000, seed: 
     rng = np.random.default_rng(seed)
     boots = np.array([auroc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)])
     lo, hi, _ = _percentile_ci(boots, level)
-    return {"auroc": point, "ci_low": lo, "ci_high": hi, "level": level, "n_boot": n_boot, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
+    return {"auroc": point, "ci_low": lo, "ci_high": hi, "level": level, "n_boot": n_boot,
+            "n_pos": int(len(pos)), "n_neg": int(len(neg))}
 
 
 # --------------------------------------------------------------------------- bootstrap CIs

@@ -32,6 +32,7 @@ import json
 import shlex
 import sys
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,6 @@ def load_rows(labels_path: Path, variants: str | None = None, exclude_variants: 
 
 
 def _variant_selected(variant: str, variants: str | None, exclude_variants: str | None) -> bool:
-    from fnmatch import fnmatchcase
-
     def hit(patterns: str) -> bool:
         return any(fnmatchcase(variant, p.strip()) for p in patterns.split(",") if p.strip())
     return (variants is None or hit(variants)) and (exclude_variants is None or not hit(exclude_variants))
