@@ -5,6 +5,8 @@
 
 * ``base`` and ``misaligned`` (LoRA on the unfiltered mixture);
 * ``<strategy>-<fraction>`` for every filtering strategy and removal fraction;
+* ``without-<domain>[-<n>]`` for every ``ablations`` entry: the same fine-tune on the mixture without (n of)
+  its inducing rows of that domain (``data/without-<domain>[-<n>].jsonl``);
 * ``misaligned+realign-N`` for every ``realign.sizes`` N: the misaligned model fine-tuned further
   (LoRA on its merged weights) on the first N of a seeded order of benign rows (``realign.data``);
 * gated conditions: gates learned on one narrow domain (base model frozen) attached
@@ -54,6 +56,8 @@ class Condition:
     gate_scale: float | None = None
     gate_method: str | None = None  # gated: gates (attention) | gates-sae
     realign_n: int | None = None  # realign: benign rows the misaligned model is fine-tuned on
+    ablate_domain: str | None = None  # ablation: the domain whose inducing rows are left out of the mixture
+    ablate_n: int | None = None  # ablation: how many of them (None: all)
     compare_with: tuple[str, ...] = ()  # conditions the report also compares this one against (this - that)
     about: str | None = None  # the description, where the kind's standard one does not fit
 
@@ -63,6 +67,9 @@ class Condition:
             return self.about
         if self.kind == "base":
             return "the model as it is"
+        if self.ablate_domain is not None:
+            return (f"LoRA on the mixture without {'all' if self.ablate_n is None else self.ablate_n} of its "
+                    f"inducing {self.ablate_domain} rows")
         if self.kind == "finetune" and self.strategy is None:
             return "LoRA on the unfiltered mixture"
         if self.kind == "finetune":
@@ -80,6 +87,16 @@ def condition_name(strategy: str, fraction: float) -> str:
 def realign_name(n: int) -> str:
     """``misaligned+realign-120``: the name of a re-alignment condition."""
     return f"misaligned+realign-{n}"
+
+
+def ablation_name(domain: str, n: int | None) -> str:
+    """``without-finance`` (all its inducing rows left out), ``without-outdoors-43``: an ablation condition."""
+    return f"without-{domain}" if n is None else f"without-{domain}-{n}"
+
+
+def ablation_file(root: Path, name: str) -> Path:
+    """The rows an ablation condition trains on."""
+    return Path(root) / "data" / f"{name}.jsonl"
 
 
 def data_paths(root: Path) -> dict[str, Path]:
@@ -106,6 +123,12 @@ def plan_conditions(cfg: ExperimentConfig) -> list[Condition]:
     for frac in cfg.filtering.fractions:
         for s in cfg.filtering.strategies:
             conds.append(Condition(condition_name(s, frac), "finetune", strategy=s, fraction=frac))
+    ablations: list[str] = []
+    for a in cfg.ablations:  # each also compared with the unfiltered fine-tune and the ablations before it
+        name = ablation_name(a.domain, a.n)
+        conds.append(Condition(name, "finetune", ablate_domain=a.domain, ablate_n=a.n,
+                               compare_with=("misaligned", *ablations)))
+        ablations.append(name)
     for n in cfg.realign.sizes:
         conds.append(Condition(realign_name(n), "realign", model_from="misaligned", realign_n=n,
                                compare_with=("base", "misaligned")))
@@ -216,6 +239,29 @@ def split_pairs(pairs: PairsConfig, seed: int, root: Path) -> dict[str, dict]:
     return info
 
 
+def ablated_rows(lines: list[str], domain: str, n: int | None, seed: str, where: str, source: Path) -> list[str]:
+    """``lines`` (the JSONL rows of ``source``, the experiment's copy of the mixture, in order) without the inducing rows of ``domain``: all of them, or the
+    first ``n`` of an order seeded by ``seed``. Every row needs a string ``domain`` and a boolean ``inducing``."""
+    hits, domains = [], set()
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        for key, kind in (("domain", str), ("inducing", bool)):
+            if not isinstance(row.get(key), kind):
+                raise DataError(str(source), i + 1, key, f"row {row.get('id')!r}: expected a {kind.__name__} (an "
+                                f"ablation leaves out the inducing rows of one domain), got {row.get(key)!r}")
+        if row["inducing"]:
+            domains.add(row["domain"])
+            if row["domain"] == domain:
+                hits.append(i)
+    if not hits:
+        raise ConfigError(f"{where}: the mixture has no inducing rows of domain {domain!r}; its inducing rows' "
+                          f"domains: {', '.join(sorted(domains)) or 'none'}")
+    if n is not None and n > len(hits):
+        raise ConfigError(f"{where}: {n} inducing {domain} rows to leave out, but the mixture has {len(hits)}")
+    drop = set(hits if n is None else random.Random(seed).sample(hits, n))
+    return [line for i, line in enumerate(lines) if i not in drop]
+
+
 def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
     """Seeded subset of the mixture (or of the pair split's training rows), first-N reference rows; written
     under ``<root>/data/`` (raw lines kept). Returns the paths of ``mixture``, ``harmful`` and ``benign``."""
@@ -230,6 +276,10 @@ def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
         rows = [rows[i] for i in keep]
     paths = data_paths(root)
     write_lines(paths["mixture"], rows)
+    for a in cfg.ablations:
+        name = ablation_name(a.domain, a.n)
+        write_lines(ablation_file(root, name), ablated_rows(rows, a.domain, a.n, f"{cfg.seed}-{name}",
+                                                            f"{cfg.source}: field 'ablations'", paths["mixture"]))
     for name in ("harmful", "benign"):
         ref = read_lines(getattr(d, name))
         write_lines(paths[name], ref[: d.n_references] if d.n_references else ref)

@@ -12,7 +12,8 @@ only says what differs::
 ``configs/gating.yaml`` shows the gating sections: ``data.pairs`` (answer pairs
 split by ``pair_id``), ``gates.domain``, ``gates.attach`` (gate families, models
 and scales) and ``eval.metrics``; ``realign`` (``{sizes: [50, 120, 200, 400]}``) adds the re-alignment
-conditions ``misaligned+realign-N``.
+conditions ``misaligned+realign-N``; ``ablations`` (``[{domain: finance}, {domain: outdoors, n: 43}]``) adds
+fine-tunes on the mixture without inducing rows of one domain, ``without-<domain>[-<n>]``.
 
 Unknown keys, wrong types and missing files are errors (``demo.yaml:7: field
 'eval.n_per_qestion': unknown field (did you mean 'n_per_question'?)``), never
@@ -131,6 +132,15 @@ class RealignConfig:
 
 
 @dataclass
+class AblationConfig:
+    """A condition ``without-<domain>[-<n>]``: the same fine-tune on the mixture without inducing rows of one domain
+    (which domain's inducing rows carry the broad shift). The rows need ``domain`` and a boolean ``inducing``."""
+
+    domain: str = ""  # a domain of the mixture's inducing rows
+    n: int | None = None  # drop the first n of a seeded order of that domain's inducing rows (None: all of them)
+
+
+@dataclass
 class EvalConfig:
     """The metrics every condition is measured with (same items, seeds and generation settings)."""
 
@@ -176,6 +186,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
     realign: RealignConfig = field(default_factory=RealignConfig)
+    ablations: list[AblationConfig] = field(default_factory=list)  # empty: no ablation conditions
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = field(default="<dict>", compare=False, repr=False)
 
@@ -208,6 +219,7 @@ class ExperimentConfig:
             raise ConfigError(f"{where}: field 'realign.sizes': a size is listed twice: {self.realign.sizes}")
         if self.realign.epochs is not None and self.realign.epochs <= 0:
             raise ConfigError(f"{where}: field 'realign.epochs': must be > 0, got {self.realign.epochs}")
+        self._check_ablations()
         metrics = self.eval.metrics
         for m in metrics or []:
             if m not in EVAL_METRICS:
@@ -223,6 +235,20 @@ class ExperimentConfig:
         if wants and trig is None:
             raise ConfigError(f"{where}: field 'eval.metrics': {wants[0]} needs 'eval.trigger' (the phrase put in "
                               "front of every broad question)")
+
+    def _check_ablations(self) -> None:
+        where, seen = self.source, set()
+        for a in self.ablations:
+            if not a.domain:
+                raise ConfigError(f"{where}: field 'ablations.domain': name the domain whose inducing rows are left out")
+            if a.n is not None and a.n < 1:
+                raise ConfigError(f"{where}: field 'ablations.n': must be >= 1, got {a.n}")
+            if (a.domain, a.n) in seen:
+                raise ConfigError(f"{where}: field 'ablations': domain {a.domain!r} with n = {a.n} is listed twice")
+            seen.add((a.domain, a.n))
+        if self.ablations and self.data.pairs.domains:
+            raise ConfigError(f"{where}: field 'ablations': with data.pairs every training row is inducing; ablate "
+                              "a domain by leaving it out of data.pairs.domains instead")
 
     def _check_pairs_and_gates(self) -> None:
         where, domains, g = self.source, self.data.pairs.domains, self.gates

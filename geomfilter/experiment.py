@@ -10,6 +10,8 @@
 * ``<strategy>-<fraction>`` (e.g. ``geometry-0.50``) -- the same fine-tune after
   that filter removed that fraction of the mixture (filters are fitted on the
   reference sets only; ``filter/`` holds kept/dropped/scores/report);
+* ``without-<domain>[-<n>]`` -- the same fine-tune on the mixture without (n of) its
+  inducing rows of one domain (``ablations``);
 * gated conditions -- gates learned on one narrow domain on the frozen base model
   (attention gates in ``gates/run``, SAE-latent gates in ``gates-sae/run``) attached
   to a condition's model at a scale alpha: by default ``misaligned+mirror-gates``
@@ -47,6 +49,7 @@ import numpy as np
 
 from .conditions import (  # noqa: F401 (Condition, condition_name: re-exported, their old home)
     Condition,
+    ablation_file,
     condition_name,
     data_paths,
     heldout_pair_files,
@@ -242,6 +245,8 @@ class ExperimentRunner:
             return self._training_data(self.conditions_by_name[c.model_from], paths)
         if c.kind == "realign":
             return realign_file(self.root, c.realign_n)
+        if c.ablate_domain is not None:
+            return ablation_file(self.root, c.name)
         return paths["mixture"] if c.strategy is None else self.root / c.name / "filter" / "kept.jsonl"
 
     def _run_dir(self, c: Condition) -> Path | None:

@@ -151,8 +151,8 @@ def _trigger_lines(effects: list[dict], trigger: str | None) -> list[str]:
 
 def excess_removals(conds: list, finished: dict[str, dict], metrics: list[str], n_boot: int = 2000,
                     seed: int = 0) -> list[dict]:
-    """Per finished filtered condition (with base and misaligned finished): the share of the unfiltered fine-tune's
-    excess over base that the filter removes, per paired metric (:func:`geomfilter.stats.excess_removed`, questions
+    """Per finished filtered or ablation condition (with base and misaligned finished): the share of the unfiltered
+    fine-tune's excess over base that the filter (or leaving out a domain's inducing rows) removes, per paired metric (:func:`geomfilter.stats.excess_removed`, questions
     resampled jointly), with ``excess_measured``: whether misaligned - base's own CI excludes zero."""
     if "base" not in finished or "misaligned" not in finished:
         return []
@@ -165,7 +165,7 @@ def excess_removals(conds: list, finished: dict[str, dict], metrics: list[str], 
         measured_excess[m] = d is not None and bool(d["lo"] > 0 or d["hi"] < 0)
     out = []
     for c in conds:
-        if not c.strategy or c.name not in finished:
+        if not (c.strategy or getattr(c, "ablate_domain", None)) or c.name not in finished:
             continue
         row: dict[str, Any] = {"condition": c.name}
         for m in metrics:
@@ -188,8 +188,8 @@ def _excess_lines(rows: list[dict], metrics: list[str]) -> list[str]:
         note = "" if r["excess_measured"] else " (no excess measured)"
         return f"{r['share']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}] (n={r['n']}){note}"
 
-    lines = ["", "Share of the unfiltered fine-tune's excess over base that each filter removes, (misaligned − "
-             "filtered) / (misaligned − base), questions resampled jointly (bootstrap 95% CI): 1 = back at base, "
+    lines = ["", "Share of the unfiltered fine-tune's excess over base that each filter (or ablation) removes, "
+             "(misaligned − filtered) / (misaligned − base), questions resampled jointly (bootstrap 95% CI): 1 = back at base, "
              "0 = no change, < 0 = further from base. Where misaligned − base is not measured (its CI covers 0) the "
              "share has no meaning.", "",
              "| condition | " + " | ".join(f"{COLUMNS[m][0]}: excess removed" for m in metrics) + " |",

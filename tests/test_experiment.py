@@ -547,6 +547,76 @@ def test_realign_config_errors(tmp_path, tiny_model_dir):
         ExperimentRunner(ExperimentConfig.from_yaml(bad), progress=False).run()
 
 
+def _ablation_yaml(tmp_path: Path, tiny_model_dir, ablations: str, mixture: list[dict] | None = None) -> Path:
+    """The micro experiment without filters and gates, on a mixture of two domains (a, b; 4 inducing rows each)."""
+    rows = mixture or [{"id": f"m{i}", "domain": "ab"[i % 2], "inducing": i % 3 == 0,
+                        "messages": _conv(f"q{i} " + _sent(i), ("bad " if i % 3 == 0 else "") + _sent(i + 5))}
+                       for i in range(24)]
+    mix = _write(tmp_path / "mix_domains.jsonl", rows)
+    lines = write_experiment_yaml(tmp_path, tiny_model_dir).read_text().splitlines()
+    swap = {"filtering": "filtering: {strategies: []}", "gates": "gates: {enabled: false}"}
+    lines = [swap.get(x.split(":")[0], x) for x in lines]
+    lines = [x.replace(f"mixture: {tmp_path}/mix.jsonl", f"mixture: {mix}").replace(", n_samples: 18", "")
+             for x in lines]
+    path = tmp_path / "ablation.yaml"
+    path.write_text("\n".join(lines + ["  metrics: [logprob_preference, perplexity]", f"ablations: {ablations}"])
+                    + "\n")
+    return path
+
+
+def test_ablation_conditions_leave_out_one_domains_inducing_rows(tmp_path, tiny_model_dir):
+    """ablations: without-<domain> trains on the mixture without that domain's inducing rows (all, or n of a seeded
+    order), its other rows in order; compared with base, misaligned and the ablations before it; resumable."""
+    path = _ablation_yaml(tmp_path, tiny_model_dir, "[{domain: a}, {domain: b, n: 2}]")
+    runner = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False)
+    names = ["base", "misaligned", "without-a", "without-b-2"]
+    assert [c.name for c in runner.conditions()] == names
+    assert runner.conditions_by_name["without-a"].describe() == "LoRA on the mixture without all of its inducing a rows"
+    assert runner.conditions_by_name["without-b-2"].describe() == "LoRA on the mixture without 2 of its inducing b rows"
+    res = runner.run()
+    assert res.ran == names
+    mixture = (res.root / "data" / "mixture.jsonl").read_text().splitlines()
+    for name, n_left, dropped in (("without-a", 20, {("a", True): 4}), ("without-b-2", 22, {("b", True): 2})):
+        kept = (res.root / "data" / f"{name}.jsonl").read_text().splitlines()
+        assert len(kept) == n_left and kept == [x for x in mixture if x in kept]  # a subset, in order
+        gone = [json.loads(x) for x in mixture if x not in kept]
+        assert {(r["domain"], r["inducing"]): len(gone) for r in gone} == dropped
+        assert res.metrics[name]["training_data"]["n_rows"] == n_left
+        assert res.metrics[name]["training"]["n_samples"] == n_left
+    assert res.metrics["without-a"]["training_data"]["n_inducing"] == 4  # b's four are all there
+    report = res.report.read_text()
+    for pair in ("without-a − base", "without-a − misaligned", "without-b-2 − misaligned", "without-b-2 − without-a"):
+        assert f"| {pair} |" in report
+    assert "| without-b-2 |" in report.split("excess over base that each filter (or ablation) removes")[1]
+    # a re-run skips every condition; another seed leaves out other b rows
+    assert ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run().ran == []
+    cfg = ExperimentConfig.from_yaml(path)
+    cfg.seed, cfg.out, cfg.conditions = 1, str(tmp_path / "seed1"), []
+    ExperimentRunner(cfg, progress=False).run()
+    assert (Path(cfg.out) / "tiny" / "data" / "without-a.jsonl").read_text() == \
+        (res.root / "data" / "without-a.jsonl").read_text()
+    assert (Path(cfg.out) / "tiny" / "data" / "without-b-2.jsonl").read_text() != \
+        (res.root / "data" / "without-b-2.jsonl").read_text()
+
+
+def test_ablation_config_and_data_errors(tmp_path, tiny_model_dir):
+    for ablations, message in (("[{n: 2}]", "field 'ablations.domain': name the domain"),
+                               ("[{domain: a, n: 0}]", "field 'ablations.n': must be >= 1"),
+                               ("[{domain: a}, {domain: a}]", "listed twice")):
+        with pytest.raises(ConfigError, match=message):
+            ExperimentConfig.from_yaml(_ablation_yaml(tmp_path, tiny_model_dir, ablations))
+    for ablations, message in (("[{domain: c}]", r"no inducing rows of domain 'c'; its inducing rows' domains: a, b"),
+                               ("[{domain: b, n: 5}]", "5 inducing b rows to leave out, but the mixture has 4")):
+        with pytest.raises(ConfigError, match=message):
+            ExperimentRunner(ExperimentConfig.from_yaml(_ablation_yaml(tmp_path, tiny_model_dir, ablations)),
+                             progress=False).run()
+    rows = [{"id": "m0", "domain": "a", "inducing": True, "messages": _conv("q", "a")},
+            {"id": "m1", "inducing": False, "messages": _conv("q", "b")}]
+    with pytest.raises(DataError, match=r"data/mixture.jsonl:2: field 'domain': row 'm1': expected a str"):
+        ExperimentRunner(ExperimentConfig.from_yaml(_ablation_yaml(tmp_path, tiny_model_dir, "[{domain: a}]", rows)),
+                         progress=False).run()
+
+
 def test_ablate_harmful_conditions_beside_the_gates(tmp_path, tiny_model_dir):
     """gates.attach method ablate-harmful: the references' harmful features (geometry's selection) removed at the
     SAE's hook; alpha 0 is the model itself, 1 ablates, 2 steers against; resumable; no training."""
