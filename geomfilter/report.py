@@ -507,23 +507,62 @@ def pool_replicates(replicates: list[dict[str, dict]]) -> dict[str, dict]:
     return out
 
 
+def replicate_pairs(pairs: list[dict], replicates: list[dict[str, dict]], metrics: list[str], n_boot: int,
+                    seeds: list[int]) -> list[dict]:
+    """Each pooled pair (``a``, ``b``) compared within every replicate on its own (:func:`paired_comparison`, the
+    bootstrap seeded by that replicate's seed, as its own report does): ``{"a", "b", metric: [one per replicate]}``."""
+    return [{"a": p["a"], "b": p["b"],
+             **{m: [paired_comparison(r[p["a"]], r[p["b"]], m, n_boot=n_boot, seed=s) for r, s in zip(replicates, seeds)]
+                for m in metrics}} for p in pairs]
+
+
+def replicated(pooled: dict | None, per_replicate: list[dict | None]) -> int:
+    """How many replicates' CIs exclude zero on the side of the pooled mean."""
+    if not pooled:
+        return 0
+    up = pooled["mean"] > 0
+    return sum(1 for v in per_replicate if v and v.get("n") and (v["lo"] > 0 if up else v["hi"] < 0))
+
+
+def _replicate_lines(rows: list[dict], pairs: list[dict], metrics: list[str], sources: list[str]) -> list[str]:
+    """Per paired metric: every pair's difference in each replicate beside the pooled one, and how many
+    replicates measured it on their own."""
+    lines = []
+    for m in metrics:
+        lines += ["", f"{COLUMNS[m][0]}, each replicate on its own and pooled (bootstrap 95% CIs; measured in: the "
+                  "replicates whose own CI excludes zero on the side of the pooled difference):", "",
+                  "| a − b | " + " | ".join(f"`{s}`" for s in sources) + " | pooled | measured in |",
+                  "|---" * (3 + len(sources)) + "|"]
+        for row, p in zip(rows, pairs):
+            k = replicated(p[m], row[m])
+            lines.append(f"| {row['a']} − {row['b']} | " + " | ".join(_ci(v, signed=True) for v in row[m])
+                         + f" | {_ci(p[m], signed=True)} | {k} of {len(sources)} |")
+    return lines
+
+
 def write_pooled_report(root: Path, cfg: Any, conds: list, replicates: list[dict[str, dict]],
-                        sources: list[str]) -> Path:
+                        sources: list[str], seeds: list[int] | None = None) -> Path:
     """``report.md`` and ``results.json`` under ``root``: the report's paired differences (with MDD) and the
     share of the excess each filter removes, over questions pooled across ``replicates``
-    (:func:`pool_replicates`; ``sources``: where each replicate was read from, in the same order)."""
+    (:func:`pool_replicates`; ``sources``: where each replicate was read from, in the same order), then each
+    difference within every replicate on its own beside the pooled one (``seeds``: the replicates' seeds, which
+    their own reports bootstrap with; default: the config's seed for each)."""
     root = Path(root)
+    seeds = [cfg.seed] * len(replicates) if seeds is None else seeds
     pooled = pool_replicates(replicates)
     paired, pairs, removed = paired_rows(cfg, conds, pooled)
+    per_replicate = replicate_pairs(pairs, replicates, paired, cfg.eval.n_boot, seeds)
     lines = [f"# Experiment `{cfg.name}`: {len(replicates)} replicates pooled", "",
              "Replicates: " + ", ".join(f"`{s}`" for s in sources) + ". Conditions finished in every one: "
              + ", ".join(pooled) + ". Each question's value is its mean over the replicates (per condition); "
              "differences are paired over the questions measured in every replicate.",
-             *_paired_lines(pairs), *_excess_lines(removed, paired)]
+             *_paired_lines(pairs), *_excess_lines(removed, paired),
+             *_replicate_lines(per_replicate, pairs, paired, sources)]
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "results.json", json.dumps({"config": cfg.as_dict(), "replicates": sources,
-                                                         "conditions": list(pooled), "paired": pairs,
-                                                         "excess_removed": removed}, indent=2, default=float) + "\n")
+                                                         "seeds": seeds, "conditions": list(pooled), "paired": pairs,
+                                                         "excess_removed": removed, "per_replicate": per_replicate},
+                                                        indent=2, default=float) + "\n")
     path = root / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

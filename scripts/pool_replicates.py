@@ -7,12 +7,16 @@ Every replicate measures the same broad questions. Per condition finished in eve
 is its mean over the replicates (``geomfilter.report.pool_replicates``); the report's paired differences (each
 trained condition − base, each filter − misaligned and − random, with CI, n and MDD) and the share of the
 unfiltered fine-tune's excess that each filter removes are then computed over those questions: the same n, less
-noise per question than one replicate. Writes ``report.md`` and ``results.json`` under ``--out``. Reads the
-per-question records of ``RUN/<condition>/metrics.json`` (the runs folders, not the committed reports).
+noise per question than one replicate. Beside them, each difference within every replicate on its own (bootstrapped
+with the replicate's seed, from its ``config.json``, as its own report is) and in how many of them its CI excludes
+zero on the pooled side: whether the effect replicates seed by seed. Writes ``report.md`` and ``results.json`` under
+``--out``. Reads the per-question records of ``RUN/<condition>/metrics.json`` (the runs folders, not the committed
+reports).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,15 +39,19 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("give at least two run folders to pool")
     cfg = ExperimentConfig.from_yaml(args.config)
     conds = plan_conditions(cfg)
-    replicates = []
+    replicates, seeds = [], []
     for run in args.runs:
         if not run.is_dir():
             raise SystemExit(f"{run}: no such run folder")
+        if not (run / "config.json").is_file():
+            raise SystemExit(f"{run}: no config.json (written by geomfilter experiment; it holds the seed that the "
+                             "replicate's own CIs are bootstrapped with)")
+        seeds.append(int(json.loads((run / "config.json").read_text())["seed"]))
         done = finished_records(run, conds)
         if not done:
             raise SystemExit(f"{run}: no finished condition of {args.config}")
         replicates.append(done)
-    path = write_pooled_report(args.out, cfg, conds, replicates, [str(r) for r in args.runs])
+    path = write_pooled_report(args.out, cfg, conds, replicates, [str(r) for r in args.runs], seeds)
     print(path)
     return 0
 

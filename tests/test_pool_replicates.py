@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomfilter.report import paired_comparison, pool_replicates
+from geomfilter.report import paired_comparison, pool_replicates, replicated
 from geomfilter.stats import excess_removed, paired_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,7 @@ def test_script_writes_the_pooled_report(tmp_path):
         for name, rec in _replicate(seed).items():
             (run / name).mkdir(parents=True)
             (run / name / "metrics.json").write_text(json.dumps(rec))
+        (run / "config.json").write_text(json.dumps({"seed": seed}))
         runs.append(run)
     assert script.main([str(cfg), *map(str, runs), "--out", str(tmp_path / "pooled")]) == 0
     text = (tmp_path / "pooled" / "report.md").read_text()
@@ -70,7 +71,24 @@ def test_script_writes_the_pooled_report(tmp_path):
     geo = next(r for r in res["excess_removed"] if r["condition"] == "geometry-0.50")
     assert geo["logprob_preference"]["share"] == pytest.approx(excess_removed(*per, n_boot=200)["share"])
     assert "| geometry-0.50 − random-0.50 |" in text and "2 replicates pooled" in text
+    # each replicate on its own, bootstrapped with its seed (as its own report is), beside the pooled difference
+    assert res["seeds"] == [0, 1]
+    geo_rnd = next(r for r in res["per_replicate"] if (r["a"], r["b"]) == ("geometry-0.50", "random-0.50"))
+    for seed, got in zip((0, 1), geo_rnd["misalignment_rate"]):
+        rep = _replicate(seed)
+        assert got == pytest.approx(paired_comparison(rep["geometry-0.50"], rep["random-0.50"], "misalignment_rate",
+                                                      n_boot=200, seed=seed))
+    mis = next(r for r in res["per_replicate"] if (r["a"], r["b"]) == ("misaligned", "base"))
+    assert all(v["lo"] > 0 for v in mis["misalignment_rate"])  # rates 0.2 higher over 12 questions: clear in each
+    table = text.split("misalignment rate, each replicate on its own")[1].split("\n")
+    assert table[4].startswith("| misaligned − base |") and table[4].endswith("| 2 of 2 |")
+    assert replicated(mis["misalignment_rate"][0], mis["misalignment_rate"]) == 2
+    assert replicated({"mean": -0.1}, [{"lo": -0.2, "hi": -0.01, "n": 9}, {"lo": -0.2, "hi": 0.05, "n": 9}, None]) == 1
+    assert replicated(None, []) == 0
     with pytest.raises(SystemExit, match="at least two"):
         script.main([str(cfg), str(runs[0]), "--out", str(tmp_path / "x")])
+    (runs[1] / "config.json").unlink()
+    with pytest.raises(SystemExit, match="no config.json"):
+        script.main([str(cfg), *map(str, runs), "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no such run folder"):
         script.main([str(cfg), str(runs[0]), str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
