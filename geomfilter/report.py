@@ -511,9 +511,14 @@ def replicate_pairs(pairs: list[dict], replicates: list[dict[str, dict]], metric
                     seeds: list[int]) -> list[dict]:
     """Each pooled pair (``a``, ``b``) compared within every replicate on its own (:func:`paired_comparison`, the
     bootstrap seeded by that replicate's seed, as its own report does): ``{"a", "b", metric: [one per replicate]}``."""
-    return [{"a": p["a"], "b": p["b"],
-             **{m: [paired_comparison(r[p["a"]], r[p["b"]], m, n_boot=n_boot, seed=s) for r, s in zip(replicates, seeds)]
-                for m in metrics}} for p in pairs]
+    out = []
+    for p in pairs:
+        row: dict[str, Any] = {"a": p["a"], "b": p["b"]}
+        for m in metrics:
+            row[m] = [paired_comparison(rep[p["a"]], rep[p["b"]], m, n_boot=n_boot, seed=seed)
+                      for rep, seed in zip(replicates, seeds)]
+        out.append(row)
+    return out
 
 
 def replicated(pooled: dict | None, per_replicate: list[dict | None]) -> int:
