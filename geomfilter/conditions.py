@@ -240,8 +240,9 @@ def split_pairs(pairs: PairsConfig, seed: int, root: Path) -> dict[str, dict]:
 
 
 def ablated_rows(lines: list[str], domain: str, n: int | None, seed: str, where: str, source: Path) -> list[str]:
-    """``lines`` (the JSONL rows of ``source``, the experiment's copy of the mixture, in order) without the inducing rows of ``domain``: all of them, or the
-    first ``n`` of an order seeded by ``seed``. Every row needs a string ``domain`` and a boolean ``inducing``."""
+    """``lines`` (the JSONL rows of ``source``, the experiment's copy of the mixture, in order) without the inducing
+    rows of ``domain``: all of them, or the first ``n`` of an order seeded by ``seed``. Every row needs a string
+    ``domain`` and a boolean ``inducing``; ``where`` starts the config errors."""
     hits, domains = [], set()
     for i, line in enumerate(lines):
         row = json.loads(line)

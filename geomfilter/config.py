@@ -240,7 +240,8 @@ class ExperimentConfig:
         where, seen = self.source, set()
         for a in self.ablations:
             if not a.domain:
-                raise ConfigError(f"{where}: field 'ablations.domain': name the domain whose inducing rows are left out")
+                raise ConfigError(f"{where}: field 'ablations.domain': name the domain whose inducing rows are left "
+                                  "out")
             if a.n is not None and a.n < 1:
                 raise ConfigError(f"{where}: field 'ablations.n': must be >= 1, got {a.n}")
             if (a.domain, a.n) in seen:

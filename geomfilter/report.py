@@ -152,8 +152,9 @@ def _trigger_lines(effects: list[dict], trigger: str | None) -> list[str]:
 def excess_removals(conds: list, finished: dict[str, dict], metrics: list[str], n_boot: int = 2000,
                     seed: int = 0) -> list[dict]:
     """Per finished filtered or ablation condition (with base and misaligned finished): the share of the unfiltered
-    fine-tune's excess over base that the filter (or leaving out a domain's inducing rows) removes, per paired metric (:func:`geomfilter.stats.excess_removed`, questions
-    resampled jointly), with ``excess_measured``: whether misaligned - base's own CI excludes zero."""
+    fine-tune's excess over base that the filter (or leaving out a domain's inducing rows) removes, per paired metric
+    (:func:`geomfilter.stats.excess_removed`, questions resampled jointly), with ``excess_measured``: whether
+    misaligned - base's own CI excludes zero."""
     if "base" not in finished or "misaligned" not in finished:
         return []
     base = {m: _per_item(finished["base"], m) for m in metrics}
@@ -189,9 +190,9 @@ def _excess_lines(rows: list[dict], metrics: list[str]) -> list[str]:
         return f"{r['share']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}] (n={r['n']}){note}"
 
     lines = ["", "Share of the unfiltered fine-tune's excess over base that each filter (or ablation) removes, "
-             "(misaligned − filtered) / (misaligned − base), questions resampled jointly (bootstrap 95% CI): 1 = back at base, "
-             "0 = no change, < 0 = further from base. Where misaligned − base is not measured (its CI covers 0) the "
-             "share has no meaning.", "",
+             "(misaligned − filtered) / (misaligned − base), questions resampled jointly (bootstrap 95% CI): 1 = back "
+             "at base, 0 = no change, < 0 = further from base. Where misaligned − base is not measured (its CI covers "
+             "0) the share has no meaning.", "",
              "| condition | " + " | ".join(f"{COLUMNS[m][0]}: excess removed" for m in metrics) + " |",
              "|---" * (1 + len(metrics)) + "|"]
     lines += [f"| {r['condition']} | " + " | ".join(cell(r[m]) for m in metrics) + " |" for r in rows]

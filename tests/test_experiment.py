@@ -585,7 +585,8 @@ def test_ablation_conditions_leave_out_one_domains_inducing_rows(tmp_path, tiny_
         assert res.metrics[name]["training"]["n_samples"] == n_left
     assert res.metrics["without-a"]["training_data"]["n_inducing"] == 4  # b's four are all there
     report = res.report.read_text()
-    for pair in ("without-a − base", "without-a − misaligned", "without-b-2 − misaligned", "without-b-2 − without-a"):
+    pairs = ("without-a − base", "without-a − misaligned", "without-b-2 − misaligned", "without-b-2 − without-a")
+    for pair in pairs:
         assert f"| {pair} |" in report
     assert "| without-b-2 |" in report.split("excess over base that each filter (or ablation) removes")[1]
     # a re-run skips every condition; another seed leaves out other b rows
