@@ -28,7 +28,7 @@ from . import plots
 from .conditions import data_paths
 from .files import atomic_write_text
 from .samples import jsonl_objects
-from .stats import excess_removed, paired_bootstrap, paired_summary
+from .stats import ci_side, excess_removed, paired_bootstrap, paired_summary
 
 METRICS = ("misalignment_rate", "alignment", "coherence", "logprob_preference", "flip_rate", "mc_accuracy",
            "perplexity")
@@ -163,7 +163,7 @@ def excess_removals(conds: list, finished: dict[str, dict], metrics: list[str], 
     for m in metrics:
         d = None if base[m] is None or before[m] is None else paired_bootstrap(before[m], base[m], n_boot=n_boot,
                                                                                 seed=seed)
-        measured_excess[m] = d is not None and bool(d["lo"] > 0 or d["hi"] < 0)
+        measured_excess[m] = ci_side(d) != 0
     out = []
     for c in conds:
         if not (c.strategy or getattr(c, "ablate_domain", None)) or c.name not in finished:
@@ -526,8 +526,8 @@ def replicated(pooled: dict | None, per_replicate: list[dict | None]) -> int:
     """How many replicates' CIs exclude zero on the side of the pooled mean."""
     if not pooled:
         return 0
-    up = pooled["mean"] > 0
-    return sum(1 for v in per_replicate if v and v.get("n") and (v["lo"] > 0 if up else v["hi"] < 0))
+    side = 1 if pooled["mean"] > 0 else -1
+    return sum(1 for v in per_replicate if v and v.get("n") and ci_side(v) == side)
 
 
 def _replicate_lines(rows: list[dict], pairs: list[dict], metrics: list[str], sources: list[str]) -> list[str]:

@@ -111,6 +111,14 @@ def paired_bootstrap(a_by_id: Mapping, b_by_id: Mapping, n_boot: int = 2000, see
     return bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level, stat=stat)
 
 
+def ci_side(ci: Mapping | None) -> int:
+    """Which side of zero a CI (``lo``, ``hi``) lies on: +1 above, -1 below, 0 when it covers zero, has NaN bounds or
+    is missing. A difference is "measured" where this is not 0."""
+    if not ci:
+        return 0
+    return 1 if ci["lo"] > 0 else -1 if ci["hi"] < 0 else 0
+
+
 def _percentile_ci(boots: np.ndarray, level: float) -> tuple[float, float, int]:
     """Percentile CI of bootstrap replicates that may be undefined (NaN, left out): ``(lo, hi, n_undefined)``;
     NaN bounds when no replicate is defined."""

@@ -32,6 +32,7 @@ from geomfilter.config import ExperimentConfig  # noqa: E402
 from geomfilter.experiment import ExperimentRunner  # noqa: E402
 from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.report import paired_comparison  # noqa: E402
+from geomfilter.stats import ci_side  # noqa: E402
 from geomfilter.validate import FAMILIES  # noqa: E402
 
 METRICS = ("misalignment_rate", "logprob_preference", "mc_accuracy")
@@ -127,7 +128,7 @@ def _cell(m: dict) -> str:
 def _diff(d: dict | None) -> str:
     if not d:
         return "–"
-    none = "" if d["lo"] > 0 or d["hi"] < 0 else " (no effect measured)"
+    none = "" if ci_side(d) else " (no effect measured)"
     return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], n {d['n']}, MDD {d['mdd']:.3f}{none}"
 
 

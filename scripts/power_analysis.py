@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.stats import (  # noqa: E402
+    ci_side,
     design_components,
     design_mdd,
     paired_bootstrap,
@@ -143,7 +144,7 @@ def simulate(c: dict, n: int, k: int, effect: float, n_sim: int, n_boot: int, le
         pa = centre + t * rng.choice([-1.0, 1.0], n)
         qa, qb = rng.binomial(k, pa) / k, rng.binomial(k, pb) / k
         ci = paired_bootstrap(dict(enumerate(qa)), dict(enumerate(qb)), n_boot=n_boot, seed=s, level=level)
-        hits += ci["lo"] > 0 or ci["hi"] < 0
+        hits += ci_side(ci) != 0
     return hits / n_sim
 
 

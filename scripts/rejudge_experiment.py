@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.files import atomic_write_text  # noqa: E402
 from geomfilter.judges import load_judge  # noqa: E402
-from geomfilter.stats import bootstrap_ci, paired_summary  # noqa: E402
+from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
 
 COMPARISONS = (("misaligned", "base"), ("random-0.50", "misaligned"), ("geometry-0.50", "misaligned"),
                ("projection-0.50", "misaligned"), ("geometry-0.50", "random-0.50"), ("projection-0.50", "random-0.50"),
@@ -123,7 +123,7 @@ def to_markdown(res: dict, command: str, notes: list[str]) -> str:
         cells = []
         for s in specs:
             d = res["judges"][s]["comparisons"][k]
-            verdict = "" if d["lo"] > 0 or d["hi"] < 0 else " (no effect measured)"
+            verdict = "" if ci_side(d) else " (no effect measured)"
             cells.append(f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], {d['n']}, {d['mdd']:.3f}{verdict}")
         out.append(f"| {k} | " + " | ".join(cells) + " |")
     if notes:

@@ -17,6 +17,7 @@ from geomfilter.stats import (
     auroc_columns,
     bootstrap_auroc,
     bootstrap_ci,
+    ci_side,
     cluster_bootstrap,
     design_components,
     design_mdd,
@@ -418,3 +419,9 @@ def test_excess_removed_is_the_ratio_of_mean_differences_over_shared_items():
     flat = excess_removed(base, base, before, n_boot=50)  # no excess: the share is undefined on every resample
     assert np.isnan(flat["share"]) and np.isnan(flat["lo"]) and flat["n_undefined"] == 50
     assert excess_removed(base, {"z": 1.0}, before) is None
+
+
+def test_ci_side_says_which_side_of_zero_a_ci_lies_on():
+    assert ci_side({"lo": 0.01, "hi": 0.2}) == 1 and ci_side({"lo": -0.3, "hi": -0.02}) == -1
+    assert ci_side({"lo": -0.1, "hi": 0.1}) == 0 and ci_side({"lo": 0.0, "hi": 0.1}) == 0  # touching zero covers it
+    assert ci_side({"lo": float("nan"), "hi": float("nan")}) == 0 and ci_side(None) == 0 and ci_side({}) == 0
