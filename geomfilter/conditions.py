@@ -244,11 +244,11 @@ def ablated_rows(lines: list[str], domain: str, n: int | None, seed: str, where:
     rows of ``domain``: all of them, or the first ``n`` of an order seeded by ``seed``. Every row needs a string
     ``domain`` and a boolean ``inducing``; ``where`` starts the config errors."""
     hits, domains = [], set()
-    for i, line in enumerate(lines):
-        row = json.loads(line)
+    rows = jsonl_objects(source, ConfigError)  # source's lines are ``lines``: file:line on a line that is not JSON
+    for i, (line_no, row) in enumerate(rows):
         for key, kind in (("domain", str), ("inducing", bool)):
             if not isinstance(row.get(key), kind):
-                raise DataError(str(source), i + 1, key, f"row {row.get('id')!r}: expected a {kind.__name__} (an "
+                raise DataError(str(source), line_no, key, f"row {row.get('id')!r}: expected a {kind.__name__} (an "
                                 f"ablation leaves out the inducing rows of one domain), got {row.get(key)!r}")
         if row["inducing"]:
             domains.add(row["domain"])

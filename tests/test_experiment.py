@@ -616,6 +616,11 @@ def test_ablation_config_and_data_errors(tmp_path, tiny_model_dir):
     with pytest.raises(DataError, match=r"data/mixture.jsonl:2: field 'domain': row 'm1': expected a str"):
         ExperimentRunner(ExperimentConfig.from_yaml(_ablation_yaml(tmp_path, tiny_model_dir, "[{domain: a}]", rows)),
                          progress=False).run()
+    path = _ablation_yaml(tmp_path, tiny_model_dir, "[{domain: a}]", rows[:1])
+    mix = tmp_path / "mix_domains.jsonl"
+    mix.write_text(mix.read_text() + '{"id": "m1", "domain": "a",\n')  # a row cut short
+    with pytest.raises(ConfigError, match=r"data/mixture.jsonl:2: "):
+        ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run()
 
 
 def test_ablate_harmful_conditions_beside_the_gates(tmp_path, tiny_model_dir):
