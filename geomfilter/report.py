@@ -547,14 +547,13 @@ def _replicate_lines(rows: list[dict], pairs: list[dict], metrics: list[str], so
 
 
 def write_pooled_report(root: Path, cfg: Any, conds: list, replicates: list[dict[str, dict]],
-                        sources: list[str], seeds: list[int] | None = None) -> Path:
+                        sources: list[str], seeds: list[int]) -> Path:
     """``report.md`` and ``results.json`` under ``root``: the report's paired differences (with MDD) and the
     share of the excess each filter removes, over questions pooled across ``replicates``
     (:func:`pool_replicates`; ``sources``: where each replicate was read from, in the same order), then each
     difference within every replicate on its own beside the pooled one (``seeds``: the replicates' seeds, which
-    their own reports bootstrap with; default: the config's seed for each)."""
+    their own reports bootstrap with)."""
     root = Path(root)
-    seeds = [cfg.seed] * len(replicates) if seeds is None else seeds
     pooled = pool_replicates(replicates)
     paired, pairs, removed = paired_rows(cfg, conds, pooled)
     per_replicate = replicate_pairs(pairs, replicates, paired, cfg.eval.n_boot, seeds)
