@@ -302,6 +302,21 @@ class ActivationCache:
         np.put_along_axis(out, idx.astype(np.int64), np.maximum(val, 0), axis=1)
         return out
 
+    @classmethod
+    def concat(cls, parts: list[ActivationCache], path: str | Path) -> ActivationCache:
+        """The rows of several caches (same hook, SAE width and arrays) as one in-memory cache named ``path``."""
+        if not parts:
+            raise CacheError("concat needs at least one cache")
+        first = parts[0]
+        for c in parts[1:]:
+            if (c.hook, c.d_sae, sorted(c.arrays)) != (first.hook, first.d_sae, sorted(first.arrays)):
+                raise CacheError(f"cannot join {first.path} ({first.hook}, d_sae {first.d_sae}) and {c.path} "
+                                 f"({c.hook}, d_sae {c.d_sae}): cache them with the same model, SAE and hook")
+        hashes = [h for c in parts for h in c.row_hashes] if all(c.row_hashes is not None for c in parts) else None
+        return cls(ids=[i for c in parts for i in c.ids], meta=[m for c in parts for m in c.meta],
+                   arrays={k: np.concatenate([c.arrays[k] for c in parts]) for k in first.arrays},
+                   manifest=first.manifest, path=Path(path), d_sae=first.d_sae, row_hashes=hashes)
+
     def select(self, mask: np.ndarray) -> ActivationCache:
         """A view restricted to the rows where ``mask`` is true."""
         mask = np.asarray(mask, dtype=bool)

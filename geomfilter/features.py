@@ -6,6 +6,9 @@
 * :func:`harmful_features` - the same on the reference sets with a *selection* split and a
   disjoint *measurement* split (by ``pair_id``), so the reported separation is not leaked;
 * :func:`explicit_features` - a user's own ids (e.g. picked on Neuronpedia);
+* :func:`diff_features` - model diffing: the latents a fine-tune raises most on the same text (the
+  same rows cached with the base model and with the fine-tuned one, one SAE), the construction by which
+  Wang et al. (2025, "Persona features control emergent misalignment") found misaligned-persona latents;
 * :func:`sample_targets` - per sample, the latents fine-tuning on it would amplify: its top-k by
   pooled activation, or (``relative_to=`` a cache of the model's own answers to the same prompts)
   the latents the sample activates *more than the model already does*;
@@ -163,6 +166,44 @@ def contrast_features(pos: ActivationCache, neg: ActivationCache, n: int = 100, 
     return FeatureSet(ids=[int(i) for i in order], method=method, d_sae=int(pos.d_sae), stats=stats,
                       selection={"n_requested": n, "min_freq": min_freq, "pooling": pooling, "n_pos": len(pos),
                                  "n_neg": len(neg), "pos": str(pos.path), "neg": str(neg.path), "hook": pos.hook})
+
+
+def diff_features(base: ActivationCache, tuned: ActivationCache, n: int = 100, rank: str = "mean",
+                  pooling: str = "mean") -> FeatureSet:
+    """Model diffing: the top-``n`` latents whose pooled activation a fine-tune raises most on the same rows.
+
+    ``base`` and ``tuned`` cache the same rows (same ids, same order) with the base and the fine-tuned model
+    through the same SAE and hook. Per row and latent the difference tuned - base; ``rank="mean"`` orders
+    latents by its mean over rows, ``"t"`` by its paired t statistic (mean / standard error: raised on most
+    rows, not a few). Only latents with a positive mean difference are returned. No labels are read.
+    """
+    for name, c in (("base", base), ("tuned", tuned)):
+        _require_sae(c, name)
+    if base.d_sae != tuned.d_sae or base.hook != tuned.hook:
+        raise FeatureError(f"caches disagree: {base.path} (d_sae {base.d_sae}, {base.hook}) vs {tuned.path} "
+                           f"(d_sae {tuned.d_sae}, {tuned.hook}); cache both with the same SAE and hook")
+    if list(base.ids) != list(tuned.ids):
+        first = next((i for i, (a, b) in enumerate(zip(base.ids, tuned.ids)) if a != b), min(len(base), len(tuned)))
+        raise FeatureError(f"{base.path} and {tuned.path} hold different rows (first difference at row {first}): "
+                           "model diffing needs the same data cached with both models")
+    if rank not in ("mean", "t"):
+        raise FeatureError(f"rank must be 'mean' or 't', got {rank!r}")
+    if n < 1:
+        raise FeatureError(f"n must be >= 1, got {n}")
+    d = tuned.dense(pooling) - base.dense(pooling)
+    mean = d.mean(axis=0)
+    se = d.std(axis=0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.ones_like(mean)
+    t = np.divide(mean, se, out=np.zeros_like(mean), where=se > 0)
+    key = mean if rank == "mean" else t
+    order = np.lexsort((np.arange(len(key)), -key))
+    order = order[mean[order] > 0][:n]
+    if len(order) == 0:
+        raise FeatureError(f"the fine-tune raises no latent on {tuned.path}: nothing to select")
+    stats = [{"id": int(i), "score": float(key[i]), "mean_diff": float(mean[i]), "t": float(t[i]),
+              "raised_share": float((d[:, i] > 0).mean())} for i in order]
+    return FeatureSet(ids=[int(i) for i in order], method=f"diff-{rank}", d_sae=int(base.d_sae), stats=stats,
+                      selection={"n_requested": n, "pooling": pooling, "n_rows": len(d), "base": str(base.path),
+                                 "tuned": str(tuned.path), "hook": base.hook})
 
 
 def explicit_features(ids: list[int], d_sae: int, note: str = "user-given") -> FeatureSet:

@@ -52,7 +52,7 @@ from .data import prepare_dataset
 from .files import atomic_write_text
 from .finetune_config import RUN_FILE, FinetuneConfig, FinetuneError, FinetuneResult, read_run
 from .gating import AttentionGates, SAEGates, load_gates
-from .models import load_causal_lm
+from .models import HookedModel, load_causal_lm, load_model
 from .saes import default_sae_for, load_sae
 from .settings import DEFAULT_MODEL
 
@@ -423,6 +423,37 @@ def load_base(model: str | Path, *, device: str | None = None, progress: bool = 
 
     hf = PeftModel.from_pretrained(hf, str(Path(model) / "adapter")).merge_and_unload()
     return hf, tok, {**info, "stacked_on": str(model)}
+
+
+def root_model(model: str | Path) -> str:
+    """The plain model spec under a LoRA run folder (following stacked runs), or ``model`` itself."""
+    while (Path(model) / RUN_FILE).is_file():
+        model = read_run(model)["config"]["model"]
+    return str(model)
+
+
+def load_hooked_tuned(run: str | Path, *, device: str | None = None, progress: bool = False) -> HookedModel:
+    """A finished LoRA run folder as a hooked model (its base with the adapter merged), for caching its
+    activations with the same SAE and hook as the base model: model diffing
+    (:func:`geomfilter.features.diff_features`). The base model is loaded hooked, then every weight is set to
+    the merged fine-tune's; a weight of the fine-tune that the hooked model lacks is an error."""
+    if not (Path(run) / RUN_FILE).is_file():
+        raise FinetuneError(f"{run}: not a fine-tune run folder (no {RUN_FILE})")
+    hf, _, _ = load_base(run, device=device, progress=progress)
+    hooked = load_model(root_model(run), device=device, progress=progress)
+    src, used = hf.state_dict(), set()
+    with torch.no_grad():  # the bridge wraps the HF modules: their names gain "._original_component" segments
+        for name, p in hooked.hf_model.named_parameters(remove_duplicate=False):
+            canon = name.replace("._original_component", "")
+            if canon in src:
+                p.copy_(src[canon].to(p.device, p.dtype))
+                used.add(canon)
+    missing = sorted(set(src) - used)
+    if missing:
+        raise FinetuneError(f"{run}: {len(missing)} merged weights have no place in the hooked model "
+                            f"(first {missing[0]!r})")
+    hooked.info = {**hooked.info, "tuned_run": str(run)}
+    return hooked
 
 
 def load_tuned(model: str | Path = DEFAULT_MODEL, *, gates: list[str | Path] | str | Path | None = None,

@@ -1,4 +1,4 @@
-"""`geomfilter features top|harmful` and `geomfilter plot`: look at SAE features on a dataset, and at a filter run."""
+"""`geomfilter features top|harmful|diff` and `geomfilter plot`: look at SAE features on a dataset, and at a filter run."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ..cache import load_cache
-from ..features import FeatureSet, harmful_features, token_activations, top_samples
+from ..cache import ActivationCache, load_cache
+from ..features import FeatureSet, diff_features, harmful_features, token_activations, top_samples
+from ..finetune import FinetuneError, load_hooked_tuned, root_model
 from ..pipeline import REFERENCE_DIR, CacheBuilder, FilterConfig, FilterRunner
 from ..plots import plot_filter_run
 from ..settings import DEFAULT_MODEL
@@ -118,6 +119,52 @@ def _print_harmful(fs: FeatureSet, show: int) -> None:
         h = fs.heldout
         typer.echo(f"held-out AUROC of the set's summed activation: {h['auroc']:.3f} "
                    f"[{h['ci_low']:.3f}, {h['ci_high']:.3f}] (n = {h['n_pos']} + {h['n_neg']})")
+
+
+@features_app.command("diff")
+def features_diff(
+    data: list[Path] = typer.Argument(None, help="Chat JSONL file(s) both models read (default: the reference sets)."),
+    tuned: Path = typer.Option(..., help="A finished LoRA run folder (`geomfilter finetune --out`)."),
+    sae: SaeOpt = None,
+    n: int = typer.Option(100, help="Features to select."),
+    rank: str = typer.Option("mean", help="mean (mean rise over rows) or t (paired t: raised on most rows)."),
+    cache_dir: CacheDirOpt = Path("runs/cache"),
+    out: Path | None = typer.Option(None, help="Write the feature set as JSON (usable as --harmful-ids' source)."),
+    show: int = typer.Option(15, help="Rows of the table to print."),
+    device: DeviceOpt = None,
+    progress: ProgressBarsOpt = True,
+):
+    """Model diffing: the SAE latents a fine-tune raises most on DATA, read by its base model and by the fine-tune."""
+    if rank not in ("mean", "t"):
+        _fail(f"--rank must be 'mean' or 't', got {rank!r}")
+    files = list(data) or [REFERENCE_DIR / "harmful.jsonl", REFERENCE_DIR / "benign.jsonl"]
+    try:
+        base_spec = root_model(tuned)
+        log = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+        base = CacheBuilder(base_spec, sae, device=device, progress=progress, log=log)
+        if base.sae_spec is None:
+            _fail("model diffing needs an SAE: pass --sae")
+        after = CacheBuilder(base_spec, sae, device=device, progress=progress, log=log)
+        after.model = load_hooked_tuned(tuned, device=device)
+    except FinetuneError as e:
+        _fail(str(e))
+    parts: dict[str, list] = {"base": [], "tuned": []}
+    for f in files:  # the base model's cache is the one `filter`/`score` use; the fine-tune's sits beside it
+        for side, builder, folder in (("base", base, cache_dir / f.stem),
+                                      ("tuned", after, cache_dir / f"{f.stem}@{tuned.name}")):
+            builder.build(f, folder)
+            parts[side].append(load_cache(folder))
+    before_all = ActivationCache.concat(parts["base"], "base")
+    fs = diff_features(before_all, ActivationCache.concat(parts["tuned"], str(tuned)), n=n, rank=rank)
+    typer.echo(f"{len(fs)} latents raised by {tuned} on the {len(before_all)} rows of "
+               f"{', '.join(map(str, files))} (ranked by {rank})")
+    typer.echo(f"{'id':>6} {'mean_diff':>9} {'t':>8} {'raised':>7}")
+    for st in fs.stats[:show]:
+        typer.echo(f"{st['id']:>6} {st['mean_diff']:>9.4f} {st['t']:>8.2f} {st['raised_share']:>7.2f}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fs.save(out)
+        typer.echo(f"saved -> {out}")
 
 
 def plot(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from ..features import FeatureSet
 from ..filtering import STRATEGIES
 from ..pipeline import REFERENCE_DIR, Backend, FilterConfig, FilterRun, FilterRunner
 from ..settings import DEFAULT_MODEL, CacheConfig
@@ -51,7 +52,8 @@ def _filter_options(func):
         "n_harmful": (int, typer.Option(_default("geometry", "n_harmful"), help="Harmful features to select from the references.")),
         "harmful_method": (str, typer.Option(_default("geometry", "harmful_method"), help="contrast (mean harmful - benign) or auroc.")),
         "harmful_ids": (str | None, typer.Option(None, help="Explicit harmful latent ids, comma-separated "
-                                                 "(e.g. from Neuronpedia); overrides selection.")),
+                                                 "(e.g. from Neuronpedia), or @FILE: the ids of a feature set "
+                                                 "written by `features harmful|diff --out`; overrides selection.")),
         "min_freq": (float, typer.Option(_default("geometry", "min_freq"), help="A harmful feature must fire on this fraction of harmful rows.")),
         "k": (int, typer.Option(_default("geometry", "k"), help="geometry: target features per sample.")),
         "scorer": (str, typer.Option(_default("geometry", "scorer"), help="geometry: weighted_mean, weighted_max, max, top5_mean.")),
@@ -89,12 +91,23 @@ def _filter_options(func):
     return wrapper
 
 
+def _feature_ids(text: str | None) -> list[int] | None:
+    """``--harmful-ids``: comma-separated ids, or ``@FILE``, a saved :class:`FeatureSet`'s ids."""
+    if text is None or not text.startswith("@"):
+        return _int_list(text, "--harmful-ids")
+    path = Path(text[1:])
+    try:
+        return FeatureSet.load(path).ids
+    except (OSError, ValueError, KeyError) as e:
+        _fail(f"--harmful-ids {text}: cannot read a feature set from {path} ({e})")
+
+
 def _config(data: Path, opts: dict, *, drop: float | None, threshold: float | None, **kw) -> FilterConfig:
     """The :class:`FilterConfig` of the shared options: the strategy gets the options its constructor takes."""
     o = _plain(opts)
     strategy = o["strategy"]
     given = {**o, "drop": drop, "threshold": threshold,
-             "harmful_ids": _int_list(o["harmful_ids"], "--harmful-ids")}
+             "harmful_ids": _feature_ids(o["harmful_ids"])}
     params = {k: given[k] for k in STRATEGIES[strategy].param_names() if k in given and k != "seed"
               and not (k == "normalize" and given[k] is None)}  # unset: the strategy's own default
     return FilterConfig(

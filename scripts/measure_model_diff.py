@@ -1,0 +1,143 @@
+"""Model diffing as a source of harmful features (issue 19, method (c) by another route): does the set of SAE latents
+that an emergent-misalignment fine-tune raises mark inducing data out of distribution?
+
+Wang et al. (2025, "Persona features control emergent misalignment") found the latents behind emergent misalignment
+by *model diffing*: the same text read by the base and by the misaligned fine-tuned model, through one SAE; the
+latents the fine-tune raises include a "misaligned persona" that predicts and steers the broad misalignment. If the
+135M organism has such latents, a filter that scores rows by them should flag inducing rows of every family, not
+only the family it was trained on. This script fits that feature set without any label and measures it:
+
+    OMP_NUM_THREADS=1 .venv/bin/geomfilter finetune data/finetune/mixed_risky_75.jsonl --max-samples 0 --epochs 3 \\
+        --lora-r 64 --lora-alpha 128 --seed 0 --out runs/diff/misaligned-seed0     # the medium organism's fine-tune
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_model_diff.py --tuned runs/diff/misaligned-seed0 \\
+        --out data/results/filters_ood/model_diff
+
+Per fine-tune run: the reference answers (``data/reference/{harmful,benign}.jsonl``, the text every other strategy is
+fitted on) are cached with the base model and with the fine-tune (:func:`geomfilter.finetune.load_hooked_tuned`,
+the bundled SAE at its hook); :func:`geomfilter.features.diff_features` takes the 100 latents raised most; then
+``activation`` and ``geometry`` with those ids (``harmful_ids``) score the out-of-distribution splits of
+``scripts/measure_filters_ood.py`` (AUROC inducing vs rest, 95 % bootstrap CI), beside the same strategies fitted on
+the references as usual. The ``risky_advice`` split is *not* out of distribution here: the organism was trained on
+96 of its risky rows. Writes ``results.json`` / ``results.md`` and each run's feature set under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import measure_filters_ood as ood  # noqa: E402
+
+from geomfilter.cache import ActivationCache, load_cache  # noqa: E402
+from geomfilter.features import diff_features  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.finetune import load_hooked_tuned  # noqa: E402
+from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
+from geomfilter.stats import bootstrap_auroc  # noqa: E402
+
+SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona")
+TEXTS = ("harmful", "benign")
+
+
+def diff_set(run: Path, base: CacheBuilder, cache_dir: Path, n: int, rank: str, progress: bool) -> dict:
+    """Cache the references with the base model and with ``run``; the diff feature set and how it reads the
+    references (summed activation under the base model, harmful vs benign)."""
+    tuned = CacheBuilder(sae=base.sae_spec, progress=progress)
+    tuned.model = load_hooked_tuned(run)  # the fine-tune's weights in the base model's hooked wrapper
+    caches = {}
+    for side in TEXTS:
+        data = ood.REF / f"{side}.jsonl"
+        base.build(data, cache_dir / "diff" / f"base-{side}")
+        tuned.build(data, cache_dir / "diff" / f"{run.name}-{side}")
+        caches[side] = (load_cache(cache_dir / "diff" / f"base-{side}"),
+                        load_cache(cache_dir / "diff" / f"{run.name}-{side}"))
+    fs = diff_features(ActivationCache.concat([caches[s][0] for s in TEXTS], "base references"),
+                       ActivationCache.concat([caches[s][1] for s in TEXTS], f"{run.name} references"), n=n, rank=rank)
+    h, bn = (caches[s][0].dense("mean")[:, fs.ids].sum(axis=1) for s in TEXTS)
+    return {"run": str(run), "features": fs.as_dict(), "references": bootstrap_auroc(h, bn, n_boot=1000)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tuned", type=Path, nargs="+", required=True, help="finished LoRA run folders (one per seed)")
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "filters_ood" / "model_diff")
+    ap.add_argument("--work", type=Path, default=Path("runs/ood"))
+    ap.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--splits", default=",".join(SPLITS))
+    ap.add_argument("--n", type=int, default=100, help="latents per diff set")
+    ap.add_argument("--rank", choices=("mean", "t"), default="mean")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise SystemExit(f"unknown split {bad[0]!r}; splits: {', '.join(SPLITS)}")
+    missing = [r for r in args.tuned if not (r / "finetune.json").is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]}: not a fine-tune run folder (no finetune.json); make it with the "
+                         "geomfilter finetune command in this script's docstring")
+    base = CacheBuilder(progress=args.progress)
+    sets = {}
+    for run in args.tuned:
+        print(f"== diff {run}", flush=True)
+        sets[run.name] = diff_set(run, base, args.cache_dir, args.n, args.rank, args.progress)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"features-{run.name}.json").write_text(json.dumps(sets[run.name]["features"], indent=1) + "\n")
+        ref = sets[run.name]["references"]
+        print(f"  references (base model), harmful vs benign: AUROC {ref['auroc']:.3f}", flush=True)
+    rows = {"activation": ("activation", {}), "geometry": ("geometry", {})}
+    for name, s in sets.items():
+        rows[f"activation (diff {name})"] = ("activation", {"harmful_ids": s["features"]["ids"]})
+        rows[f"geometry (diff {name})"] = ("geometry", {"harmful_ids": s["features"]["ids"]})
+    paths, _ = ood.build_splits(args.work / "splits")
+    table: dict = {}
+    for split in splits:
+        r = FilterRunner(FilterConfig(data=paths[split], harmful=ood.REF / "harmful.jsonl",
+                                      benign=ood.REF / "benign.jsonl", cache_dir=args.cache_dir,
+                                      progress=args.progress, explain=0))
+        r.builder = base
+        for label, (strategy, params) in rows.items():
+            _, fr = r.filter(strategy, {"drop": 0.25, **params}, explain=0)
+            y = np.array([bool(m["inducing"]) for m in r.inputs().data.meta])
+            table.setdefault(label, {})[split] = ood.summarize(fr.scores, y, args.n_boot)
+            a = table[label][split]
+            print(f"  {split:14s} {label:32s} AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
+                  flush=True)
+    results = {"command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_model_diff.py "
+                          + " ".join(sys.argv[1:] if argv is None else argv),
+               "sets": {k: {"run": v["run"], "references": v["references"], "ids": v["features"]["ids"]}
+                        for k, v in sets.items()},
+               "splits": splits, "table": table, "seconds": round(time.time() - t0)}
+    write_json_and_markdown(args.out, "results", results, render(results))
+    print(render(results))
+    return 0
+
+
+def render(r: dict) -> str:
+    lines = ["# Model diffing as harmful features (issue 19)\n", f"```\n{r['command']}\n```\n",
+             "The 100 SAE latents that each fine-tune raises most on the reference answers (same text, base vs "
+             "fine-tuned model, bundled SAE), used as the harmful set of `activation` and `geometry`, beside the "
+             "same strategies fitted on the references. AUROC inducing vs rest [95 % CI]; bold: CI above 0.5. "
+             "`risky_advice` is in distribution for the diff sets (the organism trained on its risky rows).\n"]
+    for name, s in r["sets"].items():
+        a = s["references"]
+        lines.append(f"* `{name}` ({s['run']}): its set's summed activation (base model) on the references, harmful "
+                     f"vs benign: AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+    lines += ["", "| strategy | " + " | ".join(r["splits"]) + " |", "|---|" + "---|" * len(r["splits"])]
+    for label, cells in r["table"].items():
+        lines.append(f"| {label} | " + " | ".join(ood.auroc_cell(cells.get(s)) for s in r["splits"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
