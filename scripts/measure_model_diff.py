@@ -106,17 +106,26 @@ def main(argv: list[str] | None = None) -> int:
                                       benign=ood.REF / "benign.jsonl", cache_dir=args.cache_dir,
                                       progress=args.progress, explain=0))
         r.builder = base
+        y = np.array([bool(m["inducing"]) for m in r.inputs().data.meta])
+        dense = r.inputs().data.dense("mean")
+        for st in sets.values():  # where each diff set fires: its summed activation, inducing vs rest
+            act = dense[:, st["features"]["ids"]].sum(axis=1)
+            st.setdefault("activation_by_split", {})[split] = {"inducing": float(act[y].mean()),
+                                                                "rest": float(act[~y].mean())}
         for label, (strategy, params) in rows.items():
             _, fr = r.filter(strategy, {"drop": 0.25, **params}, explain=0)
-            y = np.array([bool(m["inducing"]) for m in r.inputs().data.meta])
             table.setdefault(label, {})[split] = ood.summarize(fr.scores, y, args.n_boot)
             a = table[label][split]
             print(f"  {split:14s} {label:32s} AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
                   flush=True)
+    names = list(sets)
+    overlap = {f"{a} & {b}": len(set(sets[a]["features"]["ids"]) & set(sets[b]["features"]["ids"]))
+               for i, a in enumerate(names) for b in names[i + 1:]}
     results = {"command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_model_diff.py "
                           + " ".join(sys.argv[1:] if argv is None else argv),
-               "sets": {k: {"run": v["run"], "references": v["references"], "ids": v["features"]["ids"]}
-                        for k, v in sets.items()},
+               "sets": {k: {"run": v["run"], "references": v["references"], "ids": v["features"]["ids"],
+                            "activation_by_split": v.get("activation_by_split", {})} for k, v in sets.items()},
+               "overlap": overlap,
                "splits": splits, "table": table, "seconds": round(time.time() - t0)}
     write_json_and_markdown(args.out, "results", results, render(results))
     print(render(results))
@@ -132,7 +141,11 @@ def render(r: dict) -> str:
     for name, s in r["sets"].items():
         a = s["references"]
         lines.append(f"* `{name}` ({s['run']}): its set's summed activation (base model) on the references, harmful "
-                     f"vs benign: AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+                     f"vs benign: AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]; mean summed "
+                     "activation per split (inducing / rest): " + ", ".join(
+                         f"{k} {v['inducing']:.1f} / {v['rest']:.1f}" for k, v in s["activation_by_split"].items()))
+    for pair, k in r.get("overlap", {}).items():
+        lines.append(f"* latents shared by {pair}: {k}")
     lines += ["", "| strategy | " + " | ".join(r["splits"]) + " |", "|---|" + "---|" * len(r["splits"])]
     for label, cells in r["table"].items():
         lines.append(f"| {label} | " + " | ".join(ood.auroc_cell(cells.get(s)) for s in r["splits"]) + " |")

@@ -110,3 +110,24 @@ def fs_model(run):
     from geomfilter.finetune import root_model
 
     return root_model(run)
+
+
+def test_measure_model_diff_script_names_a_missing_run_and_renders_its_table(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("measure_model_diff", root / "scripts" / "measure_model_diff.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit, match="not a fine-tune run folder"):
+        mod.main(["--tuned", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="unknown split 'code'"):
+        mod.main(["--tuned", str(tmp_path), "--splits", "code"])
+    cell = {"auroc": 0.6, "ci_low": 0.55, "ci_high": 0.65, "n_pos": 3, "n_neg": 4}
+    text = mod.render({"command": "cmd", "splits": ["mixed"], "overlap": {"a & b": 92},
+                       "sets": {"a": {"run": "runs/a", "references": {**cell, "auroc": 0.37},
+                                      "activation_by_split": {"mixed": {"inducing": 1.0, "rest": 2.0}}}},
+                       "table": {"activation (diff a)": {"mixed": cell}}})
+    assert "| activation (diff a) | **0.60 [0.55, 0.65]** |" in text
+    assert "AUROC 0.370" in text and "mixed 1.0 / 2.0" in text and "a & b: 92" in text
