@@ -13,8 +13,8 @@ only the family it was trained on. This script fits that feature set without any
         --out data/results/filters_ood/model_diff
 
 Per fine-tune run: the reference answers (``data/reference/{harmful,benign}.jsonl``, the text every other strategy is
-fitted on) are cached with the base model and with the fine-tune (:func:`geomfilter.finetune.load_hooked_tuned`,
-the bundled SAE at its hook); :func:`geomfilter.features.diff_features` takes the 100 latents raised most; then
+fitted on) are cached with the base model and with the fine-tune (:func:`geomfilter.model_diff.diff_caches`, the
+bundled SAE at its hook); :func:`geomfilter.features.diff_features` takes the 100 latents raised most; then
 ``activation`` and ``geometry`` with those ids (``harmful_ids``) score the out-of-distribution splits of
 ``scripts/measure_filters_ood.py`` (AUROC inducing vs rest, 95 % bootstrap CI), beside the same strategies fitted on
 the references as usual. The ``risky_advice`` split is *not* out of distribution here: the organism was trained on
@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import measure_filters_ood as ood  # noqa: E402
 
-from geomfilter.cache import ActivationCache, load_cache  # noqa: E402
+from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.features import diff_features  # noqa: E402
 from geomfilter.files import write_json_and_markdown  # noqa: E402
-from geomfilter.finetune import load_hooked_tuned  # noqa: E402
+from geomfilter.model_diff import diff_caches  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.stats import bootstrap_auroc  # noqa: E402
 
@@ -47,21 +47,14 @@ SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona")
 TEXTS = ("harmful", "benign")
 
 
-def diff_set(run: Path, base: CacheBuilder, cache_dir: Path, n: int, rank: str, progress: bool) -> dict:
-    """Cache the references with the base model and with ``run``; the diff feature set and how it reads the
-    references (summed activation under the base model, harmful vs benign)."""
-    tuned = CacheBuilder(sae=base.sae_spec, progress=progress)
-    tuned.model = load_hooked_tuned(run)  # the fine-tune's weights in the base model's hooked wrapper
-    caches = {}
-    for side in TEXTS:
-        data = ood.REF / f"{side}.jsonl"
-        base.build(data, cache_dir / "diff" / f"base-{side}")
-        tuned.build(data, cache_dir / "diff" / f"{run.name}-{side}")
-        caches[side] = (load_cache(cache_dir / "diff" / f"base-{side}"),
-                        load_cache(cache_dir / "diff" / f"{run.name}-{side}"))
-    fs = diff_features(ActivationCache.concat([caches[s][0] for s in TEXTS], "base references"),
-                       ActivationCache.concat([caches[s][1] for s in TEXTS], f"{run.name} references"), n=n, rank=rank)
-    h, bn = (caches[s][0].dense("mean")[:, fs.ids].sum(axis=1) for s in TEXTS)
+def diff_set(run: Path, cache_dir: Path, n: int, rank: str, progress: bool) -> dict:
+    """The diff feature set of ``run`` on the references and how it reads them (summed activation under the base
+    model, harmful vs benign)."""
+    pairs = diff_caches(run, [ood.REF / f"{side}.jsonl" for side in TEXTS], cache_dir=cache_dir / "diff",
+                        progress=progress)
+    fs = diff_features(ActivationCache.concat([b for b, _ in pairs], "base references"),
+                       ActivationCache.concat([t for _, t in pairs], f"{run.name} references"), n=n, rank=rank)
+    h, bn = (b.dense("mean")[:, fs.ids].sum(axis=1) for b, _ in pairs)
     return {"run": str(run), "features": fs.as_dict(), "references": bootstrap_auroc(h, bn, n_boot=1000)}
 
 
@@ -90,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for run in args.tuned:
         print(f"== diff {run}", flush=True)
-        sets[run.name] = diff_set(run, base, args.cache_dir, args.n, args.rank, args.progress)
+        sets[run.name] = diff_set(run, args.cache_dir, args.n, args.rank, args.progress)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"features-{run.name}.json").write_text(json.dumps(sets[run.name]["features"], indent=1) + "\n")
         ref = sets[run.name]["references"]

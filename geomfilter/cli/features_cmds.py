@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 
 from ..cache import ActivationCache, load_cache
-from ..features import FeatureSet, diff_features, harmful_features, token_activations, top_samples
-from ..finetune import FinetuneError, load_hooked_tuned, root_model
+from ..features import FeatureError, FeatureSet, diff_features, harmful_features, token_activations, top_samples
+from ..finetune import FinetuneError
+from ..model_diff import diff_caches
 from ..pipeline import REFERENCE_DIR, CacheBuilder, FilterConfig, FilterRunner
 from ..plots import plot_filter_run
 from ..settings import DEFAULT_MODEL
@@ -139,23 +140,12 @@ def features_diff(
         _fail(f"--rank must be 'mean' or 't', got {rank!r}")
     files = list(data) or [REFERENCE_DIR / "harmful.jsonl", REFERENCE_DIR / "benign.jsonl"]
     try:
-        base_spec = root_model(tuned)
-        log = lambda msg: typer.echo(msg, err=True)  # noqa: E731
-        base = CacheBuilder(base_spec, sae, device=device, progress=progress, log=log)
-        if base.sae_spec is None:
-            _fail("model diffing needs an SAE: pass --sae")
-        after = CacheBuilder(base_spec, sae, device=device, progress=progress, log=log)
-        after.model = load_hooked_tuned(tuned, device=device)
-    except FinetuneError as e:
+        pairs = diff_caches(tuned, files, sae=sae, cache_dir=cache_dir, device=device, progress=progress,
+                            log=lambda msg: typer.echo(msg, err=True))
+        before_all = ActivationCache.concat([b for b, _ in pairs], "base")
+        fs = diff_features(before_all, ActivationCache.concat([t for _, t in pairs], str(tuned)), n=n, rank=rank)
+    except (FinetuneError, FeatureError) as e:
         _fail(str(e))
-    parts: dict[str, list] = {"base": [], "tuned": []}
-    for f in files:  # the base model's cache is the one `filter`/`score` use; the fine-tune's sits beside it
-        for side, builder, folder in (("base", base, cache_dir / f.stem),
-                                      ("tuned", after, cache_dir / f"{f.stem}@{tuned.name}")):
-            builder.build(f, folder)
-            parts[side].append(load_cache(folder))
-    before_all = ActivationCache.concat(parts["base"], "base")
-    fs = diff_features(before_all, ActivationCache.concat(parts["tuned"], str(tuned)), n=n, rank=rank)
     typer.echo(f"{len(fs)} latents raised by {tuned} on the {len(before_all)} rows of "
                f"{', '.join(map(str, files))} (ranked by {rank})")
     typer.echo(f"{'id':>6} {'mean_diff':>9} {'t':>8} {'raised':>7}")

@@ -1,0 +1,36 @@
+"""Model diffing: the same data cached with a base model and with its LoRA fine-tune, through one SAE.
+
+:func:`diff_caches` is what ``geomfilter features diff`` and ``scripts/measure_model_diff.py`` share: per data file,
+the base model's cache (``CACHE_DIR/<file stem>``, the folder ``filter``/``score`` use) and the fine-tune's beside it
+(``CACHE_DIR/<file stem>@<run name>``), each resumable; :func:`geomfilter.features.diff_features` then ranks the
+latents the fine-tune raises.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .cache import ActivationCache, load_cache
+from .features import FeatureError
+from .finetune import load_hooked_tuned, root_model
+from .pipeline import CacheBuilder
+
+
+def diff_caches(run: str | Path, data: Sequence[str | Path], *, sae: str | None = None,
+                cache_dir: str | Path = "runs/cache", device: str | None = None, progress: bool = True,
+                log: Callable[[str], None] | None = None) -> list[tuple[ActivationCache, ActivationCache]]:
+    """``[(base cache, fine-tune cache)]``, one pair per file of ``data``, for the LoRA run folder ``run`` and its
+    base model (``sae``: a spec, default the base model's bundled SAE; ``log``: where notes go, default stderr)."""
+    kw = {"device": device, "progress": progress, **({"log": log} if log else {})}
+    base = CacheBuilder(root_model(run), sae, **kw)
+    if base.sae_spec is None:
+        raise FeatureError(f"model diffing needs an SAE: {base.model_spec!r} has no bundled SAE, pass sae=")
+    tuned = CacheBuilder(base.model_spec, sae, **kw)
+    tuned.model = load_hooked_tuned(run, device=device)  # the fine-tune's weights in the base model's hooked wrapper
+    pairs = []
+    for f in map(Path, data):
+        folders = (Path(cache_dir) / f.stem, Path(cache_dir) / f"{f.stem}@{Path(run).name}")
+        for builder, folder in zip((base, tuned), folders):
+            builder.build(f, folder)
+        pairs.append(tuple(load_cache(folder) for folder in folders))
+    return pairs
