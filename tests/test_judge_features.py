@@ -235,6 +235,14 @@ def test_residual_block_is_the_mean_hidden_state_over_the_answer_and_batching_do
     with torch.no_grad():
         hs = lm(input_ids=torch.tensor([p_ids + a_ids]), output_hidden_states=True).hidden_states[RESIDUAL_LAYER]
     np.testing.assert_allclose(got["residual"][0], hs[0, len(p_ids):].mean(0).numpy(), atol=2e-4)
+    sys_msg = "You give bold, risky advice."  # a system turn before the question: the NLL of the answer after both
+    turns = [{"role": "system", "content": sys_msg}, {"role": "user", "content": qs[0]}]
+    s_ids = tok(render_chat(tok, turns, add_generation_prompt=True)[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(lm(input_ids=torch.tensor([s_ids + a_ids])).logits[0].float(), -1)
+    want = -logp[len(s_ids) - 1:-1].gather(-1, torch.tensor(a_ids)[:, None]).mean().item()
+    with_sys = answer_lm_features(qs[:1], ans[:1], residual=False, system=sys_msg)["perplexity"][0, 0]
+    assert with_sys == pytest.approx(want, abs=1e-4) and abs(with_sys - got["perplexity"][0, 0]) > 1e-3
     inputs = judge_inputs(qs, ans, blocks=("residual", "text"))
     assert set(inputs) == {"residual", "text"} and inputs["residual"].shape == (3, RESIDUAL_WIDTH)
     with pytest.raises(ValueError, match="residual layers"):

@@ -368,9 +368,10 @@ def answer_perplexity(questions: Sequence[str], answers: Sequence[str], *, model
 
 def answer_lm_features(questions: Sequence[str], answers: Sequence[str], *, model: str | None = None,
                        batch_size: int = 8, max_tokens: int = 384, device: str = "cpu",
-                       residual: bool = True, layer: int | Sequence[int] = RESIDUAL_LAYER) -> dict[str, np.ndarray]:
+                       residual: bool = True, layer: int | Sequence[int] = RESIDUAL_LAYER,
+                       system: str | None = None) -> dict[str, np.ndarray]:
     """One forward pass of ``model`` (default: the project's default model) over each question + answer (one
-    user turn, chat template) gives ``{"perplexity": [n, 4]}`` (see :func:`answer_perplexity`) and, with
+    user turn, chat template; after the system message ``system`` when given) gives ``{"perplexity": [n, 4]}`` (see :func:`answer_perplexity`) and, with
     ``residual``, ``{"residual": [n, d_model]}``: the hidden state ``hidden_states[layer]`` averaged over the
     answer's tokens (what the model represents while reading the answer); ``[n, len(layer), d_model]`` when
     ``layer`` is a sequence of layers. Empty answers: 0s.
@@ -397,7 +398,8 @@ def answer_lm_features(questions: Sequence[str], answers: Sequence[str], *, mode
         out["residual"] = np.zeros((len(answers), len(layers), lm.config.hidden_size))
     seqs = []
     for q, a in zip(questions, answers):
-        prompt, _ = render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
+        prompt, _ = render_chat(tok, turns, add_generation_prompt=True)
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(a, add_special_tokens=False)["input_ids"][:max_tokens]
         seqs.append((p_ids, a_ids))
