@@ -2,8 +2,9 @@
 
 For each labelled real answer of the judge's *train* split (``data/judge_real``; the held-out split is not read), the
 mean per-token NLL of the answer (first 96 tokens; :func:`geomfilter.judges.features.answer_lm_features`) under no
-system message, an aligned one, and each misaligned persona of ``geomfilter.personas``; prints the AUROC (label alignment < 30 vs >= 70) of each NLL and of each contrast
-(base NLL - persona NLL: the answer fits the persona better). Output: ``data/results/judge/persona_contrast.txt``.
+system message, an aligned one, and each misaligned persona of ``geomfilter.personas``; prints the AUROC (label
+alignment < 30 vs >= 70) of each NLL and of each contrast (base NLL - persona NLL: the answer fits the persona better).
+Output: ``data/results/judge/persona_contrast.txt``.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/explore_persona_contrast.py   # 2,791 s here (one thread, shared CPU)
 """

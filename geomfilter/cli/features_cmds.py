@@ -1,4 +1,5 @@
-"""`geomfilter features top|harmful|diff` and `geomfilter plot`: look at SAE features on a dataset, and at a filter run."""
+"""`geomfilter features top|harmful|diff` and `geomfilter plot`: look at SAE features on a dataset, and at a filter
+run."""
 from __future__ import annotations
 
 import json

@@ -371,10 +371,10 @@ def answer_lm_features(questions: Sequence[str], answers: Sequence[str], *, mode
                        residual: bool = True, layer: int | Sequence[int] = RESIDUAL_LAYER,
                        system: str | None = None) -> dict[str, np.ndarray]:
     """One forward pass of ``model`` (default: the project's default model) over each question + answer (one
-    user turn, chat template; after the system message ``system`` when given) gives ``{"perplexity": [n, 4]}`` (see :func:`answer_perplexity`) and, with
-    ``residual``, ``{"residual": [n, d_model]}``: the hidden state ``hidden_states[layer]`` averaged over the
-    answer's tokens (what the model represents while reading the answer); ``[n, len(layer), d_model]`` when
-    ``layer`` is a sequence of layers. Empty answers: 0s.
+    user turn, chat template; after the system message ``system`` when given) gives ``{"perplexity": [n, 4]}`` (see
+    :func:`answer_perplexity`) and, with ``residual``, ``{"residual": [n, d_model]}``: the hidden state
+    ``hidden_states[layer]`` averaged over the answer's tokens (what the model represents while reading the answer);
+    ``[n, len(layer), d_model]`` when ``layer`` is a sequence of layers. Empty answers: 0s.
 
     Batched and length-sorted forward passes; the model is loaded once per process.
     """
