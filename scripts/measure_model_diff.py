@@ -39,6 +39,7 @@ import measure_filters_ood as ood  # noqa: E402
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.features import diff_features  # noqa: E402
 from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.finetune_config import RUN_FILE  # noqa: E402
 from geomfilter.model_diff import diff_caches  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.stats import bootstrap_auroc  # noqa: E402
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise SystemExit(f"unknown split {bad[0]!r}; splits: {', '.join(SPLITS)}")
-    missing = [r for r in args.tuned if not (r / "finetune.json").is_file()]
+    missing = [r for r in args.tuned if not (r / RUN_FILE).is_file()]
     if missing:
-        raise SystemExit(f"{missing[0]}: not a fine-tune run folder (no finetune.json); make it with the "
+        raise SystemExit(f"{missing[0]}: not a fine-tune run folder (no {RUN_FILE}); make it with the "
                          "geomfilter finetune command in this script's docstring")
     base = CacheBuilder(progress=args.progress)
     sets = {}

@@ -8,7 +8,14 @@ from typer.testing import CliRunner
 
 from geomfilter.cli import app
 from geomfilter.features import FeatureError, diff_features
-from geomfilter.finetune import FinetuneConfig, FinetuneError, FinetuneRunner, load_hooked_tuned, load_tuned
+from geomfilter.finetune import (
+    FinetuneConfig,
+    FinetuneError,
+    FinetuneRunner,
+    load_hooked_tuned,
+    load_tuned,
+    root_model,
+)
 from tests.synthetic import make_cache
 from tests.tiny import tiny_sae
 
@@ -90,7 +97,7 @@ def test_cli_features_diff_writes_a_set_that_filter_reads_with_at_file(lora_run,
     fs = json.loads(out.read_text())
     assert fs["method"] == "diff-t" and 0 < len(fs["ids"]) <= 5 and fs["selection"]["n_rows"] == 23
     assert (tmp_path / "c" / "chat").is_dir() and (tmp_path / "c" / f"chat@{lora_run.name}").is_dir()
-    r = CliRunner().invoke(app, ["filter", str(chat_file), "--out", str(tmp_path / "f"), "--model", fs_model(lora_run),
+    r = CliRunner().invoke(app, ["filter", str(chat_file), "--out", str(tmp_path / "f"), "--model", root_model(lora_run),
                                  "--sae", str(sae_dir), "--harmful", str(chat_file), "--benign", str(chat_file),
                                  "--cache-dir", str(tmp_path / "c"), "--strategy", "activation",
                                  "--harmful-ids", f"@{out}", "--drop", "0.25", "--device", "cpu", "--no-progress"])
@@ -103,13 +110,6 @@ def test_cli_features_diff_writes_a_set_that_filter_reads_with_at_file(lora_run,
     r = CliRunner().invoke(app, ["filter", str(chat_file), "--out", str(tmp_path / "g"), "--harmful-ids",
                                  f"@{tmp_path / 'missing.json'}"])
     assert r.exit_code != 0 and "cannot read a feature set" in r.output
-
-
-def fs_model(run):
-    """The base model spec of a run folder (what the filter reads the data with)."""
-    from geomfilter.finetune import root_model
-
-    return root_model(run)
 
 
 def test_measure_model_diff_script_names_a_missing_run_and_renders_its_table(tmp_path):
