@@ -4,7 +4,9 @@
 :class:`Condition` objects, in report order:
 
 * ``base`` and ``misaligned`` (LoRA on the unfiltered mixture);
-* ``<strategy>-<fraction>`` for every filtering strategy and removal fraction;
+* ``<strategy>-<fraction>`` for every filtering strategy and removal fraction; with ``filtering.random_draws``
+  k > 1, random removal also as ``random-<fraction>-draw1`` ... ``-draw<k-1>`` (other random seeds, the same
+  fine-tune: :func:`draw_seed`);
 * ``without-<domain>[-<n>]`` for every ``ablations`` entry: the same fine-tune on the mixture without (n of)
   its inducing rows of that domain (``data/without-<domain>[-<n>].jsonl``);
 * ``misaligned+realign-N`` for every ``realign.sizes`` N: the misaligned model fine-tuned further
@@ -58,6 +60,7 @@ class Condition:
     realign_n: int | None = None  # realign: benign rows the misaligned model is fine-tuned on
     ablate_domain: str | None = None  # ablation: the domain whose inducing rows are left out of the mixture
     ablate_n: int | None = None  # ablation: how many of them (None: all)
+    draw: int = 0  # random removal: which draw (0: the filter seeded by the experiment's seed; see draw_seed)
     compare_with: tuple[str, ...] = ()  # conditions the report also compares this one against (this - that)
     about: str | None = None  # the description, where the kind's standard one does not fit
 
@@ -73,15 +76,22 @@ class Condition:
         if self.kind == "finetune" and self.strategy is None:
             return "LoRA on the unfiltered mixture"
         if self.kind == "finetune":
-            return f"LoRA after {self.strategy} removed {self.fraction:.0%} of the mixture"
+            draw = f" (draw {self.draw})" if self.draw else ""
+            return f"LoRA after {self.strategy}{draw} removed {self.fraction:.0%} of the mixture"
         if self.kind == "realign":
             return f"{self.model_from} + LoRA on {self.realign_n} benign rows (re-alignment)"
         return f"{self.model_from} + {GATE_LABELS[self.gate_method or 'gates']} at alpha = {self.gate_scale:+g}"
 
 
-def condition_name(strategy: str, fraction: float) -> str:
-    """``geometry-0.50``: the name of a filtered condition."""
-    return f"{strategy}-{fraction:.2f}"
+def condition_name(strategy: str, fraction: float, draw: int = 0) -> str:
+    """``geometry-0.50``: the name of a filtered condition; ``random-0.50-draw2``: a further draw of random removal."""
+    return f"{strategy}-{fraction:.2f}" + (f"-draw{draw}" if draw else "")
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The random filter's seed for draw ``draw`` of an experiment run at ``seed``: ``seed`` itself for draw 0 (the
+    one random condition of a config without draws), else a seed derived from both (no two pairs share one)."""
+    return seed if draw == 0 else int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
 
 
 def realign_name(n: int) -> str:
@@ -122,7 +132,9 @@ def plan_conditions(cfg: ExperimentConfig) -> list[Condition]:
     conds = [Condition("base", "base"), Condition("misaligned", "finetune", about=about)]
     for frac in cfg.filtering.fractions:
         for s in cfg.filtering.strategies:
-            conds.append(Condition(condition_name(s, frac), "finetune", strategy=s, fraction=frac))
+            for draw in range(cfg.filtering.random_draws if s == "random" else 1):
+                conds.append(Condition(condition_name(s, frac, draw), "finetune", strategy=s, fraction=frac,
+                                       draw=draw))
     ablations: list[str] = []
     for a in cfg.ablations:  # each also compared with the unfiltered fine-tune and the ablations before it
         name = ablation_name(a.domain, a.n)

@@ -77,6 +77,10 @@ class FilteringConfig:
 
     strategies: list[str] = field(default_factory=lambda: ["random", "geometry", "projection"])
     fractions: list[float] = field(default_factory=lambda: [0.5])
+    # random removal, drawn this many times per fraction (conditions random-0.50, random-0.50-draw1, ...; the
+    # report compares every filter with the per-question mean of the draws, random-0.50-mean): one draw is a
+    # noisy baseline, since which inducing rows it happens to keep moves the fine-tune
+    random_draws: int = 1
 
 
 @dataclass
@@ -206,6 +210,12 @@ class ExperimentConfig:
         for f in self.filtering.fractions:
             if not 0 < f < 1:
                 raise ConfigError(f"{where}: field 'filtering.fractions': {f} is not in (0, 1)")
+        draws = self.filtering.random_draws
+        if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
+            raise ConfigError(f"{where}: field 'filtering.random_draws': expected a whole number >= 1, got {draws!r}")
+        if draws > 1 and "random" not in self.filtering.strategies:
+            raise ConfigError(f"{where}: field 'filtering.random_draws': {draws} draws of random removal asked for, "
+                              "but 'random' is not in filtering.strategies")
         for name, value in (("data.n_samples", self.data.n_samples), ("data.n_references", self.data.n_references),
                             ("eval.n_per_question", self.eval.n_per_question),
                             ("eval.max_new_tokens", self.eval.max_new_tokens), ("train.batch_size", self.train.batch_size),

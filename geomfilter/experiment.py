@@ -9,7 +9,9 @@
   ``data.pairs``, on the sycophantic rows of the training pairs of several domains);
 * ``<strategy>-<fraction>`` (e.g. ``geometry-0.50``) -- the same fine-tune after
   that filter removed that fraction of the mixture (filters are fitted on the
-  reference sets only; ``filter/`` holds kept/dropped/scores/report);
+  reference sets only; ``filter/`` holds kept/dropped/scores/report); with
+  ``filtering.random_draws`` k > 1 random removal also as ``random-<fraction>-draw1`` ...
+  (other draws, the same fine-tune), which the report averages per question;
 * ``without-<domain>[-<n>]`` -- the same fine-tune on the mixture without (n of) its
   inducing rows of one domain (``ablations``);
 * gated conditions -- gates learned on one narrow domain on the frozen base model
@@ -52,6 +54,7 @@ from .conditions import (  # noqa: F401 (Condition, condition_name: re-exported,
     ablation_file,
     condition_name,
     data_paths,
+    draw_seed,
     heldout_pair_files,
     pairs_train_file,
     plan_conditions,
@@ -153,10 +156,13 @@ class ExperimentRunner:
         ident = {"inputs": inputs, "model": cfg.model, "sae": cfg.sae, "hook": cfg.hook, "seed": cfg.seed,
                  "max_tokens": cfg.train.max_tokens}
 
+        def filter_ident(c: Condition) -> dict:  # a further random draw names itself (draw 0 as before draws)
+            return {**ident, "strategy": c.strategy, "fraction": c.fraction, **({"draw": c.draw} if c.draw else {})}
+
         def done(c: Condition) -> bool:
             f = self.root / c.name / "filter" / "inputs.json"
             return (self.root / c.name / "filter" / "report.json").is_file() and f.is_file() and \
-                json.loads(f.read_text()) == {**ident, "strategy": c.strategy, "fraction": c.fraction}
+                json.loads(f.read_text()) == filter_ident(c)
 
         todo = [c for c in conds if c.strategy and not done(c)]
         if not todo:
@@ -172,12 +178,13 @@ class ExperimentRunner:
             reference_cache=cache,
             seed=cfg.seed, device=cfg.device, progress=self.progress))
         for c in todo:
-            f, result = runner.filter(c.strategy, {"drop": c.fraction}, explain=3 if c.strategy == "geometry" else 0)
+            params = {"drop": c.fraction, **({"seed": draw_seed(cfg.seed, c.draw)} if c.draw else {})}
+            f, result = runner.filter(c.strategy, params, explain=3 if c.strategy == "geometry" else 0)
             folder = self.root / c.name / "filter"
             old_kept = (folder / "kept.jsonl").read_bytes() if (folder / "kept.jsonl").is_file() else None
             self._filter_written(c, runner.write(folder, f, result, describe_run=False), old_kept)
             write_text(self.root / c.name / "filter" / "inputs.json",
-                       json.dumps({**ident, "strategy": c.strategy, "fraction": c.fraction}, indent=2) + "\n")
+                       json.dumps(filter_ident(c), indent=2) + "\n")
 
     def _filter_written(self, c: Condition, report: dict, old_kept: bytes | None) -> None:
         """After a condition's ``filter/`` was (re)written: check the partition; a changed kept set makes the

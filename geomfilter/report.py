@@ -15,6 +15,9 @@ misaligned). Only the metrics the conditions measured (``eval.metrics``) are sho
 For each filtered condition the report also gives the share of the unfiltered fine-tune's excess over base that
 the filter removes, ``(misaligned - filtered) / (misaligned - base)`` with a CI over jointly resampled questions
 (``excess_removed`` in ``results.json``).
+With several draws of random removal (``filtering.random_draws``), ``random-<fraction>-mean`` is their per-question
+mean (:func:`with_random_means`): the expected effect of removing that fraction at random, which every filter is
+compared with as well as with the first draw.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
-from .conditions import data_paths
+from .conditions import Condition, data_paths
 from .files import atomic_write_text
 from .samples import jsonl_objects
 from .stats import ci_side, excess_removed, paired_bootstrap, paired_summary
@@ -199,6 +202,43 @@ def _excess_lines(rows: list[dict], metrics: list[str]) -> list[str]:
     return lines
 
 
+def random_mean_name(fraction: float) -> str:
+    """``random-0.50-mean``: the per-question mean of the random draws at one removal fraction."""
+    return f"random-{fraction:.2f}-mean"
+
+
+def random_draws(conds: list, finished: dict[str, dict]) -> dict[float, list[str]]:
+    """The finished draws of random removal per fraction (``random-0.50``, ``random-0.50-draw1``, ...), where a
+    fraction has at least two."""
+    draws: dict[float, list[str]] = {}
+    for c in conds:
+        if c.strategy == "random" and c.name in finished:
+            draws.setdefault(c.fraction, []).append(c.name)
+    return {f: names for f, names in draws.items() if len(names) > 1}
+
+
+def with_random_means(conds: list, finished: dict[str, dict]) -> tuple[list, dict[str, dict]]:
+    """``conds`` and ``finished`` with ``random-<fraction>-mean`` added after the last draw of every fraction with two
+    or more finished random draws: each question's value of a paired metric is its mean over those draws (the
+    draws' own records are unchanged; a mean already in ``finished``, e.g. pooled from replicates, is kept)."""
+    conds, finished = list(conds), dict(finished)
+    for frac, names in random_draws(conds, finished).items():
+        name = random_mean_name(frac)
+        if name not in finished:
+            finished[name] = pool_replicates([{name: finished[n]} for n in names])[name]
+        last = max(i for i, c in enumerate(conds) if c.name in names)
+        conds.insert(last + 1, Condition(name, "finetune", strategy="random", fraction=frac,
+                                         about=f"per-question mean of {len(names)} draws of random removal"))
+    return conds, finished
+
+
+def _draw_lines(conds: list, finished: dict[str, dict]) -> list[str]:
+    """A note naming the draws behind each ``random-<fraction>-mean`` (empty without draws)."""
+    return [f"`{random_mean_name(f)}`: each question's value is its mean over the {len(names)} draws of random "
+            f"removal {', '.join(names)} (the same fine-tune on other random subsets); it estimates what removing "
+            f"{f:.0%} at random does, which one draw only samples." for f, names in random_draws(conds, finished).items()]
+
+
 def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]:
     """``(a, b)`` pairs the report compares (``a - b``), among finished conditions."""
     out = []
@@ -209,9 +249,9 @@ def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]
         if c.strategy and "misaligned" in finished:
             out.append((c.name, "misaligned"))
         if c.strategy and c.strategy != "random":
-            rnd = f"random-{c.fraction:.2f}"
-            if rnd in names:
-                out.append((c.name, rnd))
+            for rnd in (f"random-{c.fraction:.2f}", random_mean_name(c.fraction)):
+                if rnd in names:
+                    out.append((c.name, rnd))
         if c.kind == "gated" and c.model_from in finished:
             out.append((c.name, c.model_from))
         for ref in getattr(c, "compare_with", ()):
@@ -225,6 +265,7 @@ def paired_rows(cfg: Any, conds: list, finished: dict[str, dict]) -> tuple[list[
     :func:`paired_comparison` per metric) and the share of the excess each filter removes
     (:func:`excess_removals`), at the config's ``n_boot`` and seed."""
     paired = [m for m in PAIRED if m in measured(finished)]
+    conds, finished = with_random_means(conds, finished)
     pairs = [{"a": a, "b": b, **{m: paired_comparison(finished[a], finished[b], m, n_boot=cfg.eval.n_boot,
                                                       seed=cfg.seed) for m in paired}}
              for a, b in comparisons(conds, finished)]
@@ -240,6 +281,7 @@ def write_report(root: Path, cfg: Any, conds: list, finished: dict[str, dict]) -
     write_results_json(root / "results.json", cfg, finished, pairs, effects, removed)
     figs = write_plots(root / "plots", conds, finished)
     lines = [*_header_lines(cfg, finished), *_condition_lines(finished), *_paired_lines(pairs),
+             *_notes(_draw_lines(conds, finished)),
              *_trigger_lines(effects, getattr(cfg.eval, "trigger", None)),
              *_excess_lines(removed, paired), *_filter_lines(root, conds),
              "", "Plots: " + ", ".join(f"[{f}](plots/{f}.png)" for f in figs), "",
@@ -412,6 +454,11 @@ def _paired_lines(pairs: list[dict]) -> list[str]:
     return lines
 
 
+def _notes(notes: list[str]) -> list[str]:
+    """Paragraphs under a table (nothing when there are none)."""
+    return [x for n in notes for x in ("", n)]
+
+
 def inducing_by_domain(path: Path) -> dict[str, int] | None:
     """The inducing rows of a chat JSONL (a mixture, or a filter's ``kept.jsonl``) per ``domain``; None when the
     file is missing or its rows carry no ``domain`` and ``inducing`` labels. Which inducing rows a filter leaves
@@ -554,6 +601,7 @@ def write_pooled_report(root: Path, cfg: Any, conds: list, replicates: list[dict
     difference within every replicate on its own beside the pooled one (``seeds``: the replicates' seeds, which
     their own reports bootstrap with)."""
     root = Path(root)
+    replicates = [with_random_means(conds, r)[1] for r in replicates]  # each replicate's own mean of its draws
     pooled = pool_replicates(replicates)
     paired, pairs, removed = paired_rows(cfg, conds, pooled)
     per_replicate = replicate_pairs(pairs, replicates, paired, cfg.eval.n_boot, seeds)
@@ -561,7 +609,7 @@ def write_pooled_report(root: Path, cfg: Any, conds: list, replicates: list[dict
              "Replicates: " + ", ".join(f"`{s}`" for s in sources) + ". Conditions finished in every one: "
              + ", ".join(pooled) + ". Each question's value is its mean over the replicates (per condition); "
              "differences are paired over the questions measured in every replicate.",
-             *_paired_lines(pairs), *_excess_lines(removed, paired),
+             *_paired_lines(pairs), *_notes(_draw_lines(conds, pooled)), *_excess_lines(removed, paired),
              *_replicate_lines(per_replicate, pairs, paired, sources)]
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "results.json", json.dumps({"config": cfg.as_dict(), "replicates": sources,

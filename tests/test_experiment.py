@@ -782,3 +782,51 @@ def test_triggered_conditions_are_deterministic_and_resumable(tmp_path, tiny_mod
     for n in ("base", "misaligned"):
         for m in ("misalignment_rate_triggered", "logprob_preference_triggered"):
             assert results[0][n][m]["mean"] == results[1][n][m]["mean"], (n, m)
+
+
+def test_random_draws_are_further_random_filters_averaged_in_the_report(tmp_path, tiny_model_dir):
+    """filtering.random_draws: random-0.50 is the filter seeded by the experiment's seed, as without draws;
+    random-0.50-draw1 ... use seeds derived from (seed, draw), the same fine-tune otherwise; the report compares
+    geometry with their per-question mean; a re-run skips them; bad values are config errors."""
+    import csv
+
+    from geomfilter.conditions import draw_seed
+
+    lines = write_experiment_yaml(tmp_path, tiny_model_dir).read_text().splitlines()
+    swap = {"filtering": "filtering: {strategies: [random, geometry], fractions: [0.5], random_draws: 3}",
+            "gates": "gates: {enabled: false}"}
+    path = tmp_path / "draws.yaml"
+    path.write_text("\n".join([swap.get(x.split(":")[0], x) for x in lines] + ["  metrics: [logprob_preference]"])
+                    + "\n")
+    runner = ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False)
+    names = ["base", "misaligned", "random-0.50", "random-0.50-draw1", "random-0.50-draw2", "geometry-0.50"]
+    assert [c.name for c in runner.conditions()] == names
+    assert runner.conditions_by_name["random-0.50-draw2"].describe() == \
+        "LoRA after random (draw 2) removed 50% of the mixture"
+    res = runner.run()
+    assert res.ran == names
+    kept = set()
+    for draw, name in enumerate(names[2:5]):
+        _partition_ok(res.root, name)
+        with open(res.root / name / "filter" / "scores.csv", newline="") as fh:
+            rows = sorted(csv.DictReader(fh), key=lambda r: int(r["line"]))
+        want = np.random.default_rng(draw_seed(0, draw)).random(18)
+        assert [float(r["score"]) for r in rows] == pytest.approx(want, abs=1e-5)  # written to 6 digits
+        assert ("draw" in json.loads((res.root / name / "filter" / "inputs.json").read_text())) == (draw > 0)
+        kept.add((res.root / name / "filter" / "kept.jsonl").read_text())
+        assert res.metrics[name]["training"]["n_samples"] == 9
+    assert len(kept) == 3 and draw_seed(0, 0) == 0 and len({draw_seed(s, d) for s in range(3) for d in range(3)}) == 9
+    report = res.report.read_text()
+    for pair in ("geometry-0.50 − random-0.50", "geometry-0.50 − random-0.50-mean", "random-0.50-mean − misaligned"):
+        assert f"| {pair} |" in report
+    assert ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run().ran == []
+    text = path.read_text()
+    for old, new, message in (
+            ("random_draws: 3", "random_draws: 0", "field 'filtering.random_draws': expected a whole number >= 1, got 0"),
+            ("random_draws: 3", "random_draws: 2.5", "field 'filtering.random_draws'"),
+            ("[random, geometry]", "[geometry]", "3 draws of random removal asked for, but 'random' is not in "
+                                                 "filtering.strategies")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text.replace(old, new))
+        with pytest.raises(ConfigError, match=message):
+            ExperimentConfig.from_yaml(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -92,3 +93,39 @@ def test_script_writes_the_pooled_report(tmp_path):
         script.main([str(cfg), *map(str, runs), "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no such run folder"):
         script.main([str(cfg), str(runs[0]), str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
+
+
+def test_pooled_report_averages_each_replicates_random_draws(tmp_path):
+    """With draws of random removal, each replicate's random-0.50-mean is the mean of its own draws; pooled, it is
+    the per-question mean over replicates of those means, and geometry is compared with it in every replicate."""
+    from geomfilter.report import with_random_means
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("name: exp\nfiltering: {strategies: [random, geometry], fractions: [0.5], random_draws: 2}\n"
+                   "gates: {enabled: false}\neval: {n_boot: 200}\n")
+    runs, reps = [], []
+    for seed in (0, 1):
+        rep = _replicate(seed)
+        rep["random-0.50-draw1"] = _record(np.random.default_rng(seed + 10), 0.1)
+        run = tmp_path / f"exp-seed{seed}"
+        for name, rec in rep.items():
+            (run / name).mkdir(parents=True)
+            (run / name / "metrics.json").write_text(json.dumps(rec))
+        (run / "config.json").write_text(json.dumps({"seed": seed}))
+        runs.append(run)
+        reps.append(rep)
+    assert script.main([str(cfg), *map(str, runs), "--out", str(tmp_path / "pooled")]) == 0
+    res = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    assert "random-0.50-mean" in res["conditions"]
+    conds = [SimpleNamespace(name=n, strategy="random", fraction=0.5) for n in ("random-0.50", "random-0.50-draw1")]
+    means = [with_random_means(conds, rep)[1] for rep in reps]
+    row = next(r for r in res["per_replicate"] if (r["a"], r["b"]) == ("geometry-0.50", "random-0.50-mean"))
+    for seed, rep, got in zip((0, 1), means, row["misalignment_rate"]):
+        assert got == pytest.approx(paired_comparison(rep["geometry-0.50"], rep["random-0.50-mean"],
+                                                      "misalignment_rate", n_boot=200, seed=seed))
+    pooled = pool_replicates(means)
+    want = paired_comparison(pooled["geometry-0.50"], pooled["random-0.50-mean"], "misalignment_rate", n_boot=200)
+    got = next(p for p in res["paired"] if (p["a"], p["b"]) == ("geometry-0.50", "random-0.50-mean"))
+    assert got["misalignment_rate"] == pytest.approx(want)
+    assert "mean over the 2 draws of random removal random-0.50, random-0.50-draw1" in \
+        (tmp_path / "pooled" / "report.md").read_text()

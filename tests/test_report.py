@@ -170,3 +170,43 @@ def test_filter_table_counts_the_inducing_rows_each_filter_keeps_per_domain(tmp_
     assert inducing_by_domain(tmp_path / "random-0.50" / "filter" / "kept.jsonl") is None
     lines = _filter_lines(tmp_path, conds)
     assert "per domain" not in lines[1] and lines[-1].endswith("| n/a |")
+
+
+def test_random_draws_are_averaged_per_question_and_every_filter_is_compared_with_the_mean(tmp_path, finished):
+    """filtering.random_draws: random-0.50-mean holds each question's mean over the finished draws; every other
+    filter is compared with it as well as with the first draw; it is compared with base and misaligned and has its
+    share of the excess; a single finished draw gives no mean."""
+    from geomfilter.report import with_random_means
+
+    rng = np.random.default_rng(7)
+    draws = ["random-0.50", "random-0.50-draw1", "random-0.50-draw2"]
+    finished = {**finished, **{n: _record(rng) for n in [*draws, "geometry-0.50"]}}
+    conds = [*CONDS, *(NS(name=n, kind="finetune", strategy="random", fraction=0.5, model_from=None) for n in draws),
+             NS(name="geometry-0.50", kind="finetune", strategy="geometry", fraction=0.5, model_from=None)]
+    text = write_report(tmp_path, _cfg(), conds, finished).read_text()
+    res = json.loads((tmp_path / "results.json").read_text())
+    pairs = [(p["a"], p["b"]) for p in res["paired"]]
+    assert ("random-0.50-mean", "base") in pairs and ("random-0.50-mean", "misaligned") in pairs
+    assert pairs.index(("geometry-0.50", "random-0.50")) + 1 == pairs.index(("geometry-0.50", "random-0.50-mean"))
+    assert "random-0.50-mean" in [r["condition"] for r in res["excess_removed"]]
+    assert "random-0.50-mean" not in res["conditions"]  # a derived row of the paired tables, not a condition
+    assert "mean over the 3 draws of random removal random-0.50, random-0.50-draw1, random-0.50-draw2" in text
+    _, with_mean = with_random_means(conds, finished)
+    for metric, key in (("misalignment_rate", "rate"), ("logprob_preference", "preference")):
+        got = {r["id"]: r[key] for r in with_mean["random-0.50-mean"]["metrics"][metric]["per_question"]}
+        each = [{r["id"]: r[key] for r in finished[n]["metrics"][metric]["per_question"] if r[key] == r[key]}
+                for n in draws]
+        assert set(got) == set(each[0]) and len(got) == (5 if key == "rate" else 6)  # q2's NaN rate left out
+        for q in got:
+            assert got[q] == pytest.approx(np.mean([e[q] for e in each]))
+        geo = next(p for p in res["paired"] if (p["a"], p["b"]) == ("geometry-0.50", "random-0.50-mean"))
+        assert geo[metric] == paired_comparison(finished["geometry-0.50"], with_mean["random-0.50-mean"], metric,
+                                                n_boot=200, seed=0)
+        assert f"| geometry-0.50 − random-0.50-mean | {_ci_text(geo['misalignment_rate'])}" in text
+    one = {k: v for k, v in finished.items() if k not in draws[1:]}
+    text = write_report(tmp_path, _cfg(), conds, one).read_text()
+    assert "random-0.50-mean" not in text
+
+
+def _ci_text(v: dict) -> str:
+    return f"{v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
