@@ -236,7 +236,8 @@ def _draw_lines(conds: list, finished: dict[str, dict]) -> list[str]:
     """A note naming the draws behind each ``random-<fraction>-mean`` (empty without draws)."""
     return [f"`{random_mean_name(f)}`: each question's value is its mean over the {len(names)} draws of random "
             f"removal {', '.join(names)} (the same fine-tune on other random subsets); it estimates what removing "
-            f"{f:.0%} at random does, which one draw only samples." for f, names in random_draws(conds, finished).items()]
+            f"{f:.0%} at random does, which one draw only samples."
+            for f, names in random_draws(conds, finished).items()]
 
 
 def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]:

@@ -817,12 +817,14 @@ def test_random_draws_are_further_random_filters_averaged_in_the_report(tmp_path
         assert res.metrics[name]["training"]["n_samples"] == 9
     assert len(kept) == 3 and draw_seed(0, 0) == 0 and len({draw_seed(s, d) for s in range(3) for d in range(3)}) == 9
     report = res.report.read_text()
-    for pair in ("geometry-0.50 − random-0.50", "geometry-0.50 − random-0.50-mean", "random-0.50-mean − misaligned"):
+    pairs = ("geometry-0.50 − random-0.50", "geometry-0.50 − random-0.50-mean", "random-0.50-mean − misaligned")
+    for pair in pairs:
         assert f"| {pair} |" in report
     assert ExperimentRunner(ExperimentConfig.from_yaml(path), progress=False).run().ran == []
     text = path.read_text()
     for old, new, message in (
-            ("random_draws: 3", "random_draws: 0", "field 'filtering.random_draws': expected a whole number >= 1, got 0"),
+            ("random_draws: 3", "random_draws: 0",
+             "field 'filtering.random_draws': expected a whole number >= 1, got 0"),
             ("random_draws: 3", "random_draws: 2.5", "field 'filtering.random_draws'"),
             ("[random, geometry]", "[geometry]", "3 draws of random removal asked for, but 'random' is not in "
                                                  "filtering.strategies")):
