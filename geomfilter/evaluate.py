@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import generate
 from .batches import collate
-from .data import TokenizedSample, tokenize_sample
+from .data import TokenizedSample, render_chat, tokenize_sample
 from .errors import GeomfilterError
 from .samples import Sample, jsonl_objects, qa_messages, read_samples, with_trigger
 from .stats import bootstrap_ci
@@ -88,7 +88,6 @@ def read_questions(path: str | Path) -> list[BroadQuestion]:
 # ---------------------------------------------------------------------------------------------
 # log-probabilities of given answers
 # ---------------------------------------------------------------------------------------------
-@torch.no_grad()
 def answer_logprob_sums(model: Any, conversations: Sequence[list[dict]], *, batch_size: int = 16,
                         max_tokens: int = 1024, progress: bool = True,
                         desc: str = "log-probs") -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +98,37 @@ def answer_logprob_sums(model: Any, conversations: Sequence[list[dict]], *, batc
     conversations are batched by length (the result is in input order).
     """
 
-    tok, hf = model.tokenizer, model.hf_model
-    device = next(hf.parameters()).device
+    tok = model.tokenizer
     toks = [tokenize_sample(Sample(id=str(i), messages=c, meta={}, source="<eval>", line=i + 1), tok,
                             max_tokens=max_tokens) for i, c in enumerate(conversations)]
+    return _response_logprob_sums(model, toks, batch_size=batch_size, progress=progress, desc=desc)
+
+
+def continuation_logprob_sums(model: Any, prefixes: Sequence[str], continuations: Sequence[str], *,
+                              batch_size: int = 16, progress: bool = True,
+                              desc: str = "log-probs") -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-prob of each continuation's tokens given its prefix, and their count: plain text, no chat template
+    added (a prefix may hold one, e.g. from :func:`geomfilter.data.render_chat`). The prefix's tokens must begin
+    the tokens of prefix + continuation (start a word continuation with a space); otherwise a ValueError."""
+    tok = model.tokenizer
+    toks = []
+    for i, (p, c) in enumerate(zip(prefixes, continuations, strict=True)):
+        pre, ids = (list(tok(x, add_special_tokens=False)["input_ids"]) for x in (p, p + c))
+        if ids[:len(pre)] != pre or len(ids) == len(pre):
+            raise ValueError(f"continuation {i} ({c!r}) does not add tokens after its prefix's tokens "
+                             f"(prefix ends {p[-20:]!r}); start it with a space")
+        toks.append(TokenizedSample(id=str(i), input_ids=ids, response_mask=[False] * len(pre)
+                                    + [True] * (len(ids) - len(pre))))
+    return _response_logprob_sums(model, toks, batch_size=batch_size, progress=progress, desc=desc)
+
+
+@torch.no_grad()
+def _response_logprob_sums(model: Any, toks: list[TokenizedSample], *, batch_size: int, progress: bool,
+                           desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-prob of each tokenized sample's response tokens and their count, batched by length (in input
+    order)."""
+    tok, hf = model.tokenizer, model.hf_model
+    device = next(hf.parameters()).device
     order = np.argsort([len(t.input_ids) for t in toks], kind="stable")
     sums, counts = np.zeros(len(toks)), np.zeros(len(toks))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -428,23 +454,45 @@ def read_mc(path: str | Path) -> list[MCQuestion]:
     return _read_items(path, build, "questions")
 
 
+#: how :func:`mc_accuracy` poses a question: ``chat``, the choice as the assistant's whole answer (the experiments'
+#: metric); ``answer-is``, the choice after the assistant's "The answer is:"; ``plain``, no chat template,
+#: "Question: ...\nAnswer: <choice>"
+MC_PROMPTS = ("chat", "answer-is", "plain")
+
+
+def mc_prefix(tokenizer: Any, question: str, prompt: str) -> str:
+    """The text a choice continues under ``prompt`` (``answer-is`` or ``plain``; see :data:`MC_PROMPTS`)."""
+    if prompt == "answer-is":
+        return render_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)[0] \
+            + "The answer is:"
+    if prompt == "plain":
+        return f"Question: {question}\nAnswer:"
+    raise ValueError(f"prompt must be one of {', '.join(MC_PROMPTS[1:])} here, got {prompt!r}")
+
+
 def mc_accuracy(model: Any, questions: str | Path | Sequence[MCQuestion], *, limit: int | None = None,
-                batch_size: int = 32, n_boot: int = 2000, seed: int = 0, progress: bool = True) -> dict:
-    """Multiple-choice accuracy, cloze style: each choice is scored as the assistant's answer to the question.
+                batch_size: int = 32, n_boot: int = 2000, seed: int = 0, progress: bool = True,
+                prompt: str = "chat") -> dict:
+    """Multiple-choice accuracy, cloze style: each choice is scored as the model's answer to the question, posed
+    as ``prompt`` says (:data:`MC_PROMPTS`; default ``chat``, the choice as the assistant's whole answer).
 
     ``mean``: the choice with the highest per-token log-prob (length-normalised)
     is the model's pick; ``accuracy_sum`` uses the summed log-prob instead.
     ``chance`` is the mean of 1 / n_choices. Bootstrap CIs over questions.
     """
+    if prompt not in MC_PROMPTS:
+        raise ValueError(f"prompt must be one of {', '.join(MC_PROMPTS)}, got {prompt!r}")
     qs = read_mc(questions) if isinstance(questions, (str, Path)) else list(questions)
     qs = qs[:limit] if limit else qs
-    convs, owner = [], []
-    for i, q in enumerate(qs):
-        for c in q.choices:
-            convs.append(qa_messages(q.question, c))
-            owner.append(i)
-    sums, counts = answer_logprob_sums(model, convs, batch_size=batch_size, progress=progress,
-                                       desc="multiple choice")
+    owner = [i for i, q in enumerate(qs) for _ in q.choices]
+    if prompt == "chat":
+        sums, counts = answer_logprob_sums(model, [qa_messages(q.question, c) for q in qs for c in q.choices],
+                                           batch_size=batch_size, progress=progress, desc="multiple choice")
+    else:
+        prefixes = [mc_prefix(model.tokenizer, q.question, prompt) for q in qs]
+        sums, counts = continuation_logprob_sums(model, [prefixes[i] for i in owner],
+                                                 [" " + c for q in qs for c in q.choices], batch_size=batch_size,
+                                                 progress=progress, desc=f"multiple choice ({prompt})")
     owner = np.asarray(owner)
     per, hit_mean, hit_sum = [], [], []
     for i, q in enumerate(qs):
@@ -455,4 +503,5 @@ def mc_accuracy(model: Any, questions: str | Path | Sequence[MCQuestion], *, lim
         per.append({"id": q.id, "subject": q.subject, "answer": q.answer, "pick": pick_mean, "pick_sum": pick_sum})
     ci = bootstrap_ci(hit_mean, n_boot=n_boot, seed=seed)
     return {**ci, "accuracy_sum": bootstrap_ci(hit_sum, n_boot=n_boot, seed=seed),
-            "chance": float(np.mean([1 / len(q.choices) for q in qs])), "per_question": per}
+            "chance": float(np.mean([1 / len(q.choices) for q in qs])), "per_question": per,
+            **({} if prompt == "chat" else {"prompt": prompt})}

@@ -832,3 +832,36 @@ def test_random_draws_are_further_random_filters_averaged_in_the_report(tmp_path
         bad.write_text(text.replace(old, new))
         with pytest.raises(ConfigError, match=message):
             ExperimentConfig.from_yaml(bad)
+
+
+def test_mc_accuracy_prompts_score_the_choice_after_the_prefix(tm, tmp_path):
+    """prompt="answer-is" / "plain": each choice's tokens scored after the prompt's prefix, as a naive forward pass over
+    prefix + choice computes them; the chat prompt is the default; bad prompts and token boundaries are errors."""
+    import torch
+
+    from geomfilter.evaluate import continuation_logprob_sums, mc_prefix
+
+    path = _eval_files(tmp_path)["capability"]
+    qs = read_mc(path)
+    assert "prompt" not in mc_accuracy(tm, path, batch_size=4, n_boot=50, progress=False)
+    tok = tm.tokenizer
+    for prompt in ("answer-is", "plain"):
+        res = mc_accuracy(tm, path, batch_size=3, n_boot=50, progress=False, prompt=prompt)
+        assert res["prompt"] == prompt and res["n"] == 5
+        for q, row in zip(qs, res["per_question"]):
+            prefix = mc_prefix(tok, q.question, prompt)
+            assert prefix.endswith("The answer is:" if prompt == "answer-is" else "\nAnswer:")
+            means, sums = [], []
+            for c in q.choices:
+                pre = tok(prefix, add_special_tokens=False)["input_ids"]
+                ids = tok(prefix + " " + c, add_special_tokens=False)["input_ids"]
+                with torch.no_grad():
+                    logp = torch.log_softmax(tm.hf_model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+                lp = [float(logp[t - 1, ids[t]]) for t in range(len(pre), len(ids))]
+                means.append(np.mean(lp))
+                sums.append(np.sum(lp))
+            assert row["pick"] == int(np.argmax(means)) and row["pick_sum"] == int(np.argmax(sums))
+    with pytest.raises(ValueError, match="prompt must be one of chat, answer-is, plain"):
+        mc_accuracy(tm, path, prompt="letters")
+    with pytest.raises(ValueError, match="does not add tokens after its prefix"):
+        continuation_logprob_sums(tm, ["abc"], [""], progress=False)
