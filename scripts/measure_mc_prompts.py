@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="fine-tune run folders (or NAME=FOLDER) compared with the base model")
     ap.add_argument("--base", default=DEFAULT_MODEL, help="the base model spec (default: the embedded default)")
-    ap.add_argument("--capability", type=Path, default=ROOT / "data" / "eval" / "capability.jsonl")
+    ap.add_argument("--capability", type=Path, default=Path("data/eval/capability.jsonl"),
+                    help="the MC questions (default: the experiments' own)")
     ap.add_argument("--out", type=Path, required=True, help="markdown file (a .json beside it)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--n-boot", type=int, default=2000)
