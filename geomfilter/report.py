@@ -326,7 +326,7 @@ def write_plots(pdir: Path, conds: list, finished: dict[str, dict]) -> list[str]
     rates = {n: r["metrics"]["misalignment_rate"] for n, r in finished.items() if "misalignment_rate" in r["metrics"]}
     curves: dict[str, dict[float, dict]] = {}
     for c in conds:
-        if c.strategy and c.name in rates:
+        if c.strategy and c.name in rates and not getattr(c, "draw", 0):  # random: its first draw
             curves.setdefault(c.strategy, {})[c.fraction] = rates[c.name]
     if curves and "misaligned" in rates:
         for s in curves:

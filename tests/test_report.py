@@ -172,18 +172,24 @@ def test_filter_table_counts_the_inducing_rows_each_filter_keeps_per_domain(tmp_
     assert "per domain" not in lines[1] and lines[-1].endswith("| n/a |")
 
 
-def test_random_draws_are_averaged_per_question_and_every_filter_is_compared_with_the_mean(tmp_path, finished):
+def test_random_draws_are_averaged_per_question_and_every_filter_is_compared_with_the_mean(tmp_path, finished,
+                                                                                            monkeypatch):
     """filtering.random_draws: random-0.50-mean holds each question's mean over the finished draws; every other
     filter is compared with it as well as with the first draw; it is compared with base and misaligned and has its
-    share of the excess; a single finished draw gives no mean."""
+    share of the excess; the removal-fraction plot draws the first draw; a single finished draw gives no mean."""
+    from geomfilter import plots
     from geomfilter.report import with_random_means
 
     rng = np.random.default_rng(7)
     draws = ["random-0.50", "random-0.50-draw1", "random-0.50-draw2"]
     finished = {**finished, **{n: _record(rng) for n in [*draws, "geometry-0.50"]}}
-    conds = [*CONDS, *(NS(name=n, kind="finetune", strategy="random", fraction=0.5, model_from=None) for n in draws),
+    conds = [*CONDS, *(NS(name=n, kind="finetune", strategy="random", fraction=0.5, model_from=None, draw=d)
+                       for d, n in enumerate(draws)),
              NS(name="geometry-0.50", kind="finetune", strategy="geometry", fraction=0.5, model_from=None)]
+    drawn = {}
+    monkeypatch.setattr(plots, "fraction_curves", lambda curves, *a, **k: drawn.update(curves))
     text = write_report(tmp_path, _cfg(), conds, finished).read_text()
+    assert drawn["random"][0.5] is finished["random-0.50"]["metrics"]["misalignment_rate"]
     res = json.loads((tmp_path / "results.json").read_text())
     pairs = [(p["a"], p["b"]) for p in res["paired"]]
     assert ("random-0.50-mean", "base") in pairs and ("random-0.50-mean", "misaligned") in pairs
