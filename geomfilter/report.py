@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
-from .conditions import Condition, data_paths
+from .conditions import Condition, condition_name, data_paths
 from .files import atomic_write_text
 from .samples import jsonl_objects
 from .stats import ci_side, excess_removed, paired_bootstrap, paired_summary
@@ -204,7 +204,7 @@ def _excess_lines(rows: list[dict], metrics: list[str]) -> list[str]:
 
 def random_mean_name(fraction: float) -> str:
     """``random-0.50-mean``: the per-question mean of the random draws at one removal fraction."""
-    return f"random-{fraction:.2f}-mean"
+    return f"{condition_name('random', fraction)}-mean"
 
 
 def random_draws(conds: list, finished: dict[str, dict]) -> dict[float, list[str]]:
@@ -250,7 +250,7 @@ def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]
         if c.strategy and "misaligned" in finished:
             out.append((c.name, "misaligned"))
         if c.strategy and c.strategy != "random":
-            for rnd in (f"random-{c.fraction:.2f}", random_mean_name(c.fraction)):
+            for rnd in (condition_name("random", c.fraction), random_mean_name(c.fraction)):
                 if rnd in names:
                     out.append((c.name, rnd))
         if c.kind == "gated" and c.model_from in finished:
