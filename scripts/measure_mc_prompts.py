@@ -28,22 +28,23 @@ sys.path.insert(0, str(ROOT))
 from geomfilter.evaluate import MC_PROMPTS, mc_accuracy, read_mc  # noqa: E402
 from geomfilter.files import atomic_write_text  # noqa: E402
 from geomfilter.finetune import load_tuned  # noqa: E402
+from geomfilter.finetune_config import RUN_FILE  # noqa: E402
 from geomfilter.settings import DEFAULT_MODEL  # noqa: E402
 from geomfilter.stats import ci_side, paired_summary  # noqa: E402
 
 MODES = {"mean": "pick", "sum": "pick_sum"}  # accuracy by per-token mean (the metric) / by summed log-prob
 
 
-def hits(res: dict, questions: list, mode: str) -> dict[str, float]:
-    """Question id -> 1.0 where the pick of ``mode`` is the right answer."""
-    answer = {q.id: q.answer for q in questions}
-    return {r["id"]: float(r[MODES[mode]] == answer[r["id"]]) for r in res["per_question"]}
+def hits(res: dict, mode: str) -> dict[str, float]:
+    """Question id -> 1.0 where the pick of ``mode`` is the right answer (both in ``mc_accuracy``'s records)."""
+    return {r["id"]: float(r[MODES[mode]] == r["answer"]) for r in res["per_question"]}
 
 
-def recorded_accuracy(run: Path) -> float | None:
-    """The ``chat`` MC accuracy an experiment recorded for the condition whose fine-tune is ``run`` (None if none)."""
-    path = Path(run).parent / "metrics.json"
-    if not path.is_file():
+def recorded_accuracy(spec: str) -> float | None:
+    """The ``chat`` MC accuracy an experiment recorded for the condition whose fine-tune run folder is ``spec``
+    (``<condition>/run``); None for a model spec or a run outside an experiment."""
+    path = Path(spec).parent / "metrics.json"
+    if not (Path(spec) / RUN_FILE).is_file() or not path.is_file():
         return None
     return json.loads(path.read_text())["metrics"].get("mc_accuracy", {}).get("mean")
 
@@ -58,10 +59,10 @@ def measure(models: dict[str, str], capability: Path, batch_size: int, n_boot: i
         for prompt in MC_PROMPTS:
             res = mc_accuracy(model, questions, batch_size=batch_size, n_boot=n_boot, progress=False, prompt=prompt)
             for mode in MODES:
-                h = hits(res, questions, mode)
+                h = hits(res, mode)
                 rec["hits"][f"{prompt}/{mode}"] = h
                 rec["accuracy"][f"{prompt}/{mode}"] = sum(h.values()) / len(h)
-        rec["recorded_chat"] = recorded_accuracy(Path(spec)) if spec != DEFAULT_MODEL else None
+        rec["recorded_chat"] = recorded_accuracy(spec)
         rec["seconds"] = round(time.time() - t0, 1)
         out["models"][name] = rec
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rec["accuracy"].items()) + f" ({rec['seconds']} s)",

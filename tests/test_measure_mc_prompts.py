@@ -13,6 +13,7 @@ import measure_mc_prompts as script  # noqa: E402
 
 from geomfilter.evaluate import MC_PROMPTS, mc_accuracy, read_mc  # noqa: E402
 from geomfilter.finetune import load_tuned  # noqa: E402
+from geomfilter.finetune_config import RUN_FILE  # noqa: E402
 
 
 def _capability(tmp_path: Path) -> Path:
@@ -38,5 +39,11 @@ def test_accuracies_paired_differences_and_report(tmp_path, tiny_model_dir):
     assert "| same | +0.000 [+0.000, +0.000] (MDD 0.000)" in text and "**" not in text.split("Fine-tune − base")[1]
     res["paired"]["same"]["plain/sum"] = {"mean": 0.2, "lo": 0.1, "hi": 0.3, "n": 4, "mdd": 0.1}
     assert "**+0.200 [+0.100, +0.300] (MDD 0.100)**" in script.to_markdown(res, "cmd")
+    run = tmp_path / "cond" / "run"  # a condition's fine-tune: the experiment's recorded accuracy beside it
+    run.mkdir(parents=True)
+    (tmp_path / "cond" / "metrics.json").write_text(json.dumps({"metrics": {"mc_accuracy": {"mean": 0.725}}}))
+    assert script.recorded_accuracy(str(run)) is None  # not a run folder yet
+    (run / RUN_FILE).write_text("{}")
+    assert script.recorded_accuracy(str(run)) == 0.725 and script.recorded_accuracy("smollm2-135m-instruct") is None
     with pytest.raises(SystemExit, match="no such run folder"):
         script.main([str(tmp_path / "missing"), "--out", str(tmp_path / "x.md")])
