@@ -103,6 +103,21 @@ def _per_item(rec: dict, metric: str) -> dict | None:
     return {r["id"]: r[key] for r in v["per_question"] if r.get(key) == r.get(key)}
 
 
+def metric_records(per_item: dict[str, dict[str, float]], metric: str) -> dict[str, dict]:
+    """``{condition: {item id: value}}`` of one paired metric as condition records, the form that
+    :func:`pool_replicates`, :func:`with_random_means` and :func:`paired_comparison` read (e.g. answers judged again
+    by another judge: ``scripts/rejudge_experiment.py``)."""
+    key = PAIRED[metric]
+    return {c: {"metrics": {metric: {"per_question": [{"id": i, key: v} for i, v in items.items()]}}}
+            for c, items in per_item.items()}
+
+
+def metric_per_item(records: dict[str, dict], metric: str) -> dict[str, dict[str, float]]:
+    """The inverse of :func:`metric_records`: ``{condition: {item id: value}}`` of ``metric`` (conditions that did
+    not measure it left out)."""
+    return {c: v for c, rec in records.items() if (v := _per_item(rec, metric)) is not None}
+
+
 def paired_difference(a: dict, b: dict, metric: str, n_boot: int = 2000, seed: int = 0) -> dict | None:
     """``a - b`` per shared item of ``metric`` (records of two conditions), mean with a bootstrap CI over items
     (None where either condition did not measure ``metric``)."""

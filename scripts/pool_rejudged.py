@@ -25,16 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.files import atomic_write_text  # noqa: E402
-from geomfilter.report import pool_replicates, replicated  # noqa: E402
+from geomfilter.report import metric_per_item, metric_records, pool_replicates, replicated  # noqa: E402
 from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
 
 RATE = "misalignment_rate"
-
-
-def _records(per_q: dict[str, dict[str, float]]) -> dict[str, dict]:
-    """Per-question rates as the experiment's records (what ``pool_replicates`` reads)."""
-    return {c: {"metrics": {RATE: {"per_question": [{"id": q, "rate": v} for q, v in pq.items()]}}}
-            for c, pq in per_q.items()}
 
 
 def read_rejudged(path: Path) -> dict:
@@ -57,8 +51,8 @@ def pool(files: list[dict], n_boot: int) -> dict:
     out: dict = {"experiments": [f["experiment"] for f in files], "conditions": conds, "judges": {}}
     for spec in specs:
         reps = [f["judges"][spec] for f in files]
-        pooled = pool_replicates([_records({c: r["per_question"][c] for c in conds}) for r in reps])
-        per_q = {c: {x["id"]: x["rate"] for x in pooled[c]["metrics"][RATE]["per_question"]} for c in conds}
+        pooled = pool_replicates([metric_records({c: r["per_question"][c] for c in conds}, RATE) for r in reps])
+        per_q = metric_per_item(pooled, RATE)
         res: dict = {"name": reps[0]["name"], "per_question": per_q, "comparisons": {},
                      "rates": {c: bootstrap_ci(list(per_q[c].values()), n_boot=n_boot, seed=0) for c in conds}}
         for key in reps[0]["comparisons"]:

@@ -33,7 +33,7 @@ from geomfilter.conditions import plan_conditions  # noqa: E402
 from geomfilter.config import ExperimentConfig  # noqa: E402
 from geomfilter.files import atomic_write_text  # noqa: E402
 from geomfilter.judges import load_judge  # noqa: E402
-from geomfilter.report import comparisons, with_random_means  # noqa: E402
+from geomfilter.report import comparisons, metric_per_item, metric_records, with_random_means  # noqa: E402
 from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
 
 RATE = "misalignment_rate"
@@ -73,10 +73,8 @@ def planned_conditions(exp: Path) -> list:
 def with_means(conds: list, per_q: dict[str, dict[str, float]]) -> tuple[list, dict[str, dict[str, float]]]:
     """``conds`` and ``per_q`` (condition -> question -> rate) with ``random-<fraction>-mean`` added where two or more
     draws of random removal were judged (``geomfilter.report.with_random_means``)."""
-    records = {c: {"metrics": {RATE: {"per_question": [{"id": q, "rate": v} for q, v in pq.items()]}}}
-               for c, pq in per_q.items()}
-    conds, records = with_random_means(conds, records)
-    return conds, {c: {r["id"]: r["rate"] for r in rec["metrics"][RATE]["per_question"]} for c, rec in records.items()}
+    conds, records = with_random_means(conds, metric_records(per_q, RATE))
+    return conds, metric_per_item(records, RATE)
 
 
 def rejudge(exp: Path, specs: list[str], n_boot: int, alignment_below: float, coherence_above: float,

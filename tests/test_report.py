@@ -7,7 +7,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
-from geomfilter.report import paired_comparison, paired_difference, write_report
+from geomfilter.report import metric_per_item, metric_records, paired_comparison, paired_difference, write_report
 from geomfilter.stats import minimum_detectable_difference, paired_differences
 
 
@@ -216,3 +216,15 @@ def test_random_draws_are_averaged_per_question_and_every_filter_is_compared_wit
 
 def _ci_text(v: dict) -> str:
     return f"{v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
+
+
+def test_per_item_values_become_records_and_back():
+    per_item = {"a": {"q0": 0.5, "q1": 0.0}, "b": {"q0": 1.0, "q1": float("nan")}}
+    recs = metric_records(per_item, "misalignment_rate")
+    assert recs["a"]["metrics"]["misalignment_rate"]["per_question"] == [{"id": "q0", "rate": 0.5},
+                                                                        {"id": "q1", "rate": 0.0}]
+    assert metric_records({"a": {"q0": 0.2}}, "logprob_preference")["a"]["metrics"]["logprob_preference"][
+        "per_question"] == [{"id": "q0", "preference": 0.2}]
+    back = metric_per_item({**recs, "c": {"metrics": {}}}, "misalignment_rate")
+    assert back == {"a": {"q0": 0.5, "q1": 0.0}, "b": {"q0": 1.0}}      # NaN left out, c did not measure it
+    assert paired_comparison(recs["b"], recs["a"], "misalignment_rate", n_boot=50)["mean"] == 0.5
