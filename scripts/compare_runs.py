@@ -1,0 +1,109 @@
+"""Compare finished conditions of different experiments (another training setting, the same evaluation) question by
+question, per replicate and pooled.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_runs.py \
+        --a runs/organism-mix75-e5/misaligned runs/organism-mix75-e5-seed1/misaligned \
+        --b runs/medium/misaligned runs/medium-seed1/misaligned \
+        --out data/results/organism/mixture_epochs.md
+
+An experiment compares the conditions it trained itself; a training setting that the whole experiment shares
+(epochs, LoRA rank, the mixture) is compared across two experiments. The i-th ``--a`` and the i-th ``--b`` are one
+replicate: conditions evaluated with the same settings and seed (their recorded evaluation identities must be equal,
+so the same questions and sampling settings), trained differently. Per paired metric (``geomfilter.report.PAIRED``)
+both measured: a − b within each replicate (``report.paired_comparison``: bootstrap CI over questions, n, MDD),
+pooled over the replicates (a question's value its mean over them, ``report.pool_replicates``), and in how many
+replicates the own CI excludes zero on the side of the pooled difference. Writes the markdown file and a ``.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from geomfilter.experiment import METRICS_FILE  # noqa: E402
+from geomfilter.files import atomic_write_text  # noqa: E402
+from geomfilter.report import COLUMNS, PAIRED, paired_comparison, pool_replicates, replicated  # noqa: E402
+from geomfilter.stats import ci_side  # noqa: E402
+
+
+def read_condition(path: Path) -> dict:
+    """A finished condition's record (``<run>/<condition>/metrics.json``)."""
+    f = path / METRICS_FILE
+    if not f.is_file():
+        raise SystemExit(f"{path}: no {METRICS_FILE} (not a finished condition of an experiment)")
+    rec = json.loads(f.read_text())
+    if "eval" not in rec.get("identity", {}):
+        raise SystemExit(f"{f}: no evaluation identity (written by an older geomfilter?)")
+    return rec
+
+
+def compare(a: list[Path], b: list[Path], n_boot: int) -> dict:
+    if len(a) != len(b) or not a:
+        raise SystemExit(f"--a and --b name one condition per replicate each: got {len(a)} and {len(b)}")
+    reps = []
+    for pa, pb in zip(a, b):
+        ra, rb = read_condition(pa), read_condition(pb)
+        if ra["identity"]["eval"] != rb["identity"]["eval"]:
+            diff = sorted(k for k in {**ra["identity"]["eval"], **rb["identity"]["eval"]}
+                          if ra["identity"]["eval"].get(k) != rb["identity"]["eval"].get(k))
+            raise SystemExit(f"{pa} and {pb} were evaluated differently ({', '.join(diff)}): not one replicate")
+        reps.append({"a": ra, "b": rb})
+    pooled = pool_replicates(reps)
+    metrics = [m for m in PAIRED if all(m in r[s]["metrics"] for r in reps for s in "ab")]
+    out: dict = {"a": [str(p) for p in a], "b": [str(p) for p in b], "metrics": {}}
+    for m in metrics:
+        own = [paired_comparison(r["a"], r["b"], m, n_boot=n_boot, seed=0) for r in reps]
+        p = paired_comparison(pooled["a"], pooled["b"], m, n_boot=n_boot, seed=0) if len(reps) > 1 else own[0]
+        out["metrics"][m] = {"means": [[r[s]["metrics"][m]["mean"] for s in "ab"] for r in reps],
+                             "replicates": own, "pooled": p, "measured_in": replicated(p, own)}
+    return out
+
+
+def _ci(d: dict) -> str:
+    return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+
+def to_markdown(res: dict, command: str) -> str:
+    k = len(res["a"])
+    out = ["# a − b, question by question\n", f"```\n{command}\n```\n",
+           "| replicate | a | b |", "|---|---|---|"]
+    out += [f"| {i + 1} | `{x}` | `{y}` |" for i, (x, y) in enumerate(zip(res["a"], res["b"]))]
+    out += ["", "Paired over the same questions (95 % bootstrap CI, n, MDD: the smallest true difference a two-sided "
+            "test at 0.05 detects with power 0.8); pooled: a question's value is its mean over the replicates; "
+            "measured in: the replicates whose own CI excludes zero on the side of the pooled difference. A CI that "
+            "covers 0 is **no effect measured**.\n",
+            "| metric | " + " | ".join(f"replicate {i + 1}: a, b, a − b" for i in range(k))
+            + " | pooled a − b, n, MDD | measured in |", "|---" * (k + 3) + "|"]
+    for m, d in res["metrics"].items():
+        cells = [f"{ma:.3f}, {mb:.3f}, {_ci(x)}" for (ma, mb), x in zip(d["means"], d["replicates"])]
+        p = d["pooled"]
+        verdict = "" if ci_side(p) else " (no effect measured)"
+        out.append(f"| {COLUMNS[m][0]} | " + " | ".join(cells)
+                   + f" | {_ci(p)}, {p['n']}, {p['mdd']:.3f}{verdict} | {d['measured_in']} of {k} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--a", type=Path, nargs="+", required=True, help="one condition folder per replicate")
+    ap.add_argument("--b", type=Path, nargs="+", required=True, help="the same replicates' other conditions")
+    ap.add_argument("--out", type=Path, required=True, help="markdown file (a .json beside it)")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    args = ap.parse_args(argv)
+    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_runs.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    res = compare(args.a, args.b, args.n_boot)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, to_markdown(res, command))
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps({"command": command, **res}, indent=1) + "\n")
+    print(to_markdown(res, command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""scripts/compare_runs.py: one condition of two experiments compared question by question, per replicate and pooled."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from geomfilter.report import paired_comparison, pool_replicates
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "scripts" / "compare_runs.py")
+compare_mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_mod)
+
+
+def _condition(path: Path, rates: list[float], seed: int = 0, prefs: list[float] | None = None) -> Path:
+    metrics = {"misalignment_rate": {"mean": sum(rates) / len(rates),
+                                     "per_question": [{"id": f"q{i}", "rate": r} for i, r in enumerate(rates)]}}
+    if prefs is not None:
+        per_q = [{"id": f"q{i}", "preference": p} for i, p in enumerate(prefs)]
+        metrics["logprob_preference"] = {"mean": sum(prefs) / len(prefs), "per_question": per_q}
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({"identity": {"eval": {"seed": seed, "n_per_question": 6},
+                                                                "train": {"epochs": 3}}, "metrics": metrics}))
+    return path
+
+
+def test_each_replicate_and_the_pooled_difference(tmp_path):
+    n = 30
+    a = [_condition(tmp_path / f"e5-{s}" / "misaligned", [0.3 + 0.1 * (i % 3) for i in range(n)], s, [0.1] * n)
+         for s in (0, 1)]
+    b = [_condition(tmp_path / f"e3-{s}" / "misaligned", [0.2] * n, s, [0.1 + 0.01 * s] * n) for s in (0, 1)]
+    res = compare_mod.compare(a, b, n_boot=300)
+    assert list(res["metrics"]) == ["misalignment_rate", "logprob_preference"]
+    r = res["metrics"]["misalignment_rate"]
+    recs = [{"a": json.loads((x / "metrics.json").read_text()), "b": json.loads((y / "metrics.json").read_text())}
+            for x, y in zip(a, b)]
+    pooled = pool_replicates(recs)
+    assert r["pooled"] == paired_comparison(pooled["a"], pooled["b"], "misalignment_rate", n_boot=300)
+    assert r["pooled"]["mean"] == pytest.approx(0.2) and r["pooled"]["n"] == n and r["measured_in"] == 2
+    assert r["means"][0] == pytest.approx([0.4, 0.2])
+    p = res["metrics"]["logprob_preference"]
+    # no difference at replicate 1, -0.01 at replicate 2: the pooled -0.005 is measured in one of the two
+    assert p["replicates"][0]["mean"] == 0 and p["pooled"]["mean"] == pytest.approx(-0.005) and p["measured_in"] == 1
+    md = compare_mod.to_markdown(res, "cmd")
+    assert "| misalignment rate | 0.400, 0.200, +0.200" in md and "| 2 of 2 |" in md
+    assert md.split("| log-prob preference |")[1].rstrip().endswith("| 1 of 2 |")
+
+
+def test_conditions_that_are_not_one_replicate_are_refused(tmp_path):
+    a = _condition(tmp_path / "a" / "misaligned", [0.3] * 4, seed=0)
+    b = _condition(tmp_path / "b" / "misaligned", [0.2] * 4, seed=1)
+    with pytest.raises(SystemExit, match=r"evaluated differently \(seed\): not one replicate"):
+        compare_mod.compare([a], [b], n_boot=10)
+    with pytest.raises(SystemExit, match="one condition per replicate each: got 1 and 2"):
+        compare_mod.compare([a], [b, b], n_boot=10)
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        compare_mod.compare([a], [tmp_path / "none"], n_boot=10)
+    out = tmp_path / "out" / "cmp.md"
+    same = _condition(tmp_path / "c" / "misaligned", [0.1] * 4, seed=0)
+    assert compare_mod.main(["--a", str(a), "--b", str(same), "--out", str(out), "--n-boot", "50"]) == 0
+    assert "+0.200" in out.read_text() and json.loads(out.with_suffix(".json").read_text())["a"] == [str(a)]
