@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.experiment import METRICS_FILE  # noqa: E402
-from geomfilter.files import atomic_write_text  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.report import COLUMNS, PAIRED, paired_comparison, pool_replicates, replicated  # noqa: E402
 from geomfilter.stats import ci_side  # noqa: E402
 
@@ -98,10 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_runs.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     res = compare(args.a, args.b, args.n_boot)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, to_markdown(res, command))
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps({"command": command, **res}, indent=1) + "\n")
-    print(to_markdown(res, command))
+    md = to_markdown(res, command)
+    write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, md)
+    print(md)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geomfilter.files import atomic_write_text  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.report import metric_per_item, metric_records, pool_replicates, replicated  # noqa: E402
 from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
 
@@ -104,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/pool_rejudged.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     res = pool([read_rejudged(p) for p in args.rejudged], args.n_boot)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, to_markdown(res, command))
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps({"command": command, **res}, indent=1) + "\n")
-    print(to_markdown(res, command))
+    md = to_markdown(res, command)
+    write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, md)
+    print(md)
     return 0
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.conditions import plan_conditions  # noqa: E402
 from geomfilter.config import ExperimentConfig  # noqa: E402
-from geomfilter.files import atomic_write_text  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.judges import load_judge  # noqa: E402
 from geomfilter.report import comparisons, metric_per_item, metric_records, with_random_means  # noqa: E402
 from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
@@ -185,10 +185,9 @@ def main(argv: list[str] | None = None) -> None:
                   args.alignment_below, args.coherence_above,
                   [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None)
     notes = check_against_experiment(args.experiment, res)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, to_markdown(res, command, notes))
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps({"command": command, **res}, indent=1) + "\n")
-    print(to_markdown(res, command, notes))
+    md = to_markdown(res, command, notes)
+    write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, md)
+    print(md)
 
 
 if __name__ == "__main__":
