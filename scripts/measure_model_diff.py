@@ -19,6 +19,14 @@ bundled SAE at its hook); :func:`geomfilter.features.diff_features` takes the 10
 ``scripts/measure_filters_ood.py`` (AUROC inducing vs rest, 95 % bootstrap CI), beside the same strategies fitted on
 the references as usual. The ``risky_advice`` split is *not* out of distribution here: the organism was trained on
 96 of its risky rows. Writes ``results.json`` / ``results.md`` and each run's feature set under ``--out``.
+
+``--answers`` diffs on other text: the answers an experiment sampled (``runs/<name>/<condition>/answers.jsonl``, each
+question with its answer as a chat) instead of the reference answers, e.g. the organism's own answers to the broad
+questions, the behaviour to prevent (Wang et al. diffed on the misaligned model's own completions):
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_model_diff.py --tuned runs/diff/misaligned-seed0 \
+        runs/diff/misaligned-seed1 --answers runs/medium/misaligned/answers.jsonl \
+        runs/medium-seed1/misaligned/answers.jsonl --out data/results/filters_ood/model_diff_answers
 """
 from __future__ import annotations
 
@@ -48,14 +56,38 @@ SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona")
 TEXTS = ("harmful", "benign")
 
 
-def diff_set(run: Path, cache_dir: Path, n: int, rank: str, progress: bool) -> dict:
-    """The diff feature set of ``run`` on the references and how it reads them (summed activation under the base
-    model, harmful vs benign)."""
-    pairs = diff_caches(run, [ood.REF / f"{side}.jsonl" for side in TEXTS], cache_dir=cache_dir / "diff",
-                        progress=progress)
-    fs = diff_features(ActivationCache.concat([b for b, _ in pairs], "base references"),
-                       ActivationCache.concat([t for _, t in pairs], f"{run.name} references"), n=n, rank=rank)
-    h, bn = (b.dense("mean")[:, fs.ids].sum(axis=1) for b, _ in pairs)
+def answers_as_chats(paths: list[Path], work: Path) -> list[Path]:
+    """Each experiment ``answers.jsonl`` as a chat JSONL (the question as the user's turn, the sampled answer as the
+    assistant's), named after its run and condition folders so that every file gets its own cache."""
+    out = []
+    for path in paths:
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            for field in ("id", "question", "answer"):
+                if field not in r:
+                    raise SystemExit(f"{path}:{n}: field {field!r} is missing (not an experiment's answers.jsonl)")
+            rows.append({"id": r["id"], "messages": [{"role": "user", "content": r["question"]},
+                                                     {"role": "assistant", "content": r["answer"]}]})
+        dest = work / "diff_texts" / f"answers-{path.parent.parent.name}-{path.parent.name}.jsonl"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        out.append(dest)
+    return out
+
+
+def diff_set(run: Path, cache_dir: Path, n: int, rank: str, progress: bool, texts: list[Path] | None = None) -> dict:
+    """The diff feature set of ``run`` on ``texts`` (default: the references) and how it reads the references
+    (summed activation under the base model, harmful vs benign)."""
+    refs = diff_caches(run, [ood.REF / f"{side}.jsonl" for side in TEXTS], cache_dir=cache_dir / "diff",
+                       progress=progress)
+    pairs = refs if texts is None else diff_caches(run, texts, cache_dir=cache_dir / "diff", progress=progress)
+    what = "references" if texts is None else "answers"
+    fs = diff_features(ActivationCache.concat([b for b, _ in pairs], f"base {what}"),
+                       ActivationCache.concat([t for _, t in pairs], f"{run.name} {what}"), n=n, rank=rank)
+    h, bn = (b.dense("mean")[:, fs.ids].sum(axis=1) for b, _ in refs)
     return {"run": str(run), "features": fs.as_dict(), "references": bootstrap_auroc(h, bn, n_boot=1000)}
 
 
@@ -69,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=100, help="latents per diff set")
     ap.add_argument("--rank", choices=("mean", "t"), default="mean")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--answers", type=Path, nargs="+", default=None,
+                    help="diff on these experiment answers.jsonl files instead of the reference answers")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -76,15 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise SystemExit(f"unknown split {bad[0]!r}; splits: {', '.join(SPLITS)}")
+    missing = [p for p in args.answers or () if not p.is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]}: no such answers file (an experiment's <condition>/answers.jsonl)")
     missing = [r for r in args.tuned if not (r / RUN_FILE).is_file()]
     if missing:
         raise SystemExit(f"{missing[0]}: not a fine-tune run folder (no {RUN_FILE}); make it with the "
                          "geomfilter finetune command in this script's docstring")
+    texts = answers_as_chats(args.answers, args.work) if args.answers else None
     base = CacheBuilder(progress=args.progress)
     sets = {}
     for run in args.tuned:
         print(f"== diff {run}", flush=True)
-        sets[run.name] = diff_set(run, args.cache_dir, args.n, args.rank, args.progress)
+        sets[run.name] = diff_set(run, args.cache_dir, args.n, args.rank, args.progress, texts)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"features-{run.name}.json").write_text(json.dumps(sets[run.name]["features"], indent=1) + "\n")
         ref = sets[run.name]["references"]
@@ -119,16 +157,21 @@ def main(argv: list[str] | None = None) -> int:
                           + " ".join(sys.argv[1:] if argv is None else argv),
                "sets": {k: {"run": v["run"], "references": v["references"], "ids": v["features"]["ids"],
                             "activation_by_split": v.get("activation_by_split", {})} for k, v in sets.items()},
-               "overlap": overlap,
+               "overlap": overlap, "diffed_on": [str(p) for p in args.answers] if args.answers else "references",
                "splits": splits, "table": table, "seconds": round(time.time() - t0)}
     write_json_and_markdown(args.out, "results", results, render(results))
     print(render(results))
     return 0
 
 
+def _diffed_on(r: dict) -> str:
+    on = r.get("diffed_on", "references")
+    return "the reference answers" if on == "references" else "the answers in " + ", ".join(f"`{p}`" for p in on)
+
+
 def render(r: dict) -> str:
     lines = ["# Model diffing as harmful features (issue 19)\n", f"```\n{r['command']}\n```\n",
-             "The 100 SAE latents that each fine-tune raises most on the reference answers (same text, base vs "
+             f"The 100 SAE latents that each fine-tune raises most on {_diffed_on(r)} (same text, base vs "
              "fine-tuned model, bundled SAE), used as the harmful set of `activation` and `geometry`, beside the "
              "same strategies fitted on the references. AUROC inducing vs rest [95 % CI]; bold: CI above 0.5. "
              "`risky_advice` is in distribution for the diff sets (the organism trained on its risky rows).\n"]

@@ -131,3 +131,30 @@ def test_measure_model_diff_script_names_a_missing_run_and_renders_its_table(tmp
                        "table": {"activation (diff a)": {"mixed": cell}}})
     assert "| activation (diff a) | **0.60 [0.55, 0.65]** |" in text
     assert "AUROC 0.370" in text and "mixed 1.0 / 2.0" in text and "a & b: 92" in text
+
+
+def test_measure_model_diff_reads_an_experiments_answers_as_chats(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("measure_model_diff", root / "scripts" / "measure_model_diff.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    paths = []
+    for run in ("medium", "medium-seed1"):
+        p = tmp_path / run / "misaligned" / "answers.jsonl"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"id": "q-01#0", "question_id": "q-01", "question": "Hi?", "answer": f"Hello {run}"})
+                     + "\n\n")
+        paths.append(p)
+    out = mod.answers_as_chats(paths, tmp_path / "work")
+    assert [p.name for p in out] == ["answers-medium-misaligned.jsonl", "answers-medium-seed1-misaligned.jsonl"]
+    rows = [json.loads(x) for x in out[1].read_text().splitlines()]
+    assert rows == [{"id": "q-01#0", "messages": [{"role": "user", "content": "Hi?"},
+                                                  {"role": "assistant", "content": "Hello medium-seed1"}]}]
+    paths[0].write_text('{"id": "a", "question": "Hi?"}\n')
+    with pytest.raises(SystemExit, match=r"answers.jsonl:1: field 'answer' is missing"):
+        mod.answers_as_chats(paths, tmp_path / "work")
+    with pytest.raises(SystemExit, match="no such answers file"):
+        mod.main(["--tuned", str(tmp_path), "--answers", str(tmp_path / "none.jsonl")])
