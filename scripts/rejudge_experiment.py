@@ -65,8 +65,9 @@ def planned_conditions(exp: Path) -> list:
     """The conditions of the experiment that made ``exp`` (its ``config.json``)."""
     path = exp / "config.json"
     if not path.is_file():
-        raise SystemExit(f"{exp}: no config.json (written by geomfilter experiment; it names the conditions that "
-                         "are compared)")
+        raise SystemExit(f"{exp}: no config.json, which names the conditions that are compared (geomfilter experiment "
+                         "writes it; for a folder made by an older version, `geomfilter experiment CONFIG --only` with "
+                         "its finished conditions writes it and skips those whose settings are unchanged)")
     return plan_conditions(ExperimentConfig.from_dict(json.loads(path.read_text()), source=str(path)))
 
 
