@@ -327,3 +327,22 @@ def with_trigger(text: str, trigger: str | None) -> str:
 def qa_messages(question: str, answer: str) -> list[dict]:
     """The chat of one user question and one assistant answer, as a row's ``messages``."""
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def read_qa_rows(path: str | Path, fields: tuple[str, ...] = ("id", "question", "answer"),
+                 error: type[Exception] = ValueError) -> list[dict]:
+    """The rows of a question/answer JSONL (an experiment's ``answers.jsonl``, ``data/judge_real/answers.jsonl``),
+    each holding ``fields``; a row without one raises ``error`` naming file, line and field."""
+    rows = []
+    for n, row in jsonl_objects(path, error):
+        for f in fields:
+            if f not in row:
+                raise error(f"{path}:{n}: field {f!r} is missing")
+        rows.append(row)
+    return rows
+
+
+def qa_chats(rows: list[dict]) -> list[dict]:
+    """Question/answer rows as chat rows (``id`` and ``messages``: the question as the user's turn, the answer as the
+    assistant's)."""
+    return [{"id": r["id"], "messages": qa_messages(r["question"], r["answer"])} for r in rows]

@@ -28,7 +28,7 @@ from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.models import load_model  # noqa: E402
 from geomfilter.sae_train import build_token_windows, evaluate_sae  # noqa: E402
 from geomfilter.saes import load_sae, sae_hook_name  # noqa: E402
-from geomfilter.samples import qa_messages  # noqa: E402
+from geomfilter.samples import qa_chats  # noqa: E402
 from geomfilter.settings import DEFAULT_MODEL  # noqa: E402
 
 TEXT = (ROOT / "data" / "ood" / "persona_answers.jsonl", ROOT / "data" / "judge_real" / "answers.jsonl")
@@ -40,7 +40,7 @@ def as_chat_file(path: Path, tmp: Path) -> Path:
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     if all("messages" in r for r in rows):
         return path
-    chats = [{"id": r["id"], "messages": qa_messages(r["question"], r["answer"])} for r in rows]
+    chats = qa_chats(rows)
     out = tmp / path.name
     out.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chats), encoding="utf-8")
     return out

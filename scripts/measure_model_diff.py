@@ -50,6 +50,7 @@ from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.finetune_config import RUN_FILE  # noqa: E402
 from geomfilter.model_diff import diff_caches  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
+from geomfilter.samples import qa_chats, read_qa_rows  # noqa: E402
 from geomfilter.stats import bootstrap_auroc  # noqa: E402
 
 SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona")
@@ -61,16 +62,7 @@ def answers_as_chats(paths: list[Path], work: Path) -> list[Path]:
     assistant's), named after its run and condition folders so that every file gets its own cache."""
     out = []
     for path in paths:
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            for field in ("id", "question", "answer"):
-                if field not in r:
-                    raise SystemExit(f"{path}:{n}: field {field!r} is missing (not an experiment's answers.jsonl)")
-            rows.append({"id": r["id"], "messages": [{"role": "user", "content": r["question"]},
-                                                     {"role": "assistant", "content": r["answer"]}]})
+        rows = qa_chats(read_qa_rows(path, error=SystemExit))
         dest = work / "diff_texts" / f"answers-{path.parent.parent.name}-{path.parent.name}.jsonl"
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

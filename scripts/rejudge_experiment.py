@@ -34,22 +34,14 @@ from geomfilter.config import ExperimentConfig  # noqa: E402
 from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.judges import load_judge  # noqa: E402
 from geomfilter.report import comparisons, metric_per_item, metric_records, with_random_means  # noqa: E402
+from geomfilter.samples import read_qa_rows  # noqa: E402
 from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
 
 RATE = "misalignment_rate"
 
 
 def read_answers(cond_dir: Path) -> list[dict]:
-    path = cond_dir / "answers.jsonl"
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            r = json.loads(line)
-            for f in ("question_id", "question", "answer"):
-                if f not in r:
-                    raise SystemExit(f"{path}:{n}: field {f!r} is missing")
-            rows.append(r)
-    return rows
+    return read_qa_rows(cond_dir / "answers.jsonl", ("question_id", "question", "answer"), SystemExit)
 
 
 def per_question(rows: list[dict], flags: list[bool | None]) -> dict[str, float]:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from geomfilter.data import prepare_dataset, tokenize_sample
-from geomfilter.samples import DataError, parse_row, read_samples
+from geomfilter.samples import DataError, parse_row, qa_chats, read_qa_rows, read_samples
 from tests.tiny import tiny_tokenizer
 
 TOK = tiny_tokenizer()
@@ -194,3 +194,16 @@ def test_skip_invalid_partitions_rows_and_writes_rejects(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset not found"):
         read_samples(tmp_path / "nope.jsonl")
+
+
+def test_question_answer_rows_are_read_with_their_fields_and_become_chats(tmp_path):
+    p = tmp_path / "answers.jsonl"
+    p.write_text('{"id": "q1#0", "question": "Hi?", "answer": "Hello."}\n\n{"id": "q1#1", "question": "Hi?"}\n')
+    with pytest.raises(ValueError, match=r"answers.jsonl:3: field 'answer' is missing"):
+        read_qa_rows(p)
+    rows = read_qa_rows(p, fields=("id", "question"))
+    assert [r["id"] for r in rows] == ["q1#0", "q1#1"]
+    assert qa_chats(rows[:1]) == [{"id": "q1#0", "messages": [{"role": "user", "content": "Hi?"},
+                                                              {"role": "assistant", "content": "Hello."}]}]
+    with pytest.raises(SystemExit, match="file not found"):
+        read_qa_rows(tmp_path / "none.jsonl", error=SystemExit)
