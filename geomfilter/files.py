@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,10 @@ def write_json_and_markdown(folder: str | Path, stem: str, data: Any, markdown: 
     atomic_write_text(folder / f"{stem}.json", json.dumps(data, indent=1, default=float) + "\n")
     atomic_write_text(folder / f"{stem}.md", markdown)
     return folder / f"{stem}.md"
+
+
+def script_command(script: str | Path, argv: list[str] | None = None) -> str:
+    """How a project script was run, as its results file records it: ``OMP_NUM_THREADS=1 .venv/bin/python
+    scripts/<name> <arguments>``, the arguments shell-quoted (``argv`` None: this process's own)."""
+    return f"OMP_NUM_THREADS=1 .venv/bin/python scripts/{Path(script).name} " + shlex.join(
+        sys.argv[1:] if argv is None else argv)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.experiment import METRICS_FILE  # noqa: E402
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.report import COLUMNS, PAIRED, paired_comparison, pool_replicates, replicated  # noqa: E402
 from geomfilter.stats import ci_side  # noqa: E402
 
@@ -95,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="markdown file (a .json beside it)")
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_runs.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     res = compare(args.a, args.b, args.n_boot)
     md = to_markdown(res, command)
     write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, md)

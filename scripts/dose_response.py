@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.config import ExperimentConfig  # noqa: E402
 from geomfilter.experiment import ExperimentRunner  # noqa: E402
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.report import paired_comparison  # noqa: E402
 from geomfilter.stats import ci_side  # noqa: E402
 from geomfilter.validate import FAMILIES  # noqa: E402
@@ -213,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stem", default="dose_response", help="file name stem of the table and plot under --results")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/dose_response.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     shares = [float(x) for x in args.shares.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import sys
 import time
 from fnmatch import fnmatchcase
@@ -40,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geomfilter.files import atomic_write_text  # noqa: E402
+from geomfilter.files import atomic_write_text, script_command  # noqa: E402
 from geomfilter.judges import REAL_JUDGE_DIR, RESIDUAL_JUDGE_DIR, FeatureJudge, OfflineJudge, read_labelled  # noqa: E402
 from geomfilter.judges.feature_judge import HeadSpec, block_names, judge_inputs, train_feature_judge  # noqa: E402
 from geomfilter.judges.features import is_refusal, looks_like_code  # noqa: E402
@@ -721,8 +720,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
     NEW_DIR, OUT = args.judge_dir, args.out
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/eval_judge_real.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     rows = load_rows(args.labels, args.variants, args.exclude_variants)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.frozen:

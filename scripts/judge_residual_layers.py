@@ -14,7 +14,6 @@ Writes ``data/results/judge/residual_layers.md`` / ``.json``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_judge_real as ejr  # noqa: E402
 
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.judges.feature_judge import HeadSpec, oof_linear  # noqa: E402
 from geomfilter.judges.features import answer_lm_features  # noqa: E402
 from geomfilter.stats import auroc  # noqa: E402
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--c", default="0.001,0.01", help="inverse L2 strengths tried (comma-separated)")
     ap.add_argument("--out", type=Path, default=ejr.OUT)
     args = ap.parse_args(argv)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/judge_residual_layers.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     layers = [int(x) for x in args.layers.split(",")]
     cs = [float(x) for x in args.c.split(",")]
     rows = [r for r in ejr.load_rows(ejr.HERE / "labels.jsonl") if r["split"] == "train"] + ejr.old_rows()

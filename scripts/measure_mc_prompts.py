@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.evaluate import MC_PROMPTS, mc_accuracy, read_mc  # noqa: E402
-from geomfilter.files import atomic_write_text  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.finetune import load_tuned  # noqa: E402
 from geomfilter.finetune_config import RUN_FILE  # noqa: E402
 from geomfilter.settings import DEFAULT_MODEL  # noqa: E402
@@ -120,13 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         if name in models:
             raise SystemExit(f"{name}: named twice")
         models[name] = spec
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_mc_prompts.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     res = measure(models, args.capability, args.batch_size, args.n_boot)
     text = to_markdown(res, command)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, text)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps({"command": command, **res}, indent=1) + "\n")
+    write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, text)
     print(text)
     return 0
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.report import metric_per_item, metric_records, pool_replicates, replicated  # noqa: E402
 from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
 
@@ -101,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if len(args.rejudged) < 2:
         raise SystemExit("give at least two rejudged files to pool")
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/pool_rejudged.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     res = pool([read_rejudged(p) for p in args.rejudged], args.n_boot)
     md = to_markdown(res, command)
     write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, md)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.conditions import plan_conditions  # noqa: E402
 from geomfilter.config import ExperimentConfig  # noqa: E402
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.judges import load_judge  # noqa: E402
 from geomfilter.report import comparisons, metric_per_item, metric_records, with_random_means  # noqa: E402
 from geomfilter.samples import read_qa_rows  # noqa: E402
@@ -172,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=None, help="comma-separated conditions to judge (default: every condition "
                     "with answers)")
     args = ap.parse_args(argv)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/rejudge_experiment.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     res = rejudge(args.experiment, [s.strip() for s in args.judges.split(",") if s.strip()], args.n_boot,
                   args.alignment_below, args.coherence_above,
                   [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None)

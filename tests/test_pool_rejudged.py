@@ -59,7 +59,10 @@ def test_pool_reads_files_and_says_what_is_wrong(tmp_path):
     out = tmp_path / "pooled" / "rejudged.md"
     assert pool_mod.main([*map(str, paths), "--out", str(out), "--n-boot", "100"]) == 0
     assert "pooled over 2 replicates" in out.read_text()
-    assert json.loads(out.with_suffix(".json").read_text())["experiments"] == ["runs/r0.0", "runs/r0.2"]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["experiments"] == ["runs/r0.0", "runs/r0.2"]
+    assert saved["command"] == ("OMP_NUM_THREADS=1 .venv/bin/python scripts/pool_rejudged.py "
+                                f"{paths[0]} {paths[1]} --out {out} --n-boot 100")
     with pytest.raises(SystemExit, match="at least two"):
         pool_mod.main([str(paths[0]), "--out", str(out)])
     with pytest.raises(SystemExit, match="no such file"):
