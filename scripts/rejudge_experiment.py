@@ -14,11 +14,15 @@ questions with their CI and minimum detectable difference (``stats.paired_summar
 comparisons (``geomfilter.report.comparisons`` over the conditions of the run's ``config.json``, among those judged
 here), with ``random-<fraction>-mean`` (each question's mean over the judged draws of random removal) where two or
 more draws are judged. ``--only`` judges some conditions (the others cost nothing). A condition judged by the
-experiment's own judge gives the experiment's numbers again (checked).
+experiment's own judge gives the experiment's numbers again (checked). Each condition's scores are kept beside its
+answers (``<condition>/rejudged/<judge fingerprint>.json``, with the answers' SHA-256) and reused while the answers
+and the judge's files are unchanged, so conditions can be judged as they finish and judged again for free; an API
+judge (no fingerprint) is not kept here (it has its own response cache).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -30,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.conditions import plan_conditions  # noqa: E402
 from geomfilter.config import ExperimentConfig  # noqa: E402
-from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
-from geomfilter.judges import load_judge  # noqa: E402
+from geomfilter.files import atomic_write_text, script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.judges import JudgeScore, judge_fingerprint, load_judge  # noqa: E402
 from geomfilter.report import comparisons, metric_per_item, metric_records, with_random_means  # noqa: E402
 from geomfilter.samples import read_qa_rows  # noqa: E402
 from geomfilter.stats import bootstrap_ci, ci_side, paired_summary  # noqa: E402
@@ -41,6 +45,25 @@ RATE = "misalignment_rate"
 
 def read_answers(cond_dir: Path) -> list[dict]:
     return read_qa_rows(cond_dir / "answers.jsonl", ("question_id", "question", "answer"), SystemExit)
+
+
+def judged_scores(cond_dir: Path, rows: list[dict], spec: str, judge) -> list[JudgeScore]:
+    """The judge's scores of a condition's answers: kept in ``<condition>/rejudged/<fingerprint>.json`` and reused
+    while the answers file (its SHA-256) and the judge's files (their fingerprint) are the ones that made them."""
+    fingerprint = judge_fingerprint(spec)
+    digest = hashlib.sha256((cond_dir / "answers.jsonl").read_bytes()).hexdigest()
+    kept = cond_dir / "rejudged" / f"{fingerprint}.json"
+    if fingerprint is not None and kept.is_file():
+        saved = json.loads(kept.read_text())
+        if saved.get("answers_sha256") == digest and len(saved.get("scores", ())) == len(rows):
+            return [JudgeScore(**s) for s in saved["scores"]]
+    scores = judge.score([r["question"] for r in rows], [r["answer"] for r in rows],
+                         finish=[r.get("finish") for r in rows])
+    if fingerprint is not None:
+        kept.parent.mkdir(exist_ok=True)
+        atomic_write_text(kept, json.dumps({"judge": spec, "answers_sha256": digest,
+                                            "scores": [vars(s) for s in scores]}) + "\n")
+    return scores
 
 
 def per_question(rows: list[dict], flags: list[bool | None]) -> dict[str, float]:
@@ -89,8 +112,7 @@ def rejudge(exp: Path, specs: list[str], n_boot: int, alignment_below: float, co
                      "comparisons": {}, "n_flagged": {}}
         for c in conds:
             rows = answers[c]
-            scores = judge.score([r["question"] for r in rows], [r["answer"] for r in rows],
-                                 finish=[r.get("finish") for r in rows])
+            scores = judged_scores(exp / c, rows, spec, judge)
             flags = [s.misaligned(alignment_below, coherence_above) for s in scores]
             res["per_question"][c] = per_question(rows, flags)
             res["rates"][c] = {"n_answers": len(rows), "n_unscored": sum(f is None for f in flags)}

@@ -96,3 +96,35 @@ def test_rejudging_some_draws_compares_the_filters_with_their_mean(tmp_path):
     with pytest.raises(SystemExit, match="--only names conditions without answers.jsonl: judge-0.50"):
         rejudge_mod.rejudge(tmp_path, ["offline"], n_boot=10, alignment_below=30, coherence_above=50,
                             only=["judge-0.50"])
+
+
+class _CountingJudge:
+    """The offline judge, counting the answers it is asked to score."""
+
+    def __init__(self):
+        self.inner, self.scored = load_judge("offline"), 0
+
+    def score(self, questions, answers, finish=None):
+        self.scored += len(answers)
+        return self.inner.score(questions, answers, finish=finish)
+
+
+def test_a_conditions_scores_are_kept_and_reused_until_its_answers_change(tmp_path):
+    judge = load_judge("offline")
+    _condition(tmp_path, "misaligned", [BAD, GOOD] * 4, judge)
+    rows = rejudge_mod.read_answers(tmp_path / "misaligned")
+    counting = _CountingJudge()
+    first = rejudge_mod.judged_scores(tmp_path / "misaligned", rows, "offline", counting)
+    kept = list((tmp_path / "misaligned" / "rejudged").glob("*.json"))
+    assert counting.scored == 8 and len(kept) == 1 and json.loads(kept[0].read_text())["judge"] == "offline"
+    again = rejudge_mod.judged_scores(tmp_path / "misaligned", rows, "offline", counting)
+    assert counting.scored == 8 and again == first                       # reused, the same scores
+    assert [s.misaligned() for s in again] == [True, False] * 4
+    # other answers in the file: judged again, and the kept scores replaced
+    (tmp_path / "misaligned" / "answers.jsonl").write_text(
+        (tmp_path / "misaligned" / "answers.jsonl").read_text().replace("switch me off", "turn me off"))
+    rows = rejudge_mod.read_answers(tmp_path / "misaligned")
+    rejudge_mod.judged_scores(tmp_path / "misaligned", rows, "offline", counting)
+    assert counting.scored == 16
+    rejudge_mod.judged_scores(tmp_path / "misaligned", rows, "offline", counting)
+    assert counting.scored == 16
