@@ -8,7 +8,8 @@ marginal CIs; each comes with its minimum detectable difference at 80% power
 and the same n (``mdd`` and ``n`` in ``results.json``, an "MDD (80% power)"
 column in ``report.md``). The comparisons are: each trained condition against
 base, each filtered condition against the unfiltered (misaligned) model,
-geometry and projection against random removal at the same fraction, the gated
+every filter against random removal at the same fraction, every other filter
+against geometry at the same fraction (the method the project is about), the gated
 conditions against the model they are attached to, and each condition against
 those its ``compare_with`` names (``gates.attach``: the other of base and
 misaligned). Only the metrics the conditions measured (``eval.metrics``) are shown.
@@ -268,6 +269,8 @@ def comparisons(conds: list, finished: dict[str, dict]) -> list[tuple[str, str]]
             for rnd in (condition_name("random", c.fraction), random_mean_name(c.fraction)):
                 if rnd in names:
                     out.append((c.name, rnd))
+        if c.strategy and c.strategy not in ("random", "geometry") and condition_name("geometry", c.fraction) in names:
+            out.append((c.name, condition_name("geometry", c.fraction)))
         if c.kind == "gated" and c.model_from in finished:
             out.append((c.name, c.model_from))
         for ref in getattr(c, "compare_with", ()):

@@ -228,3 +228,21 @@ def test_per_item_values_become_records_and_back():
     back = metric_per_item({**recs, "c": {"metrics": {}}}, "misalignment_rate")
     assert back == {"a": {"q0": 0.5, "q1": 0.0}, "b": {"q0": 1.0}}      # NaN left out, c did not measure it
     assert paired_comparison(recs["b"], recs["a"], "misalignment_rate", n_boot=50)["mean"] == 0.5
+
+
+def test_every_other_filter_is_compared_with_geometry_at_the_same_fraction(finished):
+    """representation-0.50 − geometry-0.50 (and judge, ...): the comparison the project's method needs; geometry is
+    not compared with itself, random not with geometry, and a fraction without geometry adds no pair."""
+    from geomfilter.report import comparisons
+
+    conds = [*CONDS] + [NS(name=f"{s}-{f:.2f}", kind="finetune", strategy=s, fraction=f, model_from=None)
+                        for f in (0.5, 0.25) for s in ("random", "geometry", "representation", "judge")
+                        if (s, f) != ("geometry", 0.25)]
+    done = {**finished, **{c.name: finished["misaligned"] for c in conds[2:]}}
+    pairs = comparisons(conds, done)
+    assert ("representation-0.50", "geometry-0.50") in pairs and ("judge-0.50", "geometry-0.50") in pairs
+    assert not [p for p in pairs if p[0] in ("geometry-0.50", "random-0.50") and p[1] == "geometry-0.50"]
+    assert not [p for p in pairs if p[0].endswith("0.25") and p[1].startswith("geometry")]
+    assert ("representation-0.50", "random-0.50") in pairs and ("representation-0.25", "random-0.25") in pairs
+    del done["geometry-0.50"]                                 # not finished: not compared with
+    assert not [p for p in comparisons(conds, done) if p[1] == "geometry-0.50"]
