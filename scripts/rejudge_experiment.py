@@ -56,7 +56,10 @@ def judged_scores(cond_dir: Path, rows: list[dict], spec: str, judge) -> list[Ju
     if fingerprint is not None and kept.is_file():
         saved = json.loads(kept.read_text())
         if saved.get("answers_sha256") == digest and len(saved.get("scores", ())) == len(rows):
-            return [JudgeScore(**s) for s in saved["scores"]]
+            try:
+                return [JudgeScore(**s) for s in saved["scores"]]
+            except TypeError:  # kept by a version whose JudgeScore had other fields: judged again
+                pass
     scores = judge.score([r["question"] for r in rows], [r["answer"] for r in rows],
                          finish=[r.get("finish") for r in rows])
     if fingerprint is not None:

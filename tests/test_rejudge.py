@@ -128,3 +128,9 @@ def test_a_conditions_scores_are_kept_and_reused_until_its_answers_change(tmp_pa
     assert counting.scored == 16
     rejudge_mod.judged_scores(tmp_path / "misaligned", rows, "offline", counting)
     assert counting.scored == 16
+    # scores kept by a version whose JudgeScore had other fields: judged again, not a crash
+    kept = next((tmp_path / "misaligned" / "rejudged").glob("*.json"))
+    saved = json.loads(kept.read_text())
+    kept.write_text(json.dumps({**saved, "scores": [{**s, "old_field": 1} for s in saved["scores"]]}))
+    rejudge_mod.judged_scores(tmp_path / "misaligned", rows, "offline", counting)
+    assert counting.scored == 24
