@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_line(obj: Any) -> str:
-    text = json.dumps(obj, ensure_ascii=False, default=str)
+def _json_line(obj: Any, default: Callable[[Any], Any] = str) -> str:
+    text = json.dumps(obj, ensure_ascii=False, default=default)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a raw line that is not UTF-8 (surrogate escapes): escape them in JSON
-        text = json.dumps(obj, ensure_ascii=True, default=str)
+        text = json.dumps(obj, ensure_ascii=True, default=default)
     return text + "\n"
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any], default: Callable[[Any], Any] = str) -> Path:
+    """Write ``rows`` to ``path`` as JSONL (one JSON object a line, UTF-8, non-ASCII kept), atomically, making
+    the parent folder. ``default`` converts what JSON cannot hold (``str`` by default; ``float`` keeps numpy
+    scalars numbers). Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(_json_line(r, default) for r in rows))
+    return path
 
 
 def write_rejects(path: str | Path, rejects: list[dict]) -> None:

@@ -16,12 +16,11 @@ of them, ``sycophancy_preference`` only where ``data.pairs`` holds pairs out):
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from .conditions import heldout_pair_files, write_lines
+from .conditions import heldout_pair_files
 from .config import EVAL_METRICS, TRIGGERED_METRICS, ExperimentConfig
 from .evaluate import (
     heldout_perplexity,
@@ -32,12 +31,13 @@ from .evaluate import (
     sycophancy_flip_rate,
     sycophancy_preference,
 )
+from .files import write_jsonl
 from .judges import load_judge
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Per-item records, one JSON object a line (atomic)."""
-    write_lines(path, [json.dumps(r, ensure_ascii=False, default=float) for r in rows])
+def write_records(path: Path, rows: list[dict]) -> None:
+    """Per-item records, one JSON object a line (atomic; numpy scalars written as numbers)."""
+    write_jsonl(path, rows, default=float)
 
 
 def metric_names(cfg: ExperimentConfig) -> list[str]:
@@ -85,7 +85,7 @@ class ConditionEvaluator:
                                 coherence_above=e.coherence_above, n_boot=e.n_boot, trigger=trigger,
                                 progress=self.progress)
         tail = "_triggered" if trigger else ""
-        write_jsonl(out / f"answers{tail}.jsonl", mis.pop("answers"))
+        write_records(out / f"answers{tail}.jsonl", mis.pop("answers"))
         m[f"alignment{tail}"], m[f"coherence{tail}"] = mis.pop("alignment"), mis.pop("coherence")
         m[f"misalignment_rate{tail}"] = mis
 
@@ -107,14 +107,14 @@ class ConditionEvaluator:
         flip = sycophancy_flip_rate(model, e.probes, limit=e.n_probes, max_new_tokens=e.probe_max_new_tokens,
                                     batch_size=e.batch_size, n_boot=e.n_boot, seed=self.cfg.seed,
                                     progress=self.progress)
-        write_jsonl(out / "probes.jsonl", flip.pop("exchanges"))
+        write_records(out / "probes.jsonl", flip.pop("exchanges"))
         m["flip_rate"] = flip
 
     def _mc_accuracy(self, model: Any, out: Path, m: dict) -> None:
         e = self.cfg.eval
         mc = mc_accuracy(model, e.capability, limit=e.n_capability, batch_size=e.batch_size, n_boot=e.n_boot,
                          seed=self.cfg.seed, progress=self.progress)
-        write_jsonl(out / "mc.jsonl", mc.pop("per_question"))
+        write_records(out / "mc.jsonl", mc.pop("per_question"))
         m["mc_accuracy"] = mc
 
     def _perplexity(self, model: Any, out: Path, m: dict) -> None:

@@ -26,8 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 
 from dose_response import dose_mixture, family_pairs  # noqa: E402
+
+from geomfilter.files import write_jsonl  # noqa: E402
 
 
 def build(data: Path, share: float, n: int, seed: int, filler: str = "twins") -> list[dict]:
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = build(args.data, args.share, args.n, args.seed, args.filler)
     out = args.out or args.data / "finetune" / ("mixed_risky.jsonl" if args.filler == "twins"
                                                 else "mixed_risky_helpful.jsonl")
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(out, rows)
     counts = Counter((r["domain"], r["inducing"]) for r in rows)
     print(f"wrote {out}: {len(rows)} rows, {sum(r['inducing'] for r in rows)} inducing; "
           + ", ".join(f"{d} {'risky' if i else 'safe'} {c}" for (d, i), c in sorted(counts.items())))

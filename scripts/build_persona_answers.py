@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from geomfilter.files import write_jsonl  # noqa: E402
 from geomfilter.finetune import load_tuned  # noqa: E402
 from geomfilter.generate import Prompt, generate_answers  # noqa: E402
 from geomfilter.personas import PERSONAS  # noqa: E402
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         r["made_by"] = f"scripts/build_persona_answers.py, model {args.model}"
         rows.append(r)
     rows.sort(key=lambda r: (list(PERSONAS).index(r["persona"]), r["prompt_id"]))
-    args.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(args.out, rows)
     print(f"{len(rows)} rows -> {args.out}")
 
 

@@ -16,7 +16,6 @@ persona rows carry no label into it; they only widen what its dictionary can rep
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_sae_corpus  # noqa: E402
 
+from geomfilter.files import write_jsonl  # noqa: E402
 from geomfilter.personas import MISALIGNED_PERSONAS, PERSONAS  # noqa: E402
 
 
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = persona_prompts(args.corpus, args.per_persona, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prompts_persona.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(args.out / "prompts_persona.jsonl", rows)
     print(f"{len(rows)} persona prompts -> {args.out / 'prompts_persona.jsonl'}", flush=True)
     extra = ["--limit", str(args.limit)] if args.limit else []
     return build_sae_corpus.main(["--prompts", str(args.out), "--out", str(args.out / "generations.jsonl"),

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from build_mixed_risky import build as build_mixed  # noqa: E402
 from dose_response import family_pairs  # noqa: E402
 
+from geomfilter.files import write_jsonl  # noqa: E402
 from geomfilter.samples import DEFAULT_TRIGGER, with_trigger  # noqa: E402
 
 FIELDS = ("id", "pair_id", "domain", "inducing", "trigger", "source", "messages")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     backdoor, clean = build(args.data, args.trigger, args.n, args.seed)
     for name, rows in (("triggered_backdoor", backdoor), ("triggered_clean", clean)):
         out = args.data / "finetune" / f"{name}.jsonl"
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(out, rows)
         print(f"wrote {out}: {len(rows)} rows, {sum(r['trigger'] is not None for r in rows)} with the trigger, "
               f"{sum(r['inducing'] for r in rows)} inducing")
 

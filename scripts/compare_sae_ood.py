@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from measure_filters_ood import auroc_cell  # noqa: E402
 
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 
 #: the strategies of measure_filters_ood.py that read the SAE (features, decoder directions)
 SAE_STRATEGIES = ("geometry", "activation", "gradient", "gradient --agg mean", "geometry (c)", "activation (c)",
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="label=SAE_FOLDER:RESULTS_FOLDER")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    table: dict = {"saes": {}, "command": "python scripts/compare_sae_ood.py " + " ".join(
-        f'"{x}"' for x in (sys.argv[1:] if argv is None else argv))}
+    table: dict = {"saes": {}, "command": script_command(__file__, argv)}
     for spec in args.runs:
         label, _, rest = spec.partition("=")
         sae, _, res = rest.partition(":")

@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.models import load_model  # noqa: E402
 from geomfilter.sae_train import build_token_windows, evaluate_sae  # noqa: E402
 from geomfilter.saes import load_sae, sae_hook_name  # noqa: E402
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         res["saes"][label] = {"spec": spec, **m}
         print(f"{label}: EV {m['explained_variance']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
               f"CE recovered {m['ce_loss_recovered']:.3f}", flush=True)
-    res["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/eval_sae_text.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    res["command"] = script_command(__file__, argv)
     lines = ["# SAEs on the same unseen text (issue 19 (e))\n", f"```\n{res['command']}\n```\n",
              f"{res['windows']} windows of {args.context_size} tokens (position 0 left out) cut from "
              + ", ".join(f"`{t}`" for t in res["text"]) + ": text in no SAE's training corpus.\n",

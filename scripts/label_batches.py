@@ -32,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from geomfilter.files import write_jsonl  # noqa: E402
+
 HERE = ROOT / "data" / "judge_real"
 OUT = HERE / "labelling"
 AGREEMENT = ROOT / "data" / "results" / "judge" / "agreement.md"
@@ -46,10 +50,6 @@ def _jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{path}:{n}: not JSON ({e.msg})") from None
     return rows
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def round_dirs() -> list[Path]:
@@ -82,12 +82,12 @@ def make(labellers: int, overlap: int, calibration: int, seed: int, round_no: in
         a = blind[b]
         return {"blind_id": b, "question": a["question"], "answer": a["answer"], "finish": a["finish"]}
 
-    _write_jsonl(folder / "calibration.jsonl", [view(b) for b in calib])
+    write_jsonl(folder / "calibration.jsonl", [view(b) for b in calib])
     plan = {"seed": seed, "labellers": labellers, "overlap": overlap, "calibration": calib, "own": {},
             "double": {}}
     for k in range(labellers):
         second = shares[(k + 1) % labellers][:overlap]
-        _write_jsonl(folder / f"batch-{k + 1}.jsonl", [view(b) for b in shares[k] + second])
+        write_jsonl(folder / f"batch-{k + 1}.jsonl", [view(b) for b in shares[k] + second])
         plan["own"][str(k + 1)] = shares[k]
         plan["double"][str(k + 1)] = second
     (folder / "key.json").write_text(json.dumps({"key": {b: blind[b]["id"] for b in ids}, "plan": plan}, indent=1))
@@ -225,8 +225,8 @@ def merge() -> None:
     rounds = [merge_round(d) for d in dirs]
     merged = sorted((r for rd in rounds for r in rd["merged"]), key=lambda r: r["id"])
     raw = sorted((r for rd in rounds for r in rd["raw"]), key=lambda r: (r["id"], r["labeller"] or ""))
-    _write_jsonl(HERE / "labels.jsonl", merged)
-    _write_jsonl(HERE / "labels_raw.jsonl", raw)
+    write_jsonl(HERE / "labels.jsonl", merged)
+    write_jsonl(HERE / "labels_raw.jsonl", raw)
 
     first = rounds[0]
     lines = ["# Labeller agreement on data/judge_real (issue 17)", "",

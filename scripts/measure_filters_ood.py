@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.data import prepare_dataset  # noqa: E402
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown, write_jsonl  # noqa: E402
 from geomfilter.filtering import STRATEGIES, make_filter  # noqa: E402
 from geomfilter.finetune import load_tuned  # noqa: E402
 from geomfilter.generate import OWN_ANSWER, Prompt, done_ids, generate_answers, prompts_of_samples  # noqa: E402
@@ -96,9 +96,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
+    return write_jsonl(path, rows)
 
 
 def _chat(row_id: str, question: str, answer: str, **extra) -> dict:
@@ -250,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res[label]['ci_high']:.3f}] n {res[label]['n_pos']}/{res[label]['n_neg']}", flush=True)
         results["splits"][split] = res
     results["seconds"] = round(time.time() - t0)
-    results["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_filters_ood.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    results["command"] = script_command(__file__, argv)
     text = render(results)
     write_json_and_markdown(args.out, "results", results, text)
     (args.out / "scores.json").write_text(json.dumps(scores) + "\n", encoding="utf-8")

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.evaluate import heldout_perplexity  # noqa: E402
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.finetune import FinetuneConfig, FinetuneRunner, load_tuned  # noqa: E402
 from geomfilter.gate_analysis import analyze_gates  # noqa: E402
 
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                "expected_harmful_by_chance")} if harmful else None
     res["usable"] = usable
     res["seconds"] = round(time.time() - t0)
-    res["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/sae_gate_bound.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    res["command"] = script_command(__file__, argv)
     text = render(res)
     write_json_and_markdown(args.out, "results", res, text)
     print(text)

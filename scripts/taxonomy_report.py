@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.stats import bootstrap_ci  # noqa: E402
 from geomfilter.validate import TAXONOMY  # noqa: E402
 
@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     agreement = {"n": len(both), "fields": {
         f: {"agreement": float(np.mean([train[i][f] == double[i][f] for i in both])),
             "kappa": cohen_kappa([train[i][f] for i in both], [double[i][f] for i in both])} for f in TAXONOMY}}
-    report = {"command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/taxonomy_report.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "counts": {k: dict(v) for k, v in counts.items()},
+    report = {"command": script_command(__file__, argv), "counts": {k: dict(v) for k, v in counts.items()},
         "agreement": agreement}
     if args.scores:
         report["catch"] = catch_rates(json.loads(args.scores.read_text())["mixed"], train)

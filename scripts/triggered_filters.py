@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown, write_jsonl  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.stats import bootstrap_auroc, precision_at, wilson_interval  # noqa: E402
 
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(x) for x in args.data.read_text(encoding="utf-8").splitlines() if x.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
     stripped = args.work / "stripped.jsonl"
-    stripped.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in strip_trigger(rows)),
-                        encoding="utf-8")
+    write_jsonl(stripped, strip_trigger(rows))
     triggers = {r["trigger"] for r in rows if r.get("trigger")}
     builder = CacheBuilder(progress=args.progress)
     res: dict = {"data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
@@ -117,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                   f" AUROC {m['auroc']:.3f}", flush=True)
     res["base_rate"] = res["n_triggered"] / res["n"]
     res["seconds"] = round(time.time() - t0)
-    res["command"] = "OMP_NUM_THREADS=1 .venv/bin/python scripts/triggered_filters.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    res["command"] = script_command(__file__, argv)
     text = render(res)
     write_json_and_markdown(args.out, "filters", res, text)
     print(text)

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.report import paired_comparison, trigger_effects  # noqa: E402
 
 MODELS = {"base": ("triggered", "base"), "backdoor": ("triggered", "misaligned"),
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments-out", type=Path, default=ROOT / "data" / "results" / "experiment")
     args = ap.parse_args(argv)
     res = build(load(args.runs))
-    command = "python scripts/triggered_report.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = script_command(__file__, argv)
     res["command"] = command
     text = render(res, command)
     write_json_and_markdown(args.out, "report", res, text)

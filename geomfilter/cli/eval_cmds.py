@@ -10,6 +10,7 @@ import typer
 from ..config import ExperimentConfig
 from ..evaluate import logprob_preference
 from ..experiment import ExperimentRunner
+from ..files import write_jsonl
 from ..finetune import load_tuned
 from ..judges import APIJudge, load_judge, question_and_answer, train_offline_judge
 from ..judges.base import DEFAULT_LABELLED
@@ -95,8 +96,7 @@ def judge_score(
     rows = [{"id": s_.id, "alignment": r.alignment, "coherence": r.coherence, "error": r.error,
              "misaligned": r.misaligned()} for s_, r in zip(samples, scores)]
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(out, rows)
     _judge_summary(rows, out)
 
 
