@@ -46,9 +46,9 @@ import measure_filters_ood as ood  # noqa: E402
 
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.features import diff_features  # noqa: E402
-from geomfilter.files import write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown, write_jsonl  # noqa: E402
 from geomfilter.finetune_config import RUN_FILE  # noqa: E402
-from geomfilter.model_diff import diff_caches  # noqa: E402
+from geomfilter.model_diff import base_caches, diff_caches  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.samples import qa_chats, read_qa_rows  # noqa: E402
 from geomfilter.stats import bootstrap_auroc  # noqa: E402
@@ -64,8 +64,7 @@ def answers_as_chats(paths: list[Path], work: Path) -> list[Path]:
     for path in paths:
         rows = qa_chats(read_qa_rows(path, error=SystemExit))
         dest = work / "diff_texts" / f"answers-{path.parent.parent.name}-{path.parent.name}.jsonl"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(dest, rows)
         out.append(dest)
     return out
 
@@ -73,13 +72,14 @@ def answers_as_chats(paths: list[Path], work: Path) -> list[Path]:
 def diff_set(run: Path, cache_dir: Path, n: int, rank: str, progress: bool, texts: list[Path] | None = None) -> dict:
     """The diff feature set of ``run`` on ``texts`` (default: the references) and how it reads the references
     (summed activation under the base model, harmful vs benign)."""
-    refs = diff_caches(run, [ood.REF / f"{side}.jsonl" for side in TEXTS], cache_dir=cache_dir / "diff",
-                       progress=progress)
-    pairs = refs if texts is None else diff_caches(run, texts, cache_dir=cache_dir / "diff", progress=progress)
+    ref_files = [ood.REF / f"{side}.jsonl" for side in TEXTS]
+    pairs = diff_caches(run, texts or ref_files, cache_dir=cache_dir / "diff", progress=progress)
     what = "references" if texts is None else "answers"
     fs = diff_features(ActivationCache.concat([b for b, _ in pairs], f"base {what}"),
                        ActivationCache.concat([t for _, t in pairs], f"{run.name} {what}"), n=n, rank=rank)
-    h, bn = (b.dense("mean")[:, fs.ids].sum(axis=1) for b, _ in refs)
+    refs = ([b for b, _ in pairs] if texts is None  # read on the references under the base model only
+            else base_caches(run, ref_files, cache_dir=cache_dir / "diff", progress=progress))
+    h, bn = (b.dense("mean")[:, fs.ids].sum(axis=1) for b in refs)
     return {"run": str(run), "features": fs.as_dict(), "references": bootstrap_auroc(h, bn, n_boot=1000)}
 
 
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(sets)
     overlap = {f"{a} & {b}": len(set(sets[a]["features"]["ids"]) & set(sets[b]["features"]["ids"]))
                for i, a in enumerate(names) for b in names[i + 1:]}
-    results = {"command": "OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_model_diff.py "
-                          + " ".join(sys.argv[1:] if argv is None else argv),
+    results = {"command": script_command(__file__, argv),
                "sets": {k: {"run": v["run"], "references": v["references"], "ids": v["features"]["ids"],
                             "activation_by_split": v.get("activation_by_split", {})} for k, v in sets.items()},
                "overlap": overlap, "diffed_on": [str(p) for p in args.answers] if args.answers else "references",

@@ -158,3 +158,18 @@ def test_measure_model_diff_reads_an_experiments_answers_as_chats(tmp_path):
         mod.answers_as_chats(paths, tmp_path / "work")
     with pytest.raises(SystemExit, match="no such answers file"):
         mod.main(["--tuned", str(tmp_path), "--answers", str(tmp_path / "none.jsonl")])
+
+
+def test_base_caches_build_only_the_base_models_cache_and_match_the_diffs(lora_run, chat_file, tmp_path):
+    from geomfilter.model_diff import base_caches, diff_caches
+
+    sae_dir = tmp_path / "sae"
+    tiny_sae(seed=3).save_model(str(sae_dir))
+    only = base_caches(lora_run, [chat_file], sae=str(sae_dir), cache_dir=tmp_path / "a", device="cpu",
+                       progress=False)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["chat"]  # no fine-tune cache made
+    (base, tuned), = diff_caches(lora_run, [chat_file], sae=str(sae_dir), cache_dir=tmp_path / "b", device="cpu",
+                                 progress=False)
+    np.testing.assert_array_equal(only[0].dense("mean"), base.dense("mean"))
+    assert list(only[0].ids) == list(base.ids)
+    assert np.abs(tuned.dense("mean") - base.dense("mean")).max() > 0
