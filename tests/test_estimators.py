@@ -103,7 +103,7 @@ def test_class_facts_and_options():
     assert facts == {"geometry": (True, True, False), "activation": (True, True, False),
                      "random": (False, True, False), "projection": (False, False, False),
                      "representation": (False, False, False), "judge": (False, False, True),
-                     "gradient": (True, True, False)}
+                     "gradient": (True, True, False), "ensemble": (True, False, False)}
     for cls in STRATEGIES.values():
         assert cls.uses_seed == ("seed" in cls.param_names())
         assert set(cls.param_names()) == set(cls._get_param_names()) - {"sae"}
@@ -124,6 +124,7 @@ def test_report_params_are_unchanged():
         "activation": {**base, **harm}, "random": {**base, "seed": 0}, "projection": {**base, "normalize": False},
         "representation": {**base, "top_n": 10}, "judge": {**base, "judge": None, "_judge_obj": None},
         "gradient": {**base, **harm, "agg": "positive", "normalize": True},
+        "ensemble": {**base, "members": ("activation", "representation"), "n_harmful": 100},
     }
     for name, params in expected.items():
         got = make_filter(name, sae=w).params()

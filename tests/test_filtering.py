@@ -98,7 +98,8 @@ def test_unfitted_and_bad_arguments_are_clear():
         make_filter("judgement")
     with pytest.raises(ValueError, match="scorer"):
         GeometryFilter(w, scorer="median").fit()
-    assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation", "judge", "gradient"}
+    assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation", "judge", "gradient",
+                               "ensemble"}
 
 
 def _write_jsonl(path, n, bad_lines=()):

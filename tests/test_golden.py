@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
-STRATEGIES = ("geometry", "projection", "representation", "activation", "random")
+STRATEGIES = ("geometry", "projection", "representation", "activation", "random", "ensemble")
 # wide enough that no help line is cut (a cut would depend on where the checkout lies)
 WIDTH = 300
 ENV = {"COLUMNS": str(WIDTH), "NO_COLOR": "1", "TERM": "dumb"}

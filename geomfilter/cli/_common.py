@@ -68,6 +68,7 @@ class Strategy(str, Enum):
     activation = "activation"
     judge = "judge"
     gradient = "gradient"
+    ensemble = "ensemble"
 
 
 class Method(str, Enum):

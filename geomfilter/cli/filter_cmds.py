@@ -14,6 +14,7 @@ import typer
 
 from ..features import FeatureSet
 from ..filtering import STRATEGIES
+from ..filtering.ensemble import MEMBERS as ENSEMBLE_MEMBERS
 from ..pipeline import REFERENCE_DIR, Backend, FilterConfig, FilterRun, FilterRunner
 from ..settings import DEFAULT_MODEL, CacheConfig
 from ._common import (
@@ -67,6 +68,9 @@ def _filter_options(func):
                                                 "centred on the references' midpoint (scale-robust; default off). "
                                                 "Unset: the strategy's default.")),
         "top_n": (int, typer.Option(_default("representation", "top_n"), help="representation: nearest anchors averaged.")),
+        "members": (str | None, typer.Option(None, help="ensemble: the strategies averaged, comma-separated "
+                                             f"(default {','.join(_default('ensemble', 'members'))}; among "
+                                             f"{', '.join(ENSEMBLE_MEMBERS)}).")),
         "judge": (str | None, typer.Option(None, help="judge: 'offline' (default: the shipped MiniLM judge), a saved "
                                            "judge folder, or 'api:MODEL' (OpenAI-compatible; see `geomfilter judge`).")),
         "seed": (int, typer.Option(FilterConfig.seed, help="Seed (random strategy).")),
@@ -106,10 +110,10 @@ def _config(data: Path, opts: dict, *, drop: float | None, threshold: float | No
     """The :class:`FilterConfig` of the shared options: the strategy gets the options its constructor takes."""
     o = _plain(opts)
     strategy = o["strategy"]
-    given = {**o, "drop": drop, "threshold": threshold,
-             "harmful_ids": _feature_ids(o["harmful_ids"])}
+    given = {**o, "drop": drop, "threshold": threshold, "harmful_ids": _feature_ids(o["harmful_ids"]),
+             "members": None if o["members"] is None else tuple(m.strip() for m in o["members"].split(",") if m.strip())}
     params = {k: given[k] for k in STRATEGIES[strategy].param_names() if k in given and k != "seed"
-              and not (k == "normalize" and given[k] is None)}  # unset: the strategy's own default
+              and not (k in ("normalize", "members") and given[k] is None)}  # unset: the strategy's own default
     return FilterConfig(
         data=data, strategy=strategy, params=params, model=o["model"], sae=o["sae"], hook=o["hook"],
         harmful=o["harmful"], benign=o["benign"], own=o["own"], cache_dir=o["cache_dir"], seed=o["seed"],

@@ -32,7 +32,9 @@ Strategies (:data:`STRATEGIES`, by name; :func:`make_filter` builds one):
 * ``random`` (:mod:`.random`) - a seeded uniform score, the baseline every filter must beat;
 * ``judge`` (:mod:`.judge`) - 100 minus a judge's alignment score of the answer text;
 * ``gradient`` (:mod:`.gradient`) - the update each sample asks for at the hook (its pooled negative
-  loss gradient) projected on the harmful features' decoder directions.
+  loss gradient) projected on the harmful features' decoder directions;
+* ``ensemble`` (:mod:`.ensemble`) - the mean of several of the above (default ``activation`` and
+  ``representation``), each scaled by its cross-fitted reference scores (benign 0, harmful 1).
 
 Each class states what the pipeline and the CLI need to know about it: ``strategy`` (its
 name), ``requires_sae`` (it reads SAE latents; :func:`make_filter` passes it ``sae``),
@@ -52,6 +54,7 @@ import pkgutil
 
 from ..outputs import write_filter_outputs
 from .base import STRATEGIES, FilterResult, SampleFilter, check_filter_params, make_filter
+from .ensemble import EnsembleFilter
 from .gradient import GradientFilter
 from .judge import JudgeFilter
 from .random import RandomFilter
@@ -68,7 +71,7 @@ def _import_strategy_modules() -> None:
 _import_strategy_modules()
 
 __all__ = [
-    "STRATEGIES", "ActivationFilter", "FilterResult", "GeometryFilter", "GradientFilter", "JudgeFilter", "ProjectionFilter",
+    "STRATEGIES", "ActivationFilter", "EnsembleFilter", "FilterResult", "GeometryFilter", "GradientFilter", "JudgeFilter", "ProjectionFilter",
     "RandomFilter", "RepresentationFilter", "SampleFilter", "check_filter_params", "make_filter",
     "write_filter_outputs",
 ]
