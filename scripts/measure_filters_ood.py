@@ -21,11 +21,15 @@ splits that differ from those references in author, register or domain; AUROC (i
   same 80 prompts (``scripts/build_persona_answers.py``);
 * ``references_loco`` - the references themselves, one category held out: fitted on 7 of the 8 categories,
   scored on the 8th (harmful vs benign), the 8 folds' scores each ranked within their fold (mean AUROC over folds
-  reported, and its minimum).
+  reported, and its minimum);
+* ``harm_among_code`` - overt harm hidden among code chats: the same 8 folds, each fold's held-out harmful
+  references (never fitted on) ranked against the 600 rows of ``insecure_code`` (secure and insecure alike) as the
+  rest; the register change under which a tester found the residual baselines below chance.
 
 Strategies: ``random``; ``activation``; ``geometry`` (the default, weighted_mean scorer); ``projection`` and its
 scale-robust ``projection --normalize``; ``representation``; ``gradient`` (the update each sample asks for at the
 hook, on the harmful decoder directions; ``--agg positive`` and ``mean``); ``judge`` (the shipped offline judge);
+``ensemble`` (activation and representation, each on its cross-fitted reference scale, averaged);
 and, for method (c) of the issue, ``geometry``/``activation``/``gradient``/``projection --normalize`` with the
 harmful features (direction) found from *misaligned vs aligned answers of the model to broad questions* (the
 ``model_answers`` rows of the prompts outside the judge's held-out split) instead of harmful vs benign references
@@ -34,7 +38,8 @@ For method (b), ``geometry``/``activation``/``projection`` ``--own``: fitted on 
 relative to the model's own greedy answer to its prompt (what ``geomfilter respond`` writes; rows sharing a prompt
 share one generation, kept under ``--work``/own/): the features a row raises above what the model already does.
 
-Writes ``results.json``, ``results.md`` and ``scores.json`` (every row's score per split and strategy) under
+Writes ``results.json``, ``results.md`` and ``scores.json`` (every row's score per split and strategy; per fold
+for ``references_loco`` and ``harm_among_code``: ``scripts/compare_filters_ood.py`` reads it) under
 ``--out``; caches (activations and gradients) go to
 ``--cache-dir`` and are reused on a re-run.
 """
@@ -67,7 +72,7 @@ from geomfilter.stats import bootstrap_auroc, precision_at  # noqa: E402
 REF = ROOT / "data" / "reference"
 FT = ROOT / "data" / "finetune"
 JR = ROOT / "data" / "judge_real"
-SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona", "references_loco")
+SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona", "references_loco", "harm_among_code")
 
 #: label -> (strategy, params, reference set): "refs" = harmful vs benign references, "model" = method (c),
 #: "own" = the references, scored relative to the model's own (greedy) answer to each row's prompt: method (b)
@@ -81,6 +86,8 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "gradient": ("gradient", {}, "refs"),
     "gradient --agg mean": ("gradient", {"agg": "mean"}, "refs"),
     "judge (offline)": ("judge", {}, "refs"),
+    "ensemble": ("ensemble", {}, "refs"),
+    "ensemble --members geometry+representation": ("ensemble", {"members": ("geometry", "representation")}, "refs"),
     "geometry (c)": ("geometry", {}, "model"),
     "activation (c)": ("activation", {}, "model"),
     "gradient (c)": ("gradient", {}, "model"),
@@ -228,8 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     for split in splits:
         print(f"== {split}", flush=True)
         res: dict = {}
-        if split == "references_loco":
-            res = loco(builder, args, labels)
+        if split in ("references_loco", "harm_among_code"):
+            rest = None
+            if split == "harm_among_code":
+                r = runner("insecure_code", "refs")
+                inp = r.inputs()
+                if any(STRATEGIES[STRATEGY_ROWS[x][0]].needs_gradients for x in labels):
+                    r.ensure_gradients(inp)
+                rest = (inp.data, inp.samples)
+            res, scores[split] = loco(builder, args, labels, rest)
         else:
             for label in labels:
                 strategy, params, refs = STRATEGY_ROWS[label]
@@ -256,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
-    """Leave one reference category out: fit on 7 categories' references, score the 8th's harmful vs benign rows.
-    Per strategy: the mean and the minimum of the 8 folds' AUROCs (``auroc`` is the mean; the CI is of the mean
-    over the folds' bootstrap replicates taken as independent)."""
+def loco(builder: CacheBuilder, args, labels: list[str],
+         rest: tuple[ActivationCache, list] | None = None) -> tuple[dict, dict]:
+    """Leave one reference category out: fit on 7 categories' references, score the 8th's harmful vs benign rows
+    (with ``rest``, a split's cache and rows: the 8th's harmful rows vs those rows instead). Per strategy: the mean
+    and the minimum of the 8 folds' AUROCs (``auroc`` is the mean; the CI is of the mean over the folds' bootstrap
+    replicates taken as independent). Also returns the scores: per fold, the held-out rows' ids and, per strategy,
+    the scores of the positives (``pos``) and of the rest (``neg``)."""
     caches = {}
     for side in ("harmful", "benign"):
         path = REF / f"{side}.jsonl"
@@ -280,7 +297,9 @@ def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
         folds_of[c] = ({s: subset(caches[s], np.flatnonzero(~sel[s]), f"not {c}") for s in caches},
                        subset(caches["harmful"], np.flatnonzero(sel["harmful"]), c),
                        subset(caches["benign"], np.flatnonzero(sel["benign"]), c))
-    out = {}
+    out: dict = {}
+    kept: dict = {c: {"ids_pos": list(test_h.ids), "ids_neg": list((rest[0] if rest else test_b).ids)}
+                  for c, (_, test_h, test_b) in folds_of.items()}
     for label in labels:
         strategy, params, refs = STRATEGY_ROWS[label]
         if refs != "refs":
@@ -288,8 +307,11 @@ def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
         folds = {}
         for c, (fit, test_h, test_b) in folds_of.items():
             f = make_filter(strategy, sae=builder.sae, drop=0.25, **params).fit(fit["harmful"], fit["benign"])
-            sh, sb = (f.score_samples(t, samples=[rows[i] for i in t.ids]) for t in (test_h, test_b))  # text: judge
+            rest_cache, rest_rows = rest or (test_b, [rows[i] for i in test_b.ids])
+            sh = f.score_samples(test_h, samples=[rows[i] for i in test_h.ids])  # samples: the judge reads text
+            sb = f.score_samples(rest_cache, samples=rest_rows)
             folds[c] = bootstrap_auroc(sh, sb, n_boot=args.n_boot)
+            kept[c][label] = {"pos": sh.tolist(), "neg": sb.tolist()}
         aurocs = np.array([v["auroc"] for v in folds.values()])
         lo = np.mean([v["ci_low"] for v in folds.values()])
         hi = np.mean([v["ci_high"] for v in folds.values()])
@@ -299,7 +321,7 @@ def loco(builder: CacheBuilder, args, labels: list[str]) -> dict:
                       "n_neg": int(sum(v["n_neg"] for v in folds.values())), "folds": folds}
         print(f"  {label:28s} mean AUROC {aurocs.mean():.3f}, min {aurocs.min():.3f} ({out[label]['min_fold_category']})",
               flush=True)
-    return out
+    return out, {"folds": kept}
 
 
 def auroc_cell(a: dict | None) -> str:
@@ -319,8 +341,10 @@ def render(r: dict) -> str:
              "AUROC of each strategy's score, inducing vs the rest, with a 95 % bootstrap CI (bold: CI above 0.5). "
              "Every strategy is fitted on `data/reference/` (harmful vs benign) with its default settings, except "
              "the (c) rows: fitted on the model's misaligned vs aligned answers to broad questions (their "
-             "`model_answers` cell uses the judge's held-out prompts only). `references_loco`: mean over the 8 "
-             "leave-one-category-out folds, CI the folds' mean bounds, and the worst fold. n = inducing/rest. "
+             "`model_answers` cell uses the judge's held-out prompts only). `references_loco` and `harm_among_code`: "
+             "mean over the 8 leave-one-category-out folds, CI the folds' mean bounds, and the worst fold; their n "
+             "summed over the folds (`harm_among_code` ranks each fold's held-out harmful rows against the same "
+             "code rows). n = inducing/rest. "
              f"SAE of the SAE strategies: `{r.get('sae')}`.\n",
              "| strategy | " + " | ".join(f"{s} (n {n[s]})" for s in splits) + " | worst split |",
              "|---|" + "---|" * (len(splits) + 1)]
