@@ -94,3 +94,26 @@ def test_persona_corpus_prompts_are_seeded_disjoint_and_per_persona():
     assert rows != pc.persona_prompts(ROOT / "data" / "sae_corpus", 20, seed=1)
     committed = _read(ROOT / "data" / "sae_corpus_persona" / "prompts_persona.jsonl")
     assert committed == pc.persona_prompts(ROOT / "data" / "sae_corpus", 300, seed=0)  # the committed file's recipe
+
+
+def test_compare_filters_ood_pairs_rows_and_folds_and_writes_the_table(tmp_path):
+    spec2 = importlib.util.spec_from_file_location("compare_filters_ood", ROOT / "scripts" / "compare_filters_ood.py")
+    cmp = importlib.util.module_from_spec(spec2)
+    spec2.loader.exec_module(cmp)
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40, bool), np.zeros(60, bool)]
+    good = y + rng.normal(0, 0.5, 100)
+    rows = {"ids": [f"r{i}" for i in range(100)], "good": good.tolist(), "same": (2 * good).tolist(),
+            "noise": rng.normal(0, 1, 100).tolist()}
+    labels = {f"r{i}": bool(v) for i, v in enumerate(y)}
+    d = cmp.compare_rows(rows, labels, "good", "noise", n_boot=200)
+    assert d["ci_low"] > 0.2 and d["n_pos"] == 40 and d["n_neg"] == 60
+    assert cmp.compare_rows(rows, labels, "good", "same", n_boot=50)["diff"] == 0
+    folds = {"folds": {c: {"good": {"pos": (1 + rng.normal(0, .5, 10)).tolist(), "neg": rng.normal(0, .5, 30).tolist()},
+                           "noise": {"pos": rng.normal(0, 1, 10).tolist(), "neg": rng.normal(0, 1, 30).tolist()}}
+                       for c in ("a", "b", "c")}}
+    f = cmp.compare_folds(folds, "good", "noise", n_boot=200)
+    assert f["n_pos"] == 30 and f["n_neg"] == 90 and f["min_fold"] <= f["diff"] and f["min_fold_category"] in "abc"
+    text = cmp.render({"a": "good", "b": ["noise"], "scores": "s.json", "command": "cmd", "n": {"x": "40/60", "y": "30/90"},
+                       "splits": {"x": {"noise": d}, "y": {"noise": f}}})
+    assert "| noise | **+" in text and "worst fold" in text and "AUROC(good)" in text

@@ -425,3 +425,22 @@ def test_ci_side_says_which_side_of_zero_a_ci_lies_on():
     assert ci_side({"lo": 0.01, "hi": 0.2}) == 1 and ci_side({"lo": -0.3, "hi": -0.02}) == -1
     assert ci_side({"lo": -0.1, "hi": 0.1}) == 0 and ci_side({"lo": 0.0, "hi": 0.1}) == 0  # touching zero covers it
     assert ci_side({"lo": float("nan"), "hi": float("nan")}) == 0 and ci_side(None) == 0 and ci_side({}) == 0
+
+
+def test_paired_bootstrap_auroc_differences_two_scorers_of_the_same_rows():
+    from geomfilter.stats import auroc, paired_bootstrap_auroc
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1.0, 1, 200), rng.normal(0.0, 1, 300)
+    noise_p, noise_n = rng.normal(0, 1, 200), rng.normal(0, 1, 300)
+    r = paired_bootstrap_auroc(pos, neg, pos + noise_p, neg + noise_n, n_boot=400)
+    assert r["diff"] == pytest.approx(auroc(pos, neg) - auroc(pos + noise_p, neg + noise_n))
+    assert r["ci_low"] > 0 and r["n_pos"] == 200 and r["n_neg"] == 300 and 0 < r["mdd"] < 0.2
+    same = paired_bootstrap_auroc(pos, neg, pos * 3 + 1, neg * 3 + 1, n_boot=200)  # same ranking: exactly 0
+    assert same["diff"] == 0 and same["ci_low"] == same["ci_high"] == 0
+    # pairing: the shared signal cancels, so the paired CI is narrower than two independent CIs would allow
+    unpaired = np.hypot(*(np.diff([bootstrap_auroc(p, n, n_boot=400)[k] for k in ("ci_low", "ci_high")])[0]
+                          for p, n in ((pos, neg), (pos + noise_p, neg + noise_n))))
+    assert r["ci_high"] - r["ci_low"] < unpaired
+    with pytest.raises(ValueError, match="same rows"):
+        paired_bootstrap_auroc(pos, neg, pos[:10], neg)

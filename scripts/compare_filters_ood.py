@@ -1,0 +1,118 @@
+"""Paired differences of AUROC between filtering strategies on the out-of-distribution splits (issue 19).
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_filters_ood.py data/results/filters_ood/ensemble \\
+        --a ensemble --b representation,activation,geometry
+
+Reads the ``scores.json`` that ``scripts/measure_filters_ood.py`` wrote into the folder (every row's score per split
+and strategy; per fold for ``references_loco`` and ``harm_among_code``) and the splits' labels, and writes
+``paired.json`` / ``paired.md`` beside it: per split, AUROC(a) - AUROC(b) on the same rows with a 95 % bootstrap CI
+(each class resampled, the same rows for both strategies: :func:`geomfilter.stats.paired_bootstrap_auroc`) and the
+minimum detectable difference (80 % power). For the fold splits: the mean difference over the 8 folds, the CI the
+folds' mean bounds (as in the AUROC table), and the worst fold's difference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import measure_filters_ood as ood  # noqa: E402
+
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.stats import paired_bootstrap_auroc  # noqa: E402
+
+
+def split_labels(work: Path) -> dict[str, dict[str, bool]]:
+    """Split -> row id -> inducing, from the split files :func:`measure_filters_ood.build_splits` writes."""
+    paths, _ = ood.build_splits(work)
+    return {name: {r["id"]: bool(r["inducing"]) for r in ood._rows(path)} for name, path in paths.items()}
+
+
+def compare_rows(scores: dict, labels: dict[str, bool], a: str, b: str, n_boot: int) -> dict:
+    """Paired AUROC difference on a split scored row by row."""
+    y = np.array([labels[i] for i in scores["ids"]])
+    sa, sb = np.asarray(scores[a]), np.asarray(scores[b])
+    return paired_bootstrap_auroc(sa[y], sa[~y], sb[y], sb[~y], n_boot=n_boot)
+
+
+def compare_folds(scores: dict, a: str, b: str, n_boot: int) -> dict:
+    """Paired AUROC differences fold by fold: their mean, the mean of their CI bounds, and the worst fold."""
+    folds = {c: paired_bootstrap_auroc(f[a]["pos"], f[a]["neg"], f[b]["pos"], f[b]["neg"], n_boot=n_boot)
+             for c, f in scores["folds"].items()}
+    diffs = {c: v["diff"] for c, v in folds.items()}
+    worst = min(diffs, key=diffs.get)
+    return {"diff": float(np.mean(list(diffs.values()))),
+            "ci_low": float(np.mean([v["ci_low"] for v in folds.values()])),
+            "ci_high": float(np.mean([v["ci_high"] for v in folds.values()])),
+            "mdd": float(np.mean([v["mdd"] for v in folds.values()])),
+            "min_fold": diffs[worst], "min_fold_category": worst,
+            "n_pos": sum(v["n_pos"] for v in folds.values()), "n_neg": sum(v["n_neg"] for v in folds.values()),
+            "folds": folds}
+
+
+def cell(d: dict) -> str:
+    s = f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] (MDD {d['mdd']:.3f})"
+    if "min_fold" in d:
+        s += f", worst fold {d['min_fold']:+.3f}"
+    return f"**{s}**" if d["ci_low"] > 0 or d["ci_high"] < 0 else s
+
+
+def render(res: dict) -> str:
+    splits = list(res["splits"])
+    lines = ["# Paired AUROC differences out of distribution (issue 19)\n", f"```\n{res['command']}\n```\n",
+             f"AUROC({res['a']}) − AUROC(b) on the same rows, 95 % bootstrap CI (each class resampled, the same rows "
+             "for both), MDD at 80 % power; bold: the CI excludes 0. Fold splits: mean over the 8 folds, the folds' "
+             "mean CI bounds, and the worst fold. Scores: `" + res["scores"] + "`.\n",
+             "| b | " + " | ".join(f"{s} (n {res['n'][s]})" for s in splits) + " |",
+             "|---|" + "---|" * len(splits)]
+    for b in res["b"]:
+        lines.append(f"| {b} | " + " | ".join(cell(res["splits"][s][b]) for s in splits) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path, help="a results folder of scripts/measure_filters_ood.py (scores.json)")
+    ap.add_argument("--a", required=True, help="the strategy compared (a label of the scores)")
+    ap.add_argument("--b", required=True, help="the strategies it is compared with, comma-separated")
+    ap.add_argument("--work", type=Path, default=Path("runs/ood"))
+    ap.add_argument("--n-boot", type=int, default=1000)
+    args = ap.parse_args(argv)
+    path = args.folder / "scores.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (scripts/measure_filters_ood.py --out {args.folder} writes it)")
+    scores = json.loads(path.read_text(encoding="utf-8"))
+    bs = [b.strip() for b in args.b.split(",") if b.strip()]
+    labels = split_labels(args.work / "splits")
+    res: dict = {"a": args.a, "b": bs, "scores": str(path), "splits": {}, "n": {}}
+    for split, sc in scores.items():
+        have = set(sc) if "folds" not in sc else set(next(iter(sc["folds"].values())))
+        missing = [x for x in [args.a, *bs] if x not in have]
+        if missing:
+            raise SystemExit(f"{path}: split {split!r} has no scores of {missing[0]!r} (it has: "
+                             f"{', '.join(sorted(have - {'ids', 'ids_pos', 'ids_neg'}))})")
+        fitted_on_split = [x for x in [args.a, *bs] if split == "model_answers"
+                           and ood.STRATEGY_ROWS.get(x, ("", {}, "refs"))[2] == "model"]
+        if fitted_on_split:
+            raise SystemExit(f"{fitted_on_split[0]!r} was fitted on part of model_answers; its scores there are not "
+                             "comparable row by row (use the refs strategies)")
+        res["splits"][split] = {b: (compare_folds(sc, args.a, b, args.n_boot) if "folds" in sc
+                                    else compare_rows(sc, labels[split], args.a, b, args.n_boot)) for b in bs}
+        first = res["splits"][split][bs[0]]
+        res["n"][split] = f"{first['n_pos']}/{first['n_neg']}"
+        print(f"{split:18s} " + "  ".join(f"{b}: {cell(res['splits'][split][b])}" for b in bs), flush=True)
+    res["command"] = script_command(__file__, argv)
+    write_json_and_markdown(args.folder, "paired", res, render(res))
+    print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
