@@ -61,6 +61,8 @@ def test_explain_lists_the_members_scaled_scores_highest_first():
     assert ex[0][0]["scaled_score"] == pytest.approx(z[5].max(), abs=1e-4)
     res = f.apply(c, explain=1)
     assert len(res.explanations[0]) == 1 and res.n_dropped == 10
+    with pytest.raises(ValueError, match="does not score relative to the model's own answers"):
+        f.score_samples(c, own=c)
 
 
 def test_a_member_that_does_not_separate_its_references_is_refused_by_name():

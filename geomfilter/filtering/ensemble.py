@@ -95,7 +95,12 @@ class EnsembleFilter(SampleFilter):
 
     def score_samples(self, cache: ActivationCache, own: ActivationCache | None = None,
                       samples: list[Sample] | None = None) -> np.ndarray:
-        """The mean of the members' scaled scores."""
+        """The mean of the members' scaled scores. ``own`` is refused: the members' scales are those of plain scores,
+        not of differences from the model's own answer."""
+        if own is not None:
+            raise FilterOptionError("ensemble does not score relative to the model's own answers (--own): its "
+                                    "members' scales are fitted on plain scores; leave --own out, or use geometry, "
+                                    "activation or projection with --own")
         return self.member_scores(cache).mean(axis=1)
 
     def explain(self, cache: ActivationCache, rows: np.ndarray, n: int = 3, own: ActivationCache | None = None,
