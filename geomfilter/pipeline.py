@@ -185,7 +185,7 @@ class FilterConfig:
     """
 
     data: Path
-    strategy: str = "geometry"
+    strategy: str = "ensemble"
     params: dict = field(default_factory=lambda: {"drop": 0.1})
     model: str = DEFAULT_MODEL
     sae: str | None = None

@@ -65,6 +65,13 @@ def test_explain_lists_the_members_scaled_scores_highest_first():
         f.score_samples(c, own=c)
 
 
+def test_an_explicit_harmful_feature_set_reaches_the_sae_members():
+    w, h, b, _ = _setup()
+    f = EnsembleFilter(w, harmful_ids=[0, 1, 2], drop=0.25).fit(h, b)
+    assert f.members_[0].features_.ids == [0, 1, 2] and f.features_.ids == [0, 1, 2]
+    assert not hasattr(f.members_[1], "features_")  # representation has none
+
+
 def test_a_member_that_does_not_separate_its_references_is_refused_by_name():
     w, h, b, _ = _setup()
     # here the harmful references fire the harmful latents themselves, and geometry leaves out a latent's match

@@ -124,7 +124,7 @@ def test_report_params_are_unchanged():
         "activation": {**base, **harm}, "random": {**base, "seed": 0}, "projection": {**base, "normalize": False},
         "representation": {**base, "top_n": 10}, "judge": {**base, "judge": None, "_judge_obj": None},
         "gradient": {**base, **harm, "agg": "positive", "normalize": True},
-        "ensemble": {**base, "members": ("activation", "representation"), "n_harmful": 100},
+        "ensemble": {**base, "members": ("activation", "representation"), "n_harmful": 100, "harmful_ids": None},
     }
     for name, params in expected.items():
         got = make_filter(name, sae=w).params()

@@ -209,7 +209,8 @@ def test_cli_filter_score_plot_round_trip(tiny_model_dir, chat_rows, tmp_path):
               "--cache-dir", str(tmp_path / "caches"), "--no-progress", "--n-harmful", "8", "--k", "8",
               "--min-freq", "0.1"]
     out = tmp_path / "filtered"
-    r = CliRunner().invoke(app, ["filter", str(data), "--out", str(out), "--drop", "0.25", *common])
+    r = CliRunner().invoke(app, ["filter", str(data), "--out", str(out), "--drop", "0.25", "--strategy", "geometry",
+                                 *common])
     assert r.exit_code == 0, r.output
     assert "23 rows: kept 17, dropped 6" in r.output and "precision of the dropped set" in r.output
     kept = (out / "kept.jsonl").read_text().splitlines()
@@ -227,7 +228,7 @@ def test_cli_filter_score_plot_round_trip(tiny_model_dir, chat_rows, tmp_path):
         assert len((o / "dropped.jsonl").read_text().splitlines()) == 2  # round(0.1 * 23)
     r = CliRunner().invoke(app, ["score", str(data), "--out", str(tmp_path / "s.csv"), "--show", "3", *common])
     assert r.exit_code == 0, r.output
-    assert "scored 23 rows (geometry)" in r.output and (tmp_path / "s.csv").read_text().count("\n") == 24
+    assert "scored 23 rows (ensemble)" in r.output  # the default strategy and (tmp_path / "s.csv").read_text().count("\n") == 24
     r = CliRunner().invoke(app, ["features", "harmful", "--model", str(tiny_model_dir), "--sae", str(sae_dir),
                                  "--harmful", str(harmful), "--benign", str(benign), "--cache-dir",
                                  str(tmp_path / "caches"), "--n", "5", "--min-freq", "0.1",
@@ -245,6 +246,10 @@ def test_cli_filter_score_plot_round_trip(tiny_model_dir, chat_rows, tmp_path):
     assert r.exit_code == 2 and "not both" in r.output
     r = CliRunner().invoke(app, ["plot", str(tmp_path)])
     assert r.exit_code == 2 and "not a `geomfilter filter` output folder" in r.output
+    r = CliRunner().invoke(app, ["filter", str(data), "--out", str(tmp_path / "x"), "--strategy", "representation",
+                                 "--harmful-ids", "1,2", *common])  # typed options the strategy does not take: named
+    assert r.exit_code == 0 and "note: --harmful-ids is not an option of --strategy representation" in r.output
+    assert "note: --k is not an option" in r.output and "--top-n is not" not in r.output  # --top-n left at default
 
 
 def test_max_target_freq_ignores_generic_latents():

@@ -29,12 +29,9 @@ def setup(tiny_model_dir, chat_rows, tmp_path):
 
 
 def _params(strategy: str) -> dict:
-    p = {"drop": 0.25}
-    if STRATEGIES[strategy].requires_sae:
-        p.update(n_harmful=8, min_freq=0.1)
-    if strategy == "geometry":
-        p["k"] = 8
-    return p
+    """``drop`` 0.25 and the small-SAE settings the strategy takes (as the CLI passes them)."""
+    names = STRATEGIES[strategy].param_names()
+    return {"drop": 0.25, **{k: v for k, v in {"n_harmful": 8, "min_freq": 0.1, "k": 8}.items() if k in names}}
 
 
 def test_run_writes_a_partition_and_matches_the_cli(setup):
@@ -43,7 +40,8 @@ def test_run_writes_a_partition_and_matches_the_cli(setup):
     from geomfilter.cli import app
 
     base, tmp = setup
-    run = FilterRunner(FilterConfig(**base, params=_params("geometry"), out=tmp / "lib")).run()
+    run = FilterRunner(FilterConfig(**base, params=_params(FilterConfig.strategy), out=tmp / "lib")).run()
+    assert run.result.strategy == "ensemble"  # the default, the same in the library and the CLI
     assert run.report["n_kept"] + run.report["n_dropped"] == run.report["n_input"] == 23
     kept = (tmp / "lib" / "kept.jsonl").read_text().splitlines()
     dropped = (tmp / "lib" / "dropped.jsonl").read_text().splitlines()
@@ -62,7 +60,7 @@ def test_one_runner_filters_with_every_strategy_from_one_set_of_caches(setup):
     runner = FilterRunner(FilterConfig(**base))
     runner.check()
     made = set()
-    for strategy in ("geometry", "activation", "projection", "representation", "random"):
+    for strategy in ("geometry", "activation", "projection", "representation", "random", "ensemble"):
         f, res = runner.filter(strategy, _params(strategy))
         assert res.strategy == strategy and (~res.kept).sum() == round(0.25 * 23)
         assert f.get_params()["drop"] == 0.25

@@ -230,11 +230,13 @@ def test_cache_clash_message_names_cache_dir(tiny_model_dir, tmp_path):
     (["--drop", "nan"], "drop must be a fraction"),
     (["--threshold", "nan"], "threshold must be a finite number"),
     (["--threshold", "inf"], "threshold must be a finite number"),
-    (["--k", "0"], "--k 0"),
-    (["--min-freq", "2"], "--min-freq"),
-    (["--scorer", "best"], "--scorer"),
-    (["--proximity", "median"], "--proximity"),
+    (["--strategy", "geometry", "--k", "0"], "--k 0"),
+    (["--strategy", "geometry", "--min-freq", "2"], "--min-freq"),
+    (["--strategy", "geometry", "--scorer", "best"], "--scorer"),
+    (["--strategy", "geometry", "--proximity", "median"], "--proximity"),
     (["--harmful-ids", "3,x"], "--harmful-ids"),
+    (["--members", "activation,judge"], "--members"),
+    (["--n-harmful", "0"], "--n-harmful 0"),
 ])
 def test_bad_options_fail_before_any_caching(env, args, message):
     tmp = env["tmp"]

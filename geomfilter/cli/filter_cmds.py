@@ -37,56 +37,60 @@ def _default(strategy: str, name: str):
     return inspect.signature(STRATEGIES[strategy].__init__).parameters[name].default
 
 
+#: the options `score` and `filter` share: name -> (annotation, typer option)
+_SHARED_OPTIONS = {
+    "strategy": (Strategy, typer.Option(Strategy.ensemble, help="Scoring strategy (default: ensemble, chosen "
+                                        "by the out-of-distribution table; see the README).")),
+    "model": (str, typer.Option(DEFAULT_MODEL, help="Model spec.")),
+    "sae": (str | None, typer.Option(None, help="SAE spec (default: the model's bundled SAE).")),
+    "hook": (str | None, typer.Option(None, help="Hook (default: the SAE's hook).")),
+    "harmful": (Path, typer.Option(REFERENCE_DIR / "harmful.jsonl", help="Harmful reference answers (chat JSONL).")),
+    "benign": (Path, typer.Option(REFERENCE_DIR / "benign.jsonl", help="Benign reference answers to the same prompts.")),
+    "own": (Path | None, typer.Option(None, help="The model's own answers to DATA's prompts (same ids; "
+                                      "`geomfilter respond`): geometry/projection/activation then score the "
+                                      "difference sample - own answer.")),
+    "cache_dir": (Path, typer.Option(FilterConfig.cache_dir, help="Where caches are written and reused.")),
+    "n_harmful": (int, typer.Option(_default("geometry", "n_harmful"), help="Harmful features to select from the references.")),
+    "harmful_method": (str, typer.Option(_default("geometry", "harmful_method"), help="contrast (mean harmful - benign) or auroc.")),
+    "harmful_ids": (str | None, typer.Option(None, help="Explicit harmful latent ids, comma-separated "
+                                             "(e.g. from Neuronpedia), or @FILE: the ids of a feature set "
+                                             "written by `features harmful|diff --out`; overrides selection.")),
+    "min_freq": (float, typer.Option(_default("geometry", "min_freq"), help="A harmful feature must fire on this fraction of harmful rows.")),
+    "k": (int, typer.Option(_default("geometry", "k"), help="geometry: target features per sample.")),
+    "scorer": (str, typer.Option(_default("geometry", "scorer"), help="geometry: weighted_mean, weighted_max, max, top5_mean.")),
+    "proximity": (str, typer.Option(_default("geometry", "proximity"), help="geometry: max or mean cosine to the harmful set.")),
+    "max_target_freq": (float | None, typer.Option(None, help="geometry: ignore target latents firing on more "
+                                                  "than this fraction of the benign references (generic latents).")),
+    "agg": (str, typer.Option(_default("gradient", "agg"), help="gradient: positive (mean push up of the "
+                              "harmful features) or mean (signed).")),
+    "normalize": (bool | None, typer.Option(None, "--normalize/--no-normalize", help="gradient: unit update "
+                                            "direction (its default); projection: cosine to the direction, "
+                                            "centred on the references' midpoint (scale-robust; default off). "
+                                            "Unset: the strategy's default.")),
+    "top_n": (int, typer.Option(_default("representation", "top_n"), help="representation: nearest anchors averaged.")),
+    "members": (str | None, typer.Option(None, help="ensemble: the strategies averaged, comma-separated "
+                                         f"(default {','.join(_default('ensemble', 'members'))}; among "
+                                         f"{', '.join(ENSEMBLE_MEMBERS)}).")),
+    "judge": (str | None, typer.Option(None, help="judge: 'offline' (default: the shipped MiniLM judge), a saved "
+                                       "judge folder, or 'api:MODEL' (OpenAI-compatible; see `geomfilter judge`).")),
+    "seed": (int, typer.Option(FilterConfig.seed, help="Seed (random strategy).")),
+    "skip_invalid": (bool, typer.Option(False, "--skip-invalid", help="Bad rows go to dropped.jsonl with their "
+                                        "reason instead of stopping.")),
+    "max_tokens": (int, typer.Option(CacheConfig.max_tokens, min=1, help="DATA rows longer than this are truncated by --truncation "
+                                     "(counted on screen and in report.json); ignored for a cache directory.")),
+    "truncation": (Truncation, typer.Option(Truncation(CacheConfig.truncation), help="left: drop the start (keep the response); "
+                                            "right: cut the end; error: refuse long rows.")),
+    "device": (str | None, typer.Option(None, help="cpu, cuda, ...")),
+    "progress": (bool, typer.Option(True, help="Show progress bars.")),
+}
+
+
 def _filter_options(func):
-    """The options `score` and `filter` share (added in one place so the two never drift apart)."""
-    shared = {
-        "strategy": (Strategy, typer.Option(Strategy.geometry, help="Scoring strategy.")),
-        "model": (str, typer.Option(DEFAULT_MODEL, help="Model spec.")),
-        "sae": (str | None, typer.Option(None, help="SAE spec (default: the model's bundled SAE).")),
-        "hook": (str | None, typer.Option(None, help="Hook (default: the SAE's hook).")),
-        "harmful": (Path, typer.Option(REFERENCE_DIR / "harmful.jsonl", help="Harmful reference answers (chat JSONL).")),
-        "benign": (Path, typer.Option(REFERENCE_DIR / "benign.jsonl", help="Benign reference answers to the same prompts.")),
-        "own": (Path | None, typer.Option(None, help="The model's own answers to DATA's prompts (same ids; "
-                                          "`geomfilter respond`): geometry/projection/activation then score the "
-                                          "difference sample - own answer.")),
-        "cache_dir": (Path, typer.Option(FilterConfig.cache_dir, help="Where caches are written and reused.")),
-        "n_harmful": (int, typer.Option(_default("geometry", "n_harmful"), help="Harmful features to select from the references.")),
-        "harmful_method": (str, typer.Option(_default("geometry", "harmful_method"), help="contrast (mean harmful - benign) or auroc.")),
-        "harmful_ids": (str | None, typer.Option(None, help="Explicit harmful latent ids, comma-separated "
-                                                 "(e.g. from Neuronpedia), or @FILE: the ids of a feature set "
-                                                 "written by `features harmful|diff --out`; overrides selection.")),
-        "min_freq": (float, typer.Option(_default("geometry", "min_freq"), help="A harmful feature must fire on this fraction of harmful rows.")),
-        "k": (int, typer.Option(_default("geometry", "k"), help="geometry: target features per sample.")),
-        "scorer": (str, typer.Option(_default("geometry", "scorer"), help="geometry: weighted_mean, weighted_max, max, top5_mean.")),
-        "proximity": (str, typer.Option(_default("geometry", "proximity"), help="geometry: max or mean cosine to the harmful set.")),
-        "max_target_freq": (float | None, typer.Option(None, help="geometry: ignore target latents firing on more "
-                                                      "than this fraction of the benign references (generic latents).")),
-        "agg": (str, typer.Option(_default("gradient", "agg"), help="gradient: positive (mean push up of the "
-                                  "harmful features) or mean (signed).")),
-        "normalize": (bool | None, typer.Option(None, "--normalize/--no-normalize", help="gradient: unit update "
-                                                "direction (its default); projection: cosine to the direction, "
-                                                "centred on the references' midpoint (scale-robust; default off). "
-                                                "Unset: the strategy's default.")),
-        "top_n": (int, typer.Option(_default("representation", "top_n"), help="representation: nearest anchors averaged.")),
-        "members": (str | None, typer.Option(None, help="ensemble: the strategies averaged, comma-separated "
-                                             f"(default {','.join(_default('ensemble', 'members'))}; among "
-                                             f"{', '.join(ENSEMBLE_MEMBERS)}).")),
-        "judge": (str | None, typer.Option(None, help="judge: 'offline' (default: the shipped MiniLM judge), a saved "
-                                           "judge folder, or 'api:MODEL' (OpenAI-compatible; see `geomfilter judge`).")),
-        "seed": (int, typer.Option(FilterConfig.seed, help="Seed (random strategy).")),
-        "skip_invalid": (bool, typer.Option(False, "--skip-invalid", help="Bad rows go to dropped.jsonl with their "
-                                            "reason instead of stopping.")),
-        "max_tokens": (int, typer.Option(CacheConfig.max_tokens, min=1, help="DATA rows longer than this are truncated by --truncation "
-                                         "(counted on screen and in report.json); ignored for a cache directory.")),
-        "truncation": (Truncation, typer.Option(Truncation(CacheConfig.truncation), help="left: drop the start (keep the response); "
-                                                "right: cut the end; error: refuse long rows.")),
-        "device": (str | None, typer.Option(None, help="cpu, cuda, ...")),
-        "progress": (bool, typer.Option(True, help="Show progress bars.")),
-    }
+    """Add the shared options to a command (in one place, so that `score` and `filter` never drift apart)."""
     sig = inspect.signature(func)
     params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD] + [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
-        for name, (ann, opt) in shared.items()]
+        for name, (ann, opt) in _SHARED_OPTIONS.items()]
 
     @functools.wraps(func)
     def wrapper(**kwargs):
@@ -106,14 +110,28 @@ def _feature_ids(text: str | None) -> list[int] | None:
         _fail(f"--harmful-ids {text}: cannot read a feature set from {path} ({e})")
 
 
+def _warn_unused_options(strategy: str, takes: tuple[str, ...], o: dict) -> None:
+    """Say on stderr which strategy options set away from their defaults ``strategy`` does not take (they are
+    ignored, not an error, so that one set of options can drive several strategies)."""
+    options = {n for cls in STRATEGIES.values() for n in cls.param_names()} - {"drop", "threshold", "seed"}
+    unused = sorted(n for n in options - set(takes)
+                    if n in _SHARED_OPTIONS and o[n] != _SHARED_OPTIONS[n][1].default)
+    for name in unused:
+        users = ", ".join(n for n, c in STRATEGIES.items() if name in c.param_names())
+        typer.echo(f"note: --{name.replace('_', '-')} is not an option of --strategy {strategy} and is ignored "
+                   f"(it is one of: {users})", err=True)
+
+
 def _config(data: Path, opts: dict, *, drop: float | None, threshold: float | None, **kw) -> FilterConfig:
     """The :class:`FilterConfig` of the shared options: the strategy gets the options its constructor takes."""
     o = _plain(opts)
     strategy = o["strategy"]
     given = {**o, "drop": drop, "threshold": threshold, "harmful_ids": _feature_ids(o["harmful_ids"]),
              "members": None if o["members"] is None else tuple(m.strip() for m in o["members"].split(",") if m.strip())}
-    params = {k: given[k] for k in STRATEGIES[strategy].param_names() if k in given and k != "seed"
-              and not (k in ("normalize", "members") and given[k] is None)}  # unset: the strategy's own default
+    takes = STRATEGIES[strategy].param_names()
+    _warn_unused_options(strategy, takes, o)
+    params = {k: given[k] for k in takes if k in given and k != "seed"  # None: unset, the strategy's own default
+              and (given[k] is not None or k in ("drop", "threshold"))}
     return FilterConfig(
         data=data, strategy=strategy, params=params, model=o["model"], sae=o["sae"], hook=o["hook"],
         harmful=o["harmful"], benign=o["benign"], own=o["own"], cache_dir=o["cache_dir"], seed=o["seed"],

@@ -40,23 +40,27 @@ class EnsembleFilter(SampleFilter):
     requires_sae = True  # the default members read SAE latents
     option_checks: ClassVar[OptionChecks] = {
         "members": (_members_ok, f"must be distinct strategies among {', '.join(MEMBERS)}"),
-        "n_harmful": (lambda v: v >= 1, "must be >= 1")}
+        "n_harmful": (lambda v: v >= 1, "must be >= 1"),
+        "harmful_ids": (lambda v: v is None or (len(v) > 0 and min(v) >= 0), "must be non-negative latent ids")}
 
     def __init__(self, sae: Any = None, *, members: tuple[str, ...] = ("activation", "representation"),
-                 n_harmful: int = 100, drop: float | None = 0.1, threshold: float | None = None):
+                 n_harmful: int = 100, harmful_ids: list[int] | None = None, drop: float | None = 0.1,
+                 threshold: float | None = None):
         self.sae = sae
         self.members = members
         self.n_harmful = n_harmful
+        self.harmful_ids = harmful_ids
         self.drop = drop
         self.threshold = threshold
 
     def _check_settings(self) -> None:
         super()._check_settings()
-        self.check_options(members=self.members, n_harmful=self.n_harmful)
+        self.check_options(members=self.members, n_harmful=self.n_harmful, harmful_ids=self.harmful_ids)
 
     def _member(self, name: str) -> SampleFilter:
-        """A member with its defaults (``n_harmful`` passed to those that select harmful SAE features)."""
-        params = {"n_harmful": self.n_harmful} if "n_harmful" in STRATEGIES[name].param_names() else {}
+        """A member with its defaults, ``n_harmful`` and ``harmful_ids`` passed to those with a harmful feature set."""
+        shared = {"n_harmful": self.n_harmful, "harmful_ids": self.harmful_ids}
+        params = {k: v for k, v in shared.items() if k in STRATEGIES[name].param_names()}
         return make_filter(name, sae=self.sae, drop=self.drop, threshold=self.threshold, **params)
 
     def _fit(self, harmful: ActivationCache | None, benign: ActivationCache | None) -> None:
