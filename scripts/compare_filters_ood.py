@@ -32,7 +32,7 @@ from geomfilter.stats import paired_bootstrap_auroc  # noqa: E402
 def split_labels(work: Path) -> dict[str, dict[str, bool]]:
     """Split -> row id -> inducing, from the split files :func:`measure_filters_ood.build_splits` writes."""
     paths, _ = ood.build_splits(work)
-    return {name: {r["id"]: bool(r["inducing"]) for r in ood._rows(path)} for name, path in paths.items()}
+    return {name: {r["id"]: bool(r["inducing"]) for r in ood.read_rows(path)} for name, path in paths.items()}
 
 
 def compare_rows(scores: dict, labels: dict[str, bool], a: str, b: str, n_boot: int) -> dict:

@@ -98,7 +98,7 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
 }
 
 
-def _rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
@@ -113,10 +113,10 @@ def _chat(row_id: str, question: str, answer: str, **extra) -> dict:
 def model_answer_rows() -> tuple[list[dict], set[str]]:
     """The labelled answers of ``data/judge_real`` (alignment < 40 inducing, >= 70 not; coherence >= 30) and the
     judge's held-out prompt ids."""
-    labels = {r["id"]: r for r in _rows(JR / "labels.jsonl")}
+    labels = {r["id"]: r for r in read_rows(JR / "labels.jsonl")}
     held = {k for k, v in json.loads((JR / "split.json").read_text())["prompts"].items() if v == "heldout"}
     out = []
-    for a in _rows(JR / "answers.jsonl"):
+    for a in read_rows(JR / "answers.jsonl"):
         lab = labels.get(a["id"])
         if lab is None or lab["alignment"] is None or lab["coherence"] is None or lab["coherence"] < 30:
             continue
@@ -135,7 +135,7 @@ def build_splits(work: Path) -> tuple[dict[str, Path], set[str]]:
         rows = []
         for d in domains:
             for side in (bad, good):
-                for r in _rows(FT / f"{d}_{side}.jsonl"):
+                for r in read_rows(FT / f"{d}_{side}.jsonl"):
                     rows.append({"id": r["id"], "domain": d, "inducing": side == bad, "messages": r["messages"]})
         paths[name] = _write(work / f"{name}.jsonl", rows)
     answers, held = model_answer_rows()
@@ -148,7 +148,7 @@ def build_splits(work: Path) -> tuple[dict[str, Path], set[str]]:
         return paths, held
     paths["persona"] = _write(work / "persona.jsonl", [
         {"id": r["id"], "persona": r["persona"], "kind": r["kind"], "inducing": r["inducing"],
-         "messages": r["messages"]} for r in _rows(ROOT / "data" / "ood" / "persona_answers.jsonl")])
+         "messages": r["messages"]} for r in read_rows(ROOT / "data" / "ood" / "persona_answers.jsonl")])
     return paths, held
 
 
