@@ -61,8 +61,10 @@ def test_explain_lists_the_members_scaled_scores_highest_first():
     assert ex[0][0]["scaled_score"] == pytest.approx(z[5].max(), abs=1e-4)
     res = f.apply(c, explain=1)
     assert len(res.explanations[0]) == 1 and res.n_dropped == 10
-    with pytest.raises(ValueError, match="does not score relative to the model's own answers"):
-        f.score_samples(c, own=c)
+    for call in (lambda: f.score_samples(c, own=c), lambda: f.apply(c, own=c)):
+        with pytest.raises(ValueError, match="does not score relative to the model's own answers"):
+            call()
+    np.testing.assert_array_equal(res.scores, f.score_samples(c))  # apply scores once, the same
 
 
 def test_an_explicit_harmful_feature_set_reaches_the_sae_members():

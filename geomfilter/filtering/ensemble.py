@@ -74,12 +74,7 @@ class EnsembleFilter(SampleFilter):
                                     "members (pair_id shared by a harmful and a benign answer)")
         self.members_, self.offset_, self.scale_ = [], [], []
         for name in self.members:
-            out = {"harmful": [], "benign": []}
-            for (h_fit, b_fit), (h_out, b_out) in ((halves[0], halves[1]), (halves[1], halves[0])):
-                m = self._member(name).fit(harmful.select(h_fit), benign.select(b_fit))
-                out["harmful"].append(m.score_samples(harmful.select(h_out)))
-                out["benign"].append(m.score_samples(benign.select(b_out)))
-            h, b = (float(np.mean(np.concatenate(out[k]))) for k in ("harmful", "benign"))
+            h, b = self._out_of_fold_means(name, harmful, benign, halves)
             if not h > b:
                 raise FilterOptionError(f"ensemble member {name!r} does not score held-out harmful references above "
                                         f"benign ones (means {h:.4g} vs {b:.4g}), so it has no scale to put its "
@@ -91,6 +86,18 @@ class EnsembleFilter(SampleFilter):
         if sets:  # the harmful feature set of the first SAE member, for report.json and the plots
             self.features_ = sets[0]
 
+    def _out_of_fold_means(self, name: str, harmful: ActivationCache, benign: ActivationCache,
+                           halves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+        """The mean score of the harmful and of the benign references, each scored by member ``name`` fitted on the
+        other half of the pairs."""
+        out: dict[str, list[np.ndarray]] = {"harmful": [], "benign": []}
+        for (h_fit, b_fit), (h_out, b_out) in ((halves[0], halves[1]), (halves[1], halves[0])):
+            m = self._member(name).fit(harmful.select(h_fit), benign.select(b_fit))
+            out["harmful"].append(m.score_samples(harmful.select(h_out)))
+            out["benign"].append(m.score_samples(benign.select(b_out)))
+        h, b = (float(np.mean(np.concatenate(out[k]))) for k in ("harmful", "benign"))
+        return h, b
+
     def member_scores(self, cache: ActivationCache) -> np.ndarray:
         """``[n_rows, n_members]``: each member's scaled score (0: benign references' mean, 1: harmful's)."""
         self._check_fitted()
@@ -101,15 +108,28 @@ class EnsembleFilter(SampleFilter):
                       samples: list[Sample] | None = None) -> np.ndarray:
         """The mean of the members' scaled scores. ``own`` is refused: the members' scales are those of plain scores,
         not of differences from the model's own answer."""
-        if own is not None:
-            raise FilterOptionError("ensemble does not score relative to the model's own answers (--own): its "
-                                    "members' scales are fitted on plain scores; leave --own out, or use geometry, "
-                                    "activation or projection with --own")
+        _refuse_own(own)
         return self.member_scores(cache).mean(axis=1)
 
     def explain(self, cache: ActivationCache, rows: np.ndarray, n: int = 3, own: ActivationCache | None = None,
                 samples: list[Sample] | None = None) -> list[list[dict]]:
         """Per row: each member's scaled score, highest first (up to ``n``)."""
-        z = self.member_scores(cache)[np.asarray(rows, dtype=int)]
+        return self._explain_scores(self.member_scores(cache)[np.asarray(rows, dtype=int)], n)
+
+    def _scored_and_explained(self, cache: ActivationCache, own: ActivationCache | None,
+                              samples: list[Sample] | None, n: int) -> tuple[np.ndarray, list[list[dict]] | None]:
+        _refuse_own(own)
+        z = self.member_scores(cache)  # once for both
+        return self._checked(z.mean(axis=1), cache), (self._explain_scores(z, n) if n else None)
+
+    def _explain_scores(self, z: np.ndarray, n: int) -> list[list[dict]]:
         return [[{"member": self.members[k], "scaled_score": round(float(zr[k]), 4)}
                  for k in np.argsort(-zr, kind="stable")[:n]] for zr in z]
+
+
+def _refuse_own(own: ActivationCache | None) -> None:
+    """The members' scales are those of plain scores, not of differences from the model's own answer."""
+    if own is not None:
+        raise FilterOptionError("ensemble does not score relative to the model's own answers (--own): its members' "
+                                "scales are fitted on plain scores; leave --own out, or use geometry, activation or "
+                                "projection with --own")
