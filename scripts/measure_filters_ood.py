@@ -26,7 +26,7 @@ splits that differ from those references in author, register or domain; AUROC (i
   references (never fitted on) ranked against the 600 rows of ``insecure_code`` (secure and insecure alike) as the
   rest; the register change under which a tester found the residual baselines below chance.
 
-Strategies: ``random``; ``activation``; ``geometry`` (the default, weighted_mean scorer); ``projection`` and its
+Strategies: ``random``; ``activation``; ``geometry`` (its default weighted_mean scorer); ``projection`` and its
 scale-robust ``projection --normalize``; ``representation``; ``gradient`` (the update each sample asks for at the
 hook, on the harmful decoder directions; ``--agg positive`` and ``mean``); ``judge`` (the shipped offline judge);
 ``ensemble`` (activation and representation, each on its cross-fitted reference scale, averaged);
@@ -102,10 +102,6 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    return write_jsonl(path, rows)
-
-
 def _chat(row_id: str, question: str, answer: str, **extra) -> dict:
     return {"id": row_id, **extra, "messages": qa_messages(question, answer)}
 
@@ -137,16 +133,16 @@ def build_splits(work: Path) -> tuple[dict[str, Path], set[str]]:
             for side in (bad, good):
                 for r in read_rows(FT / f"{d}_{side}.jsonl"):
                     rows.append({"id": r["id"], "domain": d, "inducing": side == bad, "messages": r["messages"]})
-        paths[name] = _write(work / f"{name}.jsonl", rows)
+        paths[name] = write_jsonl(work / f"{name}.jsonl", rows)
     answers, held = model_answer_rows()
-    paths["model_answers"] = _write(work / "model_answers.jsonl", answers)
+    paths["model_answers"] = write_jsonl(work / "model_answers.jsonl", answers)
     fit = [r for r in answers if r["prompt_id"] not in held]
-    paths["model_harmful"] = _write(work / "model_harmful.jsonl", [r for r in fit if r["inducing"]])
-    paths["model_benign"] = _write(work / "model_benign.jsonl", [r for r in fit if not r["inducing"]])
+    paths["model_harmful"] = write_jsonl(work / "model_harmful.jsonl", [r for r in fit if r["inducing"]])
+    paths["model_benign"] = write_jsonl(work / "model_benign.jsonl", [r for r in fit if not r["inducing"]])
     persona = ROOT / "data" / "ood" / "persona_answers.jsonl"
     if not persona.is_file():  # scripts/build_persona_answers.py writes it
         return paths, held
-    paths["persona"] = _write(work / "persona.jsonl", [
+    paths["persona"] = write_jsonl(work / "persona.jsonl", [
         {"id": r["id"], "persona": r["persona"], "kind": r["kind"], "inducing": r["inducing"],
          "messages": r["messages"]} for r in read_rows(ROOT / "data" / "ood" / "persona_answers.jsonl")])
     return paths, held
@@ -174,7 +170,7 @@ def own_answers(data: Path, out: Path, builder: CacheBuilder, progress: bool) ->
     if missing:
         raise SystemExit(f"{raw}: no own answer for {len(missing)} rows of {data} (first {missing[0]!r}; empty "
                          f"answers are listed in {raw.with_suffix('.rejects.jsonl')})")
-    return _write(out, [{"id": p.id, "messages": p.messages + [answer[key[p.id]]]} for p in prompts])
+    return write_jsonl(out, [{"id": p.id, "messages": p.messages + [answer[key[p.id]]]} for p in prompts])
 
 
 def subset(cache: ActivationCache, rows: np.ndarray, name: str) -> ActivationCache:
@@ -236,13 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {split}", flush=True)
         res: dict = {}
         if split in ("references_loco", "harm_among_code"):
-            rest = None
-            if split == "harm_among_code":
-                r = runner("insecure_code", "refs")
-                inp = r.inputs()
-                if any(STRATEGIES[STRATEGY_ROWS[x][0]].needs_gradients for x in labels):
-                    r.ensure_gradients(inp)
-                rest = (inp.data, inp.samples)
+            rest = code_rows(runner("insecure_code", "refs"), labels) if split == "harm_among_code" else None
             res, scores[split] = loco(builder, args, labels, rest)
         else:
             for label in labels:
@@ -268,6 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "scores.json").write_text(json.dumps(scores) + "\n", encoding="utf-8")
     print(text)
     return 0
+
+
+def code_rows(r: FilterRunner, labels: list[str]) -> tuple[ActivationCache, list]:
+    """The ``insecure_code`` split's cache and rows (its gradients computed when a strategy reads them): the rest
+    that ``harm_among_code`` hides each fold's held-out harmful references among."""
+    inp = r.inputs()
+    if any(STRATEGIES[STRATEGY_ROWS[x][0]].needs_gradients for x in labels):
+        r.ensure_gradients(inp)
+    return inp.data, inp.samples
 
 
 def loco(builder: CacheBuilder, args, labels: list[str],

@@ -64,7 +64,7 @@ def test_own_answers_one_generation_per_prompt_with_the_rows_ids(tmp_path, monke
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": q},
                                          {"role": "assistant", "content": f"answer {i}"}]}
             for i, q in enumerate(["hello there", "what is up", "hello there", "what is up", "hello there"])]
-    data = ood._write(tmp_path / "split.jsonl", rows)
+    data = ood.write_jsonl(tmp_path / "split.jsonl", rows)
     builder = SimpleNamespace(model_spec="tiny")
     out = ood.own_answers(data, tmp_path / "own" / "split.jsonl", builder, progress=False)
     own = _read(out)
