@@ -22,6 +22,7 @@ from ..cache import ActivationCache
 from ..features import split_by_pair
 from ..samples import Sample
 from .base import STRATEGIES, FilterOptionError, OptionChecks, SampleFilter, make_filter
+from .sae_features import HARMFUL_SET_CHECKS
 
 #: strategies an ensemble can hold: those that read the caches only (no text, gradients, seed or own answers needed)
 MEMBERS = ("activation", "geometry", "projection", "representation")
@@ -40,8 +41,7 @@ class EnsembleFilter(SampleFilter):
     requires_sae = True  # the default members read SAE latents
     option_checks: ClassVar[OptionChecks] = {
         "members": (_members_ok, f"must be distinct strategies among {', '.join(MEMBERS)}"),
-        "n_harmful": (lambda v: v >= 1, "must be >= 1"),
-        "harmful_ids": (lambda v: v is None or (len(v) > 0 and min(v) >= 0), "must be non-negative latent ids")}
+        **{k: HARMFUL_SET_CHECKS[k] for k in ("n_harmful", "harmful_ids")}}
 
     def __init__(self, sae: Any = None, *, members: tuple[str, ...] = ("activation", "representation"),
                  n_harmful: int = 100, harmful_ids: list[int] | None = None, drop: float | None = 0.1,

@@ -26,17 +26,21 @@ def _sae_width(sae: Any) -> int:
     return int(w.shape[0]) if hasattr(w, "shape") else len(w)
 
 
+#: the checks of the harmful feature set's options (shared with the ensemble, which passes them to its members)
+HARMFUL_SET_CHECKS: OptionChecks = {
+    "n_harmful": (lambda v: v >= 1, "must be >= 1"),
+    "min_freq": (lambda v: 0 <= v <= 1, "must be a fraction in [0, 1]"),
+    "harmful_method": (lambda v: v in ("contrast", "auroc"), "must be 'contrast' or 'auroc'"),
+    "harmful_ids": (lambda v: v is None or (len(v) > 0 and min(v) >= 0), "must be non-negative latent ids"),
+}
+
+
 class _HarmfulFeatureFilter(SampleFilter):
     """Shared fitting of the harmful feature set (selected on the references, or explicit ids)."""
 
     requires_sae = True
     uses_seed = True
-    option_checks: ClassVar[OptionChecks] = {
-        "n_harmful": (lambda v: v >= 1, "must be >= 1"),
-        "min_freq": (lambda v: 0 <= v <= 1, "must be a fraction in [0, 1]"),
-        "harmful_method": (lambda v: v in ("contrast", "auroc"), "must be 'contrast' or 'auroc'"),
-        "harmful_ids": (lambda v: v is None or (len(v) > 0 and min(v) >= 0), "must be non-negative latent ids"),
-    }
+    option_checks: ClassVar[OptionChecks] = HARMFUL_SET_CHECKS
 
     def __init__(self, sae: Any = None, *, n_harmful: int = 100, harmful_method: str = "contrast",
                  min_freq: float = 0.05, harmful_ids: list[int] | None = None, select_frac: float = 1.0,
