@@ -16,19 +16,19 @@ from .finetune import load_hooked_tuned, root_model
 from .pipeline import CacheBuilder
 
 
-def _base_builder(run: str | Path, sae: str | None, kw: dict) -> CacheBuilder:
-    base = CacheBuilder(root_model(run), sae, **kw)
-    if base.sae_spec is None:
-        raise FeatureError(f"model diffing needs an SAE: {base.model_spec!r} has no bundled SAE, pass sae=")
-    return base
+def _builder_kw(device: str | None, progress: bool, log: Callable[[str], None] | None) -> dict:
+    return {"device": device, "progress": progress, **({"log": log} if log else {})}
 
 
 def base_caches(run: str | Path, data: Sequence[str | Path], *, sae: str | None = None,
                 cache_dir: str | Path = "runs/cache", device: str | None = None, progress: bool = True,
                 log: Callable[[str], None] | None = None) -> list[ActivationCache]:
-    """The base model's cache of each file of ``data`` (``CACHE_DIR/<file stem>``, as :func:`diff_caches` makes
-    it), without loading or running the fine-tune: for reading a diff set on text it was not found on."""
-    base = _base_builder(run, sae, {"device": device, "progress": progress, **({"log": log} if log else {})})
+    """The base model's cache of each file of ``data`` (``CACHE_DIR/<file stem>``, the folder ``filter``/``score``
+    use), without loading or running the fine-tune: what :func:`diff_caches` pairs with the fine-tune's, and what
+    reads a diff set on text it was not found on."""
+    base = CacheBuilder(root_model(run), sae, **_builder_kw(device, progress, log))
+    if base.sae_spec is None:
+        raise FeatureError(f"model diffing needs an SAE: {base.model_spec!r} has no bundled SAE, pass sae=")
     out = []
     for f in map(Path, data):
         base.build(f, Path(cache_dir) / f.stem)
@@ -41,14 +41,13 @@ def diff_caches(run: str | Path, data: Sequence[str | Path], *, sae: str | None 
                 log: Callable[[str], None] | None = None) -> list[tuple[ActivationCache, ActivationCache]]:
     """``[(base cache, fine-tune cache)]``, one pair per file of ``data``, for the LoRA run folder ``run`` and its
     base model (``sae``: a spec, default the base model's bundled SAE; ``log``: where notes go, default stderr)."""
-    kw = {"device": device, "progress": progress, **({"log": log} if log else {})}
-    base = _base_builder(run, sae, kw)
-    tuned = CacheBuilder(base.model_spec, sae, **kw)
-    tuned.model = load_hooked_tuned(run, device=device)  # the fine-tune's weights in the base model's hooked wrapper
+    tuned_model = load_hooked_tuned(run, device=device)  # the fine-tune's weights in the base model's hooked wrapper
+    bases = base_caches(run, data, sae=sae, cache_dir=cache_dir, device=device, progress=progress, log=log)
+    tuned = CacheBuilder(root_model(run), sae, **_builder_kw(device, progress, log))
+    tuned.model = tuned_model
     pairs = []
-    for f in map(Path, data):
-        folders = (Path(cache_dir) / f.stem, Path(cache_dir) / f"{f.stem}@{Path(run).name}")
-        for builder, folder in zip((base, tuned), folders):
-            builder.build(f, folder)
-        pairs.append(tuple(load_cache(folder) for folder in folders))
+    for f, base in zip(map(Path, data), bases):
+        folder = Path(cache_dir) / f"{f.stem}@{Path(run).name}"
+        tuned.build(f, folder)
+        pairs.append((base, load_cache(folder)))
     return pairs
