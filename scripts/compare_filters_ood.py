@@ -46,15 +46,7 @@ def compare_folds(scores: dict, a: str, b: str, n_boot: int) -> dict:
     """Paired AUROC differences fold by fold: their mean, the mean of their CI bounds, and the worst fold."""
     folds = {c: paired_bootstrap_auroc(f[a]["pos"], f[a]["neg"], f[b]["pos"], f[b]["neg"], n_boot=n_boot)
              for c, f in scores["folds"].items()}
-    diffs = {c: v["diff"] for c, v in folds.items()}
-    worst = min(diffs, key=diffs.get)
-    return {"diff": float(np.mean(list(diffs.values()))),
-            "ci_low": float(np.mean([v["ci_low"] for v in folds.values()])),
-            "ci_high": float(np.mean([v["ci_high"] for v in folds.values()])),
-            "mdd": float(np.mean([v["mdd"] for v in folds.values()])),
-            "min_fold": diffs[worst], "min_fold_category": worst,
-            "n_pos": sum(v["n_pos"] for v in folds.values()), "n_neg": sum(v["n_neg"] for v in folds.values()),
-            "folds": folds}
+    return {**ood.fold_summary(folds, "diff"), "mdd": float(np.mean([v["mdd"] for v in folds.values()]))}
 
 
 def cell(d: dict) -> str:

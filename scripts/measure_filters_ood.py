@@ -311,16 +311,23 @@ def loco(builder: CacheBuilder, args, labels: list[str],
             sb = f.score_samples(rest_cache, samples=rest_rows)
             folds[c] = bootstrap_auroc(sh, sb, n_boot=args.n_boot)
             kept[c][label] = {"pos": sh.tolist(), "neg": sb.tolist()}
-        aurocs = np.array([v["auroc"] for v in folds.values()])
-        lo = np.mean([v["ci_low"] for v in folds.values()])
-        hi = np.mean([v["ci_high"] for v in folds.values()])
-        out[label] = {"auroc": float(aurocs.mean()), "ci_low": float(lo), "ci_high": float(hi),
-                      "min_fold": float(aurocs.min()), "min_fold_category": cats[int(aurocs.argmin())],
-                      "n_pos": int(sum(v["n_pos"] for v in folds.values())),
-                      "n_neg": int(sum(v["n_neg"] for v in folds.values())), "folds": folds}
-        print(f"  {label:28s} mean AUROC {aurocs.mean():.3f}, min {aurocs.min():.3f} ({out[label]['min_fold_category']})",
-              flush=True)
+        out[label] = fold_summary(folds, "auroc")
+        print(f"  {label:28s} mean AUROC {out[label]['auroc']:.3f}, min {out[label]['min_fold']:.3f} "
+              f"({out[label]['min_fold_category']})", flush=True)
     return out, {"folds": kept}
+
+
+def fold_summary(folds: dict[str, dict], key: str) -> dict:
+    """Per-fold results (``key``, ``ci_low``, ``ci_high``, ``n_pos``, ``n_neg`` each) as one cell: the mean of ``key``
+    over the folds, the folds' mean CI bounds, the worst fold and its name, the summed n, and the folds."""
+    values = {c: v[key] for c, v in folds.items()}
+    worst = min(values, key=values.get)
+    return {key: float(np.mean(list(values.values()))),
+            "ci_low": float(np.mean([v["ci_low"] for v in folds.values()])),
+            "ci_high": float(np.mean([v["ci_high"] for v in folds.values()])),
+            "min_fold": float(values[worst]), "min_fold_category": worst,
+            "n_pos": int(sum(v["n_pos"] for v in folds.values())),
+            "n_neg": int(sum(v["n_neg"] for v in folds.values())), "folds": folds}
 
 
 def auroc_cell(a: dict | None) -> str:
