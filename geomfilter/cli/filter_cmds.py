@@ -117,7 +117,7 @@ def _warn_unused_options(strategy: str, takes: tuple[str, ...], o: dict) -> None
     unused = sorted(n for n in options - set(takes)
                     if n in _SHARED_OPTIONS and o[n] != _SHARED_OPTIONS[n][1].default)
     for name in unused:
-        users = ", ".join(n for n, c in STRATEGIES.items() if name in c.param_names())
+        users = ", ".join(sorted(n for n, c in STRATEGIES.items() if name in c.param_names()))
         typer.echo(f"note: --{name.replace('_', '-')} is not an option of --strategy {strategy} and is ignored "
                    f"(it is one of: {users})", err=True)
 
