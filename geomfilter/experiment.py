@@ -168,9 +168,9 @@ class ExperimentRunner:
         if not todo:
             return
         sae_spec = cfg.sae or default_sae_for(cfg.model)
-        if sae_spec is None and any(STRATEGIES[c.strategy].requires_sae for c in todo):
-            raise ConfigError(f"{cfg.source}: field 'sae': no bundled SAE for {cfg.model!r}; the geometry and "
-                              "activation strategies need one")
+        if sae_spec is None and (needs := sorted({c.strategy for c in todo if STRATEGIES[c.strategy].reads_sae()})):
+            raise ConfigError(f"{cfg.source}: field 'sae': no bundled SAE for {cfg.model!r}; the strategies "
+                              f"{', '.join(needs)} read SAE latents and need one")
         cache = CacheConfig(max_tokens=cfg.train.max_tokens)
         runner = FilterRunner(FilterConfig(
             data=paths["mixture"], harmful=paths["harmful"], benign=paths["benign"], model=cfg.model,

@@ -288,11 +288,11 @@ class FilterRunner:
         if cfg.scores is not None:
             check_scores_out(cfg.scores, inputs=[cfg.data, *inputs])
         self.builder.check()  # the model and SAE specs (and ray), offline
-        self.check_strategy(cfg.strategy)
+        self.check_strategy(cfg.strategy, cfg.strategy_params())
 
-    def check_strategy(self, strategy: str) -> None:
-        """A strategy that reads SAE latents needs an SAE."""
-        if STRATEGIES[strategy].requires_sae and self.builder.sae_spec is None:
+    def check_strategy(self, strategy: str, params: dict | None = None) -> None:
+        """A strategy that reads SAE latents (with these options) needs an SAE."""
+        if STRATEGIES[strategy].reads_sae(params) and self.builder.sae_spec is None:
             raise PipelineError(f"strategy {strategy!r} needs an SAE: pass --sae (no bundled SAE for "
                                 f"{self.cfg.model!r})")
 
@@ -367,7 +367,7 @@ class FilterRunner:
         strategy = strategy or self.cfg.strategy
         params = self.cfg.strategy_params(strategy, params)
         check_filter_params(strategy, **params)
-        self.check_strategy(strategy)
+        self.check_strategy(strategy, params)
         inp = self.inputs()
         if STRATEGIES[strategy].needs_gradients:
             self.ensure_gradients(inp)

@@ -88,6 +88,20 @@ def test_check_fails_before_any_caching(setup):
     assert not base["cache_dir"].exists()
 
 
+def test_an_ensemble_of_residual_members_needs_no_sae(setup):
+    base, tmp = setup
+    params = {"drop": 0.25, "members": ("projection", "representation")}
+    run = FilterRunner(FilterConfig(**{**base, "sae": "none"}, strategy="ensemble", params=params,
+                                    out=tmp / "no-sae")).run()
+    assert run.report["n_dropped"] == round(0.25 * 23) and not hasattr(run.filter, "features_")
+    _, with_sae = FilterRunner(FilterConfig(**base, strategy="ensemble", params=params)).filter()
+    assert np.allclose(run.result.scores, with_sae.scores)  # the same residual means, cached with or without an SAE
+    with pytest.raises(PipelineError, match="'ensemble' needs an SAE"):  # the default members read SAE latents
+        FilterRunner(FilterConfig(**{**base, "sae": "none"}, strategy="ensemble", params={"drop": 0.1})).check()
+    assert STRATEGIES["ensemble"].reads_sae({"members": ("geometry", "projection")})
+    assert not STRATEGIES["projection"].reads_sae() and STRATEGIES["activation"].reads_sae()
+
+
 def test_cache_directory_as_data_gives_the_same_scores(setup):
     base, tmp = setup
     runner = FilterRunner(FilterConfig(**base, strategy="projection", params={"drop": 0.25}))

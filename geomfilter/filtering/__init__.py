@@ -37,7 +37,8 @@ Strategies (:data:`STRATEGIES`, by name; :func:`make_filter` builds one):
   ``representation``), each scaled by its cross-fitted reference scores (benign 0, harmful 1).
 
 Each class states what the pipeline and the CLI need to know about it: ``strategy`` (its
-name), ``requires_sae`` (it reads SAE latents; :func:`make_filter` passes it ``sae``),
+name), ``requires_sae`` (it reads SAE latents; :func:`make_filter` passes it ``sae``; ``reads_sae(params)`` when its
+options decide, as an ensemble's members do),
 ``uses_seed`` (its ``seed`` option changes its scores), ``needs_texts`` (it reads the rows'
 text), ``needs_gradients`` (it reads the loss gradients stored with the cache), and its options are :meth:`SampleFilter.param_names` (its constructor's ``get_params()``
 keys less ``sae``), checked by ``option_checks``.

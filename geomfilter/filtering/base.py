@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -125,6 +125,12 @@ class SampleFilter(BaseEstimator):
         """The strategy's options in constructor order: the keys of ``get_params()`` less ``sae``
         (which :func:`make_filter` passes to the strategies with ``requires_sae``)."""
         return tuple(name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "sae"))
+
+    @classmethod
+    def reads_sae(cls, params: Mapping[str, Any] | None = None) -> bool:
+        """Whether the strategy, with the options ``params``, reads SAE latents (and so needs an SAE): its
+        ``requires_sae``, unless its options decide (``ensemble``: whether a member reads them)."""
+        return cls.requires_sae
 
     @classmethod
     def check_options(cls, **params: Any) -> None:

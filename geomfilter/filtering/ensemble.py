@@ -14,6 +14,7 @@ they fail on different splits (README, "Geometry and filtering").
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +27,8 @@ from .sae_features import HARMFUL_SET_CHECKS
 
 #: strategies an ensemble can hold: those that read the caches only (no text, gradients, seed or own answers needed)
 MEMBERS = ("activation", "geometry", "projection", "representation")
+#: the default pair: SAE features and the residual stream (they fail on different out-of-distribution splits)
+DEFAULT_MEMBERS = ("activation", "representation")
 
 
 def _members_ok(v: Any) -> bool:
@@ -38,12 +41,12 @@ class EnsembleFilter(SampleFilter):
     harmful references 1 (cross-fitted on two halves of the reference pairs)."""
 
     strategy = "ensemble"
-    requires_sae = True  # the default members read SAE latents
+    requires_sae = True  # it takes an SAE for its members; whether it reads one depends on them (reads_sae)
     option_checks: ClassVar[OptionChecks] = {
         "members": (_members_ok, f"must be distinct strategies among {', '.join(MEMBERS)}"),
         **{k: HARMFUL_SET_CHECKS[k] for k in ("n_harmful", "harmful_ids")}}
 
-    def __init__(self, sae: Any = None, *, members: tuple[str, ...] = ("activation", "representation"),
+    def __init__(self, sae: Any = None, *, members: tuple[str, ...] = DEFAULT_MEMBERS,
                  n_harmful: int = 100, harmful_ids: list[int] | None = None, drop: float | None = 0.1,
                  threshold: float | None = None):
         self.sae = sae
@@ -52,6 +55,12 @@ class EnsembleFilter(SampleFilter):
         self.harmful_ids = harmful_ids
         self.drop = drop
         self.threshold = threshold
+
+    @classmethod
+    def reads_sae(cls, params: Mapping[str, Any] | None = None) -> bool:
+        """Whether a member reads SAE latents (``projection`` and ``representation`` read the residual only)."""
+        members = (params or {}).get("members", DEFAULT_MEMBERS)
+        return any(STRATEGIES[m].requires_sae for m in members if m in STRATEGIES)
 
     def _check_settings(self) -> None:
         super()._check_settings()
