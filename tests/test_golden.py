@@ -103,9 +103,10 @@ def _words(text: str) -> list[str]:
 FLOAT = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")
 
 
-def same_up_to_float_noise(got: str, want: str, rel: float = 1e-6) -> bool:
-    """The same text, but that decimal numbers may differ in their last digits (rel. 1e-6): fp32 sums of a tiny
-    model move at 1e-8 between library builds (a fresh install's BLAS), which is not a change of behaviour."""
+def same_up_to_float_noise(got: str, want: str, rel: float = 1e-5) -> bool:
+    """The same text, but that decimal numbers may differ in their last digits (rel. 1e-5): fp32 sums of a tiny
+    model move at 1e-8 between library builds and machines (BLAS), which is not a change of behaviour; the
+    ensemble's rescaling, a division by the small gap between two reference means, magnifies that to about 2e-6."""
     a, b = FLOAT.findall(got), FLOAT.findall(want)
     return (FLOAT.split(got) == FLOAT.split(want) and len(a) == len(b)
             and all(abs(float(x) - float(y)) <= rel * max(1.0, abs(float(y))) for x, y in zip(a, b)))
