@@ -192,6 +192,8 @@ class FilterConfig:
     hook: str | None = None
     harmful: Path = REFERENCE_DIR / "harmful.jsonl"
     benign: Path = REFERENCE_DIR / "benign.jsonl"
+    add_harmful: tuple[Path, ...] = ()  # more reference files joined to ``harmful`` (e.g. a domain the defaults miss)
+    add_benign: tuple[Path, ...] = ()
     own: Path | None = None
     cache_dir: Path = Path("runs/cache")
     cache_key: str = "path"  # cache folders keyed by each file's absolute path, or "content" (its bytes)
@@ -213,6 +215,12 @@ class FilterConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, Path):
                 setattr(self, name, Path(v))
+        for name in ("add_harmful", "add_benign"):
+            setattr(self, name, tuple(Path(v) for v in getattr(self, name) or ()))
+
+    def references(self) -> dict[str, tuple[Path, ...]]:
+        """The reference files of each side: ``harmful`` (``benign``) and the files added to it."""
+        return {"harmful": (self.harmful, *self.add_harmful), "benign": (self.benign, *self.add_benign)}
 
     def strategy_params(self, strategy: str | None = None, params: dict | None = None) -> dict:
         """The constructor arguments of ``strategy`` (default: the config's), ``seed`` added where used."""
@@ -277,12 +285,14 @@ class FilterRunner:
         """Raise for anything that can be known before caching: options, inputs, specs, the output."""
         cfg = self.cfg
         check_filter_params(cfg.strategy, **cfg.strategy_params())
-        for name, path in (("DATA", cfg.data), ("--harmful", cfg.harmful), ("--benign", cfg.benign),
-                           ("--own", cfg.own)):
+        named = [("DATA", cfg.data), ("--harmful", cfg.harmful), ("--benign", cfg.benign), ("--own", cfg.own),
+                 *(("--add-harmful", p) for p in cfg.add_harmful), *(("--add-benign", p) for p in cfg.add_benign)]
+        for name, path in named:
             if path is not None and not path.exists():
                 raise PipelineError(f"{name} {path}: no such file or folder")
         source = cache_source(cfg.data) if is_cache_dir(cfg.data) else None
-        inputs = [p for p in (source, cfg.harmful, cfg.benign, cfg.own) if p is not None]
+        inputs = [p for p in (source, cfg.own, *cfg.references()["harmful"], *cfg.references()["benign"])
+                  if p is not None]
         if cfg.out is not None:
             check_filter_out(cfg.out, data=cfg.data, inputs=inputs, overwrite=cfg.overwrite)
         if cfg.scores is not None:
@@ -316,6 +326,13 @@ class FilterRunner:
         self.builder.build(path, out, cache=self.cfg.reference_cache, hint="--cache-dir")
         return load_cache(out)
 
+    def references(self, side: str) -> ActivationCache:
+        """One side's reference cache: its file's, joined with those of the files added to it (each cached in its
+        own folder, so the default references' cache is reused)."""
+        paths = self.cfg.references()[side]
+        parts = [self.reference(p) for p in paths]
+        return parts[0] if len(parts) == 1 else ActivationCache.concat(parts, " + ".join(str(p) for p in paths))
+
     def inputs(self) -> FilterInputs:
         """Cache DATA and the references (once; resuming), and read DATA's rows."""
         if self._inputs is None:
@@ -328,7 +345,7 @@ class FilterRunner:
                 ds, _ = self.builder.build(cfg.data, out, cache=cfg.cache, skip_invalid=cfg.skip_invalid,
                                            rejects=out / "rejects.jsonl", hint="--cache-dir")
                 data, samples, rejects = load_cache(out), ds.samples, ds.report.rejects
-            harmful, benign = self.reference(cfg.harmful), self.reference(cfg.benign)
+            harmful, benign = (self.references(side) for side in ("harmful", "benign"))
             own = self.reference(cfg.own, "own-") if cfg.own is not None else None
             self._inputs = FilterInputs(data=data, samples=samples, rejects=rejects, harmful=harmful,
                                         benign=benign, own=own, sae=self.builder.sae, dataset=ds)
@@ -400,6 +417,9 @@ class FilterRunner:
         if describe_run:
             extra = {"data": str(self.cfg.data.resolve()), "model": self.cfg.model, "hook": inp.data.hook,
                      "truncation": truncation_report(inp.data)}
+            if self.cfg.add_harmful or self.cfg.add_benign:
+                extra["references"] = {side: [str(p.resolve()) for p in paths]
+                                       for side, paths in self.cfg.references().items()}
             if hasattr(f, "features_"):
                 extra["harmful_features"] = {k: v for k, v in f.features_.as_dict().items() if k != "stats"}
         extra.update(self.cfg.report_extra)

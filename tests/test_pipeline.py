@@ -102,6 +102,50 @@ def test_an_ensemble_of_residual_members_needs_no_sae(setup):
     assert not STRATEGIES["projection"].reads_sae() and STRATEGIES["activation"].reads_sae()
 
 
+def _split_references(base: dict, tmp) -> dict:
+    """The reference files cut in two (first 8 pairs, last 4) for --add-harmful / --add-benign."""
+    parts = {}
+    for side in ("harmful", "benign"):
+        lines = base[side].read_text().splitlines(keepends=True)
+        for name, chunk in (("head", lines[:8]), ("tail", lines[8:])):
+            parts[side, name] = tmp / f"{side}-{name}.jsonl"
+            parts[side, name].write_text("".join(chunk), encoding="utf-8")
+    return parts
+
+
+def test_added_references_join_the_references(setup):
+    """--harmful A --add-harmful B fits on A's and B's rows, as if they were one file; each file is cached once."""
+    from typer.testing import CliRunner
+
+    from geomfilter.cli import app
+
+    base, tmp = setup
+    parts = _split_references(base, tmp)
+    params = {"drop": 0.25, "n_harmful": 8}
+    whole = FilterRunner(FilterConfig(**base, strategy="activation", params=params))
+    cfg = {**base, "harmful": parts["harmful", "head"], "benign": parts["benign", "head"],
+           "add_harmful": [parts["harmful", "tail"]], "add_benign": (str(parts["benign", "tail"]),)}
+    joined = FilterRunner(FilterConfig(**cfg, strategy="activation", params=params, out=tmp / "joined"))
+    run = joined.run()
+    inp, ref = joined.inputs(), whole.inputs()
+    assert inp.harmful.ids == ref.harmful.ids and inp.benign.ids == ref.benign.ids  # 12 pairs, in file order
+    assert np.allclose(run.result.scores, whole.filter()[1].scores, atol=1e-5)
+    assert run.report["references"] == {side: [str(parts[side, "head"]), str(parts[side, "tail"])]
+                                        for side in ("harmful", "benign")}
+    assert len([p for p in base["cache_dir"].iterdir() if p.name.startswith("ref-")]) == 6  # 2 whole + 4 parts
+    r = CliRunner().invoke(app, ["filter", str(base["data"]), "--out", str(tmp / "cli"), "--drop", "0.25",
+                                 "--strategy", "activation", "--n-harmful", "8", "--model", base["model"],
+                                 "--sae", base["sae"], "--harmful", str(parts["harmful", "head"]),
+                                 "--add-harmful", str(parts["harmful", "tail"]), "--benign",
+                                 str(parts["benign", "head"]), "--add-benign", str(parts["benign", "tail"]),
+                                 "--cache-dir", str(base["cache_dir"]), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for name in ("kept.jsonl", "dropped.jsonl", "scores.csv", "report.json"):
+        assert (tmp / "cli" / name).read_bytes() == (tmp / "joined" / name).read_bytes(), name
+    with pytest.raises(PipelineError, match="--add-benign .*nope.jsonl: no such file"):
+        FilterRunner(FilterConfig(**{**base, "add_benign": [tmp / "nope.jsonl"]}, params={"drop": 0.1})).check()
+
+
 def test_cache_directory_as_data_gives_the_same_scores(setup):
     base, tmp = setup
     runner = FilterRunner(FilterConfig(**base, strategy="projection", params={"drop": 0.25}))

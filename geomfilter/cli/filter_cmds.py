@@ -46,6 +46,11 @@ _SHARED_OPTIONS = {
     "hook": (str | None, typer.Option(None, help="Hook (default: the SAE's hook).")),
     "harmful": (Path, typer.Option(REFERENCE_DIR / "harmful.jsonl", help="Harmful reference answers (chat JSONL).")),
     "benign": (Path, typer.Option(REFERENCE_DIR / "benign.jsonl", help="Benign reference answers to the same prompts.")),
+    "add_harmful": (list[Path] | None, typer.Option(None, help="More harmful reference answers, joined to "
+                                                    "--harmful (repeatable): e.g. flawed answers of a domain the "
+                                                    "defaults miss, with their benign twins in --add-benign.")),
+    "add_benign": (list[Path] | None, typer.Option(None, help="More benign reference answers, joined to --benign "
+                                                   "(repeatable): the twins of --add-harmful, same pair_id.")),
     "own": (Path | None, typer.Option(None, help="The model's own answers to DATA's prompts (same ids; "
                                       "`geomfilter respond`): geometry/projection/activation then score the "
                                       "difference sample - own answer.")),
@@ -134,7 +139,8 @@ def _config(data: Path, opts: dict, *, drop: float | None, threshold: float | No
               and (given[k] is not None or k in ("drop", "threshold"))}
     return FilterConfig(
         data=data, strategy=strategy, params=params, model=o["model"], sae=o["sae"], hook=o["hook"],
-        harmful=o["harmful"], benign=o["benign"], own=o["own"], cache_dir=o["cache_dir"], seed=o["seed"],
+        harmful=o["harmful"], benign=o["benign"], add_harmful=tuple(o["add_harmful"] or ()),
+        add_benign=tuple(o["add_benign"] or ()), own=o["own"], cache_dir=o["cache_dir"], seed=o["seed"],
         cache=CacheConfig(max_tokens=o["max_tokens"], truncation=o["truncation"]), skip_invalid=o["skip_invalid"],
         device=o["device"], progress=o["progress"], **kw)
 
