@@ -103,5 +103,5 @@ def write_json_and_markdown(folder: str | Path, stem: str, data: Any, markdown: 
 def script_command(script: str | Path, argv: list[str] | None = None) -> str:
     """How a project script was run, as its results file records it: ``OMP_NUM_THREADS=1 .venv/bin/python
     scripts/<name> <arguments>``, the arguments shell-quoted (``argv`` None: this process's own)."""
-    return f"OMP_NUM_THREADS=1 .venv/bin/python scripts/{Path(script).name} " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    args = shlex.join(sys.argv[1:] if argv is None else argv)
+    return f"OMP_NUM_THREADS=1 .venv/bin/python scripts/{Path(script).name} {args}".rstrip()
