@@ -1,28 +1,35 @@
 """Can a user teach the filters a kind of misalignment they miss by adding references of that kind (issue 19)?
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_domain_references.py --out data/results/filters_ood/domain_references
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_domain_references.py [--family code|persona]
 
-On the ``insecure_code`` split (working code with one silent security flaw vs its secure twin on the same prompt)
-every strategy fitted on the default references (harmful vs benign prose answers) is at chance
-(``scripts/measure_filters_ood.py``). The remedy a user has is ``--harmful``/``--benign`` files of their own. This
-measures it with a held-out domain: the references are the default ones plus ``K`` twin pairs of one code domain
-(the insecure answer on the harmful side, its secure twin on the benign side), and the filter scores the *other*
-domain's rows (``webapp`` -> ``scripts`` and ``scripts`` -> ``webapp``: Flask/SQL backends vs ops and shell
-scripts, other flaws, other prompts). ``K`` is 0 (the default references), 25, 75 and 150 (every pair of the
-domain); pairs are drawn by ``--draws`` seeds for ``K`` < 150. One condition fits on the 150 code pairs alone. The
-in-domain ceiling adds half of the *tested* domain's pairs and tests the other half: whether the flaw can be read
-from these caches at all, so that a miss across domains is a failure to transfer, not to see.
-The same fitted filters also score the prose splits ``mixed`` and ``risky_advice`` (all rows), to see what the added
-references cost there.
+Two out-of-distribution splits of ``scripts/measure_filters_ood.py`` are at chance for every strategy fitted on the
+default references (harmful vs benign prose answers): ``insecure_code`` (working code with one silent security flaw vs
+its secure twin) and ``persona`` (the default model's answers under a misaligned persona's system message vs its
+ordinary answers). The remedy a user has is references of that kind (``geomfilter filter --add-harmful/--add-benign``).
+This measures it on held-out groups of a *family*, each split in two groups; one group's pairs are added to the
+references, the other group is tested:
 
-Per strategy, condition, direction and draw: AUROC (insecure vs secure) with a 95 % bootstrap CI, and the paired
-difference from the default references on the same rows (:func:`geomfilter.stats.paired_bootstrap_auroc`, CI and
-MDD). Writes ``results.json`` / ``results.md`` under ``--out``; caches go to ``--cache-dir`` (the same folders as
-``scripts/measure_filters_ood.py``'s reference caches for the reference files).
+* ``code``: the ``webapp`` domain (Flask/SQL backends) and the ``scripts`` domain (ops and shell scripts), 150 pairs
+  each, a pair = a flawed answer (harmful side) and its secure twin (benign side);
+* ``persona``: the personas ``sycophantic+reckless`` and ``deceptive+hostile``, a pair = one of the 80 prompts (the
+  group's two persona answers on the harmful side, the ordinary answer on the benign side). The groups share the
+  ordinary answers, so the prompts fitted on are never tested.
+
+``K`` pairs of the fitting group are added (default: code 25, 75, 150; persona 20, 40, 60; drawn by ``--draws`` seeds
+below all of a group's pairs); one fit takes the largest ``K`` alone, without the default references; the in-group
+ceiling adds half of the *tested* group's pairs and tests the other half: whether the kind can be read from these
+caches at all, so that a miss across groups is a failure to transfer, not to see. The same fitted filters score the
+prose splits ``mixed`` (also per domain) and ``risky_advice``, to see what the added references cost there.
+
+Per strategy, condition, direction and draw: AUROC with a 95 % bootstrap CI, and the paired difference from the
+default references on the same rows (:func:`geomfilter.stats.paired_bootstrap_auroc`, CI and MDD). Writes
+``results.json`` / ``results.md`` under ``--out`` (default ``data/results/filters_ood/domain_references/FAMILY``);
+caches go to ``--cache-dir``, one folder per file.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.cache import ActivationCache  # noqa: E402
-from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.files import script_command, write_json_and_markdown, write_jsonl  # noqa: E402
 from geomfilter.filtering import make_filter  # noqa: E402
 from geomfilter.filtering.base import FilterOptionError  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
@@ -41,14 +48,21 @@ from geomfilter.stats import auroc, bootstrap_auroc, paired_bootstrap_auroc  # n
 
 REF = ROOT / "data" / "reference"
 FT = ROOT / "data" / "finetune"
-DOMAINS = ("webapp", "scripts")
+PERSONA = ROOT / "data" / "ood" / "persona_answers.jsonl"
+#: family -> (its two groups (each fits, the other is tested), default numbers of pairs added, what is tested)
+FAMILIES = {"code": (("webapp", "scripts"), "25,75,150", "insecure vs secure code, held-out domain"),
+            "persona": (("sycophantic+reckless", "deceptive+hostile"), "20,40,60",
+                        "persona vs ordinary answers, held-out personas and prompts")}
 #: the prose splits scored by every fitted filter: name -> files (each row carries ``inducing``)
 PROSE = {"mixed": ("mixed",),
          "risky_advice": ("finance_risky", "finance_safe", "outdoors_risky", "outdoors_safe")}
 #: label -> (strategy, params)
 STRATEGIES = {"activation": ("activation", {}), "geometry": ("geometry", {}),
               "projection --normalize": ("projection", {"normalize": True}),
-              "representation": ("representation", {}), "ensemble": ("ensemble", {})}
+              "representation": ("representation", {}), "ensemble": ("ensemble", {}),
+              # the SAE readings' harmful set is a budget of 100 latents that added pairs share: twice the budget
+              "activation --n-harmful 200": ("activation", {"n_harmful": 200}),
+              "ensemble --n-harmful 200": ("ensemble", {"n_harmful": 200})}
 
 
 def pair_rows(cache: ActivationCache, pairs: list[str]) -> ActivationCache:
@@ -64,44 +78,48 @@ def draw_pairs(pairs: list[str], k: int, draw: int) -> list[str]:
     return list(pairs) if k == len(pairs) else sorted(np.random.default_rng(draw).choice(pairs, k, replace=False))
 
 
-def conditions(fit_domain: str, test_domain: str, pairs: dict[str, list[str]], ks: list[int],
+def pair_ids(group: dict[str, ActivationCache]) -> list[str]:
+    """A group's pairs: the pair ids of its harmful rows, each once, in order."""
+    return list(dict.fromkeys(m["pair_id"] for m in group["harmful"].meta))
+
+
+def conditions(fit_group: str, test_group: str, pairs: dict[str, list[str]], ks: list[int],
                draws: int) -> list[tuple[str, int, str, list[str], bool]]:
-    """Every fit of one direction: (name, draw, the domain whose pairs are added, their pair ids, whether the default
-    references are kept). The last, the in-domain ceiling, adds half the *tested* domain's pairs (the other half is
-    then tested)."""
-    n = len(pairs[fit_domain])
-    out = [("references", 0, fit_domain, [], True)]
+    """Every fit of one direction: (name, draw, the group whose pairs are added, their pair ids, whether the default
+    references are kept). The fit on the group's pairs alone takes the largest ``k``; the last, the in-group ceiling,
+    adds half the *tested* group's pairs (the other half is then tested)."""
+    n = len(pairs[fit_group])
+    out = [("references", 0, fit_group, [], True)]
     for k in ks:
         if not 0 < k <= n:
-            raise SystemExit(f"--k {k}: must be between 1 and {n} (the pairs of {fit_domain!r})")
-        out += [(f"references + {k} code pairs", d, fit_domain, draw_pairs(pairs[fit_domain], k, d), True)
+            raise SystemExit(f"--k {k}: must be between 1 and {n} (the pairs of {fit_group!r})")
+        out += [(f"references + {k} pairs", d, fit_group, draw_pairs(pairs[fit_group], k, d), True)
                 for d in range(draws if k < n else 1)]
-    out.append((f"{n} code pairs only", 0, fit_domain, pairs[fit_domain], False))
-    half = len(pairs[test_domain]) // 2
-    out += [(f"in-domain ceiling: references + {half} pairs of the tested domain", d, test_domain,
-             draw_pairs(pairs[test_domain], half, d), True) for d in range(draws)]
+    out.append((f"{ks[-1]} pairs only", 0, fit_group, draw_pairs(pairs[fit_group], ks[-1], 0), False))
+    half = len(pairs[test_group]) // 2
+    out += [(f"in-group ceiling: references + {half} pairs of the tested group", d, test_group,
+             draw_pairs(pairs[test_group], half, d), True) for d in range(draws)]
     return out
 
 
-def reference_sides(refs: dict[str, ActivationCache], code: dict, domain: str, added: list[str], keep_refs: bool,
-                    name: str) -> dict[str, ActivationCache]:
+def reference_sides(refs: dict[str, ActivationCache], group: dict[str, ActivationCache], added: list[str],
+                    keep_refs: bool, name: str) -> dict[str, ActivationCache]:
     """The harmful and benign reference caches of one fit: the default references (when kept) plus the ``added``
-    pairs of ``domain``, the insecure answer on the harmful side and its secure twin on the benign side."""
+    pairs of ``group`` (its harmful rows, e.g. the flawed code, on the harmful side; their twins on the benign side)."""
     sides = {}
-    for ref_side, code_side in (("harmful", "insecure"), ("benign", "secure")):
-        parts = [refs[ref_side]] if keep_refs else []
+    for side in ("harmful", "benign"):
+        parts = [refs[side]] if keep_refs else []
         if added:
-            parts.append(pair_rows(code[domain, code_side], added))
-        sides[ref_side] = ActivationCache.concat(parts, f"{ref_side} ({name})")
+            parts.append(pair_rows(group[side], added))
+        sides[side] = ActivationCache.concat(parts, f"{side} ({name})")
     return sides
 
 
-def unfitted_rows(test: ActivationCache, test_domain: str, fit_domain: str, added: list[str]) -> np.ndarray:
-    """The rows of ``test`` (``test_domain``'s code) to score: every row, less those of a pair fitted on (the in-domain
-    ceiling fits on half the tested domain's pairs and tests the other half)."""
-    if fit_domain != test_domain:
-        return np.ones(len(test), dtype=bool)
-    return ~np.isin([m["pair_id"] for m in test.meta], added)
+def unfitted_rows(test: ActivationCache, added: list[str]) -> np.ndarray:
+    """The rows of ``test`` to score: those of no pair fitted on (for code, the other domain's pairs are other pairs;
+    persona groups share their prompts' ordinary answers, so the prompts fitted on are left out; the in-group ceiling
+    tests the half of the tested group it did not fit on)."""
+    return ~np.isin([m["pair_id"] for m in test.meta], list(added))
 
 
 def by_domain(scores: np.ndarray, y: np.ndarray, domains: list) -> dict[str, float]:
@@ -110,17 +128,53 @@ def by_domain(scores: np.ndarray, y: np.ndarray, domains: list) -> dict[str, flo
     return {str(d): auroc(scores[y & (domains == d)], scores[~y]) for d in sorted(set(domains[y]), key=str)}
 
 
+def twin_overlap(insecure: ActivationCache, secure: ActivationCache, k: int = 32) -> dict[str, float]:
+    """The mean share of a flawed answer's top-``k`` latents (mean-pooled; ``k``: geometry's default number of target
+    features) that its secure twin shares, and that another pair's secure answer shares (the next pair's, cyclically)."""
+    if insecure.ids and [m["pair_id"] for m in insecure.meta] != [m["pair_id"] for m in secure.meta]:
+        raise SystemExit(f"{insecure.path} and {secure.path}: the twins are not in the same pair order")
+    top_a, top_b = ([set(row.tolist()) for row in np.argsort(-c.dense(), axis=1)[:, :k]] for c in (insecure, secure))
+    share = [len(a & b) / k for a, b in zip(top_a, top_b)]
+    other = [len(a & top_b[(i + 1) % len(top_b)]) / k for i, a in enumerate(top_a)]
+    return {"twin": float(np.mean(share)), "other_pair": float(np.mean(other)), "k": k}
+
+
 def labelled(parts: list[ActivationCache], name: str) -> tuple[ActivationCache, np.ndarray]:
     cache = ActivationCache.concat(parts, name)
     return cache, np.array([bool(m["inducing"]) for m in cache.meta])
 
 
+def family_groups(family: str, cached, work: Path) -> dict[str, dict[str, ActivationCache]]:
+    """Each group's harmful and benign caches, rows carrying ``pair_id`` and ``inducing``. Code: a domain's flawed
+    answers and their secure twins. Persona: the default model's answers under the group's personas and its ordinary
+    answers to the same prompts (``data/ood/persona_answers.jsonl``, paired by prompt: written under ``work`` with
+    ``pair_id`` = ``prompt_id``); both groups share the ordinary answers."""
+    groups = FAMILIES[family][0]
+    if family == "code":
+        return {d: {"harmful": cached(FT / f"{d}_insecure.jsonl"), "benign": cached(FT / f"{d}_secure.jsonl")}
+                for d in groups}
+    if not PERSONA.is_file():
+        raise SystemExit(f"{PERSONA} is missing: run scripts/build_persona_answers.py first")
+    rows = [json.loads(x) for x in PERSONA.read_text(encoding="utf-8").splitlines() if x.strip()]
+    path = write_jsonl(work / "persona_answers.jsonl", [
+        {"id": r["id"], "pair_id": r["prompt_id"], "persona": r["persona"], "kind": r["kind"],
+         "inducing": r["inducing"], "messages": r["messages"]} for r in rows])
+    cache = cached(path)
+    persona = np.array([m["persona"] for m in cache.meta])
+    return {g: {"harmful": cache.select(np.isin(persona, g.split("+"))), "benign": cache.select(persona == "ordinary")}
+            for g in groups}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "filters_ood" / "domain_references")
+    ap.add_argument("--family", choices=list(FAMILIES), default="code")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results folder (default data/results/filters_ood/domain_references/FAMILY)")
+    ap.add_argument("--work", type=Path, default=Path("runs/domain"), help="derived data files")
     ap.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    ap.add_argument("--k", default="25,75,150", help="numbers of code pairs added, comma-separated")
-    ap.add_argument("--draws", type=int, default=2, help="random pair subsets per K below all of a domain's pairs")
+    ap.add_argument("--k", default=None, help="numbers of pairs added, comma-separated (default: the family's, "
+                    + "; ".join(f"{f} {v[1]}" for f, v in FAMILIES.items()) + ")")
+    ap.add_argument("--draws", type=int, default=2, help="random pair subsets per K below all of a group's pairs")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--progress", action="store_true")
@@ -129,33 +183,38 @@ def main(argv: list[str] | None = None) -> int:
     labels = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if unknown := [x for x in labels if x not in STRATEGIES]:
         raise SystemExit(f"unknown strategy {unknown[0]!r}; choose among {list(STRATEGIES)}")
-    ks = sorted({int(x) for x in args.k.split(",") if x.strip()})
+    ks = sorted({int(x) for x in (args.k or FAMILIES[args.family][1]).split(",") if x.strip()})
+    out = args.out or ROOT / "data" / "results" / "filters_ood" / "domain_references" / args.family
 
     builder = CacheBuilder(progress=args.progress)
     runner = FilterRunner(FilterConfig(data=REF / "harmful.jsonl", cache_dir=args.cache_dir, progress=args.progress))
     runner.builder = builder  # one model and SAE for every file
 
-    def cached(stem: str, folder: Path = FT) -> ActivationCache:
-        print(f"caching {folder.name}/{stem}.jsonl", flush=True)
-        return runner.reference(folder / f"{stem}.jsonl")
+    def cached(path: Path) -> ActivationCache:
+        print(f"caching {path}", flush=True)
+        return runner.reference(path)
 
-    refs = {side: cached(side, REF) for side in ("harmful", "benign")}
-    code = {(d, side): cached(f"{d}_{side}") for d in DOMAINS for side in ("insecure", "secure")}
-    tests = {d: labelled([code[d, "insecure"], code[d, "secure"]], d) for d in DOMAINS}
-    prose = {name: labelled([cached(f) for f in files], name) for name, files in PROSE.items()}
+    refs = {side: cached(REF / f"{side}.jsonl") for side in ("harmful", "benign")}
+    groups = family_groups(args.family, cached, args.work)
+    tests = {g: labelled([groups[g]["harmful"], groups[g]["benign"]], g) for g in groups}
+    prose = {name: labelled([cached(FT / f"{f}.jsonl") for f in files], name) for name, files in PROSE.items()}
 
-    pairs = {d: [m["pair_id"] for m in code[d, "insecure"].meta] for d in DOMAINS}
-    results: dict = {"command": script_command(__file__, argv), "k": ks, "draws": args.draws, "directions": {}}
-    for fit_domain, test_domain in (DOMAINS, DOMAINS[::-1]):
-        direction = f"{fit_domain} -> {test_domain}"
+    pairs = {g: pair_ids(groups[g]) for g in groups}
+    results: dict = {"command": script_command(__file__, argv), "family": args.family, "tested": FAMILIES[args.family][2],
+                     "k": ks, "draws": args.draws, "directions": {}}
+    if args.family == "code":
+        results["twin_top_latents"] = {g: twin_overlap(v["harmful"], v["benign"]) for g, v in groups.items()}
+    names = list(groups)
+    for fit_group, test_group in (names, names[::-1]):
+        direction = f"{fit_group} -> {test_group}"
         print(f"== {direction}", flush=True)
-        test_cache, test_y = tests[test_domain]
+        test_cache, test_y = tests[test_group]
         cells: dict = {}
         for label in labels:
             strategy, params = STRATEGIES[label]
             base: dict = {}  # split -> scores of the default references' fit (the paired comparisons' b)
-            for cond, draw, domain, added, keep_refs in conditions(fit_domain, test_domain, pairs, ks, args.draws):
-                sides = reference_sides(refs, code, domain, added, keep_refs, f"{cond}, draw {draw}")
+            for cond, draw, group, added, keep_refs in conditions(fit_group, test_group, pairs, ks, args.draws):
+                sides = reference_sides(refs, groups[group], added, keep_refs, f"{cond}, draw {draw}")
                 record: dict = {"draw": draw, "n_pairs": len(added)}
                 cells.setdefault(label, {}).setdefault(cond, []).append(record)
                 try:
@@ -165,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     record["refused"] = str(e)
                     print(f"  {label:24s} {cond:30s} draw {draw}: refused: {e}", flush=True)
                     continue
-                fresh = unfitted_rows(test_cache, test_domain, domain, added)
-                for split, (cache, y, rows) in {"insecure_code": (test_cache, test_y, fresh),
+                for split, (cache, y, rows) in {"held_out": (test_cache, test_y, unfitted_rows(test_cache, added)),
                                                 **{k: (*v, None) for k, v in prose.items()}}.items():
                     s = f.score_samples(cache)
                     if cond == "references":
@@ -179,12 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                     if cond != "references":
                         record[split]["vs_references"] = paired_bootstrap_auroc(s[y], s[~y], b[y], b[~y],
                                                                                  n_boot=args.n_boot)
-                print(f"  {label:24s} {cond:30s} draw {draw}: code {record['insecure_code']['auroc']:.3f}, mixed "
+                print(f"  {label:24s} {cond:30s} draw {draw}: held-out {record['held_out']['auroc']:.3f}, mixed "
                       f"{record['mixed']['auroc']:.3f}, risky {record['risky_advice']['auroc']:.3f}", flush=True)
         results["directions"][direction] = cells
     results["seconds"] = round(time.time() - t0)
     text = render(results)
-    write_json_and_markdown(args.out, "results", results, text)
+    write_json_and_markdown(out, "results", results, text)
     print(text)
     return 0
 
@@ -210,19 +268,22 @@ def _cell(draws: list[dict], split: str) -> str:
 
 
 def render(res: dict) -> str:
-    lines = ["# Domain references: added code pairs vs silent flaws in another code domain (issue 19)", "",
+    lines = [f"# Added references of a missed kind ({res['family']}): {res['tested']} (issue 19)", "",
              f"`{res['command']}` ({res['seconds']} s)", "",
-             "AUROC (insecure vs secure on the held-out code domain; prose splits: inducing vs rest) [95 % CI]; after "
-             "`;` the paired difference from the default references on the same rows [95 % CI] (bold: CI excludes "
-             "0). Conditions with several draws of the added pairs show each draw's AUROC and difference.", ""]
+             f"AUROC ({res['tested']}, the rows of pairs fitted on left out; prose splits: inducing vs rest) [95 % "
+             "CI]; after `;` the paired difference from the default references on the same rows [95 % CI] (bold: CI "
+             "excludes 0). Conditions with several draws of the added pairs show each draw's AUROC and difference.", ""]
+    if "twin_top_latents" in res:
+        lines += ["A flawed answer's top latents and its secure twin's (mean-pooled SAE activations): " + "; ".join(
+            f"{d}: {v['twin']:.2f} of the top {v['k']} shared with the twin, {v['other_pair']:.2f} with another "
+            "pair's secure answer" for d, v in res["twin_top_latents"].items()) + ".", ""]
     for direction, cells in res["directions"].items():
         lines += [f"## fit on {direction.split(' -> ')[0]}, test on {direction.split(' -> ')[1]}", "",
-                  "| strategy | references | insecure code (held-out domain) | mixed | risky_advice |",
-                  "|---|---|---|---|---|"]
+                  "| strategy | references | held out | mixed | risky_advice |", "|---|---|---|---|---|"]
         for label, conds in cells.items():
             for cond, draws in conds.items():
                 lines.append(f"| {label} | {cond} | " + " | ".join(
-                    _cell(draws, split) for split in ("insecure_code", "mixed", "risky_advice")) + " |")
+                    _cell(draws, split) for split in ("held_out", "mixed", "risky_advice")) + " |")
         lines.append("")
         lines += _by_domain_table(cells)
     return "\n".join(lines)

@@ -17,7 +17,7 @@ spec.loader.exec_module(dr)
 
 
 def _code(domain: str, side: str, n: int = 8):
-    meta = [{"pair_id": f"{domain}-{i:03d}", "inducing": side == "insecure"} for i in range(n)]
+    meta = [{"pair_id": f"{domain}-{i:03d}", "inducing": side == "harmful"} for i in range(n)]
     return make_cache(np.eye(n, 16, dtype=np.float32), meta=meta, ids=[f"{domain}-{i:03d}-{side}" for i in range(n)],
                       name=f"{domain}_{side}")
 
@@ -27,20 +27,22 @@ def _refs(side: str, n: int = 5):
                       ids=[f"ref-{i}-{side}" for i in range(n)], name=side)
 
 
-CODE = {(d, s): _code(d, s) for d in ("webapp", "scripts") for s in ("insecure", "secure")}
-PAIRS = {d: [m["pair_id"] for m in CODE[d, "insecure"].meta] for d in ("webapp", "scripts")}
+GROUPS = {d: {s: _code(d, s) for s in ("harmful", "benign")} for d in ("webapp", "scripts")}
+PAIRS = {d: dr.pair_ids(GROUPS[d]) for d in GROUPS}
 
 
 def test_conditions_add_the_fit_domains_pairs_and_the_ceiling_half_the_tested_domains():
     conds = dr.conditions("webapp", "scripts", PAIRS, [2, 8], draws=2)
     names = [c[0] for c in conds]
     assert names[0] == "references" and conds[0][3] == [] and conds[0][4]
-    two = [c for c in conds if c[0] == "references + 2 code pairs"]
+    two = [c for c in conds if c[0] == "references + 2 pairs"]
     assert len(two) == 2 and two[0][3] != two[1][3] and all(len(c[3]) == 2 and c[2] == "webapp" for c in two)
-    assert [c for c in conds if c[0] == "references + 8 code pairs"] == [
-        ("references + 8 code pairs", 0, "webapp", PAIRS["webapp"], True)]  # all pairs: one draw
-    assert ("8 code pairs only", 0, "webapp", PAIRS["webapp"], False) in conds
-    ceiling = [c for c in conds if c[0].startswith("in-domain ceiling")]
+    assert [c for c in conds if c[0] == "references + 8 pairs"] == [
+        ("references + 8 pairs", 0, "webapp", PAIRS["webapp"], True)]  # all pairs: one draw
+    assert ("8 pairs only", 0, "webapp", PAIRS["webapp"], False) in conds
+    assert [c[3] for c in dr.conditions("webapp", "scripts", PAIRS, [2, 4], 1) if c[0] == "4 pairs only"] == [
+        dr.draw_pairs(PAIRS["webapp"], 4, 0)]  # alone: the largest K
+    ceiling = [c for c in conds if c[0].startswith("in-group ceiling")]
     assert len(ceiling) == 2 and all(c[2] == "scripts" and len(c[3]) == 4 and set(c[3]) < set(PAIRS["scripts"])
                                      for c in ceiling)
     assert dr.conditions("webapp", "scripts", PAIRS, [2], 2) == dr.conditions("webapp", "scripts", PAIRS, [2], 2)
@@ -51,20 +53,56 @@ def test_conditions_add_the_fit_domains_pairs_and_the_ceiling_half_the_tested_do
 def test_reference_sides_put_the_flawed_answer_on_the_harmful_side():
     refs = {"harmful": _refs("harmful"), "benign": _refs("benign")}
     added = ["webapp-001", "webapp-004"]
-    sides = dr.reference_sides(refs, CODE, "webapp", added, True, "x")
-    assert sides["harmful"].ids == refs["harmful"].ids + ["webapp-001-insecure", "webapp-004-insecure"]
-    assert sides["benign"].ids == refs["benign"].ids + ["webapp-001-secure", "webapp-004-secure"]
-    only = dr.reference_sides(refs, CODE, "webapp", added, False, "x")
-    assert only["harmful"].ids == ["webapp-001-insecure", "webapp-004-insecure"]
-    assert dr.reference_sides(refs, CODE, "webapp", [], True, "x")["benign"].ids == refs["benign"].ids
+    sides = dr.reference_sides(refs, GROUPS["webapp"], added, True, "x")
+    assert sides["harmful"].ids == refs["harmful"].ids + ["webapp-001-harmful", "webapp-004-harmful"]
+    assert sides["benign"].ids == refs["benign"].ids + ["webapp-001-benign", "webapp-004-benign"]
+    only = dr.reference_sides(refs, GROUPS["webapp"], added, False, "x")
+    assert only["harmful"].ids == ["webapp-001-harmful", "webapp-004-harmful"]
+    assert dr.reference_sides(refs, GROUPS["webapp"], [], True, "x")["benign"].ids == refs["benign"].ids
     with pytest.raises(SystemExit, match="scripts-000"):
-        dr.pair_rows(CODE["webapp", "insecure"], ["scripts-000"])
+        dr.pair_rows(GROUPS["webapp"]["harmful"], ["scripts-000"])
 
 
 def test_no_tested_row_belongs_to_a_pair_fitted_on():
-    test = dr.ActivationCache.concat([CODE["scripts", "insecure"], CODE["scripts", "secure"]], "scripts")
-    assert dr.unfitted_rows(test, "scripts", "webapp", PAIRS["webapp"]).all()  # another domain: every row
+    test = dr.ActivationCache.concat([GROUPS["scripts"]["harmful"], GROUPS["scripts"]["benign"]], "scripts")
+    assert dr.unfitted_rows(test, PAIRS["webapp"]).all()  # another domain's pairs: every row
     added = PAIRS["scripts"][:4]
-    rows = dr.unfitted_rows(test, "scripts", "scripts", added)
+    rows = dr.unfitted_rows(test, added)
     tested = {m["pair_id"] for m, r in zip(test.meta, rows) if r}
     assert tested == set(PAIRS["scripts"][4:]) and rows.sum() == 8  # both answers of the 4 other pairs
+
+
+def test_persona_groups_share_the_ordinary_answers_and_pair_by_prompt(tmp_path):
+    """Persona family: each group's harmful side holds its two personas' answers, the benign side the ordinary ones;
+    pair ids are prompt ids, so a prompt fitted on (through the other group) is never tested."""
+    import json
+
+    rows = [json.loads(x) for x in dr.PERSONA.read_text().splitlines()]
+    seen = []
+
+    def cached(path):
+        written = [json.loads(x) for x in path.read_text().splitlines()]
+        seen.append(path)
+        meta = [{k: v for k, v in r.items() if k != "messages"} for r in written]
+        return make_cache(np.ones((len(written), 16), dtype=np.float32), meta=meta, ids=[r["id"] for r in written])
+
+    groups = dr.family_groups("persona", cached, tmp_path)
+    assert seen == [tmp_path / "persona_answers.jsonl"] and set(groups) == set(dr.FAMILIES["persona"][0])
+    for name, g in groups.items():
+        assert {m["persona"] for m in g["harmful"].meta} == set(name.split("+"))
+        assert {m["persona"] for m in g["benign"].meta} == {"ordinary"} and len(g["benign"]) == 80
+        assert all(m["pair_id"] == r["prompt_id"] for m, r in zip(g["harmful"].meta, [
+            r for r in rows if r["persona"] in name.split("+")]))
+    a, b = groups.values()
+    test = dr.ActivationCache.concat([b["harmful"], b["benign"]], "b")
+    fitted = dr.pair_ids(a)[:20]
+    kept = dr.unfitted_rows(test, fitted)
+    assert not {m["pair_id"] for m, k in zip(test.meta, kept) if k} & set(fitted) and kept.sum() == 3 * 60
+
+
+def test_twin_overlap_counts_shared_top_latents():
+    a, b = GROUPS["webapp"]["harmful"], GROUPS["webapp"]["benign"]  # identical one-hot rows: twins share everything
+    got = dr.twin_overlap(a, b, k=4)
+    assert got["twin"] == 1.0 and got["other_pair"] < 1.0 and got["k"] == 4
+    with pytest.raises(SystemExit, match="same pair order"):
+        dr.twin_overlap(a, _code("scripts", "benign"), k=4)
