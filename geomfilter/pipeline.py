@@ -291,8 +291,8 @@ class FilterRunner:
             if path is not None and not path.exists():
                 raise PipelineError(f"{name} {path}: no such file or folder")
         source = cache_source(cfg.data) if is_cache_dir(cfg.data) else None
-        inputs = [p for p in (source, cfg.own, *cfg.references()["harmful"], *cfg.references()["benign"])
-                  if p is not None]
+        references = [p for paths in cfg.references().values() for p in paths]
+        inputs = [p for p in (source, cfg.own, *references) if p is not None]
         if cfg.out is not None:
             check_filter_out(cfg.out, data=cfg.data, inputs=inputs, overwrite=cfg.overwrite)
         if cfg.scores is not None:
@@ -326,9 +326,9 @@ class FilterRunner:
         self.builder.build(path, out, cache=self.cfg.reference_cache, hint="--cache-dir")
         return load_cache(out)
 
-    def references(self, side: str) -> ActivationCache:
-        """One side's reference cache: its file's, joined with those of the files added to it (each cached in its
-        own folder, so the default references' cache is reused)."""
+    def reference_set(self, side: str) -> ActivationCache:
+        """One side's (``harmful`` or ``benign``) reference cache: its file's, joined with those of the files added
+        to it (each cached in its own folder, so the default references' cache is reused)."""
         paths = self.cfg.references()[side]
         parts = [self.reference(p) for p in paths]
         return parts[0] if len(parts) == 1 else ActivationCache.concat(parts, " + ".join(str(p) for p in paths))
@@ -345,7 +345,7 @@ class FilterRunner:
                 ds, _ = self.builder.build(cfg.data, out, cache=cfg.cache, skip_invalid=cfg.skip_invalid,
                                            rejects=out / "rejects.jsonl", hint="--cache-dir")
                 data, samples, rejects = load_cache(out), ds.samples, ds.report.rejects
-            harmful, benign = (self.references(side) for side in ("harmful", "benign"))
+            harmful, benign = (self.reference_set(side) for side in ("harmful", "benign"))
             own = self.reference(cfg.own, "own-") if cfg.own is not None else None
             self._inputs = FilterInputs(data=data, samples=samples, rejects=rejects, harmful=harmful,
                                         benign=benign, own=own, sae=self.builder.sae, dataset=ds)
