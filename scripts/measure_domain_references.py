@@ -60,7 +60,7 @@ PROSE = {"mixed": ("mixed",),
 STRATEGIES = {"activation": ("activation", {}), "geometry": ("geometry", {}),
               "projection --normalize": ("projection", {"normalize": True}),
               "representation": ("representation", {}), "ensemble": ("ensemble", {}),
-              # the SAE readings' harmful set is a budget of 100 latents that added pairs share: twice the budget
+              # is the SAE readings' cost on prose a shortage of room in their 100 harmful latents? twice as many
               "activation --n-harmful 200": ("activation", {"n_harmful": 200}),
               "ensemble --n-harmful 200": ("ensemble", {"n_harmful": 200})}
 
