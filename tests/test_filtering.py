@@ -236,6 +236,23 @@ def test_cli_filter_score_plot_round_trip(tiny_model_dir, chat_rows, tmp_path):
     assert r.exit_code == 0, r.output
     fs = json.loads((tmp_path / "fs.json").read_text())
     assert 1 <= len(fs["ids"]) <= 5 and fs["heldout"]["n_pos"] == 6 and "held-out AUROC" in r.output
+    parts = {}  # the same references as two files each, joined with --add-harmful / --add-benign
+    for name, path in (("harmful", harmful), ("benign", benign)):
+        lines = path.read_text().splitlines(keepends=True)
+        for half, chunk in (("a", lines[:7]), ("b", lines[7:])):
+            parts[name, half] = tmp_path / f"{name}-{half}.jsonl"
+            parts[name, half].write_text("".join(chunk), encoding="utf-8")
+    r = CliRunner().invoke(app, ["features", "harmful", "--model", str(tiny_model_dir), "--sae", str(sae_dir),
+                                 "--harmful", str(parts["harmful", "a"]), "--add-harmful", str(parts["harmful", "b"]),
+                                 "--benign", str(parts["benign", "a"]), "--add-benign", str(parts["benign", "b"]),
+                                 "--cache-dir", str(tmp_path / "caches"), "--n", "5", "--min-freq", "0.1",
+                                 "--out", str(tmp_path / "fs-joined.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    joined = json.loads((tmp_path / "fs-joined.json").read_text())
+    assert joined["ids"] == fs["ids"] and joined["heldout"]["n_pos"] == 6
+    r = CliRunner().invoke(app, ["features", "harmful", "--model", str(tiny_model_dir), "--sae", str(sae_dir),
+                                 "--add-benign", str(tmp_path / "nope.jsonl"), "--no-progress"])
+    assert r.exit_code == 2 and "--add-benign" in r.output and "nope.jsonl: no such file" in r.output
     r = CliRunner().invoke(app, ["plot", str(out), "--sae", str(sae_dir)])
     assert r.exit_code == 0, r.output
     names = {p.name for p in (out / "plots").iterdir()}

@@ -81,6 +81,10 @@ def _print_top(report: list[dict], pooling: str) -> None:
 def features_harmful(
     harmful: Path = typer.Option(REFERENCE_DIR / "harmful.jsonl", help="Harmful reference answers (chat JSONL)."),
     benign: Path = typer.Option(REFERENCE_DIR / "benign.jsonl", help="Benign answers to the same prompts."),
+    add_harmful: list[Path] | None = typer.Option(None, help="More harmful reference answers, joined to --harmful "
+                                                  "(repeatable), as `geomfilter filter` takes them."),
+    add_benign: list[Path] | None = typer.Option(None, help="More benign reference answers, joined to --benign "
+                                                 "(repeatable): the twins of --add-harmful."),
     model: ModelOpt = DEFAULT_MODEL,
     sae: SaeOpt = None,
     n: int = typer.Option(100, help="Features to select."),
@@ -96,12 +100,17 @@ def features_harmful(
 ):
     """Select harmful-behaviour features from the reference sets; report them and their held-out separation."""
     # the same reference caches `geomfilter score`/`filter` use (and reuse) with this model and SAE
-    runner = FilterRunner(FilterConfig(data=harmful, model=model, sae=sae, harmful=harmful, benign=benign,
-                                       cache_dir=cache_dir, device=device, progress=progress),
-                          log=lambda msg: typer.echo(msg, err=True))
+    cfg = FilterConfig(data=harmful, model=model, sae=sae, harmful=harmful, benign=benign,
+                       add_harmful=tuple(add_harmful or ()), add_benign=tuple(add_benign or ()),
+                       cache_dir=cache_dir, device=device, progress=progress)
+    runner = FilterRunner(cfg, log=lambda msg: typer.echo(msg, err=True))
     if runner.builder.sae_spec is None:
         _fail("selecting features needs an SAE: pass --sae")
-    caches = [runner.reference(path) for path in (harmful, benign)]
+    for option, paths in (("--harmful", [harmful]), ("--benign", [benign]), ("--add-harmful", cfg.add_harmful),
+                          ("--add-benign", cfg.add_benign)):
+        if missing := [p for p in paths if not p.exists()]:
+            _fail(f"{option} {missing[0]}: no such file or folder")
+    caches = [runner.reference_set(side) for side in ("harmful", "benign")]
     fs = harmful_features(*caches, n=n, method=method, min_freq=min_freq, select_frac=select_frac, seed=seed)
     typer.echo(f"{len(fs)} harmful features ({method}, min_freq {min_freq}); selection {fs.selection.get('split')}")
     _print_harmful(fs, show)
