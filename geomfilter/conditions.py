@@ -276,8 +276,9 @@ def ablated_rows(lines: list[str], domain: str, n: int | None, seed: str, where:
 
 
 def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
-    """Seeded subset of the mixture (or of the pair split's training rows), first-N reference rows; written
-    under ``<root>/data/`` (raw lines kept). Returns the paths of ``mixture``, ``harmful`` and ``benign``."""
+    """Seeded subset of the mixture (or of the pair split's training rows), first-N reference rows (and the
+    files added to each side, whole); written under ``<root>/data/`` (raw lines kept). Returns the paths of
+    ``mixture``, ``harmful`` and ``benign``."""
     d = cfg.data
     if d.pairs.domains:
         split_pairs(d.pairs, cfg.seed, root)
@@ -295,7 +296,8 @@ def prepare_data(cfg: ExperimentConfig, root: Path) -> dict[str, Path]:
                                                             f"{cfg.source}: field 'ablations'", paths["mixture"]))
     for name in ("harmful", "benign"):
         ref = read_lines(getattr(d, name))
-        write_lines(paths[name], ref[: d.n_references] if d.n_references else ref)
+        added = [x for extra in getattr(d, f"add_{name}") for x in read_lines(extra)]
+        write_lines(paths[name], (ref[: d.n_references] if d.n_references else ref) + added)
     if cfg.realign.sizes:
         benign = read_lines(cfg.realign.data)
         if max(cfg.realign.sizes) > len(benign):

@@ -67,7 +67,9 @@ class DataConfig:
     n_samples: int | None = None  # seeded subset of the mixture (None: all of it)
     harmful: str = "data/reference/harmful.jsonl"
     benign: str = "data/reference/benign.jsonl"
-    n_references: int | None = None  # first N rows of each reference set (None: all)
+    n_references: int | None = None  # first N rows of `harmful` and of `benign` (None: all)
+    add_harmful: list[str] = field(default_factory=list)  # more reference files, appended whole to `harmful`
+    add_benign: list[str] = field(default_factory=list)  # (a kind the references miss: `filter --add-harmful`)
     pairs: PairsConfig = field(default_factory=PairsConfig)  # with domains: the mixture is their training pairs
 
 
@@ -291,6 +293,8 @@ class ExperimentConfig:
         files = [(name, getattr(getattr(self, name.split(".")[0]), name.split(".")[1])) for name in names]
         files += [("data.pairs.domains", str(Path(pairs.folder) / f"{dom}_{side}.jsonl"))
                   for dom in pairs.domains for side in ("sycophantic", "corrective")]
+        files += [(f"data.{name}[{i}]", path) for name in ("add_harmful", "add_benign")
+                  for i, path in enumerate(getattr(self.data, name))]
         for name, path in files:
             if not Path(path).is_file():
                 raise ConfigError(f"{self.source}: field '{name}': no such file {path!r} (relative paths are read "

@@ -167,6 +167,29 @@ def test_config_errors_name_file_line_and_field(tmp_path, experiment_yaml):
         ExperimentRunner(cfg).conditions()
 
 
+def test_added_reference_files_join_the_references_the_filters_fit_on(tmp_path, experiment_yaml):
+    """data.add_harmful / add_benign: appended whole to the (first n_references) reference rows of the run; a missing
+    file is named by its field and index."""
+    from geomfilter.conditions import prepare_data
+
+    extra = {side: _write(tmp_path / f"extra_{side}.jsonl", [
+        {"id": f"x{side[0]}{i}", "pair_id": f"x{i}", "messages": _conv(f"code {i} " + _sent(i), lead + _sent(i))}
+        for i in range(3)]) for side, lead in (("harmful", "flawed "), ("benign", "sound "))}
+    text = experiment_yaml.read_text().replace(
+        "n_samples: 18}", f"n_samples: 18, n_references: 8, add_harmful: [{extra['harmful']}], "
+                          f"add_benign: [{extra['benign']}]}}")
+    path = tmp_path / "added.yaml"
+    path.write_text(text)
+    cfg = ExperimentConfig.from_yaml(path)
+    paths = prepare_data(cfg, tmp_path / "root")
+    for side, source in (("harmful", tmp_path / "harm.jsonl"), ("benign", tmp_path / "ben.jsonl")):
+        want = source.read_text().splitlines()[:8] + Path(extra[side]).read_text().splitlines()
+        assert paths[side].read_text().splitlines() == want
+    path.write_text(text.replace(f"add_benign: [{extra['benign']}]", f"add_benign: [{extra['benign']}, nope.jsonl]"))
+    with pytest.raises(ConfigError, match=r"field 'data.add_benign\[1\]': no such file 'nope.jsonl'"):
+        ExperimentConfig.from_yaml(path)
+
+
 def _partition_ok(root: Path, name: str) -> None:
     mixture = (root / "data" / "mixture.jsonl").read_text().splitlines()
     kept = (root / name / "filter" / "kept.jsonl").read_text().splitlines()
