@@ -262,6 +262,37 @@ class FilterRun:
         return truncation_report(self.inputs.data)
 
 
+def _pair_ids(paths: tuple[Path, ...]) -> list:
+    """The ``pair_id`` of every row of JSONL files (None where a row has none; lines that are not JSON objects are
+    skipped here: caching reports them with file and line)."""
+    out = []
+    for path in paths:
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    out.append(row.get("pair_id"))
+    return out
+
+
+def unpaired_note(add_harmful: tuple[Path, ...], add_benign: tuple[Path, ...]) -> str | None:
+    """A note when rows of the added reference files have no twin (the same ``pair_id``) on the other side: the
+    filters then learn whatever sets the two sides apart (their register, their domain), not only the harm."""
+    if not add_harmful and not add_benign:
+        return None
+    h, b = _pair_ids(add_harmful), _pair_ids(add_benign)
+    lone_h, lone_b = (sum(p is None or p not in other for p in side) for side, other in ((h, set(b)), (b, set(h))))
+    if not lone_h and not lone_b:
+        return None
+    return (f"note: {lone_h} of the {len(h)} rows added by --add-harmful and {lone_b} of the {len(b)} added by "
+            "--add-benign have no twin (the same pair_id) on the other side; unpaired references teach the filters "
+            "whatever sets the two sides apart, not only the harm: give each added harmful answer a benign twin to "
+            "the same prompt")
+
+
 def truncation_report(cache: ActivationCache) -> dict:
     """How many rows of a cache were truncated, and how (from its data_report.json)."""
     try:
@@ -299,6 +330,8 @@ class FilterRunner:
             check_scores_out(cfg.scores, inputs=[cfg.data, *inputs])
         self.builder.check()  # the model and SAE specs (and ray), offline
         self.check_strategy(cfg.strategy, cfg.strategy_params())
+        if note := unpaired_note(cfg.add_harmful, cfg.add_benign):
+            self.builder.log(note)
 
     def check_strategy(self, strategy: str, params: dict | None = None) -> None:
         """A strategy that reads SAE latents (with these options) needs an SAE."""

@@ -142,6 +142,13 @@ def test_added_references_join_the_references(setup):
     assert r.exit_code == 0, r.output
     for name in ("kept.jsonl", "dropped.jsonl", "scores.csv", "report.json"):
         assert (tmp / "cli" / name).read_bytes() == (tmp / "joined" / name).read_bytes(), name
+    assert "no twin" not in r.output  # every added row has its twin
+    notes = []
+    FilterRunner(FilterConfig(**{**cfg, "add_benign": ()}, params={"drop": 0.1}), log=notes.append).check()
+    assert notes == ["note: 4 of the 4 rows added by --add-harmful and 0 of the 0 added by --add-benign have no twin "
+                     "(the same pair_id) on the other side; unpaired references teach the filters whatever sets the "
+                     "two sides apart, not only the harm: give each added harmful answer a benign twin to the same "
+                     "prompt"]
     with pytest.raises(PipelineError, match="--add-benign .*nope.jsonl: no such file"):
         FilterRunner(FilterConfig(**{**base, "add_benign": [tmp / "nope.jsonl"]}, params={"drop": 0.1})).check()
 
