@@ -173,14 +173,6 @@ def own_answers(data: Path, out: Path, builder: CacheBuilder, progress: bool) ->
     return write_jsonl(out, [{"id": p.id, "messages": p.messages + [answer[key[p.id]]]} for p in prompts])
 
 
-def subset(cache: ActivationCache, rows: np.ndarray, name: str) -> ActivationCache:
-    """The rows ``rows`` of ``cache`` as an in-memory cache (gradients too, when attached)."""
-    rows = np.asarray(rows)
-    return ActivationCache(ids=[cache.ids[i] for i in rows], meta=[cache.meta[i] for i in rows],
-                           arrays={k: v[rows] for k, v in cache.arrays.items()}, manifest=cache.manifest,
-                           path=Path(f"{cache.path}[{name}]"), d_sae=cache.d_sae)
-
-
 def summarize(scores: np.ndarray, y: np.ndarray, n_boot: int) -> dict:
     a = bootstrap_auroc(scores[y], scores[~y], n_boot=n_boot)
     return {**a, "precision": precision_at(scores, y, (0.25,)), "base_rate": float(y.mean())}
@@ -293,9 +285,8 @@ def loco(builder: CacheBuilder, args, labels: list[str],
     folds_of = {}  # category -> (fit caches, held-out harmful, held-out benign): the same for every strategy
     for c in cats:
         sel = {s: np.array([m.get("category") == c for m in caches[s].meta]) for s in caches}
-        folds_of[c] = ({s: subset(caches[s], np.flatnonzero(~sel[s]), f"not {c}") for s in caches},
-                       subset(caches["harmful"], np.flatnonzero(sel["harmful"]), c),
-                       subset(caches["benign"], np.flatnonzero(sel["benign"]), c))
+        folds_of[c] = ({s: caches[s].select(~sel[s]) for s in caches},
+                       caches["harmful"].select(sel["harmful"]), caches["benign"].select(sel["benign"]))
     out: dict = {}
     kept: dict = {c: {"ids_pos": list(test_h.ids), "ids_neg": list((rest[0] if rest else test_b).ids)}
                   for c, (_, test_h, test_b) in folds_of.items()}

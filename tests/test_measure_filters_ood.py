@@ -1,5 +1,5 @@
 """scripts/measure_filters_ood.py: the splits are built from the committed data with the right labels, method (c)
-is fitted only on prompts outside the judge's held-out split, and in-memory subsets keep rows and gradients."""
+is fitted only on prompts outside the judge's held-out split, and fold selections keep rows and gradients."""
 from __future__ import annotations
 
 import importlib.util
@@ -40,13 +40,15 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
     assert not any(r["inducing"] for r in _read(paths["model_benign"]))
 
 
-def test_subset_keeps_rows_and_gradients():
+def test_fold_selections_keep_rows_and_gradients():
+    """The leave-one-category-out folds are ``ActivationCache.select`` views: the gradient strategy needs their
+    ``grad_sum`` rows too."""
     dense = np.arange(40, dtype=np.float32).reshape(5, 8)
     c = make_cache(dense, grad=np.arange(15, dtype=np.float32).reshape(5, 3))
-    s = ood.subset(c, np.array([3, 1]), "x")
-    assert s.ids == [c.ids[3], c.ids[1]] and len(s) == 2
-    np.testing.assert_array_equal(s.arrays["grad_sum"], c.arrays["grad_sum"][[3, 1]])
-    np.testing.assert_array_equal(s.dense(), c.dense()[[3, 1]])
+    s = c.select(np.array([False, True, False, True, False]))
+    assert s.ids == [c.ids[1], c.ids[3]] and len(s) == 2
+    np.testing.assert_array_equal(s.arrays["grad_sum"], c.arrays["grad_sum"][[1, 3]])
+    np.testing.assert_array_equal(s.dense(), c.dense()[[1, 3]])
 
 
 def test_own_answers_one_generation_per_prompt_with_the_rows_ids(tmp_path, monkeypatch):
