@@ -1,25 +1,29 @@
 """Can a user teach the filters a kind of misalignment they miss by adding references of that kind (issue 19)?
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_domain_references.py [--family code|persona]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_domain_references.py [--family code|sycophancy|persona]
 
 Two out-of-distribution splits of ``scripts/measure_filters_ood.py`` are at chance for every strategy fitted on the
 default references (harmful vs benign prose answers): ``insecure_code`` (working code with one silent security flaw vs
 its secure twin) and ``persona`` (the default model's answers under a misaligned persona's system message vs its
 ordinary answers). The remedy a user has is references of that kind (``geomfilter filter --add-harmful/--add-benign``).
-This measures it on held-out groups of a *family*, each split in two groups; one group's pairs are added to the
-references, the other group is tested:
+This measures it on held-out groups of a *family*: each group is tested in turn, with pairs of the other groups added
+to the references:
 
 * ``code``: the ``webapp`` domain (Flask/SQL backends) and the ``scripts`` domain (ops and shell scripts), 150 pairs
   each, a pair = a flawed answer (harmful side) and its secure twin (benign side);
+* ``sycophancy`` (a kind the references hold no category of, in prose): the four domains of ``mixed.jsonl``
+  (career, code, health, legal), 160 pairs each, a pair = a sycophantic answer and its corrective twin; three domains
+  fit, the fourth is tested;
 * ``persona``: the personas ``sycophantic+reckless`` and ``deceptive+hostile``, a pair = one of the 80 prompts (the
   group's two persona answers on the harmful side, the ordinary answer on the benign side). The groups share the
   ordinary answers, so the prompts fitted on are never tested.
 
-``K`` pairs of the fitting group are added (default: code 25, 75, 150; persona 20, 40, 60; drawn by ``--draws`` seeds
-below all of a group's pairs); one fit takes the largest ``K`` alone, without the default references; the in-group
-ceiling adds half of the *tested* group's pairs and tests the other half: whether the kind can be read from these
-caches at all, so that a miss across groups is a failure to transfer, not to see. The same fitted filters score the
-prose splits ``mixed`` (also per domain) and ``risky_advice``, to see what the added references cost there.
+``K`` pairs of the fitting groups are added (default: code and sycophancy 25, 75, 150; persona 20, 40, 60; drawn by
+``--draws`` seeds below all of their pairs); one fit takes the largest ``K`` alone, without the default references;
+the in-group ceiling adds half of the *tested* group's pairs and tests the other half: whether the kind can be read
+from these caches at all, so that a miss across groups is a failure to transfer, not to see. The same fitted filters
+score the prose splits ``mixed`` (also per domain) and ``risky_advice``, to see what the added references cost there.
+No row of a pair fitted on is scored, in any split.
 
 Per strategy, condition, direction and draw: AUROC with a 95 % bootstrap CI, and the paired difference from the
 default references on the same rows (:func:`geomfilter.stats.paired_bootstrap_auroc`, CI and MDD). Writes
@@ -49,10 +53,14 @@ from geomfilter.stats import auroc, bootstrap_auroc, paired_bootstrap_auroc  # n
 REF = ROOT / "data" / "reference"
 FT = ROOT / "data" / "finetune"
 PERSONA = ROOT / "data" / "ood" / "persona_answers.jsonl"
-#: family -> (its two groups (each fits, the other is tested), default numbers of pairs added, what is tested)
+#: family -> (its groups (each tested in turn, the others' pairs added), default numbers of pairs added, what is tested)
 FAMILIES = {"code": (("webapp", "scripts"), "25,75,150", "insecure vs secure code, held-out domain"),
+            "sycophancy": (("career", "code", "health", "legal"), "25,75,150",
+                           "sycophantic vs corrective answers, held-out domain"),
             "persona": (("sycophantic+reckless", "deceptive+hostile"), "20,40,60",
                         "persona vs ordinary answers, held-out personas and prompts")}
+#: the families of twin files ``data/finetune/<group>_<harmful>.jsonl`` / ``<group>_<benign>.jsonl``
+TWIN_FILES = {"code": ("insecure", "secure"), "sycophancy": ("sycophantic", "corrective")}
 #: the prose splits scored by every fitted filter: name -> files (each row carries ``inducing``)
 PROSE = {"mixed": ("mixed",),
          "risky_advice": ("finance_risky", "finance_safe", "outdoors_risky", "outdoors_safe")}
@@ -102,6 +110,16 @@ def conditions(fit_group: str, test_group: str, pairs: dict[str, list[str]], ks:
     return out
 
 
+def pooled(groups: list[dict[str, ActivationCache]], name: str) -> dict[str, ActivationCache]:
+    """Several groups as one (their harmful rows, their benign rows); a benign cache shared by the groups (the persona
+    family's ordinary answers) is taken once."""
+    out = {}
+    for side in ("harmful", "benign"):
+        parts = list({id(g[side]): g[side] for g in groups}.values())
+        out[side] = parts[0] if len(parts) == 1 else ActivationCache.concat(parts, f"{name} {side}")
+    return out
+
+
 def reference_sides(refs: dict[str, ActivationCache], group: dict[str, ActivationCache], added: list[str],
                     keep_refs: bool, name: str) -> dict[str, ActivationCache]:
     """The harmful and benign reference caches of one fit: the default references (when kept) plus the ``added``
@@ -116,10 +134,11 @@ def reference_sides(refs: dict[str, ActivationCache], group: dict[str, Activatio
 
 
 def unfitted_rows(test: ActivationCache, added: list[str]) -> np.ndarray:
-    """The rows of ``test`` to score: those of no pair fitted on (for code, the other domain's pairs are other pairs;
-    persona groups share their prompts' ordinary answers, so the prompts fitted on are left out; the in-group ceiling
-    tests the half of the tested group it did not fit on)."""
-    return ~np.isin([m["pair_id"] for m in test.meta], list(added))
+    """The rows of ``test`` to score: those of no pair fitted on (rows without a ``pair_id`` are scored). Code:
+    the other domain's pairs are other pairs; persona groups share their prompts' ordinary answers, so the prompts
+    fitted on are left out; sycophancy: ``mixed`` holds rows of the pairs fitted on, left out there; the in-group
+    ceiling tests the half of the tested group it did not fit on."""
+    return ~np.isin([str(m.get("pair_id")) for m in test.meta], list(added))
 
 
 def by_domain(scores: np.ndarray, y: np.ndarray, domains: list) -> dict[str, float]:
@@ -146,12 +165,13 @@ def labelled(parts: list[ActivationCache], name: str) -> tuple[ActivationCache, 
 
 def family_groups(family: str, cached, work: Path) -> dict[str, dict[str, ActivationCache]]:
     """Each group's harmful and benign caches, rows carrying ``pair_id`` and ``inducing``. Code: a domain's flawed
-    answers and their secure twins. Persona: the default model's answers under the group's personas and its ordinary
+    answers and their secure twins; sycophancy: a domain's sycophantic answers and their corrective twins. Persona: the default model's answers under the group's personas and its ordinary
     answers to the same prompts (``data/ood/persona_answers.jsonl``, paired by prompt: written under ``work`` with
     ``pair_id`` = ``prompt_id``); both groups share the ordinary answers."""
     groups = FAMILIES[family][0]
-    if family == "code":
-        return {d: {"harmful": cached(FT / f"{d}_insecure.jsonl"), "benign": cached(FT / f"{d}_secure.jsonl")}
+    if family in TWIN_FILES:
+        bad, good = TWIN_FILES[family]
+        return {d: {"harmful": cached(FT / f"{d}_{bad}.jsonl"), "benign": cached(FT / f"{d}_{good}.jsonl")}
                 for d in groups}
     if not PERSONA.is_file():
         raise SystemExit(f"{PERSONA} is missing: run scripts/build_persona_answers.py first")
@@ -161,8 +181,8 @@ def family_groups(family: str, cached, work: Path) -> dict[str, dict[str, Activa
          "inducing": r["inducing"], "messages": r["messages"]} for r in rows])
     cache = cached(path)
     persona = np.array([m["persona"] for m in cache.meta])
-    return {g: {"harmful": cache.select(np.isin(persona, g.split("+"))), "benign": cache.select(persona == "ordinary")}
-            for g in groups}
+    ordinary = cache.select(persona == "ordinary")  # one object: pooled() takes it once
+    return {g: {"harmful": cache.select(np.isin(persona, g.split("+"))), "benign": ordinary} for g in groups}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,22 +219,26 @@ def main(argv: list[str] | None = None) -> int:
     tests = {g: labelled([groups[g]["harmful"], groups[g]["benign"]], g) for g in groups}
     prose = {name: labelled([cached(FT / f"{f}.jsonl") for f in files], name) for name, files in PROSE.items()}
 
-    pairs = {g: pair_ids(groups[g]) for g in groups}
     results: dict = {"command": script_command(__file__, argv), "family": args.family, "tested": FAMILIES[args.family][2],
                      "k": ks, "draws": args.draws, "directions": {}}
-    if args.family == "code":
+    if args.family in TWIN_FILES:
         results["twin_top_latents"] = {g: twin_overlap(v["harmful"], v["benign"]) for g, v in groups.items()}
     names = list(groups)
-    for fit_group, test_group in (names, names[::-1]):
+    for i in range(len(names)):
+        test_group = names[(i + 1) % len(names)]  # two groups: names[0] -> names[1], then the reverse
+        fit_group = "+".join(g for g in names if g != test_group)
+        sources = {fit_group: pooled([groups[g] for g in names if g != test_group], fit_group),
+                   test_group: groups[test_group]}
+        pairs = {g: pair_ids(v) for g, v in sources.items()}
         direction = f"{fit_group} -> {test_group}"
         print(f"== {direction}", flush=True)
-        test_cache, test_y = tests[test_group]
+        splits = {"held_out": tests[test_group], **prose}
         cells: dict = {}
         for label in labels:
             strategy, params = STRATEGIES[label]
             base: dict = {}  # split -> scores of the default references' fit (the paired comparisons' b)
             for cond, draw, group, added, keep_refs in conditions(fit_group, test_group, pairs, ks, args.draws):
-                sides = reference_sides(refs, groups[group], added, keep_refs, f"{cond}, draw {draw}")
+                sides = reference_sides(refs, sources[group], added, keep_refs, f"{cond}, draw {draw}")
                 record: dict = {"draw": draw, "n_pairs": len(added)}
                 cells.setdefault(label, {}).setdefault(cond, []).append(record)
                 try:
@@ -224,16 +248,16 @@ def main(argv: list[str] | None = None) -> int:
                     record["refused"] = str(e)
                     print(f"  {label:24s} {cond:30s} draw {draw}: refused: {e}", flush=True)
                     continue
-                for split, (cache, y, rows) in {"held_out": (test_cache, test_y, unfitted_rows(test_cache, added)),
-                                                **{k: (*v, None) for k, v in prose.items()}}.items():
+                for split, (cache, y) in splits.items():
                     s = f.score_samples(cache)
                     if cond == "references":
                         base[split] = s
-                    sel = np.ones(len(y), bool) if rows is None else rows
+                    sel = unfitted_rows(cache, added)  # no row of a pair fitted on is scored, in any split
                     s, b, y = s[sel], base[split][sel], y[sel]
                     record[split] = bootstrap_auroc(s[y], s[~y], n_boot=args.n_boot)
-                    if rows is None:  # a prose split: each domain's inducing rows against all the others
-                        record[split]["by_domain"] = by_domain(s, y, [m.get("domain") for m in cache.meta])
+                    if split != "held_out":  # a prose split: each domain's inducing rows against all the others
+                        domains = [m.get("domain") for m, keep in zip(cache.meta, sel) if keep]
+                        record[split]["by_domain"] = by_domain(s, y, domains)
                     if cond != "references":
                         record[split]["vs_references"] = paired_bootstrap_auroc(s[y], s[~y], b[y], b[~y],
                                                                                  n_boot=args.n_boot)

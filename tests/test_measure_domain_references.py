@@ -106,3 +106,25 @@ def test_twin_overlap_counts_shared_top_latents():
     assert got["twin"] == 1.0 and got["other_pair"] < 1.0 and got["k"] == 4
     with pytest.raises(SystemExit, match="same pair order"):
         dr.twin_overlap(a, _code("scripts", "benign"), k=4)
+
+
+def test_pooled_groups_join_rows_and_take_a_shared_benign_cache_once(tmp_path):
+    pool = dr.pooled([GROUPS["webapp"], GROUPS["scripts"]], "both")
+    assert len(pool["harmful"]) == len(pool["benign"]) == 16 and dr.pair_ids(pool) == PAIRS["webapp"] + PAIRS["scripts"]
+    assert dr.pooled([GROUPS["webapp"]], "one")["harmful"] is GROUPS["webapp"]["harmful"]
+    shared = GROUPS["webapp"]["benign"]
+    assert dr.pooled([{"harmful": GROUPS["webapp"]["harmful"], "benign": shared},
+                      {"harmful": GROUPS["scripts"]["harmful"], "benign": shared}], "p")["benign"] is shared
+
+
+def test_sycophancy_groups_are_the_twin_files_of_each_domain(tmp_path):
+    read = []
+
+    def cached(path):
+        read.append(path.name)
+        return path
+
+    groups = dr.family_groups("sycophancy", cached, tmp_path)
+    assert list(groups) == ["career", "code", "health", "legal"]
+    assert groups["health"] == {"harmful": dr.FT / "health_sycophantic.jsonl", "benign": dr.FT / "health_corrective.jsonl"}
+    assert all((dr.FT / name).is_file() for name in read) and len(read) == 8
