@@ -158,6 +158,27 @@ def twin_overlap(insecure: ActivationCache, secure: ActivationCache, k: int = 32
     return {"twin": float(np.mean(share)), "other_pair": float(np.mean(other)), "k": k}
 
 
+def score_fit(f, splits: dict[str, tuple[ActivationCache, np.ndarray]], added: list[str], base: dict,
+              n_boot: int) -> dict:
+    """One fitted filter on every split (name -> cache and labels): AUROC with the rows of the pairs fitted on left
+    out, each domain's AUROC on the prose splits, and the paired difference from ``base`` (split -> the default
+    references' scores; the first fit, that of the default references, fills it)."""
+    record = {}
+    for split, (cache, y) in splits.items():
+        s = f.score_samples(cache)
+        first = split not in base
+        if first:
+            base[split] = s
+        sel = unfitted_rows(cache, added)  # no row of a pair fitted on is scored, in any split
+        s, b, y = s[sel], base[split][sel], y[sel]
+        record[split] = bootstrap_auroc(s[y], s[~y], n_boot=n_boot)
+        if split != "held_out":  # a prose split: each domain's inducing rows against all the others
+            record[split]["by_domain"] = by_domain(s, y, [m.get("domain") for m, k in zip(cache.meta, sel) if k])
+        if not first:
+            record[split]["vs_references"] = paired_bootstrap_auroc(s[y], s[~y], b[y], b[~y], n_boot=n_boot)
+    return record
+
+
 def labelled(parts: list[ActivationCache], name: str) -> tuple[ActivationCache, np.ndarray]:
     cache = ActivationCache.concat(parts, name)
     return cache, np.array([bool(m["inducing"]) for m in cache.meta])
@@ -248,19 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     record["refused"] = str(e)
                     print(f"  {label:24s} {cond:30s} draw {draw}: refused: {e}", flush=True)
                     continue
-                for split, (cache, y) in splits.items():
-                    s = f.score_samples(cache)
-                    if cond == "references":
-                        base[split] = s
-                    sel = unfitted_rows(cache, added)  # no row of a pair fitted on is scored, in any split
-                    s, b, y = s[sel], base[split][sel], y[sel]
-                    record[split] = bootstrap_auroc(s[y], s[~y], n_boot=args.n_boot)
-                    if split != "held_out":  # a prose split: each domain's inducing rows against all the others
-                        domains = [m.get("domain") for m, keep in zip(cache.meta, sel) if keep]
-                        record[split]["by_domain"] = by_domain(s, y, domains)
-                    if cond != "references":
-                        record[split]["vs_references"] = paired_bootstrap_auroc(s[y], s[~y], b[y], b[~y],
-                                                                                 n_boot=args.n_boot)
+                record.update(score_fit(f, splits, added, base, args.n_boot))
                 print(f"  {label:24s} {cond:30s} draw {draw}: held-out {record['held_out']['auroc']:.3f}, mixed "
                       f"{record['mixed']['auroc']:.3f}, risky {record['risky_advice']['auroc']:.3f}", flush=True)
         results["directions"][direction] = cells

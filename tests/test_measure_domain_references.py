@@ -128,3 +128,24 @@ def test_sycophancy_groups_are_the_twin_files_of_each_domain(tmp_path):
     assert list(groups) == ["career", "code", "health", "legal"]
     assert groups["health"] == {"harmful": dr.FT / "health_sycophantic.jsonl", "benign": dr.FT / "health_corrective.jsonl"}
     assert all((dr.FT / name).is_file() for name in read) and len(read) == 8
+
+
+def test_score_fit_leaves_out_fitted_pairs_and_pairs_with_the_first_fit():
+    from geomfilter.filtering import make_filter
+
+    rng = np.random.default_rng(0)
+    n = 12
+    y = np.arange(n) % 2 == 0
+    meta = [{"pair_id": f"p{i // 2}", "inducing": bool(y[i]), "domain": "a" if i < 6 else "b"} for i in range(n)]
+    dense = rng.random((n, 16)).astype(np.float32) + y[:, None] * np.eye(16, dtype=np.float32)[0]
+    cache = make_cache(dense, meta=meta)
+    f = make_filter("activation", harmful_ids=[0], drop=0.25).fit(cache, cache)
+    splits = {"held_out": (cache, y), "mixed": (cache, y)}
+    base: dict = {}
+    first = dr.score_fit(f, splits, [], base, n_boot=50)
+    assert set(base) == {"held_out", "mixed"} and "vs_references" not in first["held_out"]
+    assert first["held_out"]["n_pos"] == 6 and set(first["mixed"]["by_domain"]) == {"a", "b"}
+    assert "by_domain" not in first["held_out"]
+    later = dr.score_fit(f, splits, ["p0", "p1"], base, n_boot=50)  # rows 0-3 fitted on: not scored
+    assert later["held_out"]["n_pos"] == 4 and later["mixed"]["n_neg"] == 4
+    assert later["held_out"]["vs_references"]["diff"] == 0.0  # the same filter: no difference from the first fit
