@@ -106,10 +106,7 @@ def features_harmful(
     runner = FilterRunner(cfg, log=lambda msg: typer.echo(msg, err=True))
     if runner.builder.sae_spec is None:
         _fail("selecting features needs an SAE: pass --sae")
-    for option, paths in (("--harmful", [harmful]), ("--benign", [benign]), ("--add-harmful", cfg.add_harmful),
-                          ("--add-benign", cfg.add_benign)):
-        if missing := [p for p in paths if not p.exists()]:
-            _fail(f"{option} {missing[0]}: no such file or folder")
+    runner.check()  # the reference files (named by option), the specs; a note on unpaired added rows
     caches = [runner.reference_set(side) for side in ("harmful", "benign")]
     fs = harmful_features(*caches, n=n, method=method, min_freq=min_freq, select_frac=select_frac, seed=seed)
     typer.echo(f"{len(fs)} harmful features ({method}, min_freq {min_freq}); selection {fs.selection.get('split')}")
