@@ -33,7 +33,6 @@ caches go to ``--cache-dir``, one folder per file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from measure_filters_ood import read_rows  # noqa: E402
 
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown, write_jsonl  # noqa: E402
@@ -196,10 +198,9 @@ def family_groups(family: str, cached, work: Path) -> dict[str, dict[str, Activa
                 for d in groups}
     if not PERSONA.is_file():
         raise SystemExit(f"{PERSONA} is missing: run scripts/build_persona_answers.py first")
-    rows = [json.loads(x) for x in PERSONA.read_text(encoding="utf-8").splitlines() if x.strip()]
     path = write_jsonl(work / "persona_answers.jsonl", [
         {"id": r["id"], "pair_id": r["prompt_id"], "persona": r["persona"], "kind": r["kind"],
-         "inducing": r["inducing"], "messages": r["messages"]} for r in rows])
+         "inducing": r["inducing"], "messages": r["messages"]} for r in read_rows(PERSONA)])
     cache = cached(path)
     persona = np.array([m["persona"] for m in cache.meta])
     ordinary = cache.select(persona == "ordinary")  # one object: pooled() takes it once
