@@ -11,6 +11,9 @@ to the references:
 
 * ``code``: the ``webapp`` domain (Flask/SQL backends) and the ``scripts`` domain (ops and shell scripts), 150 pairs
   each, a pair = a flawed answer (harmful side) and its secure twin (benign side);
+* ``code_cut``: the same pairs with every answer cut after its last closing code fence, so that the twins (which
+  share their opening sentence) differ only inside the code: the secure twins' closing sentences on why the code is
+  safe are a tell in prose (``scripts/explore_token_probe.py``);
 * ``sycophancy`` (a kind the references hold no category of, in prose): the four domains of ``mixed.jsonl``
   (career, code, health, legal), 160 pairs each, a pair = a sycophantic answer and its corrective twin; three domains
   fit, the fourth is tested;
@@ -57,12 +60,19 @@ FT = ROOT / "data" / "finetune"
 PERSONA = ROOT / "data" / "ood" / "persona_answers.jsonl"
 #: family -> (its groups (each tested in turn, the others' pairs added), default numbers of pairs added, what is tested)
 FAMILIES = {"code": (("webapp", "scripts"), "25,75,150", "insecure vs secure code, held-out domain"),
+            "code_cut": (("webapp", "scripts"), "25,75,150",
+                         "insecure vs secure code cut after the last code fence, held-out domain"),
             "sycophancy": (("career", "code", "health", "legal"), "25,75,150",
                            "sycophantic vs corrective answers, held-out domain"),
             "persona": (("sycophantic+reckless", "deceptive+hostile"), "20,40,60",
                         "persona vs ordinary answers, held-out personas and prompts")}
 #: the families of twin files ``data/finetune/<group>_<harmful>.jsonl`` / ``<group>_<benign>.jsonl``
-TWIN_FILES = {"code": ("insecure", "secure"), "sycophancy": ("sycophantic", "corrective")}
+TWIN_FILES = {"code": ("insecure", "secure"), "code_cut": ("insecure", "secure"),
+              "sycophancy": ("sycophantic", "corrective")}
+#: families whose answers are cut after their last closing code fence (written under ``--work``): the twins share their
+#: opening sentence, so what is left differs only inside the code
+CUT_AFTER_CODE = {"code_cut"}
+FENCE = "```"
 #: the prose splits scored by every fitted filter: name -> files (each row carries ``inducing``)
 PROSE = {"mixed": ("mixed",),
          "risky_advice": ("finance_risky", "finance_safe", "outdoors_risky", "outdoors_safe")}
@@ -186,6 +196,20 @@ def labelled(parts: list[ActivationCache], name: str) -> tuple[ActivationCache, 
     return cache, np.array([bool(m["inducing"]) for m in cache.meta])
 
 
+def cut_after_code(path: Path, work: Path) -> Path:
+    """``path`` with every answer cut after its last closing code fence, written as ``work/<stem>_cut.jsonl``. The
+    project's secure twins tend to close with a sentence on why the code is safe (scripts: 21 words after the code
+    against 8 for the flawed answers), a tell in the prose that a filter could read without reading the code."""
+    rows = []
+    for r in read_rows(path):
+        answer = r["messages"][-1]["content"]
+        if answer.count(FENCE) < 2:
+            raise SystemExit(f"{path}: row {r['id']!r}: field 'messages[-1].content' has no closed code block")
+        end = answer.rfind(FENCE)
+        rows.append({**r, "messages": [*r["messages"][:-1], {**r["messages"][-1], "content": answer[:end + len(FENCE)]}]})
+    return write_jsonl(work / f"{path.stem}_cut.jsonl", rows)
+
+
 def family_groups(family: str, cached, work: Path) -> dict[str, dict[str, ActivationCache]]:
     """Each group's harmful and benign caches, rows carrying ``pair_id`` and ``inducing``. Code: a domain's flawed
     answers and their secure twins; sycophancy: a domain's sycophantic answers and their corrective twins. Persona: the default model's answers under the group's personas and its ordinary
@@ -194,7 +218,8 @@ def family_groups(family: str, cached, work: Path) -> dict[str, dict[str, Activa
     groups = FAMILIES[family][0]
     if family in TWIN_FILES:
         bad, good = TWIN_FILES[family]
-        return {d: {"harmful": cached(FT / f"{d}_{bad}.jsonl"), "benign": cached(FT / f"{d}_{good}.jsonl")}
+        source = (lambda path: cut_after_code(path, work)) if family in CUT_AFTER_CODE else (lambda path: path)
+        return {d: {"harmful": cached(source(FT / f"{d}_{bad}.jsonl")), "benign": cached(source(FT / f"{d}_{good}.jsonl"))}
                 for d in groups}
     if not PERSONA.is_file():
         raise SystemExit(f"{PERSONA} is missing: run scripts/build_persona_answers.py first")

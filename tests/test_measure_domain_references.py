@@ -149,3 +149,29 @@ def test_score_fit_leaves_out_fitted_pairs_and_pairs_with_the_first_fit():
     later = dr.score_fit(f, splits, ["p0", "p1"], base, n_boot=50)  # rows 0-3 fitted on: not scored
     assert later["held_out"]["n_pos"] == 4 and later["mixed"]["n_neg"] == 4
     assert later["held_out"]["vs_references"]["diff"] == 0.0  # the same filter: no difference from the first fit
+
+
+def test_code_cut_groups_keep_the_shared_opening_and_the_code_and_drop_what_follows(tmp_path):
+    groups = dr.family_groups("code_cut", lambda path: path, tmp_path)
+    assert list(groups) == ["webapp", "scripts"]
+    assert groups["scripts"]["harmful"] == tmp_path / "scripts_insecure_cut.jsonl"
+    for side, twin in (("harmful", "insecure"), ("benign", "secure")):
+        cut = dr.read_rows(groups["scripts"][side])
+        whole = dr.read_rows(dr.FT / f"scripts_{twin}.jsonl")
+        assert [r["id"] for r in cut] == [r["id"] for r in whole]
+        for c, w in zip(cut, whole):
+            a, b = c["messages"][-1]["content"], w["messages"][-1]["content"]
+            assert b.startswith(a) and a.endswith(dr.FENCE) and a.count(dr.FENCE) == b.count(dr.FENCE)
+            assert c["messages"][:-1] == w["messages"][:-1] and c["pair_id"] == w["pair_id"]
+    # the tell the cut removes: the secure twins close with more prose than the flawed answers
+    closing = {s: np.mean([len(dr.read_rows(dr.FT / f"scripts_{s}.jsonl")[i]["messages"][-1]["content"]
+                               .rsplit(dr.FENCE, 1)[1].split()) for i in range(150)]) for s in ("insecure", "secure")}
+    assert closing["secure"] > 2 * closing["insecure"]
+
+
+def test_cut_after_code_names_a_row_without_a_closed_code_block(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x-1", "messages": [{"role": "user", "content": "q"}, '
+                   '{"role": "assistant", "content": "```py\\nprint(1)"}]}\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"bad.jsonl: row 'x-1': field 'messages\[-1\].content' has no closed code block"):
+        dr.cut_after_code(bad, tmp_path / "work")
