@@ -36,6 +36,7 @@ caches go to ``--cache-dir``, one folder per file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -201,12 +202,16 @@ def cut_after_code(path: Path, work: Path) -> Path:
     project's secure twins tend to close with a sentence on why the code is safe (scripts: 21 words after the code
     against 8 for the flawed answers), a tell in the prose that a filter could read without reading the code."""
     rows = []
-    for r in read_rows(path):
-        answer = r["messages"][-1]["content"]
+    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        r = json.loads(text)
+        last = len(r["messages"]) - 1
+        answer = r["messages"][last]["content"]
         if answer.count(FENCE) < 2:
-            raise SystemExit(f"{path}: row {r['id']!r}: field 'messages[-1].content' has no closed code block")
-        end = answer.rfind(FENCE)
-        rows.append({**r, "messages": [*r["messages"][:-1], {**r["messages"][-1], "content": answer[:end + len(FENCE)]}]})
+            raise SystemExit(f"{path}:{line}: field 'messages[{last}].content': no closed code block to cut after")
+        cut = answer[:answer.rfind(FENCE) + len(FENCE)]
+        rows.append({**r, "messages": [*r["messages"][:last], {**r["messages"][last], "content": cut}]})
     return write_jsonl(work / f"{path.stem}_cut.jsonl", rows)
 
 

@@ -173,5 +173,5 @@ def test_cut_after_code_names_a_row_without_a_closed_code_block(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x-1", "messages": [{"role": "user", "content": "q"}, '
                    '{"role": "assistant", "content": "```py\\nprint(1)"}]}\n', encoding="utf-8")
-    with pytest.raises(SystemExit, match=r"bad.jsonl: row 'x-1': field 'messages\[-1\].content' has no closed code block"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl:1: field 'messages\[1\].content': no closed code block"):
         dr.cut_after_code(bad, tmp_path / "work")
