@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
 import json
 import sys
 import time
@@ -83,48 +84,54 @@ def response_activations(model, path: Path, hook: str, progress: bool) -> tuple[
     return ids_out, acts_out
 
 
+def _cached_sha(f: Path) -> str | None:
+    with np.load(f) as z:
+        return str(z["sha256"]) if "sha256" in z.files else None
+
+
 def load_family(cache: Path, progress: bool) -> dict[str, dict]:
-    """``{domain: {"pairs": [...], "insecure": (ids, acts), "secure": (ids, acts)}}``, rows aligned by pair."""
+    """``{"fence_id": int, domain: {"pairs": [...], "insecure": {pair_id: (ids, acts)}, "secure": {...}}}``.
+
+    Activations are cached per file in ``cache`` with the file's SHA-256: a changed data file is recomputed, never
+    read stale. The model is loaded only when something is missing."""
     cache.mkdir(parents=True, exist_ok=True)
     model = None
-    out: dict = {"fence_id": fence_token_id(cache)}
+
+    def loaded():
+        nonlocal model
+        if model is None:
+            from geomfilter.models import load_model
+            model = load_model(progress=progress)
+        return model
+
+    meta = cache / "fence_id.json"
+    if not meta.is_file():
+        ids = loaded().tokenizer(FENCE, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise SystemExit(f"the tokenizer splits {FENCE!r} into {ids}: the code-region readers need one token")
+        meta.write_text(json.dumps({"fence_id": ids[0]}))
+    out: dict = {"fence_id": int(json.loads(meta.read_text())["fence_id"])}
     for dom in DOMAINS:
         entry: dict = {}
         for side in ("insecure", "secure"):
             path = ROOT / "data" / "finetune" / f"{dom}_{side}.jsonl"
-            rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            raw = path.read_bytes()
+            sha = hashlib.sha256(raw).hexdigest()
+            rows = [json.loads(x) for x in raw.decode("utf-8").splitlines() if x.strip()]
             f = cache / f"{dom}_{side}.npz"
-            if not f.is_file():
-                if model is None:
-                    from geomfilter.models import load_model
-                    model = load_model(progress=progress)
-                ids, acts = response_activations(model, path, HOOK, progress)
-                lens = np.array([len(x) for x in ids])
-                np.savez(f, ids=np.concatenate(ids), acts=np.concatenate(acts).astype(np.float16), lens=lens)
+            if not f.is_file() or _cached_sha(f) != sha:
+                ids, acts = response_activations(loaded(), path, HOOK, progress)
+                np.savez(f, ids=np.concatenate(ids), acts=np.concatenate(acts).astype(np.float16),
+                         lens=np.array([len(x) for x in ids]), sha256=np.array(sha))
             z = np.load(f)
             cuts = np.cumsum(z["lens"])[:-1]
             ids, acts = np.split(z["ids"], cuts), np.split(z["acts"].astype(np.float32), cuts)
-            if len(ids) != len(rows):
-                raise SystemExit(f"{f}: {len(ids)} cached rows, {path} has {len(rows)}: delete the cache file")
             entry[side] = {r["pair_id"]: (i, a) for r, i, a in zip(rows, ids, acts)}
         pairs = sorted(entry["insecure"])
-        missing = [p for p in pairs if p not in entry["secure"]]
-        if missing:
+        if missing := [p for p in pairs if p not in entry["secure"]]:
             raise SystemExit(f"{dom}: pairs without a secure twin: {missing[:3]}")
         out[dom] = {"pairs": pairs, **entry}
     return out
-
-
-def fence_token_id(cache: Path) -> int:
-    """The tokenizer's id of the code fence (one token in SmolLM2's vocabulary), remembered in ``cache``."""
-    f = cache / "fence_id.json"
-    if not f.is_file():
-        from geomfilter.models import load_model
-        ids = load_model(progress=False).tokenizer(FENCE, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise SystemExit(f"the tokenizer splits {FENCE!r} into {ids}: the code-region readers need one token")
-        f.write_text(json.dumps({"fence_id": ids[0]}))
-    return int(json.loads(f.read_text())["fence_id"])
 
 
 def diff_labels(insecure_ids: np.ndarray, secure_ids: np.ndarray) -> np.ndarray:
