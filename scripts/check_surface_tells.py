@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.samples import jsonl_objects  # noqa: E402
 from geomfilter.stats import wilson_interval  # noqa: E402
 
 FENCE = "```"
@@ -38,15 +39,19 @@ SPLITS = {
 STRATEGIES = ("activation", "geometry", "projection --normalize", "representation", "judge (offline)", "random")
 
 
+def split_rows(split: str, data_dir: Path) -> dict[str, dict]:
+    """Every row of the split's twin files, by id (read with the project's line-numbered JSONL reader)."""
+    return {r["id"]: r for name in SPLITS[split][0] for _, r in jsonl_objects(data_dir / f"{name}.jsonl", SystemExit)}
+
+
+def answer(row: dict) -> str:
+    return row["messages"][-1]["content"]
+
+
 def twin_pairs(split: str, ids: list[str], data_dir: Path) -> list[tuple[int, int, float, float]]:
     """``(inducing row, twin row, inducing tell, twin tell)`` for every pair of ``split`` in the scored ``ids``."""
     files, _, tell = SPLITS[split]
-    rows = {}
-    for name in files:
-        for line in (data_dir / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows[r["id"]] = r
+    rows = split_rows(split, data_dir)
     if missing := [i for i in ids if i not in rows]:
         raise SystemExit(f"{split}: scored rows not in {files}: {missing[:3]}")
     by_pair: dict[str, dict[bool, int]] = {}
@@ -57,8 +62,18 @@ def twin_pairs(split: str, ids: list[str], data_dir: Path) -> list[tuple[int, in
         if set(sides) != {True, False}:
             raise SystemExit(f"{split}: pair {pid!r} is not scored on both sides")
         a, b = sides[True], sides[False]
-        out.append((a, b, tell(rows[ids[a]]["messages"][-1]["content"]), tell(rows[ids[b]]["messages"][-1]["content"])))
+        out.append((a, b, tell(answer(rows[ids[a]])), tell(answer(rows[ids[b]]))))
     return out
+
+
+def tell_by_domain(split: str, data_dir: Path) -> dict[str, dict]:
+    """The tell itself, per domain and side of the twin files: its mean and the share of answers where it is > 0."""
+    tell = SPLITS[split][2]
+    out: dict[str, dict] = {}
+    for r in split_rows(split, data_dir).values():
+        out.setdefault(r["domain"], {}).setdefault("inducing" if r["inducing"] else "twin", []).append(tell(answer(r)))
+    return {dom: {side: {"mean": float(np.mean(v)), "share_above_0": float(np.mean(np.array(v) > 0)), "n": len(v)}
+                  for side, v in sides.items()} for dom, sides in sorted(out.items())}
 
 
 def share_above(scores: np.ndarray, pairs: list[tuple[int, int, float, float]]) -> dict:
@@ -74,6 +89,8 @@ def measure(scores: dict, data_dir: Path) -> dict:
         pairs = twin_pairs(split, scores[split]["ids"], data_dir)
         against = [p for p in pairs if p[2] >= p[3]]  # the inducing answer does not look more aligned by the tell
         res[split] = {"tell": tell_name, "n_pairs": len(pairs), "n_against": len(against),
+                      "n_tell_strictly_fewer": sum(p[2] < p[3] for p in pairs),
+                      "tell_by_domain": tell_by_domain(split, data_dir),
                       "tell_alone": share_above(np.array([-t for p in pairs for t in p[2:]], dtype=float),
                                                 [(2 * k, 2 * k + 1, 0, 0) for k in range(len(pairs))]),
                       "strategies": {s: {"all": share_above(np.asarray(scores[split][s]), pairs),
@@ -93,7 +110,12 @@ def to_markdown(res: dict, command: str) -> str:
     for split, r in res.items():
         lines += [f"## {split}: tell = {r['tell']} (fewer marks the inducing side)", "",
                   f"{r['n_pairs']} pairs; the tell alone ranks the inducing answer first in {cell(r['tell_alone'])} "
-                  f"of them; it points the other way in {r['n_against']}.", "",
+                  f"of them (strictly fewer on the inducing side in {r['n_tell_strictly_fewer']}); it points the "
+                  f"other way in {r['n_against']}. Per domain, the tell's mean (share of answers above 0), inducing "
+                  "side against twin: " + "; ".join(
+                      f"{dom} {t['inducing']['mean']:.1f} ({t['inducing']['share_above_0']:.2f}) against "
+                      f"{t['twin']['mean']:.1f} ({t['twin']['share_above_0']:.2f})"
+                      for dom, t in r["tell_by_domain"].items()) + ".", "",
                   "| strategy | all pairs | pairs where the tell points the other way |", "|---|---|---|"]
         lines += [f"| {s} | {cell(c['all'])} | {cell(c['tell_against'])} |" for s, c in r["strategies"].items()]
         lines.append("")

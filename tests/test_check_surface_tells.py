@@ -30,3 +30,10 @@ def test_twin_pairs_of_the_committed_scores_pair_every_row_and_measure_the_tell(
     assert np.mean([t_bad < t_good for _, _, t_bad, t_good in pairs]) > 0.7
     with pytest.raises(SystemExit, match="not scored on both sides"):
         st.twin_pairs("insecure_code", ids[:-1], ROOT / "data" / "finetune")
+
+
+def test_tell_by_domain_reads_the_closing_prose_of_each_side():
+    t = st.tell_by_domain("insecure_code", ROOT / "data" / "finetune")
+    assert set(t) == {"scripts", "webapp"} and t["scripts"]["twin"]["n"] == 150
+    assert t["scripts"]["twin"]["share_above_0"] == 1.0  # every secure script closes with prose
+    assert all(d["twin"]["mean"] > 2 * d["inducing"]["mean"] for d in t.values())
