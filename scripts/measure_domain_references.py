@@ -36,7 +36,6 @@ caches go to ``--cache-dir``, one folder per file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from geomfilter.files import script_command, write_json_and_markdown, write_json
 from geomfilter.filtering import make_filter  # noqa: E402
 from geomfilter.filtering.base import FilterOptionError  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
+from geomfilter.samples import jsonl_objects  # noqa: E402
 from geomfilter.stats import auroc, bootstrap_auroc, paired_bootstrap_auroc  # noqa: E402
 
 REF = ROOT / "data" / "reference"
@@ -202,10 +202,7 @@ def cut_after_code(path: Path, work: Path) -> Path:
     project's secure twins tend to close with a sentence on why the code is safe (scripts: 21 words after the code
     against 8 for the flawed answers), a tell in the prose that a filter could read without reading the code."""
     rows = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not text.strip():
-            continue
-        r = json.loads(text)
+    for line, r in jsonl_objects(path, SystemExit):
         last = len(r["messages"]) - 1
         answer = r["messages"][last]["content"]
         if answer.count(FENCE) < 2:
