@@ -67,12 +67,13 @@ def response_activations(model, path: Path, hook: str, progress: bool) -> tuple[
 
     from geomfilter.data import prepare_dataset
     from geomfilter.pooling import pack_batches, pad_batch
+    from geomfilter.settings import CacheConfig
 
     ds = prepare_dataset(path, model.tokenizer)
     toks = ds.tokenized
     ids_out: list[np.ndarray] = [np.empty(0)] * len(toks)
     acts_out: list[np.ndarray] = [np.empty(0)] * len(toks)
-    batches = pack_batches([len(t.input_ids) for t in toks], 4096, 16)
+    batches = pack_batches([len(t.input_ids) for t in toks], CacheConfig.max_batch_tokens, CacheConfig.max_batch_size)
     for batch in tqdm(batches, desc=path.name, unit="batch", disable=not progress):
         ids, att, mask = pad_batch([toks[i] for i in batch], model.tokenizer.pad_token_id)
         acts = model.activations(ids, hook, att).float().cpu()
