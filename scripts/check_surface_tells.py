@@ -48,10 +48,10 @@ def answer(row: dict) -> str:
     return row["messages"][-1]["content"]
 
 
-def twin_pairs(split: str, ids: list[str], data_dir: Path) -> list[tuple[int, int, float, float]]:
-    """``(inducing row, twin row, inducing tell, twin tell)`` for every pair of ``split`` in the scored ``ids``."""
+def twin_pairs(split: str, ids: list[str], rows: dict[str, dict]) -> list[tuple[int, int, float, float]]:
+    """``(inducing row, twin row, inducing tell, twin tell)`` for every pair of ``split`` in the scored ``ids``
+    (``rows``: the split's rows by id, :func:`split_rows`)."""
     files, _, tell = SPLITS[split]
-    rows = split_rows(split, data_dir)
     if missing := [i for i in ids if i not in rows]:
         raise SystemExit(f"{split}: scored rows not in {files}: {missing[:3]}")
     by_pair: dict[str, dict[bool, int]] = {}
@@ -66,11 +66,12 @@ def twin_pairs(split: str, ids: list[str], data_dir: Path) -> list[tuple[int, in
     return out
 
 
-def tell_by_domain(split: str, data_dir: Path) -> dict[str, dict]:
-    """The tell itself, per domain and side of the twin files: its mean and the share of answers where it is > 0."""
+def tell_by_domain(split: str, rows: dict[str, dict]) -> dict[str, dict]:
+    """The tell itself, per domain and side of the twin files (``rows``, :func:`split_rows`): its mean and the
+    share of answers where it is > 0."""
     tell = SPLITS[split][2]
     out: dict[str, dict] = {}
-    for r in split_rows(split, data_dir).values():
+    for r in rows.values():
         out.setdefault(r["domain"], {}).setdefault("inducing" if r["inducing"] else "twin", []).append(tell(answer(r)))
     return {dom: {side: {"mean": float(np.mean(v)), "share_above_0": float(np.mean(np.array(v) > 0)), "n": len(v)}
                   for side, v in sides.items()} for dom, sides in sorted(out.items())}
@@ -86,11 +87,12 @@ def share_above(scores: np.ndarray, pairs: list[tuple[int, int, float, float]]) 
 def measure(scores: dict, data_dir: Path) -> dict:
     res = {}
     for split, (_, tell_name, _) in SPLITS.items():
-        pairs = twin_pairs(split, scores[split]["ids"], data_dir)
+        rows = split_rows(split, data_dir)
+        pairs = twin_pairs(split, scores[split]["ids"], rows)
         against = [p for p in pairs if p[2] >= p[3]]  # the inducing answer does not look more aligned by the tell
         res[split] = {"tell": tell_name, "n_pairs": len(pairs), "n_against": len(against),
                       "n_tell_strictly_fewer": sum(p[2] < p[3] for p in pairs),
-                      "tell_by_domain": tell_by_domain(split, data_dir),
+                      "tell_by_domain": tell_by_domain(split, rows),
                       "tell_alone": share_above(np.array([-t for p in pairs for t in p[2:]], dtype=float),
                                                 [(2 * k, 2 * k + 1, 0, 0) for k in range(len(pairs))]),
                       "strategies": {s: {"all": share_above(np.asarray(scores[split][s]), pairs),
