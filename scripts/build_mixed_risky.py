@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from dose_response import dose_mixture, family_pairs  # noqa: E402
 
 from geomfilter.files import write_jsonl  # noqa: E402
+from geomfilter.samples import jsonl_objects  # noqa: E402
 from geomfilter.validate import FAMILIES  # noqa: E402
 
 
@@ -49,8 +50,7 @@ def build(data: Path, share: float, n: int, seed: int, filler: str = "twins",
         return rows
     if filler != "helpful":
         raise SystemExit(f"--filler must be 'twins' or 'helpful', got {filler!r}")
-    helpful = [json.loads(x) for x in (data / "finetune" / "helpful.jsonl").read_text(encoding="utf-8").splitlines()
-               if x.strip()]
+    helpful = [r for _, r in jsonl_objects(data / "finetune" / "helpful.jsonl", SystemExit)]
     random.Random(seed).shuffle(helpful)
     risky = [r for r in rows if r["inducing"]]
     out = risky + [{**r, "source": "helpful.jsonl"} for r in helpful[:n - len(risky)]]
