@@ -26,13 +26,14 @@ MADE = {
     "mixed_risky_helpful.jsonl": dict(share=0.5, filler="helpful"),
     "mixed_risky_75_helpful.jsonl": dict(share=0.75, filler="helpful"),
     "mixed_sycophancy_75_helpful.jsonl": dict(share=0.75, filler="helpful", family="sycophancy"),
+    "mixed_sycophancy_75_helpful_redraw.jsonl": dict(share=0.75, filler="helpful", family="sycophancy", seed=1),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MADE))
 def test_committed_mixtures_are_what_the_script_writes(tmp_path, name):
     out = tmp_path / name
-    write_jsonl(out, build(DATA, n=128, seed=0, **MADE[name]))
+    write_jsonl(out, build(DATA, **{"n": 128, "seed": 0, **MADE[name]}))
     assert out.read_bytes() == (DATA / "finetune" / name).read_bytes()
 
 

@@ -1,0 +1,102 @@
+"""Random removal matched to a filter's kept set by domain: which rows a filter keeps, or only how many of each domain?
+
+Usage: python scripts/build_matched_random.py --mixture MIXTURE.jsonl --like FILTER_OUT/scores.csv --out OUT.jsonl
+                                            [--seed 0]
+
+A filter that beats random removal end to end may do it by choosing rows inside each domain, or only by keeping
+fewer rows of the domains that carry the shift. This script writes the control that separates the two: as many
+rows of each stratum (``domain``, ``inducing``) of ``--mixture`` as the filter kept (``--like``: the ``scores.csv``
+of ``geomfilter filter`` or of an experiment condition's ``filter/`` folder, its rows with decision ``kept``; or that
+folder's ``kept.jsonl``), drawn at random inside the stratum (``--seed``), in the mixture's order. Fine-tuned like the filtered condition (the same number of rows, the same
+domains and share of inducing rows), it differs from the filter only in which rows of each domain it keeps.
+
+Every kept row must be a row of ``--mixture`` (matched by ``id``); the strata are read from the mixture's rows, and
+a mixture row without ``id``, ``domain`` or ``inducing`` is named by file and line. Deterministic.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from geomfilter.files import write_jsonl  # noqa: E402
+from geomfilter.samples import jsonl_objects  # noqa: E402
+
+FIELDS = ("id", "domain", "inducing")
+
+
+def _rows(path: Path) -> list[dict]:
+    """The file's rows; a row without one of ``FIELDS`` is an error naming file, line and field."""
+    rows = []
+    for line, row in jsonl_objects(path, SystemExit):
+        for field in FIELDS:
+            if field not in row:
+                raise SystemExit(f"{path}:{line}: field {field!r} is missing (needed to match strata)")
+        rows.append(row)
+    return rows
+
+
+def kept_ids(path: Path) -> list[str]:
+    """The ids a filter kept: ``scores.csv`` rows with decision ``kept``, or every row of ``kept.jsonl``."""
+    if path.suffix != ".csv":
+        return [r["id"] for r in _rows(path)]
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for line, row in enumerate(rows, start=2):
+        for field in ("id", "decision"):
+            if not row.get(field):
+                raise SystemExit(f"{path}:{line}: field {field!r} is missing or empty")
+    return [r["id"] for r in rows if r["decision"] == "kept"]
+
+
+def stratum(row: dict) -> tuple[str, bool]:
+    """The stratum a row is drawn in: its domain and whether it induces."""
+    return str(row["domain"]), bool(row["inducing"])
+
+
+def matched(mixture: list[dict], like: list[str], seed: int) -> list[dict]:
+    """As many rows of each stratum of ``mixture`` as the rows with ids ``like`` (the filter's kept rows), drawn at
+    random inside the stratum, in the mixture's order."""
+    by_id = {r["id"]: r for r in mixture}
+    if len(by_id) != len(mixture):
+        raise SystemExit("the mixture's ids are not unique: rows cannot be matched")
+    missing = [i for i in like if i not in by_id]
+    if missing:
+        raise SystemExit(f"{len(missing)} kept rows are not in the mixture (first: {missing[0]!r})")
+    want = Counter(stratum(by_id[i]) for i in like)
+    pools: dict[tuple[str, bool], list[int]] = defaultdict(list)
+    for i, r in enumerate(mixture):
+        pools[stratum(r)].append(i)
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for key in sorted(want):
+        chosen.update(int(i) for i in rng.choice(pools[key], want[key], replace=False))
+    return [r for i, r in enumerate(mixture) if i in chosen]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mixture", type=Path, required=True, help="the mixture the filter was run on")
+    ap.add_argument("--like", type=Path, required=True,
+                    help="the filter's scores.csv (its 'kept' rows) or kept.jsonl")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    like = kept_ids(args.like)
+    rows = matched(_rows(args.mixture), like, args.seed)
+    write_jsonl(args.out, rows)
+    overlap = len({r["id"] for r in rows} & set(like))
+    counts = Counter(f"{d}{'+' if i else ''}" for d, i in map(stratum, rows))
+    print(f"wrote {args.out}: {len(rows)} rows ({overlap} also kept by the filter); "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + " ('+': inducing)")
+
+
+if __name__ == "__main__":
+    main()
