@@ -13,6 +13,10 @@ so the same questions and sampling settings), trained differently. Per paired me
 both measured: a − b within each replicate (``report.paired_comparison``: bootstrap CI over questions, n, MDD),
 pooled over the replicates (a question's value its mean over them, ``report.pool_replicates``), and in how many
 replicates the own CI excludes zero on the side of the pooled difference. Writes the markdown file and a ``.json``.
+
+A side of a replicate may be several conditions joined by ``+`` (``runs/x/random-0.50+runs/x/random-0.50-draw1``):
+each question's value is then their mean (``report.pool_replicates``, as the report's ``random-0.50-mean``), for a
+baseline averaged over its random draws; they must have been evaluated alike.
 """
 from __future__ import annotations
 
@@ -41,16 +45,36 @@ def read_condition(path: Path) -> dict:
     return rec
 
 
+def _check_one_replicate(pa: Path, ra: dict, pb: Path, rb: dict) -> None:
+    if ra["identity"]["eval"] != rb["identity"]["eval"]:
+        diff = sorted(k for k in {**ra["identity"]["eval"], **rb["identity"]["eval"]}
+                      if ra["identity"]["eval"].get(k) != rb["identity"]["eval"].get(k))
+        raise SystemExit(f"{pa} and {pb} were evaluated differently ({', '.join(diff)}): not one replicate")
+
+
+def read_side(spec: Path) -> dict:
+    """One side of a replicate: a condition's record, or for ``A+B+...`` the per-question mean of those conditions
+    (their paired metrics only, each with its ``mean`` over the questions; the first one's identity)."""
+    paths = [Path(p) for p in str(spec).split("+")]
+    recs = [read_condition(p) for p in paths]
+    for p, r in zip(paths[1:], recs[1:]):
+        _check_one_replicate(paths[0], recs[0], p, r)
+    if len(recs) == 1:
+        return recs[0]
+    mean = pool_replicates([{"x": r} for r in recs])["x"]
+    for m, v in mean["metrics"].items():
+        values = [q[PAIRED[m]] for q in v["per_question"]]
+        v["mean"] = sum(values) / len(values)
+    return {**mean, "identity": recs[0]["identity"]}
+
+
 def compare(a: list[Path], b: list[Path], n_boot: int) -> dict:
     if len(a) != len(b) or not a:
         raise SystemExit(f"--a and --b name one condition per replicate each: got {len(a)} and {len(b)}")
     reps = []
     for pa, pb in zip(a, b):
-        ra, rb = read_condition(pa), read_condition(pb)
-        if ra["identity"]["eval"] != rb["identity"]["eval"]:
-            diff = sorted(k for k in {**ra["identity"]["eval"], **rb["identity"]["eval"]}
-                          if ra["identity"]["eval"].get(k) != rb["identity"]["eval"].get(k))
-            raise SystemExit(f"{pa} and {pb} were evaluated differently ({', '.join(diff)}): not one replicate")
+        ra, rb = read_side(pa), read_side(pb)
+        _check_one_replicate(pa, ra, pb, rb)
         reps.append({"a": ra, "b": rb})
     pooled = pool_replicates(reps)
     metrics = [m for m in PAIRED if all(m in r[s]["metrics"] for r in reps for s in "ab")]
@@ -89,7 +113,8 @@ def to_markdown(res: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--a", type=Path, nargs="+", required=True, help="one condition folder per replicate")
+    ap.add_argument("--a", type=Path, nargs="+", required=True,
+                    help="one condition folder per replicate (A+B: the per-question mean of A and B)")
     ap.add_argument("--b", type=Path, nargs="+", required=True, help="the same replicates' other conditions")
     ap.add_argument("--out", type=Path, required=True, help="markdown file (a .json beside it)")
     ap.add_argument("--n-boot", type=int, default=2000)

@@ -62,3 +62,17 @@ def test_conditions_that_are_not_one_replicate_are_refused(tmp_path):
     same = _condition(tmp_path / "c" / "misaligned", [0.1] * 4, seed=0)
     assert compare_mod.main(["--a", str(a), "--b", str(same), "--out", str(out), "--n-boot", "50"]) == 0
     assert "+0.200" in out.read_text() and json.loads(out.with_suffix(".json").read_text())["a"] == [str(a)]
+
+
+def test_a_side_may_be_the_mean_of_several_conditions(tmp_path):
+    n = 20
+    a = _condition(tmp_path / "x" / "matched", [0.1] * n, prefs=[0.0] * n)
+    d0 = _condition(tmp_path / "x" / "random-0.50", [0.2 + 0.1 * (i % 2) for i in range(n)], prefs=[0.2] * n)
+    d1 = _condition(tmp_path / "x" / "random-0.50-draw1", [0.3] * n, prefs=[0.1] * n)
+    res = compare_mod.compare([a], [Path(f"{d0}+{d1}")], n_boot=200)
+    r, p = res["metrics"]["misalignment_rate"], res["metrics"]["logprob_preference"]
+    assert r["means"][0] == pytest.approx([0.1, 0.275]) and r["pooled"]["mean"] == pytest.approx(-0.175)
+    assert p["pooled"]["mean"] == pytest.approx(-0.15) and res["b"] == [f"{d0}+{d1}"]
+    other_seed = _condition(tmp_path / "y" / "random-0.50", [0.3] * n, seed=1)
+    with pytest.raises(SystemExit, match="evaluated differently"):
+        compare_mod.compare([a], [Path(f"{d0}+{other_seed}")], n_boot=10)
