@@ -27,20 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geomfilter.files import write_jsonl  # noqa: E402
-from geomfilter.samples import jsonl_objects  # noqa: E402
+from geomfilter.samples import read_qa_rows  # noqa: E402
 
 FIELDS = ("id", "domain", "inducing")
 
 
 def _rows(path: Path) -> list[dict]:
     """The file's rows; a row without one of ``FIELDS`` is an error naming file, line and field."""
-    rows = []
-    for line, row in jsonl_objects(path, SystemExit):
-        for field in FIELDS:
-            if field not in row:
-                raise SystemExit(f"{path}:{line}: field {field!r} is missing (needed to match strata)")
-        rows.append(row)
-    return rows
+    return read_qa_rows(path, FIELDS, SystemExit)
 
 
 def kept_ids(path: Path) -> list[str]:
