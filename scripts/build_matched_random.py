@@ -7,8 +7,9 @@ A filter that beats random removal end to end may do it by choosing rows inside 
 fewer rows of the domains that carry the shift. This script writes the control that separates the two: as many
 rows of each stratum (``domain``, ``inducing``) of ``--mixture`` as the filter kept (``--like``: the ``scores.csv``
 of ``geomfilter filter`` or of an experiment condition's ``filter/`` folder, its rows with decision ``kept``; or that
-folder's ``kept.jsonl``), drawn at random inside the stratum (``--seed``), in the mixture's order. Fine-tuned like the filtered condition (the same number of rows, the same
-domains and share of inducing rows), it differs from the filter only in which rows of each domain it keeps.
+folder's ``kept.jsonl``), drawn at random inside the stratum (``--seed``), in the mixture's order. Fine-tuned like
+the filtered condition (the same number of rows, the same domains and share of inducing rows), it differs from the
+filter only in which rows of each domain it keeps.
 
 Every kept row must be a row of ``--mixture`` (matched by ``id``); the strata are read from the mixture's rows, and
 a mixture row without ``id``, ``domain`` or ``inducing`` is named by file and line. Deterministic.

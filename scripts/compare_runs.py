@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", type=Path, nargs="+", required=True,
                     help="one condition folder per replicate (A+B: the per-question mean of A and B)")
-    ap.add_argument("--b", type=Path, nargs="+", required=True, help="the same replicates' other conditions")
+    ap.add_argument("--b", type=Path, nargs="+", required=True,
+                    help="the same replicates' other conditions (A+B as for --a)")
     ap.add_argument("--out", type=Path, required=True, help="markdown file (a .json beside it)")
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
