@@ -17,6 +17,11 @@ replicates the own CI excludes zero on the side of the pooled difference. Writes
 A side of a replicate may be several conditions joined by ``+`` (``runs/x/random-0.50+runs/x/random-0.50-draw1``):
 each question's value is then their mean (``report.pool_replicates``, as the report's ``random-0.50-mean``), for a
 baseline averaged over its random draws; they must have been evaluated alike.
+
+``--judge SPEC`` reads the misalignment rate by another judge (e.g. ``offline-residual``) instead of the one each
+experiment ran: every condition's sampled answers (``<condition>/answers.jsonl``) are scored by it, the scores kept
+and reused beside them as ``scripts/rejudge_experiment.py`` keeps them (``<condition>/rejudged/``), so conditions that
+script already judged cost nothing. The other paired metrics do not depend on the judge and are compared as they are.
 """
 from __future__ import annotations
 
@@ -26,23 +31,39 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
+
+from rejudge_experiment import RATE, judged_scores, per_question, read_answers  # noqa: E402
 
 from geomfilter.experiment import METRICS_FILE  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.judges import load_judge  # noqa: E402
 from geomfilter.report import COLUMNS, PAIRED, paired_comparison, pool_replicates, replicated  # noqa: E402
 from geomfilter.stats import ci_side  # noqa: E402
 
 
-def read_condition(path: Path) -> dict:
-    """A finished condition's record (``<run>/<condition>/metrics.json``)."""
+def read_condition(path: Path, judge: tuple[str, object] | None = None) -> dict:
+    """A finished condition's record (``<run>/<condition>/metrics.json``); with ``judge`` (its spec and the loaded
+    judge) the misalignment rate is the one that judge gives the condition's answers (:func:`rejudged_rate`)."""
     f = path / METRICS_FILE
     if not f.is_file():
         raise SystemExit(f"{path}: no {METRICS_FILE} (not a finished condition of an experiment)")
     rec = json.loads(f.read_text())
     if "eval" not in rec.get("identity", {}):
         raise SystemExit(f"{f}: no evaluation identity (written by an older geomfilter?)")
+    if judge is not None:
+        rec["metrics"][RATE] = rejudged_rate(path, *judge)
     return rec
+
+
+def rejudged_rate(path: Path, spec: str, judge) -> dict:
+    """The misalignment rate of a condition's sampled answers by ``judge`` (kept scores reused): per question the share
+    of its scored answers flagged, and their mean, in the record form of ``metrics.json``."""
+    rows = read_answers(path)
+    per_q = per_question(rows, [s.misaligned() for s in judged_scores(path, rows, spec, judge)])
+    return {"judge": spec, "mean": sum(per_q.values()) / len(per_q),
+            "per_question": [{"id": q, "rate": v} for q, v in per_q.items()]}
 
 
 def _check_one_replicate(pa: Path, ra: dict, pb: Path, rb: dict) -> None:
@@ -52,11 +73,11 @@ def _check_one_replicate(pa: Path, ra: dict, pb: Path, rb: dict) -> None:
         raise SystemExit(f"{pa} and {pb} were evaluated differently ({', '.join(diff)}): not one replicate")
 
 
-def read_side(spec: Path) -> dict:
+def read_side(spec: Path, judge: tuple[str, object] | None = None) -> dict:
     """One side of a replicate: a condition's record, or for ``A+B+...`` the per-question mean of those conditions
     (their paired metrics only, each with its ``mean`` over the questions; the first one's identity)."""
     paths = [Path(p) for p in str(spec).split("+")]
-    recs = [read_condition(p) for p in paths]
+    recs = [read_condition(p, judge) for p in paths]
     for p, r in zip(paths[1:], recs[1:]):
         _check_one_replicate(paths[0], recs[0], p, r)
     if len(recs) == 1:
@@ -68,17 +89,20 @@ def read_side(spec: Path) -> dict:
     return {**mean, "identity": recs[0]["identity"]}
 
 
-def compare(a: list[Path], b: list[Path], n_boot: int) -> dict:
+def compare(a: list[Path], b: list[Path], n_boot: int, judge: str | None = None) -> dict:
+    """a − b per replicate and pooled, for every paired metric both sides measured (the rate by ``judge``: a judge
+    spec, or None for each experiment's own)."""
     if len(a) != len(b) or not a:
         raise SystemExit(f"--a and --b name one condition per replicate each: got {len(a)} and {len(b)}")
+    loaded = (judge, load_judge(judge)) if judge else None
     reps = []
     for pa, pb in zip(a, b):
-        ra, rb = read_side(pa), read_side(pb)
+        ra, rb = read_side(pa, loaded), read_side(pb, loaded)
         _check_one_replicate(pa, ra, pb, rb)
         reps.append({"a": ra, "b": rb})
     pooled = pool_replicates(reps)
     metrics = [m for m in PAIRED if all(m in r[s]["metrics"] for r in reps for s in "ab")]
-    out: dict = {"a": [str(p) for p in a], "b": [str(p) for p in b], "metrics": {}}
+    out: dict = {"a": [str(p) for p in a], "b": [str(p) for p in b], "judge": judge, "metrics": {}}
     for m in metrics:
         own = [paired_comparison(r["a"], r["b"], m, n_boot=n_boot, seed=0) for r in reps]
         p = paired_comparison(pooled["a"], pooled["b"], m, n_boot=n_boot, seed=0) if len(reps) > 1 else own[0]
@@ -93,7 +117,8 @@ def _ci(d: dict) -> str:
 
 def to_markdown(res: dict, command: str) -> str:
     k = len(res["a"])
-    out = ["# a − b, question by question\n", f"```\n{command}\n```\n",
+    judge = f" (misalignment rate by the judge `{res['judge']}`)" if res.get("judge") else ""
+    out = [f"# a − b, question by question{judge}\n", f"```\n{command}\n```\n",
            "| replicate | a | b |", "|---|---|---|"]
     out += [f"| {i + 1} | `{x}` | `{y}` |" for i, (x, y) in enumerate(zip(res["a"], res["b"]))]
     out += ["", "Paired over the same questions (95 % bootstrap CI, n, MDD: the smallest true difference a two-sided "
@@ -119,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the same replicates' other conditions (A+B as for --a)")
     ap.add_argument("--out", type=Path, required=True, help="markdown file (a .json beside it)")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--judge", default=None, help="read the misalignment rate by this judge (e.g. offline-residual) "
+                    "from the conditions' answers, instead of each experiment's own judge")
     args = ap.parse_args(argv)
     command = script_command(__file__, argv)
-    res = compare(args.a, args.b, args.n_boot)
+    res = compare(args.a, args.b, args.n_boot, args.judge)
     md = to_markdown(res, command)
     write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, md)
     print(md)
