@@ -1,7 +1,7 @@
 """Random removal matched to a filter's kept set by domain: which rows a filter keeps, or only how many of each domain?
 
 Usage: python scripts/build_matched_random.py --mixture MIXTURE.jsonl --like FILTER_OUT/scores.csv --out OUT.jsonl
-                                            [--seed 0]
+                                            [--seed 0] [--strata domain,inducing]
 
 A filter that beats random removal end to end may do it by choosing rows inside each domain, or only by keeping
 fewer rows of the domains that carry the shift. This script writes the control that separates the two: as many
@@ -9,7 +9,9 @@ rows of each stratum (``domain``, ``inducing``) of ``--mixture`` as the filter k
 of ``geomfilter filter`` or of an experiment condition's ``filter/`` folder, its rows with decision ``kept``; or that
 folder's ``kept.jsonl``), drawn at random inside the stratum (``--seed``), in the mixture's order. Fine-tuned like
 the filtered condition (the same number of rows, the same domains and share of inducing rows), it differs from the
-filter only in which rows of each domain it keeps.
+filter only in which rows of each domain it keeps. ``--strata inducing`` matches the share of inducing rows only (as
+many inducing and as many other rows as the filter kept, of any domain): the control for "the filter wins only by
+keeping fewer inducing rows", which the domain-matched control cannot tell from "by keeping fewer of one domain".
 
 Every kept row must be a row of ``--mixture`` (matched by ``id``); the strata are read from the mixture's rows, and
 a mixture row without ``id``, ``domain`` or ``inducing`` is named by file and line. Deterministic.
@@ -31,6 +33,7 @@ from geomfilter.files import write_jsonl  # noqa: E402
 from geomfilter.samples import read_qa_rows  # noqa: E402
 
 FIELDS = ("id", "domain", "inducing")
+STRATA = ("domain", "inducing")  # the fields a stratum is made of, by default
 
 
 def _rows(path: Path) -> list[dict]:
@@ -51,24 +54,24 @@ def kept_ids(path: Path) -> list[str]:
     return [r["id"] for r in rows if r["decision"] == "kept"]
 
 
-def stratum(row: dict) -> tuple[str, bool]:
-    """The stratum a row is drawn in: its domain and whether it induces."""
-    return str(row["domain"]), bool(row["inducing"])
+def stratum(row: dict, strata: tuple[str, ...] = STRATA) -> tuple:
+    """The stratum a row is drawn in: by default its domain and whether it induces."""
+    return tuple(bool(row[k]) if k == "inducing" else str(row[k]) for k in strata)
 
 
-def matched(mixture: list[dict], like: list[str], seed: int) -> list[dict]:
-    """As many rows of each stratum of ``mixture`` as the rows with ids ``like`` (the filter's kept rows), drawn at
-    random inside the stratum, in the mixture's order."""
+def matched(mixture: list[dict], like: list[str], seed: int, strata: tuple[str, ...] = STRATA) -> list[dict]:
+    """As many rows of each stratum of ``mixture`` (made of the fields ``strata``) as the rows with ids ``like``
+    (the filter's kept rows), drawn at random inside the stratum, in the mixture's order."""
     by_id = {r["id"]: r for r in mixture}
     if len(by_id) != len(mixture):
         raise SystemExit("the mixture's ids are not unique: rows cannot be matched")
     missing = [i for i in like if i not in by_id]
     if missing:
         raise SystemExit(f"{len(missing)} kept rows are not in the mixture (first: {missing[0]!r})")
-    want = Counter(stratum(by_id[i]) for i in like)
-    pools: dict[tuple[str, bool], list[int]] = defaultdict(list)
+    want = Counter(stratum(by_id[i], strata) for i in like)
+    pools: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(mixture):
-        pools[stratum(r)].append(i)
+        pools[stratum(r, strata)].append(i)
     rng = np.random.default_rng(seed)
     chosen: set[int] = set()
     for key in sorted(want):
@@ -82,10 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--like", type=Path, required=True,
                     help="the filter's scores.csv (its 'kept' rows) or kept.jsonl")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--strata", default=",".join(STRATA),
+                    help="comma-separated fields a stratum is made of: domain,inducing (the default) or inducing")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    strata = tuple(k.strip() for k in args.strata.split(",") if k.strip())
+    if not strata or set(strata) - set(STRATA):
+        ap.error(f"--strata: name fields of {', '.join(STRATA)}, got {args.strata!r}")
     like = kept_ids(args.like)
-    rows = matched(_rows(args.mixture), like, args.seed)
+    rows = matched(_rows(args.mixture), like, args.seed, strata)
     write_jsonl(args.out, rows)
     overlap = len({r["id"] for r in rows} & set(like))
     counts = Counter(f"{d}{'+' if i else ''}" for d, i in map(stratum, rows))

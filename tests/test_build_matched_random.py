@@ -24,11 +24,14 @@ def _mixture(n_per: int = 6) -> list[dict]:
     return rows[::2] + rows[1::2]  # interleaved, so order is worth checking
 
 
-def test_committed_matched_mixture_is_what_the_script_writes(tmp_path):
+@pytest.mark.parametrize("committed, strata", [("matched", []), ("share", ["--strata", "inducing"])])
+def test_committed_matched_mixtures_are_what_the_script_writes(tmp_path, committed, strata):
     out = tmp_path / "m.jsonl"
     main(["--mixture", str(ROOT / "data/finetune/mixed_sycophancy_75_helpful.jsonl"),
-          "--like", str(ROOT / "data/results/organism/sycophancy75_filters/geometry/scores.csv"), "--out", str(out)])
-    assert out.read_bytes() == (ROOT / "data/finetune/mixed_sycophancy_75_helpful_geometry_matched.jsonl").read_bytes()
+          "--like", str(ROOT / "data/results/organism/sycophancy75_filters/geometry/scores.csv"), "--out", str(out),
+          *strata])
+    want = ROOT / f"data/finetune/mixed_sycophancy_75_helpful_geometry_{committed}.jsonl"
+    assert out.read_bytes() == want.read_bytes()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
@@ -39,6 +42,18 @@ def test_same_strata_counts_random_rows_in_mixture_order(seed):
     assert Counter(map(stratum, got)) == Counter(map(stratum, like))
     pos = [mix.index(r) for r in got]
     assert pos == sorted(pos)  # the mixture's order, rows unchanged
+
+
+def test_inducing_strata_match_the_share_only():
+    mix = _mixture(20)
+    like = [r for r in mix if r["domain"] == "a"][:6] + [r for r in mix if r["domain"] == "general"][:3]
+    draws = [matched(mix, [r["id"] for r in like], s, ("inducing",)) for s in range(5)]
+    for got in draws:  # 6 inducing rows of either domain, 3 others
+        assert Counter(r["inducing"] for r in got) == {True: 6, False: 3}
+    assert any(r["domain"] == "b" for got in draws for r in got)  # domain is not kept: b rows are drawn too
+    assert all(r["domain"] == "a" for r in matched(mix, [r["id"] for r in like], 0) if r["inducing"])
+    with pytest.raises(SystemExit):
+        main(["--mixture", "m", "--like", "l", "--out", "o", "--strata", "source"])
 
 
 def test_draws_differ_by_seed_inside_a_stratum():
