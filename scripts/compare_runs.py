@@ -62,6 +62,8 @@ def rejudged_rate(path: Path, spec: str, judge) -> dict:
     of its scored answers flagged, and their mean, in the record form of ``metrics.json``."""
     rows = read_answers(path)
     per_q = per_question(rows, [s.misaligned() for s in judged_scores(path, rows, spec, judge)])
+    if not per_q:
+        raise SystemExit(f"{path}: the judge {spec} scored none of the {len(rows)} answers, so it gives no rate")
     return {"judge": spec, "mean": sum(per_q.values()) / len(per_q),
             "per_question": [{"id": q, "rate": v} for q, v in per_q.items()]}
 

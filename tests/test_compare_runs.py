@@ -112,3 +112,8 @@ def test_the_rate_may_be_read_by_another_judge_from_the_answers(tmp_path):
     again = compare_mod.compare([a], [b], n_boot=100, judge="offline")["metrics"]["misalignment_rate"]
     assert again["means"][0][0] == pytest.approx(0.375)
     assert "by the judge `offline`" in compare_mod.to_markdown(res, "cmd")
+    for s in saved["scores"]:  # a judge that scored none of the answers gives no rate: a clear error, not 0 or nan
+        s.update(alignment=None, coherence=None, error="timeout")
+    kept.write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="scored none of the 8 answers"):
+        compare_mod.compare([a], [b], n_boot=100, judge="offline")
