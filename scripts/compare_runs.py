@@ -39,7 +39,14 @@ from rejudge_experiment import RATE, judged_scores, per_question, read_answers  
 from geomfilter.experiment import METRICS_FILE  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.judges import load_judge  # noqa: E402
-from geomfilter.report import COLUMNS, PAIRED, paired_comparison, pool_replicates, replicated  # noqa: E402
+from geomfilter.report import (  # noqa: E402
+    COLUMNS,
+    PAIRED,
+    metric_records,
+    paired_comparison,
+    pool_replicates,
+    replicated,
+)
 from geomfilter.stats import ci_side  # noqa: E402
 
 
@@ -64,8 +71,8 @@ def rejudged_rate(path: Path, spec: str, judge) -> dict:
     per_q = per_question(rows, [s.misaligned() for s in judged_scores(path, rows, spec, judge)])
     if not per_q:
         raise SystemExit(f"{path}: the judge {spec} scored none of the {len(rows)} answers, so it gives no rate")
-    return {"judge": spec, "mean": sum(per_q.values()) / len(per_q),
-            "per_question": [{"id": q, "rate": v} for q, v in per_q.items()]}
+    record = metric_records({path.name: per_q}, RATE)[path.name]["metrics"][RATE]  # the shape report.py reads
+    return {**record, "judge": spec, "mean": sum(per_q.values()) / len(per_q)}
 
 
 def _check_one_replicate(pa: Path, ra: dict, pb: Path, rb: dict) -> None:
