@@ -44,7 +44,7 @@ def test_same_strata_counts_random_rows_in_mixture_order(seed):
     assert pos == sorted(pos)  # the mixture's order, rows unchanged
 
 
-def test_inducing_strata_match_the_share_only():
+def test_inducing_strata_match_the_share_only(capsys):
     mix = _mixture(20)
     like = [r for r in mix if r["domain"] == "a"][:6] + [r for r in mix if r["domain"] == "general"][:3]
     draws = [matched(mix, [r["id"] for r in like], s, ("inducing",)) for s in range(5)]
@@ -52,8 +52,9 @@ def test_inducing_strata_match_the_share_only():
         assert Counter(r["inducing"] for r in got) == {True: 6, False: 3}
     assert any(r["domain"] == "b" for got in draws for r in got)  # domain is not kept: b rows are drawn too
     assert all(r["domain"] == "a" for r in matched(mix, [r["id"] for r in like], 0) if r["inducing"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:  # refused by the option check, before any file is read
         main(["--mixture", "m", "--like", "l", "--out", "o", "--strata", "source"])
+    assert exc.value.code == 2 and "--strata: name fields of domain, inducing, got 'source'" in capsys.readouterr().err
 
 
 def test_draws_differ_by_seed_inside_a_stratum():
