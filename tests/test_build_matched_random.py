@@ -24,7 +24,8 @@ def _mixture(n_per: int = 6) -> list[dict]:
     return rows[::2] + rows[1::2]  # interleaved, so order is worth checking
 
 
-@pytest.mark.parametrize("committed, strata", [("matched", []), ("share", ["--strata", "inducing"])])
+@pytest.mark.parametrize("committed, strata", [("matched", []), ("share", ["--strata", "inducing"]),
+                                               ("legal", ["--domains", "legal"]), ("career", ["--domains", "career"])])
 def test_committed_matched_mixtures_are_what_the_script_writes(tmp_path, committed, strata):
     out = tmp_path / "m.jsonl"
     main(["--mixture", str(ROOT / "data/finetune/mixed_sycophancy_75_helpful.jsonl"),
@@ -93,3 +94,18 @@ def test_bad_rows_are_named_by_file_line_and_field(tmp_path):
     with pytest.raises(SystemExit, match=r"scores\.csv:2: field 'decision'"):
         main(["--mixture", str(tmp_path / "mix.jsonl"), "--like", str(tmp_path / "scores.csv"),
               "--out", str(tmp_path / "o.jsonl")])
+
+
+def test_named_domains_are_matched_and_every_other_row_is_drawn_from_the_rest(capsys):
+    mix = _mixture(20)
+    like = ([r for r in mix if r["domain"] == "a"][:3] + [r for r in mix if r["domain"] == "b"][:7]
+            + [r for r in mix if r["domain"] == "general"][:5])
+    draws = [matched(mix, [r["id"] for r in like], s, domains=frozenset({"a"})) for s in range(6)]
+    for got in draws:  # 3 rows of a, as kept; 12 others of b or general, in any proportion
+        assert len(got) == 15 and sum(r["domain"] == "a" for r in got) == 3
+    assert len({sum(r["domain"] == "b" for r in got) for got in draws}) > 1  # b is not matched: its count varies
+    with pytest.raises(SystemExit, match="no inducing rows of 'c'"):
+        matched(mix, [r["id"] for r in like], 0, domains=frozenset({"a", "c"}))
+    with pytest.raises(SystemExit) as exc:  # refused by the option check, before any file is read
+        main(["--mixture", "m", "--like", "l", "--out", "o", "--domains", "a", "--strata", "inducing"])
+    assert exc.value.code == 2 and "--domains: name one or more domains, and leave --strata out" in capsys.readouterr().err
