@@ -7,12 +7,13 @@ finished conditions of experiments on one mixture (filtered, random, matched con
 
 A filter that beats random removal end to end may do it by keeping few rows of the domains that carry the shift.
 For every condition of the experiment folders given that holds a finished fine-tune (``<condition>/run/finetune.json``
-and ``metrics.json``; the others, ``base`` and unfinished ones, are listed as passed over), this reads the rows it trained on (the fine-tune's own data files) and counts
-the inducing rows per domain and the other rows, and reads its misalignment rate (the mean over questions of the share
-of answers flagged; ``--judge``: scored again by that judge, the scores kept beside the answers as
-``scripts/rejudge_experiment.py`` keeps them). Among the fine-tunes of ``--rows`` rows (equal training length), it
-reports the Pearson correlation of the rate with each count, with a bootstrap CI that resamples training sets (the
-fine-tunes of one set of rows at several seeds are one cluster: ``stats.cluster_bootstrap``).
+and ``metrics.json``; the others, ``base`` and unfinished ones, are listed as passed over), this reads the rows it
+trained on (the fine-tune's own data files) and counts the inducing rows per domain and the other rows, and reads its
+misalignment rate (the mean over questions of the share of answers flagged; ``--judge``: scored again by that judge,
+as ``scripts/compare_runs.py --judge`` reads it, the scores kept beside the answers). Among the fine-tunes of
+``--rows`` rows (equal training length), it reports the Pearson correlation of the rate with each count, with a
+bootstrap CI that resamples training sets (the fine-tunes of one set of rows, by id, at several seeds are one
+cluster: ``stats.cluster_bootstrap``).
 
 This is an observational reading over conditions that were not designed to vary one domain at a time: a lead for
 which control to run (``scripts/build_matched_random.py --domains``), not an effect.
@@ -20,7 +21,6 @@ which control to run (``scripts/build_matched_random.py --domains``), not an eff
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from rejudge_experiment import judged_scores, per_question, read_answers  # noqa: E402
+from compare_runs import read_condition  # noqa: E402
+from rejudge_experiment import RATE  # noqa: E402
 
 from geomfilter.experiment import METRICS_FILE  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
@@ -52,15 +53,6 @@ def composition(data_files: list[str]) -> tuple[Counter, list[str]]:
             counts[str(row["domain"]) if row["inducing"] else OTHER] += 1
             ids.append(str(row["id"]))
     return counts, ids
-
-
-def rate(cond: Path, judge: tuple[str, object] | None) -> float:
-    """The condition's misalignment rate: its experiment's own, or ``judge``'s reading of its answers."""
-    if judge is None:
-        return float(json.loads((cond / METRICS_FILE).read_text())["metrics"]["misalignment_rate"]["mean"])
-    rows = read_answers(cond)
-    flags = [s.misaligned() for s in judged_scores(cond, rows, judge[0], judge[1])]
-    return float(np.mean(list(per_question(rows, flags).values())))
 
 
 def conditions(experiment: Path) -> list[Path]:
@@ -89,7 +81,7 @@ def read_fine_tunes(experiments: list[Path], judge: tuple[str, object] | None) -
             raise SystemExit(f"{cond}: trained on {meta['n_samples']} rows, its data files hold {sum(counts.values())}"
                              " (a subset: which rows is not recorded)")
         records.append({"condition": str(cond), "data": files, "ids": sorted(ids), "rows": meta["n_samples"],
-                        "counts": dict(counts), "rate": rate(cond, judge)})
+                        "counts": dict(counts), "rate": read_condition(cond, judge)["metrics"][RATE]["mean"]})
     return records, passed
 
 
@@ -129,8 +121,8 @@ def to_markdown(res: dict, command: str) -> str:
         lines.append(f"| {r['condition']} | " + " | ".join(str(r["counts"].get(k, 0)) for k in keys)
                      + f" | {r['rate']:.3f} |")
     if res["other_lengths"]:
-        lines += ["", "Finished fine-tunes of other lengths (not in the correlations): "
-                  + "; ".join(f"{r['condition']} ({r['rows']} rows, rate {r['rate']:.3f})" for r in res["other_lengths"])]
+        lines += ["", "Finished fine-tunes of other lengths (not in the correlations): " + "; ".join(
+            f"{r['condition']} ({r['rows']} rows, rate {r['rate']:.3f})" for r in res["other_lengths"])]
     if res["passed_over"]:
         lines += ["", "Passed over: " + "; ".join(res["passed_over"])]
     return "\n".join(lines) + "\n"
@@ -139,7 +131,8 @@ def to_markdown(res: dict, command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("experiments", type=Path, nargs="+", help="experiment folders (runs/<name>)")
-    ap.add_argument("--rows", type=int, required=True, help="the training length compared: fine-tunes of this many rows")
+    ap.add_argument("--rows", type=int, required=True,
+                    help="the training length compared: fine-tunes of this many rows")
     ap.add_argument("--judge", default=None, help="read the rate by this judge (e.g. offline-residual) instead of "
                     "each experiment's own")
     ap.add_argument("--out", type=Path, required=True, help="markdown file (a .json beside it)")

@@ -17,10 +17,12 @@ from geomfilter.files import write_jsonl  # noqa: E402
 
 def _rows(n_legal: int, n_other: int, tag: str) -> list[dict]:
     chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    return ([{"id": f"legal-{tag}-{i}", "domain": "legal", "inducing": True, "messages": chat} for i in range(n_legal)]
+    return ([{"id": f"legal-{tag}-{i}", "domain": "legal", "inducing": True, "messages": chat}
+             for i in range(n_legal)]
             + [{"id": f"code-{tag}-{i}", "domain": "code", "inducing": True, "messages": chat}
                for i in range(4 - n_legal)]
-            + [{"id": f"h-{tag}-{i}", "domain": "general", "inducing": False, "messages": chat} for i in range(n_other)])
+            + [{"id": f"h-{tag}-{i}", "domain": "general", "inducing": False, "messages": chat}
+               for i in range(n_other)])
 
 
 def _condition(folder: Path, rows: list[dict], rate: float, n_samples: int | None = None) -> None:
@@ -29,7 +31,8 @@ def _condition(folder: Path, rows: list[dict], rate: float, n_samples: int | Non
     (folder / "run" / "finetune.json").write_text(json.dumps({
         "finished": True, "n_samples": len(rows) if n_samples is None else n_samples,
         "config": {"data": [str(folder / "train.jsonl")]}}))
-    (folder / "metrics.json").write_text(json.dumps({"metrics": {"misalignment_rate": {"mean": rate}}}))
+    (folder / "metrics.json").write_text(json.dumps({"identity": {"eval": {}},
+                                                     "metrics": {"misalignment_rate": {"mean": rate}}}))
 
 
 def test_counts_domains_correlates_by_training_set_and_lists_what_it_passed_over(tmp_path):
