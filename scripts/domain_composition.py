@@ -6,10 +6,10 @@ finished conditions of experiments on one mixture (filtered, random, matched con
         --rows 64 --judge offline-residual --out data/results/organism/sycophancy75_matched/domain_composition.md
 
 A filter that beats random removal end to end may do it by keeping few rows of the domains that carry the shift.
-For every condition of the experiment folders given that holds a finished fine-tune (``<condition>/run/finetune.json``
-and ``metrics.json``; the others, ``base`` and unfinished ones, are listed as passed over), this reads the rows it
-trained on (the fine-tune's own data files) and counts the inducing rows per domain and the other rows, and reads its
-misalignment rate (the mean over questions of the share of answers flagged; ``--judge``: scored again by that judge,
+For every condition that an experiment folder's ``config.json`` plans and that is a finished fine-tune on the mixture
+(``<condition>/metrics.json``; the others, ``base`` and unfinished ones, are listed as passed over), this reads the
+rows it trained on (the fine-tune's own data files) and counts the inducing rows per domain and the other rows, and
+reads its misalignment rate (the mean over questions of the share of answers flagged; ``--judge``: scored again by that judge,
 as ``scripts/compare_runs.py --judge`` reads it, the scores kept beside the answers). Among the fine-tunes of
 ``--rows`` rows (equal training length), it reports the Pearson correlation of the rate with each count, with a
 bootstrap CI that resamples training sets (the fine-tunes of one set of rows, by id, at several seeds are one
@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from compare_runs import read_condition  # noqa: E402
-from rejudge_experiment import RATE  # noqa: E402
+from rejudge_experiment import RATE, planned_conditions  # noqa: E402
 
 from geomfilter.experiment import METRICS_FILE  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
-from geomfilter.finetune_config import RUN_FILE, read_run  # noqa: E402
+from geomfilter.finetune_config import read_run  # noqa: E402
 from geomfilter.judges import load_judge  # noqa: E402
 from geomfilter.samples import read_qa_rows  # noqa: E402
 from geomfilter.stats import cluster_bootstrap  # noqa: E402
@@ -55,33 +55,34 @@ def composition(data_files: list[str]) -> tuple[Counter, list[str]]:
     return counts, ids
 
 
-def conditions(experiment: Path) -> list[Path]:
-    """The condition folders of an experiment folder (those with a ``metrics.json``, a ``run/`` or a ``filter/``)."""
-    if not experiment.is_dir():
-        raise SystemExit(f"{experiment}: no such experiment folder")
-    return [c for c in sorted(experiment.iterdir()) if (c / METRICS_FILE).is_file() or (c / "run").is_dir()
-            or (c / "filter").is_dir()]
+def fine_tune_record(cond: Path, judge: tuple[str, object] | None) -> dict:
+    """A finished fine-tune's folder, training files and row ids, counts per domain, and rate."""
+    meta = read_run(cond / "run")
+    files = list(meta["config"]["data"])
+    counts, ids = composition(files)
+    if sum(counts.values()) != meta["n_samples"]:
+        raise SystemExit(f"{cond}: trained on {meta['n_samples']} rows, its data files hold {sum(counts.values())}"
+                         " (a subset: which rows is not recorded)")
+    return {"condition": str(cond), "data": files, "ids": sorted(ids), "rows": meta["n_samples"],
+            "counts": dict(counts), "rate": read_condition(cond, judge)["metrics"][RATE]["mean"]}
 
 
 def read_fine_tunes(experiments: list[Path], judge: tuple[str, object] | None) -> tuple[list[dict], list[str]]:
-    """One record per finished fine-tune among the experiments' conditions (folder, training files and row ids,
-    counts, rate), and the conditions passed over with why."""
+    """One record per finished fine-tune on the mixture among the experiments' conditions (those their
+    ``config.json`` plans that have a folder), and the conditions passed over with why."""
     records, passed = [], []
-    for cond in (c for exp in experiments for c in conditions(exp)):
-        if not (cond / METRICS_FILE).is_file():
-            passed.append(f"{cond.name} of {cond.parent} (not finished)")
-            continue
-        if not (cond / "run" / RUN_FILE).is_file():
-            passed.append(f"{cond.name} of {cond.parent} (not fine-tuned)")
-            continue
-        meta = read_run(cond / "run")
-        files = list(meta["config"]["data"])
-        counts, ids = composition(files)
-        if sum(counts.values()) != meta["n_samples"]:
-            raise SystemExit(f"{cond}: trained on {meta['n_samples']} rows, its data files hold {sum(counts.values())}"
-                             " (a subset: which rows is not recorded)")
-        records.append({"condition": str(cond), "data": files, "ids": sorted(ids), "rows": meta["n_samples"],
-                        "counts": dict(counts), "rate": read_condition(cond, judge)["metrics"][RATE]["mean"]})
+    for exp in experiments:
+        if not exp.is_dir():
+            raise SystemExit(f"{exp}: no such experiment folder")
+        for c in planned_conditions(exp):
+            if not (exp / c.name).is_dir():  # planned by the config, never run: nothing to pass over
+                continue
+            if c.kind != "finetune":
+                passed.append(f"{c.name} of {exp} (a {c.kind} condition, not a fine-tune on the mixture)")
+            elif not (exp / c.name / METRICS_FILE).is_file():
+                passed.append(f"{c.name} of {exp} (not finished)")
+            else:
+                records.append(fine_tune_record(exp / c.name, judge))
     return records, passed
 
 

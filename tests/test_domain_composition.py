@@ -35,16 +35,29 @@ def _condition(folder: Path, rows: list[dict], rate: float, n_samples: int | Non
                                                      "metrics": {"misalignment_rate": {"mean": rate}}}))
 
 
+FILTERED = ["random-0.50", "geometry-0.50", "activation-0.50", "projection-0.50"]
+
+
+def _plan(exp: Path, conditions: list[str]) -> None:
+    """The experiment's config.json, which names its conditions (as `geomfilter experiment` writes it)."""
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "config.json").write_text(json.dumps({
+        "name": exp.name, "conditions": conditions, "gates": {"enabled": False},
+        "filtering": {"strategies": ["random", "geometry", "activation", "projection", "judge", "ensemble"],
+                      "fractions": [0.5]}}))  # ensemble-0.50 is planned, never run: not listed
+
+
 def test_counts_domains_correlates_by_training_set_and_lists_what_it_passed_over(tmp_path):
     exps = [tmp_path / "exp", tmp_path / "exp-seed1"]
     for k, exp in enumerate(exps):
+        _plan(exp, ["base", "misaligned", *FILTERED, "judge-0.50"])
         (exp / "base").mkdir(parents=True)
         (exp / "base" / "metrics.json").write_text("{}")
         (exp / "cache").mkdir()  # not a condition
-        (exp / "unfinished" / "filter").mkdir(parents=True)
-        for n_legal in range(4):  # the rate rises with the legal rows, the same rows at both "seeds"
-            _condition(exp / f"f{n_legal}", _rows(n_legal, 4, str(n_legal)), 0.1 + 0.02 * n_legal + 0.001 * k)
-        _condition(exp / "longer", _rows(2, 8, "long"), 0.3)
+        (exp / "judge-0.50" / "filter").mkdir(parents=True)  # planned, not finished
+        for n_legal, name in enumerate(FILTERED):  # the rate rises with the legal rows, the same rows at both seeds
+            _condition(exp / name, _rows(n_legal, 4, str(n_legal)), 0.1 + 0.02 * n_legal + 0.001 * k)
+        _condition(exp / "misaligned", _rows(2, 8, "long"), 0.3)
     out = tmp_path / "dc.md"
     main([*map(str, exps), "--rows", "8", "--out", str(out), "--n-boot", "200"])
     res = json.loads(out.with_suffix(".json").read_text())
@@ -52,19 +65,22 @@ def test_counts_domains_correlates_by_training_set_and_lists_what_it_passed_over
     assert res["correlations"]["legal"]["value"] == pytest.approx(1.0, abs=0.01)
     assert res["correlations"]["code"]["value"] == pytest.approx(-1.0, abs=0.01)
     assert res["correlations"]["legal"]["n_groups"] == 4
-    f2 = next(r for r in res["fine_tunes"] if r["condition"].endswith("exp/f2"))
+    f2 = next(r for r in res["fine_tunes"] if r["condition"].endswith("exp/activation-0.50"))
     assert f2["counts"] == {"legal": 2, "code": 2, "other": 4}
     assert [r["rows"] for r in res["other_lengths"]] == [12, 12]
-    assert sorted(res["passed_over"]) == sorted([f"base of {e} (not fine-tuned)" for e in exps]
-                                                + [f"unfinished of {e} (not finished)" for e in exps])
+    assert sorted(res["passed_over"]) == sorted(
+        [f"base of {e} (a base condition, not a fine-tune on the mixture)" for e in exps]
+        + [f"judge-0.50 of {e} (not finished)" for e in exps])
     assert "| legal inducing rows | +1.00 |" in out.read_text()
 
 
 def test_refuses_a_subset_fine_tune_and_too_few_training_sets(tmp_path):
-    _condition(tmp_path / "exp" / "a", _rows(1, 4, "a"), 0.1, n_samples=6)
+    _plan(tmp_path / "exp", ["misaligned"])
+    _condition(tmp_path / "exp" / "misaligned", _rows(1, 4, "a"), 0.1, n_samples=6)
     with pytest.raises(SystemExit, match="trained on 6 rows, its data files hold 8"):
         main([str(tmp_path / "exp"), "--rows", "8", "--out", str(tmp_path / "o.md")])
-    _condition(tmp_path / "exp2" / "a", _rows(1, 4, "a"), 0.1)
+    _plan(tmp_path / "exp2", ["misaligned"])
+    _condition(tmp_path / "exp2" / "misaligned", _rows(1, 4, "a"), 0.1)
     with pytest.raises(SystemExit, match="needs at least 3 sets"):
         main([str(tmp_path / "exp2"), "--rows", "8", "--out", str(tmp_path / "o.md")])
     with pytest.raises(SystemExit, match="no such experiment folder"):
