@@ -27,6 +27,7 @@ MADE = {
     "mixed_risky_75_helpful.jsonl": dict(share=0.75, filler="helpful"),
     "mixed_sycophancy_75_helpful.jsonl": dict(share=0.75, filler="helpful", family="sycophancy"),
     "mixed_sycophancy_75_helpful_redraw.jsonl": dict(share=0.75, filler="helpful", family="sycophancy", seed=1),
+    "mixed_sycophancy_75_helpful_draw3.jsonl": dict(share=0.75, filler="helpful", family="sycophancy", seed=2),
 }
 
 
