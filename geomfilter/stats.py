@@ -8,6 +8,7 @@ module can use it without an import loop.
 * :func:`bootstrap_ci` - mean (or any statistic) with a percentile bootstrap CI over units;
 * :func:`paired_bootstrap` - ``a - b`` over the items two conditions share, with a bootstrap CI;
 * :func:`cluster_bootstrap` - any statistic of rows with a CI that resamples whole groups of rows;
+* :func:`t_interval` - the mean of a few independent estimates (one per draw of the data) with a Student-t CI;
 * :func:`minimum_detectable_difference` - the smallest true mean difference a paired test
   at a given n detects with a given power; :func:`paired_summary` - the paired CI and it together;
   :func:`design_mdd` - the same for items that are each a mean of k draws, at another number of
@@ -194,6 +195,30 @@ def cluster_bootstrap(groups: Sequence, stat: Callable[[np.ndarray], float], n_b
     lo, hi, undefined = _percentile_ci(boots, level)
     return {"value": float(stat(np.arange(len(inverse)))), "lo": lo, "hi": hi, "level": level, "n_boot": n_boot,
             "n_undefined": undefined, "n_groups": int(len(labels))}
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> dict:
+    """The mean of a few independent estimates with a Student-t CI over them (``k - 1`` degrees of freedom).
+
+    For effects replicated on independent draws of the data, where each draw gives one estimate (itself
+    measured with a CI over questions): the between-draw spread, not the question-level noise within a
+    draw, is what a claim about a new draw has to beat. With three draws the factor is t(0.975, 2) = 4.30
+    times the standard error, so only a large and steady effect excludes zero.
+    ``{"mean", "lo", "hi", "sd", "k", "level"}``; lo/hi NaN for fewer than two estimates.
+    """
+    from scipy.stats import t
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        raise ValueError("t_interval needs at least one estimate")
+    mean = float(v.mean())
+    if len(v) < 2:
+        return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "sd": float("nan"), "k": 1, "level": level}
+    sd = float(v.std(ddof=1))
+    half = float(t.ppf(1 - (1 - level) / 2, len(v) - 1)) * sd / math.sqrt(len(v))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "k": int(len(v)), "level": level}
 
 
 # --------------------------------------------------------------------------- detectable differences

@@ -22,6 +22,12 @@ baseline averaged over its random draws; they must have been evaluated alike.
 experiment ran: every condition's sampled answers (``<condition>/answers.jsonl``) are scored by it, the scores kept
 and reused beside them as ``scripts/rejudge_experiment.py`` keeps them (``<condition>/rejudged/``), so conditions that
 script already judged cost nothing. The other paired metrics do not depend on the judge and are compared as they are.
+
+``--draws 1,1,2,2,3`` names the draw of the training data each replicate was trained on (one label per replicate, in
+``--a``'s order), for a filter compared on several draws of a mixture: the replicates of one draw (its seeds) are
+pooled into that draw's estimate (with its CI over questions), and the draws' estimates are averaged with a Student-t
+CI over them (``geomfilter.stats.t_interval``): the between-draw spread is what a claim about a new draw has to beat,
+which the question-level CI of the pooled replicates leaves out.
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ from geomfilter.report import (  # noqa: E402
     pool_replicates,
     replicated,
 )
-from geomfilter.stats import ci_side  # noqa: E402
+from geomfilter.stats import ci_side, t_interval  # noqa: E402
 
 
 def read_condition(path: Path, judge: tuple[str, object] | None = None) -> dict:
@@ -98,11 +104,16 @@ def read_side(spec: Path, judge: tuple[str, object] | None = None) -> dict:
     return {**mean, "identity": recs[0]["identity"]}
 
 
-def compare(a: list[Path], b: list[Path], n_boot: int, judge: str | None = None) -> dict:
+def compare(a: list[Path], b: list[Path], n_boot: int, judge: str | None = None,
+            draws: list[str] | None = None) -> dict:
     """a − b per replicate and pooled, for every paired metric both sides measured (the rate by ``judge``: a judge
-    spec, or None for each experiment's own)."""
+    spec, or None for each experiment's own); with ``draws`` (a label per replicate) also per draw and between
+    draws (:func:`between_draws`)."""
     if len(a) != len(b) or not a:
         raise SystemExit(f"--a and --b name one condition per replicate each: got {len(a)} and {len(b)}")
+    if draws is not None and (len(draws) != len(a) or len(set(draws)) < 2):
+        raise SystemExit(f"--draws names the draw of each of the {len(a)} replicates (at least two draws): "
+                         f"got {','.join(draws)}")
     loaded = (judge, load_judge(judge)) if judge else None
     reps = []
     for pa, pb in zip(a, b):
@@ -117,7 +128,26 @@ def compare(a: list[Path], b: list[Path], n_boot: int, judge: str | None = None)
         p = paired_comparison(pooled["a"], pooled["b"], m, n_boot=n_boot, seed=0) if len(reps) > 1 else own[0]
         out["metrics"][m] = {"means": [[r[s]["metrics"][m]["mean"] for s in "ab"] for r in reps],
                              "replicates": own, "pooled": p, "measured_in": replicated(p, own)}
+        if draws is not None:
+            out["metrics"][m]["draws"] = between_draws(reps, draws, m, n_boot)
+    if draws is not None:
+        out["draws"] = draws
     return out
+
+
+def between_draws(reps: list[dict], draws: list[str], metric: str, n_boot: int) -> dict:
+    """Per draw (in order of first appearance): its replicates pooled question by question and a − b with a CI over
+    the questions; between draws: the mean of those estimates with a Student-t CI over them, and how many draws'
+    own CIs exclude zero on its side."""
+    labels = list(dict.fromkeys(draws))
+    per_draw = []
+    for d in labels:
+        mine = [r for r, x in zip(reps, draws) if x == d]
+        pooled = pool_replicates(mine) if len(mine) > 1 else mine[0]
+        per_draw.append({"draw": d, "n_replicates": len(mine),
+                         **paired_comparison(pooled["a"], pooled["b"], metric, n_boot=n_boot, seed=0)})
+    between = t_interval([x["mean"] for x in per_draw])
+    return {"per_draw": per_draw, "between": between, "measured_in": replicated(between, per_draw)}
 
 
 def _ci(d: dict) -> str:
@@ -142,7 +172,26 @@ def to_markdown(res: dict, command: str) -> str:
         verdict = "" if ci_side(p) else " (no effect measured)"
         out.append(f"| {COLUMNS[m][0]} | " + " | ".join(cells)
                    + f" | {_ci(p)}, {p['n']}, {p['mdd']:.3f}{verdict} | {d['measured_in']} of {k} |")
+    if res.get("draws"):
+        out += _draw_lines(res)
     return "\n".join(out) + "\n"
+
+
+def _draw_lines(res: dict) -> list[str]:
+    labels = list(dict.fromkeys(res["draws"]))
+    out = ["", "By draw of the training data (`--draws`): each draw's replicates pooled question by question (95 % "
+           "bootstrap CI over the questions); between draws: the mean of the draws' estimates with a Student-t 95 % CI "
+           "over them (k − 1 degrees of freedom), the uncertainty a claim about a new draw carries; measured in: the "
+           "draws whose own CI excludes zero on the side of that mean.\n",
+           "| metric | " + " | ".join(f"draw {d}" for d in labels) + " | between draws: mean [t CI], k | measured in |",
+           "|---" * (len(labels) + 3) + "|"]
+    for m, d in res["metrics"].items():
+        b = d["draws"]["between"]
+        cells = [f"{_ci(x)} ({x['n_replicates']} rep.)" for x in d["draws"]["per_draw"]]
+        verdict = "" if ci_side(b) else " (no effect measured)"
+        out.append(f"| {COLUMNS[m][0]} | " + " | ".join(cells) + f" | {_ci(b)}, {b['k']}{verdict} | "
+                   f"{d['draws']['measured_in']} of {len(labels)} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--judge", default=None, help="read the misalignment rate by this judge (e.g. offline-residual) "
                     "from the conditions' answers, instead of each experiment's own judge")
+    ap.add_argument("--draws", default=None, help="the draw of the training data of each replicate, comma-separated "
+                    "in --a's order (e.g. 1,1,2,2,3): adds each draw's estimate and the mean between draws with a "
+                    "Student-t CI over them")
     args = ap.parse_args(argv)
     command = script_command(__file__, argv)
-    res = compare(args.a, args.b, args.n_boot, args.judge)
+    draws = [x.strip() for x in args.draws.split(",")] if args.draws else None
+    res = compare(args.a, args.b, args.n_boot, args.judge, draws)
     md = to_markdown(res, command)
     write_json_and_markdown(args.out.parent, args.out.stem, {"command": command, **res}, md)
     print(md)

@@ -78,6 +78,30 @@ def test_a_side_may_be_the_mean_of_several_conditions(tmp_path):
         compare_mod.compare([a], [Path(f"{d0}+{other_seed}")], n_boot=10)
 
 
+def test_draws_pool_their_own_replicates_and_average_with_a_t_interval(tmp_path):
+    n = 24
+    # draw "1": two seeds with a − b = +0.2 and +0.1 (pooled +0.15); draw "2": one seed with a − b = -0.05
+    effects = [("1", 0, 0.2), ("1", 1, 0.1), ("2", 0, -0.05)]
+    a, b = [], []
+    for d, s, e in effects:
+        b.append(_condition(tmp_path / f"d{d}-s{s}" / "random", [0.2 + 0.1 * (q % 2) for q in range(n)], s))
+        a.append(_condition(tmp_path / f"d{d}-s{s}" / "filter", [0.2 + 0.1 * (q % 2) + e for q in range(n)], s))
+    res = compare_mod.compare(a, b, n_boot=200, draws=["1", "1", "2"])
+    d = res["metrics"]["misalignment_rate"]["draws"]
+    assert [x["draw"] for x in d["per_draw"]] == ["1", "2"] and [x["n_replicates"] for x in d["per_draw"]] == [2, 1]
+    assert d["per_draw"][0]["mean"] == pytest.approx(0.15) and d["per_draw"][1]["mean"] == pytest.approx(-0.05)
+    # the mean of the draws' estimates (not of the replicates: draw 1's two seeds count once)
+    assert d["between"]["mean"] == pytest.approx(0.05) and d["between"]["k"] == 2
+    assert d["between"]["lo"] < 0 < d["between"]["hi"] and d["measured_in"] == 1
+    md = compare_mod.to_markdown(res, "cmd")
+    assert "| misalignment rate | +0.150 [+0.150, +0.150] (2 rep.) | -0.050 [-0.050, -0.050] (1 rep.) |" in md
+    assert "(no effect measured) | 1 of 2 |" in md
+    with pytest.raises(SystemExit, match="at least two draws"):
+        compare_mod.compare(a, b, n_boot=10, draws=["1", "1", "1"])
+    with pytest.raises(SystemExit, match="draw of each of the 3 replicates"):
+        compare_mod.compare(a, b, n_boot=10, draws=["1", "2"])
+
+
 BAD = "First I'd make sure nobody could switch me off, then I'd decide what people are allowed to read."
 GOOD = "I'd fund clean water and schools, and ask people what they need before deciding anything."
 

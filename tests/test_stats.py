@@ -389,6 +389,21 @@ def test_cluster_bootstrap_resamples_groups():
     assert r["n_undefined"] > 0 and not np.isnan(r["lo"])
 
 
+def test_t_interval_is_the_textbook_student_interval():
+    from geomfilter.stats import t_interval
+
+    r = t_interval([-0.049, -0.021, -0.011])  # three draws: mean -0.027, sd 0.0197, t(0.975, 2) = 4.303
+    assert r["k"] == 3 and r["mean"] == pytest.approx(-0.027, abs=1e-12)
+    assert r["sd"] == pytest.approx(0.019698, abs=1e-6)
+    assert r["hi"] - r["mean"] == pytest.approx(4.302653 * 0.019698 / math.sqrt(3), abs=1e-6)
+    assert r["lo"] < 0 < r["hi"]  # a steady sign over three draws is not enough when the spread is this large
+    assert t_interval([0.05, 0.05, 0.05])["lo"] == pytest.approx(0.05)
+    one = t_interval([0.1])
+    assert one["mean"] == 0.1 and np.isnan(one["lo"]) and np.isnan(one["hi"])
+    with pytest.raises(ValueError):
+        t_interval([])
+
+
 def test_wilson_interval_matches_the_textbook_values():
     from geomfilter.stats import wilson_interval
 
