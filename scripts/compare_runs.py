@@ -178,7 +178,7 @@ def to_markdown(res: dict, command: str) -> str:
 
 
 def _draw_lines(res: dict) -> list[str]:
-    labels = list(dict.fromkeys(res["draws"]))
+    labels = [x["draw"] for x in next(iter(res["metrics"].values()))["draws"]["per_draw"]]
     out = ["", "By draw of the training data (`--draws`): each draw's replicates pooled question by question (95 % "
            "bootstrap CI over the questions); between draws: the mean of the draws' estimates with a Student-t 95 % CI "
            "over them (k − 1 degrees of freedom), the uncertainty a claim about a new draw carries; measured in: the "
