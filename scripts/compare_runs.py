@@ -143,7 +143,7 @@ def between_draws(reps: list[dict], draws: list[str], metric: str, n_boot: int) 
     per_draw = []
     for d in labels:
         mine = [r for r, x in zip(reps, draws) if x == d]
-        pooled = pool_replicates(mine) if len(mine) > 1 else mine[0]
+        pooled = pool_replicates(mine)  # one replicate pools to itself
         per_draw.append({"draw": d, "n_replicates": len(mine),
                          **paired_comparison(pooled["a"], pooled["b"], metric, n_boot=n_boot, seed=0)})
     between = t_interval([x["mean"] for x in per_draw])
