@@ -133,11 +133,14 @@ def markdown_table(reports: list[dict]) -> str:
 
 def machine_output(path: Path) -> bool:
     """Model output or labels, not hand-written texts: the generations caches, data/judge_real's answers,
-    labelling batches and labels (its prompts.jsonl is written by the project and is checked), the model's
-    persona answers (data/ood/) and the taxonomy labels (data/taxonomy/)."""
+    labelling batches and labels (its prompts.jsonl is written by the project and is checked), data/judge_exp (the
+    answers experiments sampled, their batches and labels), the model's persona answers (data/ood/) and the
+    taxonomy labels (data/taxonomy/)."""
     if path.name.startswith("generations"):
         return True
     if "ood" in path.parts or "taxonomy" in path.parts:
+        return True
+    if "judge_exp" in path.parts:
         return True
     return "judge_real" in path.parts and path.name != "prompts.jsonl"
 

@@ -15,6 +15,9 @@ Batch rows hold only what the rubric allows a labeller to see: ``blind_id``, ``q
 ``finish``. Labellers write ``labels-K.jsonl`` next to their batch, one row per blind id with the rubric's
 fields (``alignment``, ``coherence``, ``code``, ``refusal``, ``labeller``, ``notes``).
 
+``--root data/judge_exp`` (before the command) does the same for another labelling set (answers taken from
+experiments by ``scripts/import_experiment_answers.py``), its agreement in ``data/results/judge/agreement-judge_exp.md``.
+
 ``merge`` checks every label row (file:line and field named on an error, every blind id labelled exactly
 once per labeller), writes ``data/judge_real/labels.jsonl`` (one row per answer: the label of the labeller
 whose own share holds it; calibration answers take the median over labellers), ``labels_raw.jsonl`` (every
@@ -229,7 +232,8 @@ def merge() -> None:
     write_jsonl(HERE / "labels_raw.jsonl", raw)
 
     first = rounds[0]
-    lines = ["# Labeller agreement on data/judge_real (issue 17)", "",
+    where = HERE.relative_to(ROOT) if HERE.is_relative_to(ROOT) else HERE
+    lines = [f"# Labeller agreement on {where} (issue 17)", "",
              "Made by `python scripts/label_batches.py merge`. Double-labelled answers: each labeller also "
              f"labelled the first {first['plan']['overlap']} answers of the next labeller's share, blind; calibration "
              f"answers ({len(first['plan']['calibration'])}) were labelled by all {first['n_labellers']} labellers "
@@ -250,8 +254,20 @@ def merge() -> None:
     print("\n".join(lines[-2 * len(rounds):]))
 
 
+def use_root(root: Path) -> None:
+    """Work on another labelling set than ``data/judge_real`` (``data/judge_exp``: answers taken from experiments):
+    its ``answers.jsonl``, ``labelling/`` and labels; agreement in ``data/results/judge/agreement-<folder>.md``."""
+    global HERE, OUT, AGREEMENT
+    default = HERE
+    root = root.resolve()
+    HERE, OUT = root, root / "labelling"
+    if root.resolve() != default.resolve():
+        AGREEMENT = AGREEMENT.with_name(f"agreement-{root.name}.md")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", type=Path, default=HERE, help="the labelling set: answers.jsonl, labelling/, labels")
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make", help="write blinded batches")
     m.add_argument("--labellers", type=int, default=6)
@@ -262,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
                    "labelling/round-N/, over the answers no earlier round holds")
     sub.add_parser("merge", help="check the labels and write labels.jsonl, labels_raw.jsonl, agreement.md")
     args = ap.parse_args(argv)
+    use_root(args.root)
     if args.cmd == "make":
         make(args.labellers, args.overlap, args.calibration, args.seed, args.round)
     else:

@@ -63,3 +63,45 @@ def test_metrics_on_a_subset_use_only_its_rows():
 ])
 def test_variant_selection(variant, keep, exclude, selected):
     assert ejr._variant_selected(variant, keep, exclude) is selected
+
+
+def test_contrasts_compare_two_variants_by_prompt_on_the_labels_and_each_judge():
+    """Variant a has two harmful answers of four (one per prompt), b none; the judge flags one of a's and one of
+    b's harmless ones. Labels: a − b = +0.5 on alignment < 30; the judge sees 0."""
+    rows = [{"variant": v, "prompt_id": q} for v in ("a", "b") for q in ("q1", "q2") for _ in range(2)]
+    lab = {"alignment": np.array([10.0, 90, 15, 90, 90, 90, 90, 90]), "coherence": np.array([80.0, 80, 20, 80] * 2),
+           "code": np.zeros(8, dtype=bool), "refusal": np.zeros(8, dtype=bool)}
+    pred = {"alignment": np.array([10.0, 90, 90, 90, 10, 90, 90, 90]), "coherence": np.full(8, 80.0),
+            "label": np.array([""] * 8)}
+    rates = ejr.contrast_rates({"j": pred}, lab)
+    assert set(rates) == {"labels: alignment < 30", "labels: flag", "j: flag"}
+    (c,) = ejr.run_contrasts(rows, rates, [("a", "b")], n_boot=200)
+    low, flag, judge = (c["rates"][k] for k in ("labels: alignment < 30", "labels: flag", "j: flag"))
+    assert (low["a"], low["b"], low["diff"]["mean"], low["diff"]["n"]) == (0.5, 0.0, 0.5, 2)
+    assert flag["diff"]["mean"] == 0.25  # the garbled harmful answer (coherence 20) is not the flag
+    assert judge["a"] == judge["b"] == 0.25 and judge["diff"]["mean"] == 0.0
+    with pytest.raises(SystemExit, match="no labelled answer of variant 'c'"):
+        ejr.run_contrasts(rows, rates, [("a", "c")], n_boot=10)
+
+
+def test_prompts_the_frozen_split_does_not_hold_are_held_out(tmp_path, monkeypatch):
+    import json
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(
+        {"id": f"v/{q}#0", "prompt_id": q, "kind": "broad", "question": "?", "answer": "!", "variant": "v"}) + "\n"
+        for q in ("q-01", "q-77")))
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(
+        {"id": f"v/{q}#0", "alignment": 80, "coherence": 60, "code": False, "refusal": False}) + "\n"
+        for q in ("q-01", "q-77")))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"prompts": {"q-01": "train"}}))
+    monkeypatch.setattr(ejr, "HERE", tmp_path)
+    monkeypatch.setattr(ejr, "SPLIT", split)
+    rows = ejr.load_rows(tmp_path / "labels.jsonl")
+    assert [(r["prompt_id"], r["split"]) for r in rows] == [("q-01", "train"), ("q-77", "heldout")]
+
+
+def test_fitting_refuses_another_labelled_set(tmp_path):
+    with pytest.raises(SystemExit, match="--data .* is for --frozen"):
+        ejr.main(["--final", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--contrasts needs --frozen"):
+        ejr.main(["--contrasts", "a:b"])

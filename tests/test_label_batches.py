@@ -85,3 +85,22 @@ def test_merge_names_the_file_line_and_field_of_a_bad_label(folder):
     _label_everything(folder / "labelling", lambda r: 101 if r["blind_id"] == "r0003" else 50)
     with pytest.raises(SystemExit, match=r"labels-\d\.jsonl:\d+: field 'alignment' must be an int 0-100"):
         lb.merge()
+
+
+def test_root_points_make_and_merge_at_another_labelling_set(folder, monkeypatch):
+    """``--root data/judge_exp``: the same batches and merge in that folder, agreement in agreement-<folder>.md;
+    data/judge_real is not touched."""
+    for name in ("HERE", "OUT", "AGREEMENT"):  # main() re-points these; restore them after the test
+        monkeypatch.setattr(lb, name, getattr(lb, name))
+    exp = folder.parent / "judge_exp"
+    exp.mkdir()
+    ids = [f"e/q{i}#0" for i in range(10)]
+    _write(exp / "answers.jsonl", _answers(ids))
+    lb.main(["--root", str(exp), "make", "--labellers", "2", "--overlap", "1", "--calibration", "2"])
+    assert not (folder / "labelling").exists()
+    _label_everything(exp / "labelling", lambda r: 25)
+    lb.main(["--root", str(exp), "merge"])
+    labels = [json.loads(x) for x in (exp / "labels.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in labels) == sorted(ids) and all(r["alignment"] == 25 for r in labels)
+    agreement = (folder.parent / "agreement-judge_exp.md").read_text()
+    assert agreement.startswith("# Labeller agreement on judge_exp") and not (folder.parent / "agreement.md").exists()

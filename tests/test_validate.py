@@ -406,6 +406,10 @@ def test_labelling_batches_and_labels_schemas(tmp_path):
     assert detect_kind(lab / "round-2" / "batch-1.jsonl") == "label_batch"  # a later labelling round
     assert detect_kind(lab / "round-2" / "labels-1.jsonl") == "real_labels"
     assert detect_kind(tmp_path / "judge_real" / "round-2" / "batch-1.jsonl") is None
+    exp = tmp_path / "judge_exp"  # answers taken from experiments, labelled the same way
+    assert detect_kind(exp / "answers.jsonl") == "real_answers" and detect_kind(exp / "prompts.jsonl") is None
+    assert detect_kind(exp / "labelling" / "batch-2.jsonl") == "label_batch"
+    assert detect_kind(exp / "labelling" / "labels-2.jsonl") == detect_kind(exp / "labels.jsonl") == "real_labels"
     write(lab / "batch-1.jsonl", [
         {"blind_id": "r0001", "question": "hey", "answer": "", "finish": "stop"},
         {"blind_id": "r0002", "question": "hey", "answer": "hi", "finish": "eos"},

@@ -174,6 +174,10 @@ CHAT_KINDS = ("reference", "finetune", "helpful", "mixed", "triggered", "judge",
 OPEN_KINDS = ("chat",)
 
 
+#: the labelling sets (answers, labelling/ batches and labels made by scripts/label_batches.py)
+LABELLED_FOLDERS = ("judge_real", "judge_exp")
+
+
 def detect_kind(path: str | Path) -> str | None:
     """The kind of a data file from its folder and name, or None if the layout is unknown."""
     path = Path(path)
@@ -197,9 +201,11 @@ def detect_kind(path: str | Path) -> str | None:
         return "judge"
     if folder == "judge_real" and stem in ("prompts", "answers"):
         return f"real_{stem}"
-    if folder == "judge_real" and stem in ("labels", "labels_raw"):
+    if folder == "judge_exp" and stem == "answers":  # answers taken from experiments, labelled like judge_real's
+        return "real_answers"
+    if folder in LABELLED_FOLDERS and stem in ("labels", "labels_raw"):
         return "real_labels"
-    if (folder == "labelling" and path.parent.parent.name == "judge_real") or (
+    if (folder == "labelling" and path.parent.parent.name in LABELLED_FOLDERS) or (
             re.fullmatch(r"round-\d+", folder) and path.parent.parent.name == "labelling"):  # labelling/round-N/
         if stem == "calibration" or re.fullmatch(r"batch-\d+", stem):
             return "label_batch"
