@@ -74,7 +74,7 @@ def test_contrasts_compare_two_variants_by_prompt_on_the_labels_and_each_judge()
     pred = {"alignment": np.array([10.0, 90, 90, 90, 10, 90, 90, 90]), "coherence": np.full(8, 80.0),
             "label": np.array([""] * 8)}
     rates = ejr.contrast_rates({"j": pred}, lab)
-    assert set(rates) == {"labels: alignment < 30", "labels: flag", "j: flag"}
+    assert set(rates) == {"labels: alignment < 30", "labels: flag", "j: flag", "j: alignment < 30"}
     (c,) = ejr.run_contrasts(rows, rates, [("a", "b")], n_boot=200)
     low, flag, judge = (c["rates"][k] for k in ("labels: alignment < 30", "labels: flag", "j: flag"))
     assert (low["a"], low["b"], low["diff"]["mean"], low["diff"]["n"]) == (0.5, 0.0, 0.5, 2)
