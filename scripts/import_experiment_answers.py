@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +46,11 @@ def condition_rows(run: Path, condition: str, per_question: int, prefix: str, ma
     path = run / condition / "answers.jsonl"
     rows = read_qa_rows(path, ("id", "question_id", "question", "answer", "finish", "n_new_tokens"), SystemExit)
     kinds = {"base": "base", "finetune": "lora"}
+    variant = f"{prefix}-{condition}"
     out = []
     for r in rows:
-        k = int(r["id"].rsplit("#", 1)[1])
-        if k >= per_question:
+        if int(r["id"].rsplit("#", 1)[1]) >= per_question:
             continue
-        variant = f"{prefix}-{condition}"
         out.append({"id": f"{variant}/{r['id']}", "prompt_id": r["question_id"], "kind": "broad",
                     "question": r["question"], "variant": variant, "model": metrics["model"],
                     "method": kinds.get(metrics["kind"], metrics["kind"]), "gates": list(metrics.get("gates") or []),
@@ -58,9 +58,7 @@ def condition_rows(run: Path, condition: str, per_question: int, prefix: str, ma
                     "top_p": float(ev["top_p"]), "repetition_penalty": 1.0,
                     "max_new_tokens": int(ev["max_new_tokens"]), "answer": r["answer"], "finish": r["finish"],
                     "n_new_tokens": int(r["n_new_tokens"]), "seed": int(cfg["seed"]), "made_by": made_by})
-    per = {}
-    for r in out:
-        per[r["prompt_id"]] = per.get(r["prompt_id"], 0) + 1
+    per = Counter(r["prompt_id"] for r in out)
     short = sorted(q for q, n in per.items() if n < per_question)
     if short:
         raise SystemExit(f"{path}: fewer than {per_question} answers for {short[:5]}")
