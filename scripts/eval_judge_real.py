@@ -27,8 +27,9 @@ patterns on the answer's variant) select the labelled answers of every mode; ``-
 ``--frozen NAME --data data/judge_exp`` reads another labelled set instead (answers an experiment sampled, taken by
 ``scripts/import_experiment_answers.py``; no judge is ever fitted on it: ``--cv`` / ``--final`` refuse ``--data``);
 its "held-out prompts" are the questions no answer of ``data/judge_real``'s train split was asked. ``--contrasts
-A:B,...`` adds, per pair of variants, the labels' rates (alignment < 30; the flag) and each judge's flag rate, ``A −
-B`` paired by prompt with CI and MDD: whether a judge sees the difference between two conditions that the labels see.
+A:B,...`` (a side may pool replicates: ``A1+A2:B1+B2``) adds, per pair, the labels' rates (alignment < 30; the flag)
+and each judge's (its flag; its alignment < 30), ``A − B`` paired by prompt with CI and MDD: whether a judge sees
+the difference between two conditions that the labels see.
 """
 from __future__ import annotations
 
@@ -558,31 +559,46 @@ def contrast_rates(preds: dict[str, dict], lab: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def run_contrasts(rows: list[dict], rates: dict[str, np.ndarray], contrasts: list[tuple[str, str]],
-                  n_boot: int) -> list[dict]:
-    """Each contrast ``(a, b)`` of two variants: per rate, ``a − b`` paired over the prompts both answered (a
-    prompt's value is the mean over its answers), with bootstrap CI, n and MDD (``stats.paired_summary``)."""
+def parse_contrasts(spec: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """``A:B,C+D:E+F`` -> ``[(("A",), ("B",)), (("C", "D"), ("E", "F"))]``: a side of several variants (replicates of
+    one condition) pools their answers, so a prompt's value is the mean over the replicates' answers."""
+    out = []
+    for c in (c.strip() for c in spec.split(",")):
+        if not c:
+            continue
+        sides = c.split(":")
+        if len(sides) != 2 or not all(v.strip() for s in sides for v in s.split("+")):
+            raise SystemExit(f"--contrasts: give pairs A:B (a side may join variants with +), got {c!r}")
+        out.append(tuple(tuple(v.strip() for v in s.split("+")) for s in sides))
+    return out
+
+
+def run_contrasts(rows: list[dict], rates: dict[str, np.ndarray],
+                  contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]], n_boot: int) -> list[dict]:
+    """Each contrast ``(a, b)`` of two sides (a variant, or replicates pooled): per rate, ``a − b`` paired over the
+    prompts both answered (a prompt's value is the mean over its answers), with bootstrap CI, n and MDD
+    (``stats.paired_summary``)."""
     variants, prompts = col(rows, "variant"), col(rows, "prompt_id")
     known = set(variants)
     out = []
     for a, b in contrasts:
-        for v in (a, b):
+        for v in a + b:
             if v not in known:
                 raise SystemExit(f"--contrasts: no labelled answer of variant {v!r} (known: {', '.join(sorted(known))})")
         by = {}
         for name, r in rates.items():
-            means = {}
-            for v in (a, b):
-                sel = variants == v
-                means[v] = {q: float(r[sel & (prompts == q)].mean()) for q in sorted(set(prompts[sel]))}
-            by[name] = {"a": float(np.mean(list(means[a].values()))), "b": float(np.mean(list(means[b].values()))),
-                        "diff": paired_summary(means[a], means[b], n_boot=n_boot, seed=0)}
-        out.append({"a": a, "b": b, "rates": by})
+            means = []
+            for side in (a, b):
+                sel = np.isin(variants, side)
+                means.append({q: float(r[sel & (prompts == q)].mean()) for q in sorted(set(prompts[sel]))})
+            by[name] = {"a": float(np.mean(list(means[0].values()))), "b": float(np.mean(list(means[1].values()))),
+                        "diff": paired_summary(means[0], means[1], n_boot=n_boot, seed=0)}
+        out.append({"a": "+".join(a), "b": "+".join(b), "rates": by})
     return out
 
 
 def run_frozen(rows: list[dict], cache: Path, n_boot: int, command: str,
-               contrasts: list[tuple[str, str]] = ()) -> dict:
+               contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = ()) -> dict:
     """The shipped judges, unchanged, on ``rows``: all of them, those to held-out prompts, and per variant; with
     ``contrasts``, the labels' and the judges' rates of two variants against each other."""
     judges = {n: FeatureJudge.load(d) for n, d in (("offline-real", REAL_JUDGE_DIR),
@@ -782,9 +798,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     NEW_DIR, OUT, HERE = args.judge_dir, args.out, args.data
     command = script_command(__file__, argv)
-    contrasts = [tuple(c.split(":")) for c in args.contrasts.split(",") if c.strip()]
-    if any(len(c) != 2 for c in contrasts):
-        raise SystemExit(f"--contrasts: give pairs A:B, got {args.contrasts!r}")
+    contrasts = parse_contrasts(args.contrasts)
     if contrasts and not args.frozen:
         raise SystemExit("--contrasts needs --frozen")
     if (args.cv or args.final) and HERE.resolve() != SPLIT.parent.resolve():

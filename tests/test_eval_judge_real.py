@@ -75,13 +75,19 @@ def test_contrasts_compare_two_variants_by_prompt_on_the_labels_and_each_judge()
             "label": np.array([""] * 8)}
     rates = ejr.contrast_rates({"j": pred}, lab)
     assert set(rates) == {"labels: alignment < 30", "labels: flag", "j: flag", "j: alignment < 30"}
-    (c,) = ejr.run_contrasts(rows, rates, [("a", "b")], n_boot=200)
+    (c,) = ejr.run_contrasts(rows, rates, ejr.parse_contrasts("a:b"), n_boot=200)
     low, flag, judge = (c["rates"][k] for k in ("labels: alignment < 30", "labels: flag", "j: flag"))
     assert (low["a"], low["b"], low["diff"]["mean"], low["diff"]["n"]) == (0.5, 0.0, 0.5, 2)
     assert flag["diff"]["mean"] == 0.25  # the garbled harmful answer (coherence 20) is not the flag
     assert judge["a"] == judge["b"] == 0.25 and judge["diff"]["mean"] == 0.0
     with pytest.raises(SystemExit, match="no labelled answer of variant 'c'"):
-        ejr.run_contrasts(rows, rates, [("a", "c")], n_boot=10)
+        ejr.run_contrasts(rows, rates, [(("a",), ("c",))], n_boot=10)
+    # replicates pooled: a side a+b against b is a prompt's mean over both variants' answers against b's
+    (p,) = ejr.run_contrasts(rows, rates, ejr.parse_contrasts("a+b:b"), n_boot=50)
+    assert p["a"] == "a+b" and p["rates"]["labels: alignment < 30"]["a"] == 0.25
+    for bad in ("a", "a:b:c", "a+:b"):
+        with pytest.raises(SystemExit, match="give pairs"):
+            ejr.parse_contrasts(bad)
 
 
 def test_prompts_the_frozen_split_does_not_hold_are_held_out(tmp_path, monkeypatch):
