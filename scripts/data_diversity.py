@@ -138,9 +138,7 @@ def machine_output(path: Path) -> bool:
     taxonomy labels (data/taxonomy/)."""
     if path.name.startswith("generations"):
         return True
-    if "ood" in path.parts or "taxonomy" in path.parts:
-        return True
-    if "judge_exp" in path.parts:
+    if {"ood", "taxonomy", "judge_exp"} & set(path.parts):
         return True
     return "judge_real" in path.parts and path.name != "prompts.jsonl"
 

@@ -258,10 +258,9 @@ def use_root(root: Path) -> None:
     """Work on another labelling set than ``data/judge_real`` (``data/judge_exp``: answers taken from experiments):
     its ``answers.jsonl``, ``labelling/`` and labels; agreement in ``data/results/judge/agreement-<folder>.md``."""
     global HERE, OUT, AGREEMENT
-    default = HERE
-    root = root.resolve()
+    default, root = HERE.resolve(), root.resolve()
     HERE, OUT = root, root / "labelling"
-    if root.resolve() != default.resolve():
+    if root != default:
         AGREEMENT = AGREEMENT.with_name(f"agreement-{root.name}.md")
 
 
