@@ -14,16 +14,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs files in parallel 
 
 from tests.tiny import save_tiny_model
 
-#: the files that take longest (`make test`'s --durations), run first: pytest-xdist (--dist loadfile) hands out files
-#: in collection order, so a long file collected last would leave the other worker idle at the end
-LONGEST_FIRST = ("test_readme.py", "test_experiment_integration.py", "test_notebooks.py", "test_integration.py",
-                 "test_distributed.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
