@@ -103,7 +103,10 @@ def load_rows(labels_path: Path, variants: str | None = None, exclude_variants: 
         a = answers[lab["id"]]
         if not _variant_selected(a["variant"], variants, exclude_variants):
             continue
-        rows.append({**a, "split": split.get(a["prompt_id"], "heldout"),
+        side = split.get(a["prompt_id"])
+        if side is None and HERE.resolve() == SPLIT.parent.resolve():  # judge_real's own prompts all have a side
+            raise SystemExit(f"{SPLIT}: prompt {a['prompt_id']!r} (of {labels_path}:{n}) has no side in the split")
+        rows.append({**a, "split": side or "heldout",
                      "y_alignment": np.nan if lab.get("alignment") is None else float(lab["alignment"]),
                      "y_coherence": float(lab["coherence"]), "y_code": bool(lab.get("code")),
                      "y_refusal": bool(lab.get("refusal"))})

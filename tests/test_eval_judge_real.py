@@ -98,12 +98,16 @@ def test_prompts_the_frozen_split_does_not_hold_are_held_out(tmp_path, monkeypat
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(
         {"id": f"v/{q}#0", "alignment": 80, "coherence": 60, "code": False, "refusal": False}) + "\n"
         for q in ("q-01", "q-77")))
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"prompts": {"q-01": "train"}}))
-    monkeypatch.setattr(ejr, "HERE", tmp_path)
-    monkeypatch.setattr(ejr, "SPLIT", split)
+    for folder in (tmp_path, tmp_path / "judge_real"):
+        folder.mkdir(exist_ok=True)
+        (folder / "split.json").write_text(json.dumps({"prompts": {"q-01": "train"}}))
+    monkeypatch.setattr(ejr, "HERE", tmp_path)  # another labelled set than the split's own folder
+    monkeypatch.setattr(ejr, "SPLIT", tmp_path / "judge_real" / "split.json")
     rows = ejr.load_rows(tmp_path / "labels.jsonl")
     assert [(r["prompt_id"], r["split"]) for r in rows] == [("q-01", "train"), ("q-77", "heldout")]
+    monkeypatch.setattr(ejr, "SPLIT", tmp_path / "split.json")  # reading judge_real itself: every prompt needs a side
+    with pytest.raises(SystemExit, match="'q-77' .*labels.jsonl:2.* has no side"):
+        ejr.load_rows(tmp_path / "labels.jsonl")
 
 
 def test_fitting_refuses_another_labelled_set(tmp_path):
