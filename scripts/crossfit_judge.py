@@ -1,0 +1,133 @@
+"""Cross-fitted judges on labelled experiment answers (issue 17): does a judge that has seen labelled answers of the
+same kind of experiment, but never the question it scores, read the experiment as the labels do?
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/crossfit_judge.py --name sycophancy_organism_crossfit \\
+        --data data/judge_exp --contrasts A:B,...
+
+The questions of ``--data`` (``data/judge_exp``: answers that experiments sampled, labelled by reading) are dealt
+into ``--folds`` folds (seeded). For fold k a judge of the shipped ``offline-residual``'s configuration (its
+feature blocks, heads, weights and CODE/REFUSAL rules, read from its ``judge.json``) is fitted on
+
+- ``cross-fitted``: what ``offline-residual`` was fitted on (the train split of ``data/judge_real`` and the
+  hand-written rows of ``data/judge/labeled.jsonl``) plus every labelled ``--data`` answer to a question outside
+  fold k; ``data/judge_real`` answers to a fold-k question are left out too;
+- ``cross-fitted, --data only``: the ``--data`` answers outside fold k alone,
+
+and scores the answers to fold k's questions. Every answer is so scored by a judge that never saw its question,
+and the two columns stand beside the shipped judges, unchanged (``eval_judge_real.py --frozen``): the same metric
+tables (all answers, held-out prompts, per variant) and ``--contrasts`` (labels' and judges' rates of two variants,
+paired by question). Writes ``NAME.md`` / ``NAME.json`` under ``--out`` (``data/results/judge``). The judges fitted
+here are not saved: a judge shipped from these labels would have no labelled answer left to be measured on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import eval_judge_real as ejr  # noqa: E402
+
+from geomfilter.files import script_command  # noqa: E402
+from geomfilter.judges import RESIDUAL_JUDGE_DIR  # noqa: E402
+
+CROSSFIT = "cross-fitted"
+DATA_ONLY = "cross-fitted, --data only"
+
+
+def question_folds(prompts: np.ndarray, folds: int, seed: int) -> dict[str, int]:
+    """Each distinct prompt id of ``prompts`` -> its fold (0 .. folds-1): sorted, shuffled with ``seed``, dealt round
+    robin, so folds differ in size by at most one question."""
+    distinct = sorted(set(prompts.tolist()))
+    if not 2 <= folds <= len(distinct):
+        raise SystemExit(f"--folds {folds}: give 2 to {len(distinct)} (the number of questions)")
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    return {distinct[j]: k % folds for k, j in enumerate(order)}
+
+
+def shipped_config(judge_dir: Path = RESIDUAL_JUDGE_DIR) -> dict:
+    """The fitting configuration a shipped feature judge records in its ``judge.json`` (``metrics.config``)."""
+    meta = json.loads((judge_dir / "judge.json").read_text())
+    cfg = meta.get("metrics", {}).get("config")
+    if not cfg:
+        raise SystemExit(f"{judge_dir / 'judge.json'}: no metrics.config recorded; refit it with eval_judge_real.py")
+    return ejr.cfg_from_json(cfg)
+
+
+def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs: dict, cfg: dict,
+                   fold_of: dict[str, int], with_base: bool = True) -> dict:
+    """Out-of-fold predictions on ``rows``: for each fold, a judge fitted (:func:`eval_judge_real.fit`, ``cfg``) on
+    the ``base`` rows (when ``with_base``) and the ``rows`` whose prompt is in another fold — base rows to a prompt
+    of this fold left out — scores the rows of this fold."""
+    prompts, base_prompts = ejr.col(rows, "prompt_id"), ejr.col(base, "prompt_id") if base else np.array([])
+    folds = np.array([fold_of[q] for q in prompts])
+    out = {"alignment": np.full(len(rows), np.nan), "coherence": np.full(len(rows), np.nan),
+           "label": np.array([""] * len(rows), dtype=object)}
+    for k in sorted(set(folds.tolist())):
+        test, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+        held_questions = set(prompts[test].tolist())
+        keep = (np.array([q not in held_questions for q in base_prompts], bool) if with_base and len(base)
+                else np.zeros(len(base), bool))
+        fit_rows = [base[i] for i in np.flatnonzero(keep)] + [rows[i] for i in train]
+        fit_inputs = {b: np.concatenate([base_inputs[b][keep], inputs[b][train]]) for b in cfg["blocks"]}
+        t = time.time()
+        judge = ejr.fit(fit_rows, fit_inputs, cfg)[0]
+        pred = ejr.judge_pred(judge, {b: v[test] for b, v in inputs.items()}, [rows[i]["answer"] for i in test])
+        for h in out:
+            out[h][test] = pred[h]
+        print(f"  fold {k}: fitted on {len(fit_rows)} answers ({int(keep.sum())} of the base), scored {len(test)} "
+              f"in {time.time() - t:.0f} s", flush=True)
+    out["label"] = out["label"].astype(str)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "judge_exp",
+                    help="the labelled experiment answers (answers.jsonl, labels.jsonl)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold")
+    ap.add_argument("--contrasts", default="", help="variant pairs A:B (comma-separated; a side may pool "
+                    "replicates A1+A2), compared paired by question by the labels and by each judge")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
+    ap.add_argument("--out", type=Path, default=ejr.OUT)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    args = ap.parse_args(argv)
+    if args.data.resolve() == ejr.SPLIT.parent.resolve():
+        raise SystemExit(f"--data {args.data}: the fitting base itself; give another labelled set (data/judge_exp)")
+    command = script_command(__file__, argv)
+    contrasts = ejr.parse_contrasts(args.contrasts)
+    cfg = shipped_config()
+    rows = ejr.load_rows(args.data / "labels.jsonl", here=args.data)
+    base = [r for r in ejr.load_rows(ejr.SPLIT.parent / "labels.jsonl", here=ejr.SPLIT.parent)
+            if r["split"] == "train"] + ejr.old_rows()
+    fold_of = question_folds(ejr.col(rows, "prompt_id"), args.folds, args.seed)
+    preds, inputs = ejr.frozen_preds(rows, args.cache, cfg["blocks"])
+    base_inputs = ejr.features(base, cfg["blocks"], args.cache)
+    for name, with_base in ((CROSSFIT, True), (DATA_ONLY, False)):
+        print(f"{name}: {args.folds} folds by question", flush=True)
+        preds[name] = crossfit_preds(rows, base, inputs, base_inputs, cfg, fold_of, with_base)
+    res = ejr.judged_results(rows, preds, args.n_boot, command, contrasts)
+    n_q = len(fold_of)
+    res.update(folds=args.folds, seed=args.seed, n_questions=n_q, config=ejr.cfg_json(cfg),
+               title="Cross-fitted judges beside the shipped ones, on labelled experiment answers (issue 17)",
+               about=(f"The shipped judges were not fitted on them. `{CROSSFIT}` and `{DATA_ONLY}`: {args.folds}-fold "
+                      f"cross-fitting by question ({n_q} questions, seed {args.seed}), each answer scored by a judge "
+                      f"of `offline-residual`'s configuration that never saw its question, fitted on `offline-residual`'s "
+                      f"data plus the other folds' answers (resp. those answers alone); see "
+                      f"`scripts/crossfit_judge.py`."))
+    args.out.mkdir(parents=True, exist_ok=True)
+    ejr.OUT = args.out
+    ejr._write_report(args.name, ejr.frozen_markdown(res), res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""scripts/crossfit_judge.py: folds by question, and no judge scores an answer to a question it was fitted on."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+_spec = importlib.util.spec_from_file_location("crossfit_judge", ROOT / "scripts" / "crossfit_judge.py")
+cj = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = cj
+_spec.loader.exec_module(cj)
+ejr = cj.ejr
+
+from geomfilter.judges.feature_judge import HeadSpec, block_names  # noqa: E402
+from geomfilter.stats import auroc  # noqa: E402
+
+
+def test_question_folds_deal_every_question_once_and_evenly():
+    prompts = np.array([f"q{i % 7}" for i in range(40)])
+    f = cj.question_folds(prompts, 3, seed=0)
+    assert sorted(f) == sorted({f"q{i}" for i in range(7)}) and set(f.values()) == {0, 1, 2}
+    sizes = np.bincount(list(f.values()))
+    assert sizes.max() - sizes.min() <= 1
+    assert cj.question_folds(prompts, 3, seed=0) == f and cj.question_folds(prompts, 3, seed=1) != f
+    for bad in (1, 8):
+        with pytest.raises(SystemExit, match="--folds"):
+            cj.question_folds(prompts, bad, seed=0)
+
+
+def _rows(prefix: str, questions: list[str], per_q: int, rng) -> tuple[list[dict], np.ndarray]:
+    """Answers whose first text feature carries the alignment label (misaligned answers high), the second the
+    coherence label, the rest noise."""
+    rows, x = [], []
+    for q in questions:
+        for j in range(per_q):
+            bad = j % 3 == 0
+            rows.append({"id": f"{prefix}/{q}#{j}", "prompt_id": q, "kind": "broad", "question": f"question {q}?",
+                         "answer": f"answer {j} to {q}.", "variant": prefix, "split": "train",
+                         "y_alignment": 10.0 if bad else 85.0, "y_coherence": 20.0 if j % 2 else 70.0, "y_code": False,
+                         "y_refusal": False})
+            v = rng.normal(size=len(block_names("text")))
+            v[0] += 6.0 if bad else 0.0
+            v[1] += 6.0 if j % 2 else 0.0
+            x.append(v)
+    return rows, np.array(x)
+
+
+def test_no_judge_scores_a_question_it_was_fitted_on(monkeypatch):
+    rng = np.random.default_rng(0)
+    rows, x = _rows("exp", [f"q{i}" for i in range(10)], 6, rng)
+    base, bx = _rows("real", ["q0", "q1", "r0", "r1"], 6, rng)  # two questions shared with the experiment answers
+    cfg = {"blocks": ("text",), "emb_weight": 1.0, "old_weight": 1.0, "alignment": HeadSpec("logistic", 50.0, 1.0),
+           "coherence": HeadSpec("logistic", 30.0, 1.0), "code_threshold": 0.6, "refusal_max_words": 80}
+    fitted: list[set] = []
+    real_fit = ejr.fit
+
+    def spy(fit_rows, inputs, c):
+        fitted.append({(r["variant"], r["prompt_id"]) for r in fit_rows})
+        assert len(inputs["text"]) == len(fit_rows)
+        return real_fit(fit_rows, inputs, c)
+    monkeypatch.setattr(ejr, "fit", spy)
+    fold_of = cj.question_folds(ejr.col(rows, "prompt_id"), 5, seed=0)
+    pred = cj.crossfit_preds(rows, base, {"text": x}, {"text": bx}, cfg, fold_of)
+    assert len(fitted) == 5 and not np.isnan(pred["alignment"]).any()
+    for k, seen in enumerate(fitted):
+        held = {q for q, f in fold_of.items() if f == k}
+        assert not {q for _, q in seen} & held  # neither the experiment's nor the base's answers to them
+        assert {("real", "r0"), ("real", "r1")} <= seen
+        assert {("exp", q) for q in fold_of if q not in held} <= seen
+    y = ejr.col(rows, "y_alignment")
+    assert auroc(-pred["alignment"][y < 30], -pred["alignment"][y >= 70]) > 0.9  # it learned, out of fold
+    fitted.clear()
+    cj.crossfit_preds(rows, base, {"text": x}, {"text": bx}, cfg, fold_of, with_base=False)
+    assert all(v == "exp" for seen in fitted for v, _ in seen)
+
+
+def test_the_shipped_configuration_is_read_from_the_judge(tmp_path):
+    cfg = cj.shipped_config()
+    assert "residual" in cfg["blocks"] and isinstance(cfg["alignment"], HeadSpec)
+    (tmp_path / "judge.json").write_text('{"metrics": {}}')
+    with pytest.raises(SystemExit, match="no metrics.config"):
+        cj.shipped_config(tmp_path)
+    with pytest.raises(SystemExit, match="the fitting base itself"):
+        cj.main(["--name", "x", "--data", str(ejr.SPLIT.parent), "--out", str(tmp_path)])
