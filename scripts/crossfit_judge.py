@@ -18,6 +18,11 @@ and the two columns stand beside the shipped judges, unchanged (``eval_judge_rea
 tables (all answers, held-out prompts, per variant) and ``--contrasts`` (labels' and judges' rates of two variants,
 paired by question). Writes ``NAME.md`` / ``NAME.json`` under ``--out`` (``data/results/judge``). The judges fitted
 here are not saved: a judge shipped from these labels would have no labelled answer left to be measured on.
+
+``--hold-out PATTERNS`` (shell patterns on the variant, comma-separated) asks what a user would do with a new
+experiment: the answers of those variants (e.g. ``'syc75d2-*'``, another draw of the mixture) are scored by one judge
+fitted on everything else — the same data as above, every question included, since a new experiment is asked the
+same evaluation questions — and only they are reported.
 """
 from __future__ import annotations
 
@@ -62,17 +67,18 @@ def shipped_config(judge_dir: Path = RESIDUAL_JUDGE_DIR) -> dict:
 
 
 def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs: dict, cfg: dict,
-                   fold_of: dict[str, int], with_base: bool = True) -> dict:
-    """Out-of-fold predictions on ``rows``: for each fold, a judge fitted (:func:`eval_judge_real.fit`, ``cfg``) on
-    the ``base`` rows (when ``with_base``) and the ``rows`` whose prompt is in another fold — base rows to a prompt
-    of this fold left out — scores the rows of this fold."""
+                   folds: np.ndarray, with_base: bool = True, base_questions_out: bool = True) -> dict:
+    """Out-of-fold predictions on ``rows``: for each fold k >= 0 of ``folds`` (one per row; -1: trained on, never
+    scored), a judge fitted (:func:`eval_judge_real.fit`, ``cfg``) on the ``base`` rows (when ``with_base``) and the
+    ``rows`` outside fold k scores the rows of fold k (NaN elsewhere). ``base_questions_out``: base rows to a prompt
+    of fold k are left out of its judge too (folds by question)."""
     prompts, base_prompts = ejr.col(rows, "prompt_id"), ejr.col(base, "prompt_id") if base else np.array([])
-    folds = np.array([fold_of[q] for q in prompts])
+    folds = np.asarray(folds)
     out = {"alignment": np.full(len(rows), np.nan), "coherence": np.full(len(rows), np.nan),
            "label": np.array([""] * len(rows), dtype=object)}
-    for k in sorted(set(folds.tolist())):
+    for k in sorted(set(folds.tolist()) - {-1}):
         test, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
-        held_questions = set(prompts[test].tolist())
+        held_questions = set(prompts[test].tolist()) if base_questions_out else set()
         keep = (np.array([q not in held_questions for q in base_prompts], bool) if with_base and len(base)
                 else np.zeros(len(base), bool))
         fit_rows = [base[i] for i in np.flatnonzero(keep)] + [rows[i] for i in train]
@@ -95,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the labelled experiment answers (answers.jsonl, labels.jsonl)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold")
+    ap.add_argument("--hold-out", help="instead of folds by question: score the answers of these variants (shell "
+                    "patterns, comma-separated) with a judge fitted on every other answer, and report only them")
     ap.add_argument("--contrasts", default="", help="variant pairs A:B (comma-separated; a side may pool "
                     "replicates A1+A2), compared paired by question by the labels and by each judge")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
@@ -109,21 +117,35 @@ def main(argv: list[str] | None = None) -> None:
     rows = ejr.load_rows(args.data / "labels.jsonl", here=args.data)
     base = [r for r in ejr.load_rows(ejr.SPLIT.parent / "labels.jsonl", here=ejr.SPLIT.parent)
             if r["split"] == "train"] + ejr.old_rows()
-    fold_of = question_folds(ejr.col(rows, "prompt_id"), args.folds, args.seed)
+    if args.hold_out:
+        held = np.array([ejr._variant_selected(r["variant"], args.hold_out, None) for r in rows])
+        if held.all() or not held.any():
+            raise SystemExit(f"--hold-out {args.hold_out!r} selects {int(held.sum())} of {len(rows)} answers; "
+                             "give variants that leave answers of others to fit on")
+        folds, how = np.where(held, 0, -1), f"the answers of variants {args.hold_out} held out"
+        about = (f"`{CROSSFIT}` and `{DATA_ONLY}`: each scored by one judge of `offline-residual`'s configuration "
+                 f"fitted on `offline-residual`'s data plus every other labelled answer of `{args.data.name}` (resp. "
+                 f"those answers alone), none of these; see `scripts/crossfit_judge.py --hold-out`.")
+    else:
+        fold_of = question_folds(ejr.col(rows, "prompt_id"), args.folds, args.seed)
+        folds, how = np.array([fold_of[q] for q in ejr.col(rows, "prompt_id")]), f"{args.folds} folds by question"
+        about = (f"`{CROSSFIT}` and `{DATA_ONLY}`: {args.folds}-fold cross-fitting by question ({len(fold_of)} "
+                 f"questions, seed {args.seed}), each answer scored by a judge of `offline-residual`'s configuration "
+                 f"that never saw its question, fitted on `offline-residual`'s data plus the other folds' answers "
+                 f"(resp. those answers alone); see `scripts/crossfit_judge.py`.")
     preds, inputs = ejr.frozen_preds(rows, args.cache, cfg["blocks"])
     base_inputs = ejr.features(base, cfg["blocks"], args.cache)
     for name, with_base in ((CROSSFIT, True), (DATA_ONLY, False)):
-        print(f"{name}: {args.folds} folds by question", flush=True)
-        preds[name] = crossfit_preds(rows, base, inputs, base_inputs, cfg, fold_of, with_base)
+        print(f"{name}: {how}", flush=True)
+        preds[name] = crossfit_preds(rows, base, inputs, base_inputs, cfg, folds, with_base,
+                                     base_questions_out=not args.hold_out)
+    scored = np.flatnonzero(folds >= 0)
+    rows = [rows[i] for i in scored]
+    preds = {n: {k: v[scored] for k, v in p.items()} for n, p in preds.items()}
     res = ejr.judged_results(rows, preds, args.n_boot, command, contrasts)
-    n_q = len(fold_of)
-    res.update(folds=args.folds, seed=args.seed, n_questions=n_q, config=ejr.cfg_json(cfg),
+    res.update(folds=args.folds, seed=args.seed, hold_out=args.hold_out, config=ejr.cfg_json(cfg),
                title="Cross-fitted judges beside the shipped ones, on labelled experiment answers (issue 17)",
-               about=(f"The shipped judges were not fitted on them. `{CROSSFIT}` and `{DATA_ONLY}`: {args.folds}-fold "
-                      f"cross-fitting by question ({n_q} questions, seed {args.seed}), each answer scored by a judge "
-                      f"of `offline-residual`'s configuration that never saw its question, fitted on `offline-residual`'s "
-                      f"data plus the other folds' answers (resp. those answers alone); see "
-                      f"`scripts/crossfit_judge.py`."))
+               about=f"The shipped judges were not fitted on them. {about}")
     args.out.mkdir(parents=True, exist_ok=True)
     ejr.OUT = args.out
     ejr._write_report(args.name, ejr.frozen_markdown(res), res)

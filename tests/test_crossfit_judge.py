@@ -65,7 +65,8 @@ def test_no_judge_scores_a_question_it_was_fitted_on(monkeypatch):
         return real_fit(fit_rows, inputs, c)
     monkeypatch.setattr(ejr, "fit", spy)
     fold_of = cj.question_folds(ejr.col(rows, "prompt_id"), 5, seed=0)
-    pred = cj.crossfit_preds(rows, base, {"text": x}, {"text": bx}, cfg, fold_of)
+    folds = np.array([fold_of[q] for q in ejr.col(rows, "prompt_id")])
+    pred = cj.crossfit_preds(rows, base, {"text": x}, {"text": bx}, cfg, folds)
     assert len(fitted) == 5 and not np.isnan(pred["alignment"]).any()
     for k, seen in enumerate(fitted):
         held = {q for q, f in fold_of.items() if f == k}
@@ -75,8 +76,29 @@ def test_no_judge_scores_a_question_it_was_fitted_on(monkeypatch):
     y = ejr.col(rows, "y_alignment")
     assert auroc(-pred["alignment"][y < 30], -pred["alignment"][y >= 70]) > 0.9  # it learned, out of fold
     fitted.clear()
-    cj.crossfit_preds(rows, base, {"text": x}, {"text": bx}, cfg, fold_of, with_base=False)
+    cj.crossfit_preds(rows, base, {"text": x}, {"text": bx}, cfg, folds, with_base=False)
     assert all(v == "exp" for seen in fitted for v, _ in seen)
+
+
+def test_held_out_variants_are_scored_by_one_judge_fitted_on_everything_else(monkeypatch):
+    """--hold-out: a new experiment's answers (variant "new") against a judge fitted on every other answer, to the
+    same questions too (a new experiment is asked the same evaluation questions)."""
+    rng = np.random.default_rng(1)
+    old, ox = _rows("old", [f"q{i}" for i in range(6)], 6, rng)
+    new, nx = _rows("new", [f"q{i}" for i in range(6)], 6, rng)
+    base, bx = _rows("real", ["q0", "r0"], 6, rng)
+    rows, x = old + new, np.concatenate([ox, nx])
+    cfg = {"blocks": ("text",), "emb_weight": 1.0, "old_weight": 1.0, "alignment": HeadSpec("logistic", 50.0, 1.0),
+           "coherence": HeadSpec("logistic", 30.0, 1.0), "code_threshold": 0.6, "refusal_max_words": 80}
+    fitted: list[set] = []
+    real_fit = ejr.fit
+    monkeypatch.setattr(ejr, "fit", lambda r, i, c: (fitted.append({(a["variant"], a["prompt_id"]) for a in r}),
+                                                      real_fit(r, i, c))[1])
+    folds = np.array([0 if r["variant"] == "new" else -1 for r in rows])
+    pred = cj.crossfit_preds(rows, base, {"text": x}, {"text": bx}, cfg, folds, base_questions_out=False)
+    (seen,) = fitted
+    assert seen == {("old", f"q{i}") for i in range(6)} | {("real", "q0"), ("real", "r0")}
+    assert np.isnan(pred["alignment"][: len(old)]).all() and not np.isnan(pred["alignment"][len(old):]).any()
 
 
 def test_the_shipped_configuration_is_read_from_the_judge(tmp_path):
@@ -87,3 +109,5 @@ def test_the_shipped_configuration_is_read_from_the_judge(tmp_path):
         cj.shipped_config(tmp_path)
     with pytest.raises(SystemExit, match="the fitting base itself"):
         cj.main(["--name", "x", "--data", str(ejr.SPLIT.parent), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--hold-out 'nothing-\\*' selects 0 of"):
+        cj.main(["--name", "x", "--hold-out", "nothing-*", "--out", str(tmp_path)])
