@@ -23,6 +23,11 @@ here are not saved: a judge shipped from these labels would have no labelled ans
 experiment: the answers of those variants (e.g. ``'syc75d2-*'``, another draw of the mixture) are scored by one judge
 fitted on everything else — the same data as above, every question included, since a new experiment is asked the
 same evaluation questions — and only they are reported.
+
+``--save DIR`` also fits one judge of that configuration on ``offline-residual``'s data and every labelled ``--data``
+answer, and saves it to ``DIR`` (use it as ``--judge DIR``, ``eval.judge: DIR`` or ``rejudge_experiment.py --judges
+DIR``). What it reads on a new experiment is estimated by this run's held-out columns, never by scoring the answers it
+was fitted on.
 """
 from __future__ import annotations
 
@@ -94,6 +99,23 @@ def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs
     return out
 
 
+def save_fitted(rows: list[dict], base: list[dict], inputs: dict, base_inputs: dict, cfg: dict, folder: Path,
+                metrics: dict) -> None:
+    """Fit one judge (``cfg``) on the ``base`` rows and every row of ``rows``, record ``metrics`` in it, save it to
+    ``folder`` and check that ``load_judge(folder)`` gives the same scores."""
+    from geomfilter.judges import load_judge
+
+    both = {b: np.concatenate([base_inputs[b], inputs[b]]) for b in cfg["blocks"]}
+    judge = ejr.fit(base + rows, both, cfg)[0]
+    judge.name = folder.name
+    judge.metrics = {**judge.metrics, **metrics, "config": ejr.cfg_json(cfg)}
+    judge.save(folder)
+    answers = [r["answer"] for r in rows]
+    if load_judge(str(folder)).score_inputs(inputs, answers) != judge.score_inputs(inputs, answers):
+        raise SystemExit(f"{folder}: load_judge round trip changed the scores")
+    print(f"saved a judge fitted on {len(base) + len(rows)} answers to {folder}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
@@ -105,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     "patterns, comma-separated) with a judge fitted on every other answer, and report only them")
     ap.add_argument("--contrasts", default="", help="variant pairs A:B (comma-separated; a side may pool "
                     "replicates A1+A2), compared paired by question by the labels and by each judge")
+    ap.add_argument("--save", type=Path, help="also fit one judge on all the labelled answers and save it here")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
     ap.add_argument("--out", type=Path, default=ejr.OUT)
     ap.add_argument("--n-boot", type=int, default=2000)
@@ -139,6 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {how}", flush=True)
         preds[name] = crossfit_preds(rows, base, inputs, base_inputs, cfg, folds, with_base,
                                      base_questions_out=not args.hold_out)
+    if args.save:
+        save_fitted(rows, base, inputs, base_inputs, cfg, args.save,
+                    {"data": f"offline-residual's data + every labelled answer of {args.data} ({len(rows)})",
+                     "command": command, "estimate": f"{args.out / args.name}.md, the held-out columns"})
     scored = np.flatnonzero(folds >= 0)
     rows = [rows[i] for i in scored]
     preds = {n: {k: v[scored] for k, v in p.items()} for n, p in preds.items()}

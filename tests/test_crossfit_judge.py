@@ -111,3 +111,24 @@ def test_the_shipped_configuration_is_read_from_the_judge(tmp_path):
         cj.main(["--name", "x", "--data", str(ejr.SPLIT.parent), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--hold-out 'nothing-\\*' selects 0 of"):
         cj.main(["--name", "x", "--hold-out", "nothing-*", "--out", str(tmp_path)])
+
+
+def test_a_judge_fitted_on_every_answer_is_saved_and_loads_with_the_same_scores(tmp_path, monkeypatch):
+    from geomfilter.judges import load_judge
+
+    rng = np.random.default_rng(2)
+    rows, x = _rows("exp", [f"q{i}" for i in range(6)], 6, rng)
+    base, bx = _rows("real", ["q0", "r0"], 6, rng)
+    cfg = {"blocks": ("text",), "emb_weight": 1.0, "old_weight": 1.0, "alignment": HeadSpec("logistic", 50.0, 1.0),
+           "coherence": HeadSpec("logistic", 30.0, 1.0), "code_threshold": 0.6, "refusal_max_words": 80}
+    fitted = []
+    real_fit = ejr.fit
+    monkeypatch.setattr(ejr, "fit", lambda r, i, c: (fitted.append(len(r)), real_fit(r, i, c))[1])
+    cj.save_fitted(rows, base, {"text": x}, {"text": bx}, cfg, tmp_path / "mine", {"data": "test"})
+    assert fitted == [len(rows) + len(base)]
+    judge = load_judge(str(tmp_path / "mine"))
+    assert judge.name == "mine" and judge.metrics["data"] == "test" and judge.metrics["config"]["blocks"] == ["text"]
+    scores = judge.score_inputs({"text": x}, [r["answer"] for r in rows])
+    y = ejr.col(rows, "y_alignment")
+    al = np.array([s.alignment for s in scores])
+    assert al[y < 30].mean() < al[y >= 70].mean()  # fitted on them: it separates them
