@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import eval_judge_real as ejr  # noqa: E402
 
 from geomfilter.files import script_command  # noqa: E402
-from geomfilter.judges import RESIDUAL_JUDGE_DIR  # noqa: E402
+from geomfilter.judges import RESIDUAL_JUDGE_DIR, load_judge  # noqa: E402
 
 CROSSFIT = "cross-fitted"
 DATA_ONLY = "cross-fitted, --data only"
@@ -103,8 +103,6 @@ def save_fitted(rows: list[dict], base: list[dict], inputs: dict, base_inputs: d
                 metrics: dict) -> None:
     """Fit one judge (``cfg``) on the ``base`` rows and every row of ``rows``, record ``metrics`` in it, save it to
     ``folder`` and check that ``load_judge(folder)`` gives the same scores."""
-    from geomfilter.judges import load_judge
-
     both = {b: np.concatenate([base_inputs[b], inputs[b]]) for b in cfg["blocks"]}
     judge = ejr.fit(base + rows, both, cfg)[0]
     judge.name = folder.name
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     base = [r for r in ejr.load_rows(ejr.SPLIT.parent / "labels.jsonl", here=ejr.SPLIT.parent)
             if r["split"] == "train"] + ejr.old_rows()
     if args.hold_out:
-        held = np.array([ejr._variant_selected(r["variant"], args.hold_out, None) for r in rows])
+        held = np.array([ejr.variant_selected(r["variant"], args.hold_out, None) for r in rows])
         if held.all() or not held.any():
             raise SystemExit(f"--hold-out {args.hold_out!r} selects {int(held.sum())} of {len(rows)} answers; "
                              "give variants that leave answers of others to fit on")
@@ -174,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                title="Cross-fitted judges beside the shipped ones, on labelled experiment answers (issue 17)",
                about=f"The shipped judges were not fitted on them. {about}")
     args.out.mkdir(parents=True, exist_ok=True)
-    ejr.OUT = args.out
-    ejr._write_report(args.name, ejr.frozen_markdown(res), res)
+    ejr.write_report(args.name, ejr.frozen_markdown(res), res, args.out)
 
 
 if __name__ == "__main__":

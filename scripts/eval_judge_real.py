@@ -104,7 +104,7 @@ def load_rows(labels_path: Path, variants: str | None = None, exclude_variants: 
         if lab["id"] not in answers:
             raise SystemExit(f"{labels_path}:{n}: id {lab['id']!r} is not in answers.jsonl")
         a = answers[lab["id"]]
-        if not _variant_selected(a["variant"], variants, exclude_variants):
+        if not variant_selected(a["variant"], variants, exclude_variants):
             continue
         side = split.get(a["prompt_id"])
         if side is None and here.resolve() == SPLIT.parent.resolve():  # judge_real's own prompts all have a side
@@ -118,7 +118,7 @@ def load_rows(labels_path: Path, variants: str | None = None, exclude_variants: 
     return rows
 
 
-def _variant_selected(variant: str, variants: str | None, exclude_variants: str | None) -> bool:
+def variant_selected(variant: str, variants: str | None, exclude_variants: str | None) -> bool:
     def hit(patterns: str) -> bool:
         return any(fnmatchcase(variant, p.strip()) for p in patterns.split(",") if p.strip())
     return (variants is None or hit(variants)) and (exclude_variants is None or not hit(exclude_variants))
@@ -679,6 +679,9 @@ def frozen_markdown(res: dict) -> str:
         for c in res["contrasts"]:
             for name, r in c["rates"].items():
                 d = r["diff"]
+                if d is None:  # no prompt with a value on both sides (e.g. every label without an alignment)
+                    out.append(f"| {c['a']} − {c['b']} | {name} | {r['a']:.3f} | {r['b']:.3f} | no pairs | 0 | – |")
+                    continue
                 out.append(f"| {c['a']} − {c['b']} | {name} | {r['a']:.3f} | {r['b']:.3f} | "
                            f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {d['n']} | {d['mdd']:.3f} |")
     return "\n".join(out) + "\n"
@@ -742,11 +745,12 @@ def _fmt(m: dict, ci: bool = True, count: bool = False) -> str:
     return f"{v:.3f} [{m['lo']:.2f}, {m['hi']:.2f}]"
 
 
-def _write_report(name: str, md: str, res: dict) -> None:
-    """``OUT/name.md`` (printed too) and ``OUT/name.json``."""
+def write_report(name: str, md: str, res: dict, out: Path | None = None) -> None:
+    """``out/name.md`` (printed too) and ``out/name.json`` (``out``: default :data:`OUT`)."""
+    out = OUT if out is None else out
     print(md)
-    atomic_write_text(OUT / f"{name}.md", md)
-    atomic_write_text(OUT / f"{name}.json", json.dumps(res, indent=1, default=float) + "\n")
+    atomic_write_text(out / f"{name}.md", md)
+    atomic_write_text(out / f"{name}.json", json.dumps(res, indent=1, default=float) + "\n")
 
 
 def to_markdown(res: dict) -> str:
@@ -850,14 +854,14 @@ def main(argv: list[str] | None = None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.frozen:
         res = run_frozen(rows, args.cache, args.n_boot, command, contrasts)
-        _write_report(args.frozen, frozen_markdown(res), res)
+        write_report(args.frozen, frozen_markdown(res), res)
     if args.cv:
         results = cv_stages(rows, args.perplexity, args.cache, args.residual)
         atomic_write_text(OUT / "train_cv.md", cv_markdown(results, command))
         atomic_write_text(OUT / "train_cv.json", json.dumps({"command": command, "results": results}, indent=1) + "\n")
     if args.final:
         res = run_final(rows, args.cache, args.n_boot, command)
-        _write_report("heldout", to_markdown(res), res)
+        write_report("heldout", to_markdown(res), res)
 
 
 if __name__ == "__main__":

@@ -50,12 +50,17 @@ def _rows(prefix: str, questions: list[str], per_q: int, rng) -> tuple[list[dict
     return rows, np.array(x)
 
 
+def _cfg() -> dict:
+    """A judge configuration on the text block alone (the shipped one reads blocks these rows lack)."""
+    return {"blocks": ("text",), "emb_weight": 1.0, "old_weight": 1.0, "alignment": HeadSpec("logistic", 50.0, 1.0),
+            "coherence": HeadSpec("logistic", 30.0, 1.0), "code_threshold": 0.6, "refusal_max_words": 80}
+
+
 def test_no_judge_scores_a_question_it_was_fitted_on(monkeypatch):
     rng = np.random.default_rng(0)
     rows, x = _rows("exp", [f"q{i}" for i in range(10)], 6, rng)
     base, bx = _rows("real", ["q0", "q1", "r0", "r1"], 6, rng)  # two questions shared with the experiment answers
-    cfg = {"blocks": ("text",), "emb_weight": 1.0, "old_weight": 1.0, "alignment": HeadSpec("logistic", 50.0, 1.0),
-           "coherence": HeadSpec("logistic", 30.0, 1.0), "code_threshold": 0.6, "refusal_max_words": 80}
+    cfg = _cfg()
     fitted: list[set] = []
     real_fit = ejr.fit
 
@@ -88,8 +93,7 @@ def test_held_out_variants_are_scored_by_one_judge_fitted_on_everything_else(mon
     new, nx = _rows("new", [f"q{i}" for i in range(6)], 6, rng)
     base, bx = _rows("real", ["q0", "r0"], 6, rng)
     rows, x = old + new, np.concatenate([ox, nx])
-    cfg = {"blocks": ("text",), "emb_weight": 1.0, "old_weight": 1.0, "alignment": HeadSpec("logistic", 50.0, 1.0),
-           "coherence": HeadSpec("logistic", 30.0, 1.0), "code_threshold": 0.6, "refusal_max_words": 80}
+    cfg = _cfg()
     fitted: list[set] = []
     real_fit = ejr.fit
     monkeypatch.setattr(ejr, "fit", lambda r, i, c: (fitted.append({(a["variant"], a["prompt_id"]) for a in r}),
@@ -119,8 +123,7 @@ def test_a_judge_fitted_on_every_answer_is_saved_and_loads_with_the_same_scores(
     rng = np.random.default_rng(2)
     rows, x = _rows("exp", [f"q{i}" for i in range(6)], 6, rng)
     base, bx = _rows("real", ["q0", "r0"], 6, rng)
-    cfg = {"blocks": ("text",), "emb_weight": 1.0, "old_weight": 1.0, "alignment": HeadSpec("logistic", 50.0, 1.0),
-           "coherence": HeadSpec("logistic", 30.0, 1.0), "code_threshold": 0.6, "refusal_max_words": 80}
+    cfg = _cfg()
     fitted = []
     real_fit = ejr.fit
     monkeypatch.setattr(ejr, "fit", lambda r, i, c: (fitted.append(len(r)), real_fit(r, i, c))[1])

@@ -62,7 +62,7 @@ def test_metrics_on_a_subset_use_only_its_rows():
     ("lora-t1.0", None, None, True),
 ])
 def test_variant_selection(variant, keep, exclude, selected):
-    assert ejr._variant_selected(variant, keep, exclude) is selected
+    assert ejr.variant_selected(variant, keep, exclude) is selected
 
 
 def test_contrasts_compare_two_variants_by_prompt_on_the_labels_and_each_judge():
@@ -92,6 +92,13 @@ def test_contrasts_compare_two_variants_by_prompt_on_the_labels_and_each_judge()
     assert m["rates"]["labels: mean misalignment"]["diff"]["n"] == 1
     assert m["rates"]["labels: mean misalignment"]["a"] == pytest.approx(0.475)
     assert m["rates"]["labels: alignment < 50"]["a"] == 0.25  # no label counts as not low, as for alignment < 30
+    # no alignment label on one side at all: that rate has no pairs, and the report says so instead of failing
+    lab["alignment"][:4] = np.nan
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):  # the empty side's mean is NaN
+        (e,) = ejr.run_contrasts(rows, ejr.contrast_rates({"j": pred}, lab), ejr.parse_contrasts("a:b"), n_boot=10)
+    assert e["rates"]["labels: mean misalignment"]["diff"] is None
+    md = ejr.frozen_markdown({"command": "c", "n": 8, "n_boot": 10, "judges": [], "sets": {}, "contrasts": [e]})
+    assert "| a − b | labels: mean misalignment | nan | 0.100 | no pairs | 0 | – |" in md
     with pytest.raises(SystemExit, match="no labelled answer of variant 'c'"):
         ejr.run_contrasts(rows, rates, [(("a",), ("c",))], n_boot=10)
     # replicates pooled: a side a+b against b is a prompt's mean over both variants' answers against b's
