@@ -22,7 +22,8 @@ here are not saved: a judge shipped from these labels would have no labelled ans
 ``--hold-out PATTERNS`` (shell patterns on the variant, comma-separated) asks what a user would do with a new
 experiment: the answers of those variants (e.g. ``'syc75d2-*'``, another draw of the mixture) are scored by one judge
 fitted on everything else — the same data as above, every question included, since a new experiment is asked the
-same evaluation questions — and only they are reported.
+same evaluation questions — and only they are reported. ``--fit-questions K`` (with ``--hold-out``) keeps, of the
+other answers, only those to K questions (drawn with ``--seed``): how many labelled questions a new organism needs.
 
 ``--save DIR`` also fits one judge of that configuration on ``offline-residual``'s data and every labelled ``--data``
 answer, and saves it to ``DIR`` (use it as ``--judge DIR``, ``eval.judge: DIR`` or ``rejudge_experiment.py --judges
@@ -99,6 +100,45 @@ def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs
     return out
 
 
+def fit_question_subset(rows: list[dict], held: np.ndarray, k: int, seed: int) -> list[dict]:
+    """``rows`` without the answers that are not ``held`` and not to one of ``k`` questions drawn (with ``seed``) from
+    the questions those answers were asked: every held answer and every answer to the drawn questions stay."""
+    questions = sorted({r["prompt_id"] for r, h in zip(rows, held) if not h})
+    if not 5 <= k <= len(questions):  # 5: a judge calibrates on 5 folds by question
+        raise SystemExit(f"--fit-questions {k}: give 5 to {len(questions)} (the questions outside --hold-out)")
+    drawn = {questions[i] for i in np.random.default_rng(seed).permutation(len(questions))[:k]}
+    return [r for r, h in zip(rows, held) if h or r["prompt_id"] in drawn]
+
+
+def plan_folds(rows: list[dict], hold_out: str | None, fit_questions: int | None, n_folds: int, seed: int,
+               data_name: str) -> tuple[list[dict], np.ndarray, str, str]:
+    """The rows to use, each one's fold (-1: fitted on, never scored), and two descriptions (log, report) of the plan:
+    with ``hold_out`` (variant patterns) one fold of those variants' answers, fitted on the rest (only the answers to
+    ``fit_questions`` drawn questions, when given); else ``n_folds`` folds by question."""
+    if hold_out:
+        held = np.array([ejr.variant_selected(r["variant"], hold_out, None) for r in rows])
+        if held.all() or not held.any():
+            raise SystemExit(f"--hold-out {hold_out!r} selects {int(held.sum())} of {len(rows)} answers; "
+                             "give variants that leave answers of others to fit on")
+        if fit_questions is not None:
+            rows = fit_question_subset(rows, held, fit_questions, seed)
+            held = np.array([ejr.variant_selected(r["variant"], hold_out, None) for r in rows])
+        other = (f"the other labelled answers of `{data_name}` to {fit_questions} questions (seed {seed})"
+                 if fit_questions is not None else f"every other labelled answer of `{data_name}`")
+        return (rows, np.where(held, 0, -1), f"the answers of variants {hold_out} held out",
+                f"`{CROSSFIT}` and `{DATA_ONLY}`: each scored by one judge of `offline-residual`'s configuration "
+                f"fitted on `offline-residual`'s data plus {other} (resp. those answers alone), none of these; see "
+                f"`scripts/crossfit_judge.py --hold-out`.")
+    if fit_questions is not None:
+        raise SystemExit("--fit-questions needs --hold-out")
+    fold_of = question_folds(ejr.col(rows, "prompt_id"), n_folds, seed)
+    return (rows, np.array([fold_of[q] for q in ejr.col(rows, "prompt_id")]), f"{n_folds} folds by question",
+            f"`{CROSSFIT}` and `{DATA_ONLY}`: {n_folds}-fold cross-fitting by question ({len(fold_of)} questions, "
+            f"seed {seed}), each answer scored by a judge of `offline-residual`'s configuration that never saw its "
+            f"question, fitted on `offline-residual`'s data plus the other folds' answers (resp. those answers "
+            f"alone); see `scripts/crossfit_judge.py`.")
+
+
 def save_fitted(rows: list[dict], base: list[dict], inputs: dict, base_inputs: dict, cfg: dict, folder: Path,
                 metrics: dict) -> None:
     """Fit one judge (``cfg``) on the ``base`` rows and every row of ``rows``, record ``metrics`` in it, save it to
@@ -120,11 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "judge_exp",
                     help="the labelled experiment answers (answers.jsonl, labels.jsonl)")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold")
+    ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold (--fit-questions: which "
+                    "are drawn)")
     ap.add_argument("--hold-out", help="instead of folds by question: score the answers of these variants (shell "
                     "patterns, comma-separated) with a judge fitted on every other answer, and report only them")
     ap.add_argument("--contrasts", default="", help="variant pairs A:B (comma-separated; a side may pool "
                     "replicates A1+A2), compared paired by question by the labels and by each judge")
+    ap.add_argument("--fit-questions", type=int, help="--hold-out: fit on the other answers to this many questions "
+                    "only (drawn with --seed)")
     ap.add_argument("--save", type=Path, help="also fit one judge on all the labelled answers and save it here")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
     ap.add_argument("--out", type=Path, default=ejr.OUT)
@@ -138,22 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = ejr.load_rows(args.data / "labels.jsonl", here=args.data)
     base = [r for r in ejr.load_rows(ejr.SPLIT.parent / "labels.jsonl", here=ejr.SPLIT.parent)
             if r["split"] == "train"] + ejr.old_rows()
-    if args.hold_out:
-        held = np.array([ejr.variant_selected(r["variant"], args.hold_out, None) for r in rows])
-        if held.all() or not held.any():
-            raise SystemExit(f"--hold-out {args.hold_out!r} selects {int(held.sum())} of {len(rows)} answers; "
-                             "give variants that leave answers of others to fit on")
-        folds, how = np.where(held, 0, -1), f"the answers of variants {args.hold_out} held out"
-        about = (f"`{CROSSFIT}` and `{DATA_ONLY}`: each scored by one judge of `offline-residual`'s configuration "
-                 f"fitted on `offline-residual`'s data plus every other labelled answer of `{args.data.name}` (resp. "
-                 f"those answers alone), none of these; see `scripts/crossfit_judge.py --hold-out`.")
-    else:
-        fold_of = question_folds(ejr.col(rows, "prompt_id"), args.folds, args.seed)
-        folds, how = np.array([fold_of[q] for q in ejr.col(rows, "prompt_id")]), f"{args.folds} folds by question"
-        about = (f"`{CROSSFIT}` and `{DATA_ONLY}`: {args.folds}-fold cross-fitting by question ({len(fold_of)} "
-                 f"questions, seed {args.seed}), each answer scored by a judge of `offline-residual`'s configuration "
-                 f"that never saw its question, fitted on `offline-residual`'s data plus the other folds' answers "
-                 f"(resp. those answers alone); see `scripts/crossfit_judge.py`.")
+    if args.save and args.fit_questions is not None:
+        raise SystemExit("--save fits on every labelled answer; leave --fit-questions out")
+    rows, folds, how, about = plan_folds(rows, args.hold_out, args.fit_questions, args.folds, args.seed,
+                                         args.data.name)
     preds, inputs = ejr.frozen_preds(rows, args.cache, cfg["blocks"])
     base_inputs = ejr.features(base, cfg["blocks"], args.cache)
     for name, with_base in ((CROSSFIT, True), (DATA_ONLY, False)):

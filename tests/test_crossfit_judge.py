@@ -135,3 +135,44 @@ def test_a_judge_fitted_on_every_answer_is_saved_and_loads_with_the_same_scores(
     y = ejr.col(rows, "y_alignment")
     al = np.array([s.alignment for s in scores])
     assert al[y < 30].mean() < al[y >= 70].mean()  # fitted on them: it separates them
+
+
+def test_fit_question_subset_keeps_the_held_answers_and_k_drawn_questions():
+    rng = np.random.default_rng(3)
+    old, _ = _rows("old", [f"q{i}" for i in range(8)], 3, rng)
+    new, _ = _rows("new", [f"q{i}" for i in range(8)], 2, rng)
+    rows = old + new
+    held = np.array([r["variant"] == "new" for r in rows])
+    kept = cj.fit_question_subset(rows, held, 5, seed=0)
+    assert [r for r in kept if r["variant"] == "new"] == new  # every held answer, to every question
+    drawn = {r["prompt_id"] for r in kept if r["variant"] == "old"}
+    assert len(drawn) == 5 and sum(r["variant"] == "old" for r in kept) == 5 * 3  # all answers of each drawn one
+    assert cj.fit_question_subset(rows, held, 5, seed=0) == kept
+    assert {r["prompt_id"] for r in cj.fit_question_subset(rows, held, 5, seed=1) if r["variant"] == "old"} != drawn
+    for bad in (4, 9):
+        with pytest.raises(SystemExit, match="--fit-questions"):
+            cj.fit_question_subset(rows, held, bad, seed=0)
+    with pytest.raises(SystemExit, match="leave --fit-questions out"):
+        cj.main(["--name", "x", "--hold-out", "syc75d2-*", "--fit-questions", "8", "--save", "/tmp/never"])
+
+
+def test_plan_folds_on_the_labelled_experiment_answers():
+    """Both plans on data/judge_exp itself: hold-out scores exactly the held variants (fitting on the others, on
+    --fit-questions of them when given); by question every answer is scored once, folds by question."""
+    here = ROOT / "data" / "judge_exp"
+    rows = ejr.load_rows(here / "labels.jsonl", here=here)
+    kept, folds, how, about = cj.plan_folds(rows, "syc75d2-*", None, 5, 0, "judge_exp")
+    held = np.array([r["variant"].startswith("syc75d2-") for r in kept])
+    assert kept == rows and held.any() and (folds[held] == 0).all() and (folds[~held] == -1).all()
+    assert "held out" in how and "every other labelled answer" in about
+    kept, folds, _, about = cj.plan_folds(rows, "syc75d2-*", 8, 5, 0, "judge_exp")
+    other = [r for r, f in zip(kept, folds) if f == -1]
+    assert len({r["prompt_id"] for r in other}) == 8 and (folds == 0).sum() == held.sum() and "to 8 questions" in about
+    kept, folds, how, _ = cj.plan_folds(rows, None, None, 5, 0, "judge_exp")
+    assert kept == rows and set(folds.tolist()) == set(range(5)) and "folds by question" in how
+    by_q: dict = {}
+    for r, f in zip(rows, folds):
+        by_q.setdefault(r["prompt_id"], set()).add(int(f))
+    assert all(len(f) == 1 for f in by_q.values())  # a question's answers share one fold
+    with pytest.raises(SystemExit, match="needs --hold-out"):
+        cj.plan_folds(rows, None, 8, 5, 0, "judge_exp")
