@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     contrasts = ejr.parse_contrasts(args.contrasts)
     cfg = shipped_config()
     rows = ejr.load_rows(args.data / "labels.jsonl", here=args.data)
-    base = [r for r in ejr.load_rows(ejr.SPLIT.parent / "labels.jsonl", here=ejr.SPLIT.parent)
-            if r["split"] == "train"] + ejr.old_rows()
+    base = ejr.fit_base_rows()
     if args.save and args.fit_questions is not None:
         raise SystemExit("--save fits on every labelled answer; leave --fit-questions out")
     rows, folds, how, about = plan_folds(rows, args.hold_out, args.fit_questions, args.folds, args.seed,

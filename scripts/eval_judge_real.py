@@ -132,6 +132,13 @@ def old_rows() -> list[dict]:
              "y_refusal": False} for r in read_labelled()]
 
 
+def fit_base_rows() -> list[dict]:
+    """What the shipped feature judges were fitted on: the train split of ``data/judge_real`` and the hand-written
+    rows of ``data/judge/labeled.jsonl``."""
+    home = SPLIT.parent
+    return [r for r in load_rows(home / "labels.jsonl", here=home) if r["split"] == "train"] + old_rows()
+
+
 def _key(r: dict) -> str:
     return hashlib.sha1(json.dumps([r["question"], r["answer"], r["finish"]]).encode()).hexdigest()
 
@@ -822,7 +829,7 @@ def cv_markdown(results: list[dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global NEW_DIR, OUT, HERE
+    global NEW_DIR, OUT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cv", action="store_true", help="model selection by grouped CV on the train split")
     ap.add_argument("--final", action="store_true", help="fit on train, save the judge, evaluate on held-out")
@@ -843,14 +850,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--judge-dir", type=Path, default=NEW_DIR)
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
-    NEW_DIR, OUT, HERE = args.judge_dir, args.out, args.data
+    NEW_DIR, OUT = args.judge_dir, args.out
     command = script_command(__file__, argv)
     contrasts = parse_contrasts(args.contrasts)
     if contrasts and not args.frozen:
         raise SystemExit("--contrasts needs --frozen")
-    if (args.cv or args.final) and HERE.resolve() != SPLIT.parent.resolve():
-        raise SystemExit(f"--cv and --final fit on {SPLIT.parent.relative_to(ROOT)} only; --data {HERE} is for --frozen")
-    rows = load_rows(args.labels or HERE / "labels.jsonl", args.variants, args.exclude_variants)
+    if (args.cv or args.final) and args.data.resolve() != SPLIT.parent.resolve():
+        raise SystemExit(f"--cv and --final fit on {SPLIT.parent.relative_to(ROOT)} only; --data {args.data} is for "
+                         "--frozen")
+    rows = load_rows(args.labels or args.data / "labels.jsonl", args.variants, args.exclude_variants, here=args.data)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.frozen:
         res = run_frozen(rows, args.cache, args.n_boot, command, contrasts)

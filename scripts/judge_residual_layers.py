@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     command = script_command(__file__, argv)
     layers = [int(x) for x in args.layers.split(",")]
     cs = [float(x) for x in args.c.split(",")]
-    rows = [r for r in ejr.load_rows(ejr.HERE / "labels.jsonl") if r["split"] == "train"] + ejr.old_rows()
+    rows = ejr.fit_base_rows()
     t = time.time()
     hidden = answer_lm_features([r["question"] for r in rows], [r["answer"] for r in rows], layer=layers)["residual"]
     print(f"{len(rows)} answers, layers {layers}: {time.time() - t:.0f} s", flush=True)
