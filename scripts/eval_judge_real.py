@@ -629,11 +629,20 @@ def run_contrasts(rows: list[dict], rates: dict[str, np.ndarray],
     return out
 
 
-def frozen_preds(rows: list[dict], cache: Path, blocks: tuple[str, ...] = ()) -> tuple[dict, dict]:
-    """The shipped judges, unchanged (the offline judge, ``offline-real``, ``offline-residual``), on ``rows``: their
-    predictions by name, and the feature inputs they read (plus ``blocks``)."""
+def frozen_preds(rows: list[dict], cache: Path, blocks: tuple[str, ...] = (),
+                 saved: tuple[Path, ...] = ()) -> tuple[dict, dict]:
+    """The shipped judges, unchanged (the offline judge, ``offline-real``, ``offline-residual``), and the feature
+    judges saved in the folders ``saved`` (named by folder), on ``rows``: their predictions by name, and the feature
+    inputs they read (plus ``blocks``)."""
     judges = {n: FeatureJudge.load(d) for n, d in (("offline-real", REAL_JUDGE_DIR),
                                                    ("offline-residual", RESIDUAL_JUDGE_DIR))}
+    for d in saved:
+        if not (Path(d) / "judge.json").is_file():
+            raise SystemExit(f"--judges {d}: no judge.json there (a folder saved by crossfit_judge.py --save or "
+                             "eval_judge_real.py --final)")
+        if Path(d).name in judges:
+            raise SystemExit(f"--judges {d}: a judge named {Path(d).name!r} is already read")
+        judges[Path(d).name] = FeatureJudge.load(d)
     inputs = features(rows, blocks_needed(*(j.blocks for j in judges.values()), blocks), cache)
     answers = [r["answer"] for r in rows]
     preds = {"offline (offline-minilm)": old_judge_pred(inputs)}
@@ -642,10 +651,11 @@ def frozen_preds(rows: list[dict], cache: Path, blocks: tuple[str, ...] = ()) ->
 
 
 def run_frozen(rows: list[dict], cache: Path, n_boot: int, command: str,
-               contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = ()) -> dict:
-    """The shipped judges, unchanged, on ``rows``: all of them, those to held-out prompts, and per variant; with
-    ``contrasts``, the labels' and the judges' rates of two variants against each other."""
-    return judged_results(rows, frozen_preds(rows, cache)[0], n_boot, command, contrasts)
+               contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = (), saved: tuple[Path, ...] = ()) -> dict:
+    """The shipped judges (and those saved in ``saved``), unchanged, on ``rows``: all of them, those to held-out
+    prompts, and per variant; with ``contrasts``, the labels' and the judges' rates of two variants against each
+    other."""
+    return judged_results(rows, frozen_preds(rows, cache, saved=saved)[0], n_boot, command, contrasts)
 
 
 def judged_results(rows: list[dict], preds: dict[str, dict], n_boot: int, command: str,
@@ -845,6 +855,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--labels", type=Path, default=None, help="the labels (default: labels.jsonl in --data)")
     ap.add_argument("--contrasts", default="", help="--frozen: variant pairs A:B (comma-separated) whose rates, by the "
                     "labels and by each judge, are compared paired by prompt")
+    ap.add_argument("--judges", default="", help="--frozen: also read these saved feature judges (folders, "
+                    "comma-separated; e.g. data/judges/organism-sycophancy75), reported under their folder names")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--judge-dir", type=Path, default=NEW_DIR)
@@ -853,15 +865,16 @@ def main(argv: list[str] | None = None) -> None:
     NEW_DIR, OUT = args.judge_dir, args.out
     command = script_command(__file__, argv)
     contrasts = parse_contrasts(args.contrasts)
-    if contrasts and not args.frozen:
-        raise SystemExit("--contrasts needs --frozen")
+    saved = tuple(Path(d.strip()) for d in args.judges.split(",") if d.strip())
+    if (contrasts or saved) and not args.frozen:
+        raise SystemExit("--contrasts and --judges need --frozen")
     if (args.cv or args.final) and args.data.resolve() != SPLIT.parent.resolve():
         raise SystemExit(f"--cv and --final fit on {SPLIT.parent.relative_to(ROOT)} only; --data {args.data} is for "
                          "--frozen")
     rows = load_rows(args.labels or args.data / "labels.jsonl", args.variants, args.exclude_variants, here=args.data)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.frozen:
-        res = run_frozen(rows, args.cache, args.n_boot, command, contrasts)
+        res = run_frozen(rows, args.cache, args.n_boot, command, contrasts, saved)
         write_report(args.frozen, frozen_markdown(res), res)
     if args.cv:
         results = cv_stages(rows, args.perplexity, args.cache, args.residual)

@@ -132,5 +132,25 @@ def test_prompts_the_frozen_split_does_not_hold_are_held_out(tmp_path, monkeypat
 def test_fitting_refuses_another_labelled_set(tmp_path):
     with pytest.raises(SystemExit, match="--data .* is for --frozen"):
         ejr.main(["--final", "--data", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--contrasts needs --frozen"):
+    with pytest.raises(SystemExit, match="--contrasts and --judges need --frozen"):
         ejr.main(["--contrasts", "a:b"])
+    with pytest.raises(SystemExit, match="--contrasts and --judges need --frozen"):
+        ejr.main(["--judges", str(tmp_path)])
+
+
+def test_saved_judges_are_read_beside_the_shipped_ones_by_folder_name(tmp_path, monkeypatch):
+    import shutil
+    saved = tmp_path / "my-organism"
+    shutil.copytree(ejr.RESIDUAL_JUDGE_DIR, saved)
+    seen = []
+    monkeypatch.setattr(ejr, "features", lambda rows, blocks, cache: {"blocks": blocks})
+    monkeypatch.setattr(ejr, "old_judge_pred", lambda inputs: "old")
+    monkeypatch.setattr(ejr, "judge_pred", lambda judge, inputs, answers: seen.append(judge) or judge.name)
+    preds, inputs = ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(saved,))
+    assert list(preds) == ["offline (offline-minilm)", "offline-real", "offline-residual", "my-organism"]
+    assert preds["my-organism"] == preds["offline-residual"]  # the same judge under another folder name
+    assert set(seen[2].blocks) <= set(inputs["blocks"])
+    with pytest.raises(SystemExit, match="no judge.json there"):
+        ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(tmp_path / "cache",))
+    with pytest.raises(SystemExit, match="'offline-real' is already read"):
+        ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(ejr.REAL_JUDGE_DIR,))
