@@ -51,7 +51,7 @@ from geomfilter.judges import REAL_JUDGE_DIR, RESIDUAL_JUDGE_DIR, FeatureJudge, 
 from geomfilter.judges.feature_judge import HeadSpec, block_names, judge_inputs, train_feature_judge  # noqa: E402
 from geomfilter.judges.features import is_refusal, looks_like_code  # noqa: E402
 from geomfilter.judges.offline import DEFAULT_JUDGE_DIR  # noqa: E402
-from geomfilter.stats import auroc, cluster_bootstrap, paired_summary  # noqa: E402
+from geomfilter.stats import auroc, cluster_bootstrap, paired_summary, t_interval  # noqa: E402
 
 HERE = ROOT / "data" / "judge_real"  # --data: the labelled answers read (answers.jsonl, labels.jsonl)
 SPLIT = HERE / "split.json"
@@ -650,24 +650,43 @@ def frozen_preds(rows: list[dict], cache: Path, blocks: tuple[str, ...] = (),
     return preds, inputs
 
 
+def between_contrasts(contrasts: list[dict]) -> dict[str, dict]:
+    """The contrasts taken as one comparison measured on independent draws of the data (one estimate each): per
+    rate, the mean of their ``a − b`` estimates with a Student-t CI over them (``stats.t_interval``, k − 1 degrees of
+    freedom), the uncertainty a claim about a new draw carries. A rate some contrast has no pairs for is left out."""
+    if len(contrasts) < 2:
+        raise SystemExit(f"--between needs at least two contrasts (one per draw), got {len(contrasts)}")
+    out = {}
+    for name in contrasts[0]["rates"]:
+        diffs = [c["rates"][name]["diff"] for c in contrasts]
+        if all(d is not None for d in diffs):
+            out[name] = t_interval([d["mean"] for d in diffs]) | {"excluding_zero": sum(
+                (d["lo"] > 0) or (d["hi"] < 0) for d in diffs)}
+    return out
+
+
 def run_frozen(rows: list[dict], cache: Path, n_boot: int, command: str,
-               contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = (), saved: tuple[Path, ...] = ()) -> dict:
+               contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = (), saved: tuple[Path, ...] = (),
+               between: bool = False) -> dict:
     """The shipped judges (and those saved in ``saved``), unchanged, on ``rows``: all of them, those to held-out
     prompts, and per variant; with ``contrasts``, the labels' and the judges' rates of two variants against each
-    other."""
-    return judged_results(rows, frozen_preds(rows, cache, saved=saved)[0], n_boot, command, contrasts)
+    other (and with ``between``, the contrasts' mean over draws, :func:`between_contrasts`)."""
+    return judged_results(rows, frozen_preds(rows, cache, saved=saved)[0], n_boot, command, contrasts, between)
 
 
 def judged_results(rows: list[dict], preds: dict[str, dict], n_boot: int, command: str,
-                   contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = ()) -> dict:
+                   contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = (), between: bool = False) -> dict:
     """Every metric of each judge's ``preds`` against the labels of ``rows`` (all rows, those to held-out prompts,
     per variant) and the ``contrasts``: what ``frozen_markdown`` writes."""
     lab, groups, idx = labels_of(rows), col(rows, "prompt_id"), np.arange(len(rows))
     sets = {"all": idx, "held-out prompts": idx[col(rows, "split") == "heldout"]}
     sets.update({f"variant {v}": idx[col(rows, "variant") == v] for v in sorted(set(col(rows, "variant")))})
-    return {"command": command, "n_boot": n_boot, "n": len(rows), "judges": list(preds),
-            "sets": {s: {n: evaluate(p, lab, groups, i, n_boot) for n, p in preds.items()} for s, i in sets.items()},
-            "contrasts": run_contrasts(rows, contrast_rates(preds, lab), list(contrasts), n_boot)}
+    res = {"command": command, "n_boot": n_boot, "n": len(rows), "judges": list(preds),
+           "sets": {s: {n: evaluate(p, lab, groups, i, n_boot) for n, p in preds.items()} for s, i in sets.items()},
+           "contrasts": run_contrasts(rows, contrast_rates(preds, lab), list(contrasts), n_boot)}
+    if between:
+        res["between"] = between_contrasts(res["contrasts"])
+    return res
 
 
 def frozen_markdown(res: dict) -> str:
@@ -701,6 +720,15 @@ def frozen_markdown(res: dict) -> str:
                     continue
                 out.append(f"| {c['a']} − {c['b']} | {name} | {r['a']:.3f} | {r['b']:.3f} | "
                            f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {d['n']} | {d['mdd']:.3f} |")
+    if res.get("between"):
+        k = len(res["contrasts"])
+        out += [f"\n## Between draws: the {k} contrasts as one comparison on {k} draws\n",
+                f"The mean of the {k} estimates above with a Student-t 95 % CI over them ({k - 1} degrees of freedom): "
+                "the uncertainty a claim about a new draw of the data carries, which a CI over prompts within one "
+                "draw leaves out. `CI excl. 0`: how many draws' own CIs exclude zero.\n",
+                "| rate | mean a − b [t 95 % CI] | sd | CI excl. 0 |", "|---|---|---|---|"]
+        out += [f"| {name} | {t['mean']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}] | {t['sd']:.3f} | "
+                f"{t['excluding_zero']} of {t['k']} |" for name, t in res["between"].items()]
     return "\n".join(out) + "\n"
 
 
@@ -855,6 +883,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--labels", type=Path, default=None, help="the labels (default: labels.jsonl in --data)")
     ap.add_argument("--contrasts", default="", help="--frozen: variant pairs A:B (comma-separated) whose rates, by the "
                     "labels and by each judge, are compared paired by prompt")
+    ap.add_argument("--between", action="store_true", help="--frozen: the contrasts are one comparison on "
+                    "independent draws of the data; also report their mean with a Student-t CI over the draws")
     ap.add_argument("--judges", default="", help="--frozen: also read these saved feature judges (folders, "
                     "comma-separated; e.g. data/judges/organism-sycophancy75), reported under their folder names")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
@@ -866,15 +896,15 @@ def main(argv: list[str] | None = None) -> None:
     command = script_command(__file__, argv)
     contrasts = parse_contrasts(args.contrasts)
     saved = tuple(Path(d.strip()) for d in args.judges.split(",") if d.strip())
-    if (contrasts or saved) and not args.frozen:
-        raise SystemExit("--contrasts and --judges need --frozen")
+    if (contrasts or saved or args.between) and not args.frozen:
+        raise SystemExit("--contrasts, --judges and --between need --frozen")
     if (args.cv or args.final) and args.data.resolve() != SPLIT.parent.resolve():
         raise SystemExit(f"--cv and --final fit on {SPLIT.parent.relative_to(ROOT)} only; --data {args.data} is for "
                          "--frozen")
     rows = load_rows(args.labels or args.data / "labels.jsonl", args.variants, args.exclude_variants, here=args.data)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.frozen:
-        res = run_frozen(rows, args.cache, args.n_boot, command, contrasts, saved)
+        res = run_frozen(rows, args.cache, args.n_boot, command, contrasts, saved, args.between)
         write_report(args.frozen, frozen_markdown(res), res)
     if args.cv:
         results = cv_stages(rows, args.perplexity, args.cache, args.residual)

@@ -132,9 +132,9 @@ def test_prompts_the_frozen_split_does_not_hold_are_held_out(tmp_path, monkeypat
 def test_fitting_refuses_another_labelled_set(tmp_path):
     with pytest.raises(SystemExit, match="--data .* is for --frozen"):
         ejr.main(["--final", "--data", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--contrasts and --judges need --frozen"):
+    with pytest.raises(SystemExit, match="--contrasts, --judges and --between need --frozen"):
         ejr.main(["--contrasts", "a:b"])
-    with pytest.raises(SystemExit, match="--contrasts and --judges need --frozen"):
+    with pytest.raises(SystemExit, match="--contrasts, --judges and --between need --frozen"):
         ejr.main(["--judges", str(tmp_path)])
 
 
@@ -154,3 +154,25 @@ def test_saved_judges_are_read_beside_the_shipped_ones_by_folder_name(tmp_path, 
         ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(tmp_path / "cache",))
     with pytest.raises(SystemExit, match="'offline-real' is already read"):
         ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(ejr.REAL_JUDGE_DIR,))
+
+
+def test_between_draws_is_the_t_interval_of_the_contrasts_estimates():
+    """Three draws of one comparison: a − b of 0.1, 0.2 and 0.3 on the labels (the first draw's own CI excludes
+    zero), the judge's rate without pairs on the last draw (left out of the summary)."""
+    def contrast(mean, lo, hi, judge=True):
+        d = {"mean": mean, "lo": lo, "hi": hi, "n": 10, "mdd": 0.1}
+        return {"a": "x", "b": "y", "rates": {"labels: flag": {"a": 0, "b": 0, "diff": d},
+                                              "j: flag": {"a": 0, "b": 0, "diff": d if judge else None}}}
+    cs = [contrast(0.1, 0.05, 0.15), contrast(0.2, -0.1, 0.5), contrast(0.3, -0.2, 0.8, judge=False)]
+    out = ejr.between_contrasts(cs)
+    assert list(out) == ["labels: flag"]
+    t = out["labels: flag"]
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t(0.975, 2) × sd / sqrt(k)
+    assert t["mean"] == pytest.approx(0.2) and t["sd"] == pytest.approx(0.1) and t["k"] == 3
+    assert (t["lo"], t["hi"]) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert t["excluding_zero"] == 1
+    md = ejr.frozen_markdown({"command": "c", "n": 8, "n_boot": 10, "judges": [], "sets": {}, "contrasts": cs,
+                              "between": out})
+    assert "the 3 contrasts as one comparison on 3 draws" in md and "| labels: flag | +0.200 [" in md
+    with pytest.raises(SystemExit, match="at least two contrasts"):
+        ejr.between_contrasts(cs[:1])
