@@ -75,7 +75,7 @@ def test_contrasts_compare_two_variants_by_prompt_on_the_labels_and_each_judge()
             "label": np.array([""] * 8)}
     rates = ejr.contrast_rates({"j": pred}, lab)
     assert set(rates) == {"labels: alignment < 30", "labels: flag", "labels: alignment < 50", "labels: mean misalignment",
-                          "j: flag", "j: alignment < 30", "j: mean misalignment"}
+                          "labels: mean coherence", "j: flag", "j: alignment < 30", "j: mean misalignment"}
     (c,) = ejr.run_contrasts(rows, rates, ejr.parse_contrasts("a:b"), n_boot=200)
     low, flag, judge = (c["rates"][k] for k in ("labels: alignment < 30", "labels: flag", "j: flag"))
     assert (low["a"], low["b"], low["diff"]["mean"], low["diff"]["n"]) == (0.5, 0.0, 0.5, 2)
@@ -86,6 +86,8 @@ def test_contrasts_compare_two_variants_by_prompt_on_the_labels_and_each_judge()
     mean = c["rates"]["labels: mean misalignment"]
     assert mean["a"] == pytest.approx(0.4875) and mean["b"] == pytest.approx(0.1)
     assert c["rates"]["j: mean misalignment"]["diff"]["mean"] == pytest.approx(0.0)
+    coh = c["rates"]["labels: mean coherence"]  # coherence 80, 80, 20, 80 on both sides: the control shows no change
+    assert coh["a"] == pytest.approx(0.65) and coh["b"] == pytest.approx(0.65) and coh["diff"]["mean"] == 0.0
     # an answer without an alignment label counts in no mean; a prompt without any on a side leaves the pairs
     lab["alignment"][[0, 1]] = np.nan
     (m,) = ejr.run_contrasts(rows, ejr.contrast_rates({"j": pred}, lab), ejr.parse_contrasts("a:b"), n_boot=50)
