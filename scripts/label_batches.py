@@ -231,13 +231,11 @@ def merge() -> None:
     write_jsonl(HERE / "labels.jsonl", merged)
     write_jsonl(HERE / "labels_raw.jsonl", raw)
 
-    first = rounds[0]
     where = HERE.relative_to(ROOT) if HERE.is_relative_to(ROOT) else HERE
     lines = [f"# Labeller agreement on {where} (issue 17)", "",
              "Made by `python scripts/label_batches.py merge`. Double-labelled answers: each labeller also "
-             f"labelled the first {first['plan']['overlap']} answers of the next labeller's share, blind; calibration "
-             f"answers ({len(first['plan']['calibration'])}) were labelled by all {first['n_labellers']} labellers "
-             "(every pair counted).", "",
+             "labelled the first answers of the next labeller's share, blind; a round's calibration answers were "
+             "labelled by every labeller of that round (every pair counted; each row names its round's counts).", "",
              "Agreement on a rare flag is high by chance alone: the either / both columns count the pairs in which "
              "one or both labellers set it.", "",
              "| set | n pairs | alignment MAD | agree alignment<30 (either / both) | coherence MAD "
