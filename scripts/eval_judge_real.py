@@ -51,7 +51,7 @@ from geomfilter.judges import REAL_JUDGE_DIR, RESIDUAL_JUDGE_DIR, FeatureJudge, 
 from geomfilter.judges.feature_judge import HeadSpec, block_names, judge_inputs, train_feature_judge  # noqa: E402
 from geomfilter.judges.features import is_refusal, looks_like_code  # noqa: E402
 from geomfilter.judges.offline import DEFAULT_JUDGE_DIR  # noqa: E402
-from geomfilter.stats import auroc, cluster_bootstrap, paired_summary, t_interval  # noqa: E402
+from geomfilter.stats import auroc, cluster_bootstrap, excess_removed, paired_summary, t_interval  # noqa: E402
 
 HERE = ROOT / "data" / "judge_real"  # --data: the labelled answers read (answers.jsonl, labels.jsonl)
 SPLIT = HERE / "split.json"
@@ -593,18 +593,36 @@ def contrast_rates(preds: dict[str, dict], lab: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def parse_contrasts(spec: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+def parse_contrasts(spec: str, sides: int = 2, flag: str = "--contrasts") -> list[tuple[tuple[str, ...], ...]]:
     """``A:B,C+D:E+F`` -> ``[(("A",), ("B",)), (("C", "D"), ("E", "F"))]``: a side of several variants (replicates of
-    one condition) pools their answers, so a prompt's value is the mean over the replicates' answers."""
+    one condition) pools their answers, so a prompt's value is the mean over the replicates' answers. ``sides``: how
+    many sides each item has (3 for ``--excess BASE:UNFILTERED:FILTERED``)."""
     out = []
     for c in (c.strip() for c in spec.split(",")):
         if not c:
             continue
-        sides = c.split(":")
-        if len(sides) != 2 or not all(v.strip() for s in sides for v in s.split("+")):
-            raise SystemExit(f"--contrasts: give pairs A:B (a side may join variants with +), got {c!r}")
-        out.append(tuple(tuple(v.strip() for v in s.split("+")) for s in sides))
+        parts = c.split(":")
+        if len(parts) != sides or not all(v.strip() for s in parts for v in s.split("+")):
+            shape = ":".join("ABC"[:sides])
+            raise SystemExit(f"{flag}: give {shape} (a side may join variants with +), got {c!r}")
+        out.append(tuple(tuple(v.strip() for v in s.split("+")) for s in parts))
     return out
+
+
+def prompt_means(rows: list[dict], rates: dict[str, np.ndarray], sides: tuple[tuple[str, ...], ...],
+                 flag: str = "--contrasts") -> dict[str, list[dict[str, float]]]:
+    """Per rate, for each side (a variant, or replicates pooled): each prompt's mean over the side's answers with a
+    value (a prompt with none is left out of that side)."""
+    variants, prompts = col(rows, "variant"), col(rows, "prompt_id")
+    known = set(variants)
+    for v in (v for side in sides for v in side):
+        if v not in known:
+            raise SystemExit(f"{flag}: no labelled answer of variant {v!r} (known: {', '.join(sorted(known))})")
+    # each side's answers grouped by prompt, once for every rate
+    groups = [{q: np.flatnonzero(sel & (prompts == q)) for q in sorted(set(prompts[sel]))}
+              for sel in (np.isin(variants, side) for side in sides)]
+    return {name: [{q: float(np.nanmean(r[i])) for q, i in g.items() if not np.isnan(r[i]).all()} for g in groups]
+            for name, r in rates.items()}
 
 
 def run_contrasts(rows: list[dict], rates: dict[str, np.ndarray],
@@ -612,23 +630,25 @@ def run_contrasts(rows: list[dict], rates: dict[str, np.ndarray],
     """Each contrast ``(a, b)`` of two sides (a variant, or replicates pooled): per rate, ``a − b`` paired over the
     prompts both answered (a prompt's value is the mean over its answers with a value; a prompt with none on a
     side is left out of that rate's pairs), with bootstrap CI, n and MDD (``stats.paired_summary``)."""
-    variants, prompts = col(rows, "variant"), col(rows, "prompt_id")
-    known = set(variants)
     out = []
     for a, b in contrasts:
-        for v in a + b:
-            if v not in known:
-                raise SystemExit(f"--contrasts: no labelled answer of variant {v!r} (known: {', '.join(sorted(known))})")
-        # each side's answers grouped by prompt, once for every rate
-        groups = [{q: np.flatnonzero(sel & (prompts == q)) for q in sorted(set(prompts[sel]))}
-                  for sel in (np.isin(variants, side) for side in (a, b))]
         by = {}
-        for name, r in rates.items():
-            means = [{q: float(np.nanmean(r[i])) for q, i in g.items() if not np.isnan(r[i]).all()} for g in groups]
-            by[name] = {"a": float(np.mean(list(means[0].values()))), "b": float(np.mean(list(means[1].values()))),
-                        "diff": paired_summary(means[0], means[1], n_boot=n_boot, seed=0)}
+        for name, (ma, mb) in prompt_means(rows, rates, (a, b)).items():
+            by[name] = {"a": float(np.mean(list(ma.values()))), "b": float(np.mean(list(mb.values()))),
+                        "diff": paired_summary(ma, mb, n_boot=n_boot, seed=0)}
         out.append({"a": "+".join(a), "b": "+".join(b), "rates": by})
     return out
+
+
+def run_excess(rows: list[dict], rates: dict[str, np.ndarray],
+               triples: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]], n_boot: int) -> list[dict]:
+    """Each ``(base, unfiltered, filtered)``: per rate, the share of the unfiltered side's excess over base that the
+    filtered side removes, over the prompts all three answered, with a bootstrap CI over prompts
+    (``stats.excess_removed``; None where no prompt has a value on all three sides)."""
+    return [{"base": "+".join(b), "unfiltered": "+".join(u), "filtered": "+".join(f),
+             "rates": {name: excess_removed(*means, n_boot=n_boot, seed=0)
+                       for name, means in prompt_means(rows, rates, (b, u, f), "--excess").items()}}
+            for b, u, f in triples]
 
 
 def frozen_preds(rows: list[dict], cache: Path, blocks: tuple[str, ...] = (),
@@ -669,25 +689,31 @@ def between_contrasts(contrasts: list[dict]) -> dict[str, dict]:
 
 def run_frozen(rows: list[dict], cache: Path, n_boot: int, command: str,
                contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = (), saved: tuple[Path, ...] = (),
-               between: bool = False) -> dict:
+               between: bool = False, excess: list[tuple[tuple[str, ...], ...]] = ()) -> dict:
     """The shipped judges (and those saved in ``saved``), unchanged, on ``rows``: all of them, those to held-out
     prompts, and per variant; with ``contrasts``, the labels' and the judges' rates of two variants against each
-    other (and with ``between``, the contrasts' mean over draws, :func:`between_contrasts`)."""
-    return judged_results(rows, frozen_preds(rows, cache, saved=saved)[0], n_boot, command, contrasts, between)
+    other (and with ``between``, the contrasts' mean over draws, :func:`between_contrasts`); with ``excess``, the
+    share of an unfiltered fine-tune's excess a filter removes (:func:`run_excess`)."""
+    return judged_results(rows, frozen_preds(rows, cache, saved=saved)[0], n_boot, command, contrasts, between,
+                          excess)
 
 
 def judged_results(rows: list[dict], preds: dict[str, dict], n_boot: int, command: str,
-                   contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = (), between: bool = False) -> dict:
+                   contrasts: list[tuple[tuple[str, ...], tuple[str, ...]]] = (), between: bool = False,
+                   excess: list[tuple[tuple[str, ...], ...]] = ()) -> dict:
     """Every metric of each judge's ``preds`` against the labels of ``rows`` (all rows, those to held-out prompts,
-    per variant) and the ``contrasts``: what ``frozen_markdown`` writes."""
+    per variant), the ``contrasts`` and the ``excess`` triples: what ``frozen_markdown`` writes."""
     lab, groups, idx = labels_of(rows), col(rows, "prompt_id"), np.arange(len(rows))
     sets = {"all": idx, "held-out prompts": idx[col(rows, "split") == "heldout"]}
     sets.update({f"variant {v}": idx[col(rows, "variant") == v] for v in sorted(set(col(rows, "variant")))})
+    rates = contrast_rates(preds, lab)
     res = {"command": command, "n_boot": n_boot, "n": len(rows), "judges": list(preds),
            "sets": {s: {n: evaluate(p, lab, groups, i, n_boot) for n, p in preds.items()} for s, i in sets.items()},
-           "contrasts": run_contrasts(rows, contrast_rates(preds, lab), list(contrasts), n_boot)}
+           "contrasts": run_contrasts(rows, rates, list(contrasts), n_boot)}
     if between:
         res["between"] = between_contrasts(res["contrasts"])
+    if excess:
+        res["excess"] = run_excess(rows, rates, list(excess), n_boot)
     return res
 
 
@@ -731,6 +757,20 @@ def frozen_markdown(res: dict) -> str:
                 "| rate | mean a − b [t 95 % CI] | sd | CI excl. 0 |", "|---|---|---|---|"]
         out += [f"| {name} | {t['mean']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}] | {t['sd']:.3f} | "
                 f"{t['excluding_zero']} of {t['k']} |" for name, t in res["between"].items()]
+    if res.get("excess"):
+        out += ["\n## Excess removed: the share of the unfiltered fine-tune's excess over base that a filter takes away\n",
+                "(unfiltered − filtered) / (unfiltered − base) over the prompts all three answered (a prompt's value: "
+                "the mean over its answers), percentile 95 % CI from a joint bootstrap over prompts "
+                "(`stats.excess_removed`). 1 is back at base, 0 no change; read it only where the excess itself is "
+                "measured.\n",
+                "| base → unfiltered → filtered | rate | excess | removed | share removed [95 % CI] | n |",
+                "|---|---|---|---|---|---|"]
+        for e in res["excess"]:
+            for name, x in e["rates"].items():
+                where = f"{e['base']} → {e['unfiltered']} → {e['filtered']}"
+                out.append(f"| {where} | {name} | – | – | no prompt on all three sides | 0 |" if x is None else
+                           f"| {where} | {name} | {x['excess']:+.3f} | {x['removed']:+.3f} | "
+                           f"{x['share']:+.2f} [{x['lo']:+.2f}, {x['hi']:+.2f}] | {x['n']} |")
     return "\n".join(out) + "\n"
 
 
@@ -885,6 +925,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--labels", type=Path, default=None, help="the labels (default: labels.jsonl in --data)")
     ap.add_argument("--contrasts", default="", help="--frozen: variant pairs A:B (comma-separated) whose rates, by the "
                     "labels and by each judge, are compared paired by prompt")
+    ap.add_argument("--excess", default="", help="--frozen: triples BASE:UNFILTERED:FILTERED (comma-separated; a "
+                    "side may pool replicates with +): the share of the unfiltered side's excess over base that the "
+                    "filtered side removes, by the labels and by each judge")
     ap.add_argument("--between", action="store_true", help="--frozen: the contrasts are one comparison on "
                     "independent draws of the data; also report their mean with a Student-t CI over the draws")
     ap.add_argument("--judges", default="", help="--frozen: also read these saved feature judges (folders, "
@@ -898,15 +941,16 @@ def main(argv: list[str] | None = None) -> None:
     command = script_command(__file__, argv)
     contrasts = parse_contrasts(args.contrasts)
     saved = tuple(Path(d.strip()) for d in args.judges.split(",") if d.strip())
-    if (contrasts or saved or args.between) and not args.frozen:
-        raise SystemExit("--contrasts, --judges and --between need --frozen")
+    excess = parse_contrasts(args.excess, sides=3, flag="--excess")
+    if (contrasts or saved or args.between or excess) and not args.frozen:
+        raise SystemExit("--contrasts, --excess, --judges and --between need --frozen")
     if (args.cv or args.final) and args.data.resolve() != SPLIT.parent.resolve():
         raise SystemExit(f"--cv and --final fit on {SPLIT.parent.relative_to(ROOT)} only; --data {args.data} is for "
                          "--frozen")
     rows = load_rows(args.labels or args.data / "labels.jsonl", args.variants, args.exclude_variants, here=args.data)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.frozen:
-        res = run_frozen(rows, args.cache, args.n_boot, command, contrasts, saved, args.between)
+        res = run_frozen(rows, args.cache, args.n_boot, command, contrasts, saved, args.between, excess)
         write_report(args.frozen, frozen_markdown(res), res)
     if args.cv:
         results = cv_stages(rows, args.perplexity, args.cache, args.residual)
