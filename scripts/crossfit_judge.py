@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "judge_exp",
                     help="the labelled experiment answers (answers.jsonl, labels.jsonl)")
+    ap.add_argument("--variants", help="only the labelled answers of these variants (comma-separated shell patterns), "
+                    "e.g. the draws that existed when a result was made")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold (--fit-questions: which "
                     "are drawn)")
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     command = script_command(__file__, argv)
     contrasts = ejr.parse_contrasts(args.contrasts)
     cfg = shipped_config()
-    rows = ejr.load_rows(args.data / "labels.jsonl", here=args.data)
+    rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)
     base = ejr.fit_base_rows()
     if args.save and args.fit_questions is not None:
         raise SystemExit("--save fits on every labelled answer; leave --fit-questions out")
