@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_judge_real as ejr  # noqa: E402
+from judge_contrasts import parse_contrasts  # noqa: E402
+from judge_labels import col  # noqa: E402
 
 from geomfilter.files import script_command  # noqa: E402
 from geomfilter.judges import RESIDUAL_JUDGE_DIR, load_judge  # noqa: E402
@@ -78,7 +80,7 @@ def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs
     scored), a judge fitted (:func:`eval_judge_real.fit`, ``cfg``) on the ``base`` rows (when ``with_base``) and the
     ``rows`` outside fold k scores the rows of fold k (NaN elsewhere). ``base_questions_out``: base rows to a prompt
     of fold k are left out of its judge too (folds by question)."""
-    prompts, base_prompts = ejr.col(rows, "prompt_id"), ejr.col(base, "prompt_id") if base else np.array([])
+    prompts, base_prompts = col(rows, "prompt_id"), col(base, "prompt_id") if base else np.array([])
     folds = np.asarray(folds)
     out = {"alignment": np.full(len(rows), np.nan), "coherence": np.full(len(rows), np.nan),
            "label": np.array([""] * len(rows), dtype=object)}
@@ -131,8 +133,8 @@ def plan_folds(rows: list[dict], hold_out: str | None, fit_questions: int | None
                 f"`scripts/crossfit_judge.py --hold-out`.")
     if fit_questions is not None:
         raise SystemExit("--fit-questions needs --hold-out")
-    fold_of = question_folds(ejr.col(rows, "prompt_id"), n_folds, seed)
-    return (rows, np.array([fold_of[q] for q in ejr.col(rows, "prompt_id")]), f"{n_folds} folds by question",
+    fold_of = question_folds(col(rows, "prompt_id"), n_folds, seed)
+    return (rows, np.array([fold_of[q] for q in col(rows, "prompt_id")]), f"{n_folds} folds by question",
             f"`{CROSSFIT}` and `{DATA_ONLY}`: {n_folds}-fold cross-fitting by question ({len(fold_of)} questions, "
             f"seed {seed}), each answer scored by a judge of `offline-residual`'s configuration that never saw its "
             f"question, fitted on `offline-residual`'s data plus the other folds' answers (resp. those answers "
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.data.resolve() == ejr.SPLIT.parent.resolve():
         raise SystemExit(f"--data {args.data}: the fitting base itself; give another labelled set (data/judge_exp)")
     command = script_command(__file__, argv)
-    contrasts = ejr.parse_contrasts(args.contrasts)
+    contrasts = parse_contrasts(args.contrasts)
     cfg = shipped_config()
     rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)
     base = ejr.fit_base_rows()

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_judge_real as ejr  # noqa: E402
+from judge_labels import col  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.judges.feature_judge import HeadSpec, oof_linear  # noqa: E402
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     t = time.time()
     hidden = answer_lm_features([r["question"] for r in rows], [r["answer"] for r in rows], layer=layers)["residual"]
     print(f"{len(rows)} answers, layers {layers}: {time.time() - t:.0f} s", flush=True)
-    lab, groups = ejr.labels_of(rows), ejr.col(rows, "prompt_id")
-    real = ejr.col(rows, "kind") != "old"
+    lab, groups = ejr.labels_of(rows), col(rows, "prompt_id")
+    real = col(rows, "kind") != "old"
     results = []
     for k, layer in enumerate(layers):
         for c in cs:
