@@ -29,7 +29,10 @@ patterns on the answer's variant) select the labelled answers of every mode; ``-
 its "held-out prompts" are the questions no answer of ``data/judge_real``'s train split was asked. ``--contrasts
 A:B,...`` (a side may pool replicates: ``A1+A2:B1+B2``) adds, per pair, the labels' rates (alignment < 30; the flag)
 and each judge's (its flag; its alignment < 30), ``A − B`` paired by prompt with CI and MDD: whether a judge sees
-the difference between two conditions that the labels see.
+the difference between two conditions that the labels see. ``--between`` (the contrasts as one comparison on
+independent draws) and ``--excess BASE:UNFILTERED:FILTERED`` (the share of an excess a filter removes) add to it;
+the comparisons themselves live in ``judge_contrasts.py``, the definitions of misaligned in ``judge_labels.py``.
+``--judges DIR,...`` reads saved feature judges beside the shipped ones.
 """
 from __future__ import annotations
 
