@@ -61,7 +61,14 @@ from judge_contrasts import (  # noqa: E402
 from judge_labels import col, judge_flag, label_flag, label_low_alignment  # noqa: E402
 
 from geomfilter.files import atomic_write_text, script_command  # noqa: E402
-from geomfilter.judges import REAL_JUDGE_DIR, RESIDUAL_JUDGE_DIR, FeatureJudge, OfflineJudge, read_labelled  # noqa: E402
+from geomfilter.judges import (  # noqa: E402
+    REAL_JUDGE_DIR,
+    RESIDUAL_JUDGE_DIR,
+    FeatureJudge,
+    JudgeError,
+    OfflineJudge,
+    read_labelled,
+)
 from geomfilter.judges.feature_judge import HeadSpec, block_names, judge_inputs, train_feature_judge  # noqa: E402
 from geomfilter.judges.features import is_refusal, looks_like_code  # noqa: E402
 from geomfilter.judges.offline import DEFAULT_JUDGE_DIR  # noqa: E402
@@ -572,13 +579,14 @@ def frozen_preds(rows: list[dict], cache: Path, blocks: tuple[str, ...] = (),
     inputs they read (plus ``blocks``)."""
     judges = {n: FeatureJudge.load(d) for n, d in (("offline-real", REAL_JUDGE_DIR),
                                                    ("offline-residual", RESIDUAL_JUDGE_DIR))}
-    for d in saved:
-        if not (Path(d) / "judge.json").is_file():
-            raise SystemExit(f"--judges {d}: no judge.json there (a folder saved by crossfit_judge.py --save or "
-                             "eval_judge_real.py --final)")
-        if Path(d).name in judges:
-            raise SystemExit(f"--judges {d}: a judge named {Path(d).name!r} is already read")
-        judges[Path(d).name] = FeatureJudge.load(d)
+    for d in map(Path, saved):
+        if d.name in judges:
+            raise SystemExit(f"--judges {d}: a judge named {d.name!r} is already read")
+        try:
+            judges[d.name] = FeatureJudge.load(d)
+        except JudgeError as e:  # the loader's own check: judge.json of a FeatureJudge and heads.npz
+            raise SystemExit(f"--judges {d}: {e} (a folder saved by crossfit_judge.py --save or eval_judge_real.py "
+                             "--final)") from None
     inputs = features(rows, blocks_needed(*(j.blocks for j in judges.values()), blocks), cache)
     answers = [r["answer"] for r in rows]
     preds = {"offline (offline-minilm)": old_judge_pred(inputs)}

@@ -106,7 +106,10 @@ def test_saved_judges_are_read_beside_the_shipped_ones_by_folder_name(tmp_path, 
     assert list(preds) == ["offline (offline-minilm)", "offline-real", "offline-residual", "my-organism"]
     assert preds["my-organism"] == preds["offline-residual"]  # the same judge under another folder name
     assert set(seen[2].blocks) <= set(inputs["blocks"])
-    with pytest.raises(SystemExit, match="no judge.json there"):
+    with pytest.raises(SystemExit, match="cache holds no feature judge"):
         ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(tmp_path / "cache",))
+    # a folder with a judge.json of another kind (the offline MiniLM judge) is refused the same way, not half-read
+    with pytest.raises(SystemExit, match="offline-minilm holds no feature judge"):
+        ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(ejr.DEFAULT_JUDGE_DIR,))
     with pytest.raises(SystemExit, match="'offline-real' is already read"):
         ejr.frozen_preds([{"answer": "a"}], tmp_path / "cache", saved=(ejr.REAL_JUDGE_DIR,))
