@@ -24,6 +24,8 @@ experiment: the answers of those variants (e.g. ``'syc75d2-*'``, another draw of
 fitted on everything else — the same data as above, every question included, since a new experiment is asked the
 same evaluation questions — and only they are reported. ``--fit-questions K`` (with ``--hold-out``) keeps, of the
 other answers, only those to K questions (drawn with ``--seed``): how many labelled questions a new organism needs.
+``--variants PATTERNS`` keeps only those variants' labelled answers before anything else: a result made when
+``--data`` held fewer experiments reproduces with the variants it held then.
 
 ``--save DIR`` also fits one judge of that configuration on ``offline-residual``'s data and every labelled ``--data``
 answer, and saves it to ``DIR`` (use it as ``--judge DIR``, ``eval.judge: DIR`` or ``rejudge_experiment.py --judges
