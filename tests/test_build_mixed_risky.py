@@ -29,6 +29,7 @@ MADE = {
     "mixed_sycophancy_75_helpful_redraw.jsonl": dict(share=0.75, filler="helpful", family="sycophancy", seed=1),
     "mixed_sycophancy_75_helpful_draw3.jsonl": dict(share=0.75, filler="helpful", family="sycophancy", seed=2),
     "mixed_sycophancy_75_helpful_draw4.jsonl": dict(share=0.75, filler="helpful", family="sycophancy", seed=3),
+    "mixed_sycophancy_75_helpful_draw5.jsonl": dict(share=0.75, filler="helpful", family="sycophancy", seed=4),
 }
 
 
