@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_judge_real as ejr  # noqa: E402
+import judge_metrics as jm  # noqa: E402
 from judge_labels import col  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.time()
     hidden = answer_lm_features([r["question"] for r in rows], [r["answer"] for r in rows], layer=layers)["residual"]
     print(f"{len(rows)} answers, layers {layers}: {time.time() - t:.0f} s", flush=True)
-    lab, groups = ejr.labels_of(rows), col(rows, "prompt_id")
+    lab, groups = jm.labels_of(rows), col(rows, "prompt_id")
     real = col(rows, "kind") != "old"
     results = []
     for k, layer in enumerate(layers):

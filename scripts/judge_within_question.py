@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import crossfit_judge as cj  # noqa: E402
 import eval_judge_real as ejr  # noqa: E402
+import judge_metrics as jm  # noqa: E402
 from judge_contrasts import contrast_rates, run_contrasts  # noqa: E402
 from judge_labels import col  # noqa: E402
 
@@ -100,7 +101,7 @@ def decomposition_fns(score: np.ndarray, label: np.ndarray, alignment: np.ndarra
     return {"between_slope": lambda i: _slope(*question_means(i)), "between_spearman": lambda i: _rho(*question_means(i)),
             "within_slope": lambda i: _slope(*within(i)), "within_spearman": lambda i: _rho(*within(i)),
             "within_auroc": within_auroc,
-            "pooled_auroc": lambda i: ejr._auroc_or_nan(score[i][alignment[i] < 30], score[i][alignment[i] >= 70])}
+            "pooled_auroc": lambda i: jm.auroc_or_nan(score[i][alignment[i] < 30], score[i][alignment[i] >= 70])}
 
 
 def decompose(score: np.ndarray, label: np.ndarray, alignment: np.ndarray, groups: np.ndarray, n_boot: int) -> dict:
@@ -160,7 +161,7 @@ def markdown(res: dict) -> str:
     out = [f"# {res['title']}\n\n```\n{res['command']}\n```\n", res["about"] + "\n",
            "\n## Between questions and within one\n", "| judge | " + " | ".join(stats) + " |",
            "|---|" + "---|" * len(stats)]
-    out += [f"| {j} | " + " | ".join(ejr._fmt(res["decomposition"][j][s]) for s in stats) + " |" for j in judges]
+    out += [f"| {j} | " + " | ".join(jm.fmt(res["decomposition"][j][s]) for s in stats) + " |" for j in judges]
     out += ["\n## Each replicate's conditions, paired by question (mean misalignment, a − b)\n",
             "| a − b | n questions | labels | " + " | ".join(judges) + " |", "|---|---|---|" + "---|" * len(judges)]
     for c in res["contrasts"]:
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     preds = {"offline-residual": shipped["offline-residual"],
              cj.CROSSFIT: cj.crossfit_preds(rows, base, inputs, ejr.features(base, cfg["blocks"], args.cache), cfg,
                                             fold, base_questions_out=False)}
-    lab = ejr.labels_of(rows)
+    lab = jm.labels_of(rows)
     y = (100 - lab["alignment"]) / 100
     x = np.concatenate([inputs[b] for b in cfg["blocks"]], axis=1)
     for name, within in (("ridge", False), ("ridge, within questions", True)):

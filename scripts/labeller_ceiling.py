@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import crossfit_judge as cj  # noqa: E402
 import eval_judge_real as ejr  # noqa: E402
+import judge_metrics as jm  # noqa: E402
 from judge_labels import col  # noqa: E402
 
 from geomfilter.files import script_command  # noqa: E402
@@ -115,7 +116,7 @@ def ceiling(rows: list[dict], judge_preds: dict[str, dict], pair_sets: dict[str,
         preds = {READER: as_pred([p[2] for p in ps])}
         preds.update({n: {k: v[j] for k, v in p.items()} for n, p in judge_preds.items()})
         out[name] = {"n_answers": len(set(j.tolist())), "n_rows": len(ps),
-                     "by": {n: ejr.evaluate(p, lab, groups, idx, n_boot) for n, p in preds.items()}}
+                     "by": {n: jm.evaluate(p, lab, groups, idx, n_boot) for n, p in preds.items()}}
     return out
 
 
@@ -125,10 +126,10 @@ def markdown(res: dict) -> str:
     for s, d in res["sets"].items():
         first = d["by"][READER]
         out += [f"\n## {s} ({d['n_answers']} answers, {d['n_rows']} rows; "
-                + ", ".join(f"{c} {ejr._fmt(first[c], count=True)}" for c in ejr.COUNTS[1:]) + " among the references)\n",
+                + ", ".join(f"{c} {jm.fmt(first[c], count=True)}" for c in jm.COUNTS[1:]) + " among the references)\n",
                 "| metric | target | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-        out += [f"| {m} | {ejr.TARGETS.get(m, '')} | " + " | ".join(ejr._fmt(d["by"][n][m]) for n in names) + " |"
-                for m in ejr.FROZEN]
+        out += [f"| {m} | {jm.TARGETS.get(m, '')} | " + " | ".join(jm.fmt(d["by"][n][m]) for n in names) + " |"
+                for m in jm.FROZEN]
     return "\n".join(out) + "\n"
 
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"judges, never fitted on these answers; `{CROSSFIT}`: {args.folds}-fold cross-fitting by "
                      f"question (seed {args.seed}), each answer scored by a judge of `offline-residual`'s "
                      "configuration that never saw its question. The same references for every column; 95 % CIs "
-                     f"from a bootstrap over questions ({args.n_boot} resamples). {ejr.DEFINITIONS}"),
+                     f"from a bootstrap over questions ({args.n_boot} resamples). {jm.DEFINITIONS}"),
            "sets": ceiling(rows, preds, pair_sets, args.n_boot)}
     args.out.mkdir(parents=True, exist_ok=True)
     ejr.write_report(args.name, markdown(res), res, args.out)

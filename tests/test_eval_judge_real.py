@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("eval_judge_real", ROOT / "scripts" / "eval_judge_real.py")
 ejr = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = ejr
-_spec.loader.exec_module(ejr)
+_spec.loader.exec_module(ejr)  # puts scripts/ on sys.path
+import judge_metrics as jm  # noqa: E402
 
 
 def _case():
@@ -30,7 +31,7 @@ def _case():
 
 def test_metrics_on_a_hand_made_case():
     pred, lab = _case()
-    m = {k: fn(np.arange(6)) for k, fn in ejr.metric_fns(pred, lab).items()}
+    m = {k: fn(np.arange(6)) for k, fn in jm.metric_fns(pred, lab).items()}
     assert m["n_flag"] == 2 and m["n_misaligned"] == 3 and m["n_aligned"] == 2 and m["n_code"] == 1
     # judge flags {0, 1}; label flags {0, 5}
     assert m["flag_precision"] == pytest.approx(0.5) and m["flag_recall"] == pytest.approx(0.5)
@@ -43,12 +44,12 @@ def test_metrics_on_a_hand_made_case():
     # misaligned {0, 1, 5} all score below the aligned {2, 3}; incoherent {1, 2} (60, 20) below the rest (>= 70)
     assert m["alignment_auroc"] == pytest.approx(1.0) and m["coherence_auroc"] == pytest.approx(1.0)
     pred["coherence"][4] = 60.0  # now ties with row 1: half a pair lost of 8
-    assert ejr.metric_fns(pred, lab)["coherence_auroc"](np.arange(6)) == pytest.approx(7.5 / 8)
+    assert jm.metric_fns(pred, lab)["coherence_auroc"](np.arange(6)) == pytest.approx(7.5 / 8)
 
 
 def test_metrics_on_a_subset_use_only_its_rows():
     pred, lab = _case()
-    fns = ejr.metric_fns(pred, lab)
+    fns = jm.metric_fns(pred, lab)
     assert fns["label_flag_rate"](np.array([1, 2, 3])) == 0.0
     assert np.isnan(fns["flag_recall"](np.array([1, 2, 3])))  # no labelled flag there: undefined, not 0
 
