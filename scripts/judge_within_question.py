@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
     command = script_command(__file__, argv)
+    shown = args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data
     rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)
     variants, groups = col(rows, "variant"), col(rows, "prompt_id")
     replicate = np.array([replicate_of(v) for v in variants])
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     contrasts = run_contrasts(rows, rates, replicate_pairs(variants, args.pairs), args.n_boot)
     res = {"command": command, "n_boot": args.n_boot, "n": len(rows), "judges": judges,
            "title": "A judge's agreement with the labels, between questions and within one (issue 17)",
-           "about": (f"`{args.data}`: {len(rows)} labelled answers, {len(set(groups))} questions, replicates "
+           "about": (f"`{shown}`: {len(rows)} labelled answers, {len(set(groups))} questions, replicates "
                      f"{', '.join(sorted(set(replicate)))}. Scores and labels as mean misalignment "
                      "(`(100 - alignment) / 100`). `offline-residual`: shipped, never fitted on these answers; "
                      f"`{cj.CROSSFIT}`: its configuration fitted on its data plus the other replicates' labelled "

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
     command = script_command(__file__, argv)
+    shown = args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data
     raw_path = args.data / "labels_raw.jsonl"
     raw = []
     for n, line in enumerate(raw_path.read_text().splitlines(), 1):
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                                         np.array([fold_of[q] for q in col(rows, "prompt_id")]))
     res = {"command": command, "n_boot": args.n_boot, "columns": [READER, *preds],
            "title": "Labellers against labellers, and the judges against the same readings (issue 17)",
-           "about": (f"`{args.data}`: {len(rows)} labelled answers, {sum(len(p) for p in pair_sets.values())} rows of "
+           "about": (f"`{shown}`: {len(rows)} labelled answers, {sum(len(p) for p in pair_sets.values())} rows of "
                      "a reading against a reference (see `scripts/labeller_ceiling.py`: double-labelled answers in "
                      "both directions, each calibration reader against the median of the others). "
                      f"`{READER}`: the reading scored as a judge; `offline-real`, `offline-residual`: the shipped "
