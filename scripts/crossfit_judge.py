@@ -160,11 +160,9 @@ def save_fitted(rows: list[dict], base: list[dict], inputs: dict, base_inputs: d
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "judge_exp",
-                    help="the labelled experiment answers (answers.jsonl, labels.jsonl)")
-    ap.add_argument("--variants", help="only the labelled answers of these variants (comma-separated shell patterns), "
-                    "e.g. the draws that existed when a result was made")
+    ejr.add_labelled_set_args(ap, "the labelled experiment answers (answers.jsonl, labels.jsonl)",
+                              "only the labelled answers of these variants (comma-separated shell patterns), e.g. "
+                              "the draws that existed when a result was made")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold (--fit-questions: which "
                     "are drawn)")
@@ -175,9 +173,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fit-questions", type=int, help="--hold-out: fit on the other answers to this many questions "
                     "only (drawn with --seed)")
     ap.add_argument("--save", type=Path, help="also fit one judge on all the labelled answers and save it here")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
-    ap.add_argument("--out", type=Path, default=ejr.OUT)
-    ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
     if args.data.resolve() == ejr.SPLIT.parent.resolve():
         raise SystemExit(f"--data {args.data}: the fitting base itself; give another labelled set (data/judge_exp)")

@@ -96,6 +96,7 @@ ALL_BLOCKS = ("embedding", "text", "drift", "perplexity", "residual")
 MODEL_BLOCKS = ("perplexity", "residual")  # need a forward pass of the default model: computed only when asked for
 OLD_SCORE = {True: 90.0, False: 10.0}  # the old binary labels on the 0-100 scale
 OLD_WEIGHTS = (0.0, 0.3, 1.0)  # --cv: weight of the hand-written rows in training (0: left out)
+CACHE = Path("/tmp/geomfilter-judge-real-cache")  # --cache: features per answer, computed once
 
 
 def new_name() -> str:
@@ -151,6 +152,18 @@ def load_rows(labels_path: Path, variants: str | None = None, exclude_variants: 
     if not rows:
         raise SystemExit(f"{labels_path}: no labelled answer of variants {variants!r} (excluding {exclude_variants!r})")
     return rows
+
+
+def add_labelled_set_args(ap: argparse.ArgumentParser, data_help: str, variants_help: str) -> None:
+    """The options of the scripts that read a labelled set of experiment answers and write a report
+    (``crossfit_judge.py``, ``labeller_ceiling.py``, ``judge_within_question.py``): ``--name``, ``--data``,
+    ``--variants``, ``--cache``, ``--out``, ``--n-boot``."""
+    ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "judge_exp", help=data_help)
+    ap.add_argument("--variants", help=variants_help)
+    ap.add_argument("--cache", type=Path, default=CACHE)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--n-boot", type=int, default=2000)
 
 
 def variant_selected(variant: str, variants: str | None, exclude_variants: str | None) -> bool:
@@ -706,7 +719,7 @@ def main(argv: list[str] | None = None) -> None:
                     "independent draws of the data; also report their mean with a Student-t CI over the draws")
     ap.add_argument("--judges", default="", help="--frozen: also read these saved feature judges (folders, "
                     "comma-separated; e.g. data/judges/organism-sycophancy75), reported under their folder names")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
+    ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--judge-dir", type=Path, default=NEW_DIR)
     ap.add_argument("--n-boot", type=int, default=2000)

@@ -177,15 +177,10 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "judge_exp",
-                    help="the labelled experiment answers (answers.jsonl, labels.jsonl)")
-    ap.add_argument("--variants", help="only these variants' answers (comma-separated shell patterns)")
+    ejr.add_labelled_set_args(ap, "the labelled experiment answers (answers.jsonl, labels.jsonl)",
+                              "only these variants' answers (comma-separated shell patterns)")
     ap.add_argument("--pairs", default=PAIRS, help="condition pairs A:B read inside every replicate that holds both")
     ap.add_argument("--alpha", type=float, default=100.0, help="the ridge regressions' penalty")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
-    ap.add_argument("--out", type=Path, default=ejr.OUT)
-    ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
     command = script_command(__file__, argv)
     shown = args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data

@@ -135,16 +135,11 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "judge_exp",
-                    help="labelled answers with their raw labels (answers.jsonl, labels.jsonl, labels_raw.jsonl)")
-    ap.add_argument("--variants", help="only these variants' answers (comma-separated shell patterns): the judges "
-                    "are cross-fitted on them, the multiply-read answers must all be among them")
+    ejr.add_labelled_set_args(ap, "labelled answers with their raw labels (answers.jsonl, labels.jsonl, "
+                              "labels_raw.jsonl)", "only these variants' answers (comma-separated shell patterns): "
+                              "the judges are cross-fitted on them, the multiply-read answers must all be among them")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/geomfilter-judge-real-cache"))
-    ap.add_argument("--out", type=Path, default=ejr.OUT)
-    ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
     command = script_command(__file__, argv)
     shown = args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data
