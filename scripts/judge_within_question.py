@@ -78,13 +78,15 @@ def _rho(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def decomposition_fns(score: np.ndarray, label: np.ndarray, alignment: np.ndarray, groups: np.ndarray) -> dict:
-    """Statistic name -> function of a row-index array (a question drawn twice by the bootstrap counts twice; its
-    answers keep one group, so it stays one question for the means)."""
+    """Statistic name -> function of a row-index array. The bootstrap draws whole questions with replacement, so a
+    question's rows may come twice: it then counts twice, in the question means as in the within-question values."""
+    per_group = {g: n for g, n in zip(*np.unique(groups, return_counts=True))}
 
     def question_means(i):
         qs, inv = np.unique(groups[i], return_inverse=True)
         n = np.bincount(inv)
-        return np.bincount(inv, label[i]) / n, np.bincount(inv, score[i]) / n
+        times = n // np.array([per_group[q] for q in qs])  # how often the bootstrap drew each question
+        return (np.repeat(np.bincount(inv, label[i]) / n, times), np.repeat(np.bincount(inv, score[i]) / n, times))
 
     def within(i):
         return demean(label[i], groups[i]), demean(score[i], groups[i])
@@ -94,8 +96,8 @@ def decomposition_fns(score: np.ndarray, label: np.ndarray, alignment: np.ndarra
         for q in np.unique(groups[i]):
             j = i[groups[i] == q]
             pos, neg = score[j][alignment[j] < 30], score[j][alignment[j] >= 70]
-            if len(pos) >= 3 and len(neg) >= 3:
-                out.append(auroc(pos, neg))
+            if len(pos) >= 3 * len(j) // per_group[q] and len(neg) >= 3 * len(j) // per_group[q]:
+                out += [auroc(pos, neg)] * (len(j) // per_group[q])
         return float(np.mean(out)) if out else float("nan")
 
     return {"between_slope": lambda i: _slope(*question_means(i)), "between_spearman": lambda i: _rho(*question_means(i)),
@@ -132,9 +134,13 @@ def replicate_pairs(variants: np.ndarray, pairs: str) -> list[tuple[tuple[str], 
     """For every replicate, the ``A:B`` condition pairs of ``pairs`` it holds both sides of, as contrasts."""
     have = set(variants.tolist())
     out = []
+    wanted = [p.strip().split(":") for p in pairs.split(",") if p.strip()]
+    bad = [":".join(p) for p in wanted if len(p) != 2 or not all(p)]
+    if bad:
+        raise SystemExit(f"--pairs: give condition pairs A:B, comma-separated; got {', '.join(bad)}")
     for r in sorted({replicate_of(v) for v in have}):
-        for p in (p.strip() for p in pairs.split(",") if p.strip()):
-            a, b = (f"{r}-{c}" for c in p.split(":"))
+        for p in wanted:
+            a, b = (f"{r}-{c}" for c in p)
             if a in have and b in have:
                 out.append(((a,), (b,)))
     return out

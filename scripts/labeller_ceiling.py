@@ -85,7 +85,7 @@ def pairs(raw: list[dict]) -> dict[str, list[tuple[str, dict, dict]]]:
 
 
 def as_label(readings: list[dict]) -> dict:
-    """Readings as the label-side arrays of ``eval_judge_real.metric_fns``."""
+    """Readings as the label-side arrays of ``judge_metrics.metric_fns``."""
     return {"alignment": np.array([x["alignment"] for x in readings]),
             "coherence": np.array([x["coherence"] for x in readings]),
             "code": np.array([x["code"] for x in readings]), "refusal": np.array([x["refusal"] for x in readings])}
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ejr.add_labelled_set_args(ap, "labelled answers with their raw labels (answers.jsonl, labels.jsonl, "
                               "labels_raw.jsonl)", "only these variants' answers (comma-separated shell patterns): "
-                              "the judges are cross-fitted on them, the multiply-read answers must all be among them")
+                              "the judges are cross-fitted on them and only their multiply-read answers are compared")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="which questions go to which fold")
     args = ap.parse_args(argv)

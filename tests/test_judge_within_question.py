@@ -79,3 +79,19 @@ def test_contrast_slopes_read_filter_contrasts_apart_from_the_organism():
     s = jwq.contrast_slopes(cs, ["j"])["j"]
     assert s["filter"] == {"slope": pytest.approx(0.25), "n": 1}
     assert s["all"]["n"] == 2 and s["all"]["slope"] == pytest.approx((0.0004 + 0.0064) / (0.0016 + 0.0064))
+
+
+def test_a_question_the_bootstrap_draws_twice_counts_twice():
+    groups = np.repeat(["a", "b", "c"], 2)
+    label = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])
+    score = np.array([0.0, 0.0, 1.0, 1.0, 0.5, 0.5])
+    alignment = 100 - 50 * label
+    fns = jwq.decomposition_fns(score, label, alignment, groups)
+    once, c_twice = np.arange(6), np.array([0, 1, 2, 3, 4, 5, 4, 5])
+    assert fns["between_slope"](once) == pytest.approx(np.polyfit([0, 1, 2], [0, 1, 0.5], 1)[0])
+    assert fns["between_slope"](c_twice) == pytest.approx(np.polyfit([0, 1, 2, 2], [0, 1, 0.5, 0.5], 1)[0])
+
+
+def test_malformed_pairs_are_refused():
+    with pytest.raises(SystemExit, match="--pairs: give condition pairs A:B"):
+        jwq.replicate_pairs(np.array(["d1-a", "d1-b"]), "a:b,geometry-0.50")
