@@ -31,9 +31,11 @@ def kappa(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def spearman(x, y) -> float:
+    """Spearman's rank correlation; NaN with fewer than 3 pairs or a constant side (no order to correlate)."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(x, y).statistic) if len(x) > 2 else float("nan")
+    x, y = np.asarray(x), np.asarray(y)
+    return float(spearmanr(x, y).statistic) if len(x) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
 
 
 def metric_fns(pred: dict, lab: dict) -> dict:

@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,10 +72,6 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.polyfit(x, y, 1)[0]) if len(x) > 2 and np.ptp(x) > 0 else float("nan")
 
 
-def _rho(x: np.ndarray, y: np.ndarray) -> float:
-    return float(spearmanr(x, y).statistic) if len(x) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
-
-
 def decomposition_fns(score: np.ndarray, label: np.ndarray, alignment: np.ndarray, groups: np.ndarray) -> dict:
     """Statistic name -> function of a row-index array. The bootstrap draws whole questions with replacement, so a
     question's rows may come twice: it then counts twice, in the question means as in the within-question values."""
@@ -100,8 +95,8 @@ def decomposition_fns(score: np.ndarray, label: np.ndarray, alignment: np.ndarra
                 out += [auroc(pos, neg)] * (len(j) // per_group[q])
         return float(np.mean(out)) if out else float("nan")
 
-    return {"between_slope": lambda i: _slope(*question_means(i)), "between_spearman": lambda i: _rho(*question_means(i)),
-            "within_slope": lambda i: _slope(*within(i)), "within_spearman": lambda i: _rho(*within(i)),
+    return {"between_slope": lambda i: _slope(*question_means(i)), "between_spearman": lambda i: jm.spearman(*question_means(i)),
+            "within_slope": lambda i: _slope(*within(i)), "within_spearman": lambda i: jm.spearman(*within(i)),
             "within_auroc": within_auroc,
             "pooled_auroc": lambda i: jm.auroc_or_nan(score[i][alignment[i] < 30], score[i][alignment[i] >= 70])}
 
