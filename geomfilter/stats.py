@@ -114,6 +114,20 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, lev
     return {"mean": float(stat(v)), "lo": lo, "hi": hi, "n": int(v.size)}
 
 
+def difference_of_means(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict:
+    """``mean(a) - mean(b)`` of two independent samples, with a percentile bootstrap CI that resamples each sample
+    on its own. ``{"mean", "lo", "hi", "n_a", "n_b"}``; NaNs where either sample is empty."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.size == 0 or y.size == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_a": int(x.size), "n_b": int(y.size)}
+    rng = np.random.default_rng(seed)
+    boots = np.array([x[rng.integers(0, x.size, x.size)].mean() - y[rng.integers(0, y.size, y.size)].mean()
+                      for _ in range(n_boot)])
+    lo, hi, _ = _percentile_ci(boots, level)
+    return {"mean": float(x.mean() - y.mean()), "lo": lo, "hi": hi, "n_a": int(x.size), "n_b": int(y.size)}
+
+
 def paired_differences(a_by_id: Mapping, b_by_id: Mapping) -> list[float]:
     """``a[i] - b[i]`` for the items in both mappings, in ``a``'s order; items NaN on either side are left out."""
     return [a_by_id[i] - b_by_id[i] for i in a_by_id

@@ -44,7 +44,7 @@ OUT = HERE / "labelling"
 AGREEMENT = ROOT / "data" / "results" / "judge" / "agreement.md"
 
 
-def _jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
@@ -68,7 +68,7 @@ def make(labellers: int, overlap: int, calibration: int, seed: int, round_no: in
     if (folder / "key.json").is_file():
         raise SystemExit(f"{folder / 'key.json'}: round {round_no} exists already (its batches are never rewritten)")
     earlier = {a for d in round_dirs() for a in json.loads((d / "key.json").read_text())["key"].values()}
-    answers = [a for a in _jsonl(HERE / "answers.jsonl") if a["id"] not in earlier]
+    answers = [a for a in read_jsonl(HERE / "answers.jsonl") if a["id"] not in earlier]
     if not answers:
         raise SystemExit(f"every answer of {HERE / 'answers.jsonl'} is in an earlier round; nothing to batch")
     order = list(range(len(answers)))
@@ -121,7 +121,7 @@ def _check(path: Path, n: int, row: dict) -> None:
             raise SystemExit(f"{where}: field {f!r} must be true or false, got {row[f]!r}")
 
 
-def _read_labels(path: Path, expected: list[str]) -> dict[str, dict]:
+def read_labels(path: Path, expected: list[str]) -> dict[str, dict]:
     got: dict[str, dict] = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -182,7 +182,7 @@ def merge_round(folder: Path) -> dict:
         path = folder / f"labels-{k}.jsonl"
         if not path.exists():
             raise SystemExit(f"{path}: missing (labeller {k} has not finished)")
-        per[k] = _read_labels(path, calib + plan["own"][k] + plan["double"][k])
+        per[k] = read_labels(path, calib + plan["own"][k] + plan["double"][k])
     raw, merged = [], []
     for k, labs in per.items():
         for b, lab in labs.items():

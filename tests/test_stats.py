@@ -459,3 +459,21 @@ def test_paired_bootstrap_auroc_differences_two_scorers_of_the_same_rows():
     assert r["ci_high"] - r["ci_low"] < unpaired
     with pytest.raises(ValueError, match="same rows"):
         paired_bootstrap_auroc(pos, neg, pos[:10], neg)
+
+
+def test_difference_of_means_resamples_each_sample_on_its_own():
+    from geomfilter.stats import difference_of_means
+
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0]
+    d = difference_of_means(a, b, n_boot=500, seed=0)
+    assert d["mean"] == pytest.approx(2.5 - 1 / 3) and (d["n_a"], d["n_b"]) == (4, 3)
+    assert d["lo"] < d["mean"] < d["hi"]
+    # the CI by hand: the same generator draws a's resample, then b's, in each replicate
+    rng = np.random.default_rng(0)
+    boots = [np.mean(np.asarray(a)[rng.integers(0, 4, 4)]) - np.mean(np.asarray(b)[rng.integers(0, 3, 3)])
+             for _ in range(500)]
+    assert (d["lo"], d["hi"]) == pytest.approx(tuple(np.percentile(boots, [2.5, 97.5])))
+    # two equal constant samples: no difference and no spread
+    assert difference_of_means([2.0] * 5, [2.0] * 3, n_boot=50) == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n_a": 5,
+                                                                   "n_b": 3}
+    assert np.isnan(difference_of_means([], [1.0])["mean"])
