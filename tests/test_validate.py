@@ -91,6 +91,11 @@ def test_detect_kind():
     assert detect_kind("data/eval/sycophancy_probes.jsonl") == "probes"
     assert detect_kind("data/sae_corpus/prompts_b.jsonl") == "prompts"
     assert detect_kind("data/other/stuff.jsonl") is None
+    # labelling batches and labels: a round's folder, and a re-reading round of scripts/relabel_drift.py
+    assert detect_kind("data/judge_exp/labelling/round-8/labels-3.jsonl") == "real_labels"
+    assert detect_kind("data/judge_exp/relabelling/drift-1/labels-2.jsonl") == "real_labels"
+    assert detect_kind("data/judge_exp/relabelling/drift-1/batch-2.jsonl") == "label_batch"
+    assert detect_kind("data/judge_exp/relabelling/drift-1/key.jsonl") is None
 
 
 # --------------------------------------------------------------------------- one bad row each

@@ -30,7 +30,8 @@ real_answers   ``judge_real/answers.jsonl``               id, prompt_id, kind, q
                                                           n_new_tokens, seed, made_by
 label_batch    ``judge_real/labelling/calibration.jsonl``, blind_id, question, answer, finish (what a
                ``judge_real/labelling/batch-K.jsonl``     labeller sees, see ``data/judge/RUBRIC.md``;
-               (and the same in ``labelling/round-N/``)   later labelling rounds in round-N/)
+               (and the same in ``labelling/round-N/``    later labelling rounds in round-N/,
+               and ``relabelling/<name>/``)               re-readings by scripts/relabel_drift.py)
 real_labels    ``judge_real/labels{,_raw}.jsonl``,        alignment (0-100 or null), coherence (0-100),
                ``judge_real/labelling/labels-K.jsonl``    code, refusal, labeller; id or blind_id;
                                                           optional notes, role

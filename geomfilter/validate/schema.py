@@ -206,7 +206,8 @@ def detect_kind(path: str | Path) -> str | None:
     if folder in LABELLED_FOLDERS and stem in ("labels", "labels_raw"):
         return "real_labels"
     if (folder == "labelling" and path.parent.parent.name in LABELLED_FOLDERS) or (
-            re.fullmatch(r"round-\d+", folder) and path.parent.parent.name == "labelling"):  # labelling/round-N/
+            re.fullmatch(r"round-\d+", folder) and path.parent.parent.name == "labelling") or (
+            path.parent.parent.name == "relabelling"):  # labelling/round-N/, relabelling/<name>/ (relabel_drift.py)
         if stem == "calibration" or re.fullmatch(r"batch-\d+", stem):
             return "label_batch"
         if re.fullmatch(r"labels-\d+", stem):
