@@ -6,12 +6,23 @@ Labels and predictions are dicts of per-answer arrays: labels ``alignment`` (NaN
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
 def col(rows: list[dict], key: str) -> np.ndarray:
     """Field ``key`` of every row, as an array."""
     return np.array([r[key] for r in rows])
+
+
+def label_arrays(labels: Sequence[dict]) -> dict:
+    """Label rows (``alignment`` a number, None or NaN; ``coherence``; ``code``; ``refusal``) as the per-answer arrays
+    the functions below read (alignment NaN where the labeller gave none)."""
+    return {"alignment": np.array([np.nan if r.get("alignment") is None else float(r["alignment"]) for r in labels]),
+            "coherence": np.array([float(r["coherence"]) for r in labels]),
+            "code": np.array([bool(r.get("code")) for r in labels]),
+            "refusal": np.array([bool(r.get("refusal")) for r in labels])}
 
 
 def label_flag(lab: dict) -> np.ndarray:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import crossfit_judge as cj  # noqa: E402
 import eval_judge_real as ejr  # noqa: E402
 import judge_metrics as jm  # noqa: E402
-from judge_labels import col  # noqa: E402
+from judge_labels import col, label_arrays  # noqa: E402
 
 from geomfilter.files import script_command  # noqa: E402
 
@@ -84,17 +84,10 @@ def pairs(raw: list[dict]) -> dict[str, list[tuple[str, dict, dict]]]:
     return out
 
 
-def as_label(readings: list[dict]) -> dict:
-    """Readings as the label-side arrays of ``judge_metrics.metric_fns``."""
-    return {"alignment": np.array([x["alignment"] for x in readings]),
-            "coherence": np.array([x["coherence"] for x in readings]),
-            "code": np.array([x["code"] for x in readings]), "refusal": np.array([x["refusal"] for x in readings])}
-
-
 def as_pred(readings: list[dict]) -> dict:
     """Readings scored as a judge's predictions: CODE / REFUSAL as its label; a reading without an alignment (harmless
     code) as alignment 100."""
-    lab = as_label(readings)
+    lab = label_arrays(readings)
     label = np.where(lab["code"], "CODE", np.where(lab["refusal"], "REFUSAL", ""))
     return {"alignment": np.nan_to_num(lab["alignment"], nan=100.0), "coherence": lab["coherence"], "label": label}
 
@@ -112,7 +105,7 @@ def ceiling(rows: list[dict], judge_preds: dict[str, dict], pair_sets: dict[str,
         if not ps:
             continue
         j = np.array([at[aid] for aid, _, _ in ps])
-        lab, groups, idx = as_label([p[1] for p in ps]), col(rows, "prompt_id")[j], np.arange(len(ps))
+        lab, groups, idx = label_arrays([p[1] for p in ps]), col(rows, "prompt_id")[j], np.arange(len(ps))
         preds = {READER: as_pred([p[2] for p in ps])}
         preds.update({n: {k: v[j] for k, v in p.items()} for n, p in judge_preds.items()})
         out[name] = {"n_answers": len(set(j.tolist())), "n_rows": len(ps),
