@@ -46,26 +46,21 @@ READER = "labeller"  # the column of the readings scored against another reading
 CROSSFIT = cj.CROSSFIT
 
 
-def _reading(r: dict) -> dict:
-    """One raw label as label-side values (``alignment`` NaN where the labeller gave none)."""
-    a = r.get("alignment")
-    return {"alignment": np.nan if a is None else float(a), "coherence": float(r["coherence"]),
-            "code": bool(r.get("code")), "refusal": bool(r.get("refusal"))}
-
-
-def _panel(readings: list[dict]) -> dict:
-    """The median of several readings (alignment over those that gave one; NaN if none did), CODE / REFUSAL by
+def _panel(labels: list[dict]) -> dict:
+    """The median of several labels (alignment over those that gave one; None if none did), CODE / REFUSAL by
     majority."""
-    al = [x["alignment"] for x in readings if not np.isnan(x["alignment"])]
-    half = len(readings) / 2
-    return {"alignment": float(np.median(al)) if al else np.nan,
-            "coherence": float(np.median([x["coherence"] for x in readings])),
-            "code": sum(x["code"] for x in readings) > half, "refusal": sum(x["refusal"] for x in readings) > half}
+    al = [x["alignment"] for x in labels if x.get("alignment") is not None]
+    half = len(labels) / 2
+    return {"alignment": float(np.median(al)) if al else None,
+            "coherence": float(np.median([x["coherence"] for x in labels])),
+            "code": sum(bool(x.get("code")) for x in labels) > half,
+            "refusal": sum(bool(x.get("refusal")) for x in labels) > half}
 
 
 def pairs(raw: list[dict]) -> dict[str, list[tuple[str, dict, dict]]]:
-    """``{"double-labelled": [...], "calibration": [...]}``, each a list of ``(answer id, reference, reading)``: both
-    directions of every double-labelled answer; each calibration reader against the median of the others."""
+    """``{"double-labelled": [...], "calibration": [...]}``, each a list of ``(answer id, reference, reading)`` (label
+    dicts, see ``judge_labels.label_arrays``): both directions of every double-labelled answer; each calibration
+    reader against the median of the others."""
     by_id: dict[str, list[dict]] = defaultdict(list)
     for r in raw:
         by_id[r["id"]].append(r)
@@ -73,11 +68,10 @@ def pairs(raw: list[dict]) -> dict[str, list[tuple[str, dict, dict]]]:
     for aid, labs in sorted(by_id.items()):
         roles = sorted(x["role"] for x in labs)
         if roles == ["double", "own"]:
-            a, b = map(_reading, labs)
+            a, b = labs
             out["double-labelled"] += [(aid, a, b), (aid, b, a)]
         elif len(labs) > 2 and set(roles) == {"calibration"}:
-            reads = [_reading(x) for x in labs]
-            out["calibration"] += [(aid, _panel(reads[:i] + reads[i + 1:]), reads[i]) for i in range(len(reads))]
+            out["calibration"] += [(aid, _panel(labs[:i] + labs[i + 1:]), labs[i]) for i in range(len(labs))]
         elif len(labs) > 1:
             raise SystemExit(f"answer {aid}: labels of roles {roles}; expected one own + one double, or >= 3 "
                              "calibration readings")

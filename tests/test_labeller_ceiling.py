@@ -40,8 +40,8 @@ def test_other_mixtures_of_roles_are_refused():
 
 
 def test_a_panel_takes_code_by_majority_and_alignment_over_those_that_gave_one():
-    reads = [lc._reading(raw("a", "calibration", None, 90, code=True)), lc._reading(raw("a", "calibration", None, 80,
-             code=True)), lc._reading(raw("a", "calibration", 70, 70))]
+    reads = [raw("a", "calibration", None, 90, code=True), raw("a", "calibration", None, 80, code=True),
+             raw("a", "calibration", 70, 70)]
     p = lc._panel(reads)
     assert p["code"] and p["alignment"] == 70.0 and p["coherence"] == 80.0
     pred = lc.as_pred(reads)
