@@ -61,6 +61,12 @@ def round_dirs() -> list[Path]:
     return ([OUT] if (OUT / "key.json").is_file() else []) + [p for p in later if (p / "key.json").is_file()]
 
 
+def batch_row(blind_id: str, answer: dict) -> dict:
+    """What a labeller sees of an answer row: its blind id, the question, the answer and how it ended."""
+    return {"blind_id": blind_id, "question": answer["question"], "answer": answer["answer"],
+            "finish": answer["finish"]}
+
+
 def make(labellers: int, overlap: int, calibration: int, seed: int, round_no: int = 1) -> None:
     """Blind batches of the answers that no earlier round holds: round 1 in ``labelling/`` (blind ids
     ``r0001`` ...), round N > 1 in ``labelling/round-N/`` (blind ids ``rN-0001`` ...)."""
@@ -81,16 +87,12 @@ def make(labellers: int, overlap: int, calibration: int, seed: int, round_no: in
         raise SystemExit(f"--overlap {overlap} is more than a labeller's share ({min(map(len, shares))})")
     folder.mkdir(parents=True, exist_ok=True)
 
-    def view(b: str) -> dict:
-        a = blind[b]
-        return {"blind_id": b, "question": a["question"], "answer": a["answer"], "finish": a["finish"]}
-
-    write_jsonl(folder / "calibration.jsonl", [view(b) for b in calib])
+    write_jsonl(folder / "calibration.jsonl", [batch_row(b, blind[b]) for b in calib])
     plan = {"seed": seed, "labellers": labellers, "overlap": overlap, "calibration": calib, "own": {},
             "double": {}}
     for k in range(labellers):
         second = shares[(k + 1) % labellers][:overlap]
-        write_jsonl(folder / f"batch-{k + 1}.jsonl", [view(b) for b in shares[k] + second])
+        write_jsonl(folder / f"batch-{k + 1}.jsonl", [batch_row(b, blind[b]) for b in shares[k] + second])
         plan["own"][str(k + 1)] = shares[k]
         plan["double"][str(k + 1)] = second
     (folder / "key.json").write_text(json.dumps({"key": {b: blind[b]["id"] for b in ids}, "plan": plan}, indent=1))

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from judge_labels import label_arrays, label_low_alignment  # noqa: E402
-from label_batches import read_jsonl, read_labels  # noqa: E402
+from label_batches import batch_row, read_jsonl, read_labels  # noqa: E402
 
 from geomfilter.files import atomic_write_text, script_command, write_jsonl  # noqa: E402
 from geomfilter.stats import difference_of_means, paired_summary  # noqa: E402
@@ -74,9 +74,7 @@ def make(root: Path, name: str, sample: dict[str, int], labellers: int, seed: in
     shares = {str(k + 1): ids[k::labellers] for k in range(labellers)}
     folder.mkdir(parents=True, exist_ok=True)
     for k, bs in shares.items():
-        write_jsonl(folder / f"batch-{k}.jsonl", [{"blind_id": b, "question": answers[blind[b]]["question"],
-                                                   "answer": answers[blind[b]]["answer"],
-                                                   "finish": answers[blind[b]]["finish"]} for b in bs])
+        write_jsonl(folder / f"batch-{k}.jsonl", [batch_row(b, answers[blind[b]]) for b in bs])
     plan = {"seed": seed, "labellers": labellers, "sample": sample, "own": shares}
     (folder / "key.json").write_text(json.dumps({"key": blind, "plan": plan}, indent=1))
     print(f"{name}: {len(ids)} answers ({', '.join(f'{v} {n}' for v, n in sample.items())}) in {labellers} batches "
