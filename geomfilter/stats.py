@@ -55,6 +55,30 @@ def auroc_columns(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return u / (len(pos) * len(neg))
 
 
+def within_group_auroc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray, groups: np.ndarray,
+                       min_each: int = 3) -> Callable[[np.ndarray], float]:
+    """The AUROC inside a group (e.g. the answers to one question), as a function of a row-index array for
+    :func:`cluster_bootstrap`: the mean over groups with at least ``min_each`` ``positive`` and ``negative`` rows of
+    the group's AUROC (positive vs negative; rows in neither are ignored). What the prompt alone explains cannot
+    raise it, unlike a pooled AUROC. A group the bootstrap drew k times counts k times. NaN when no group
+    qualifies."""
+    scores, groups = np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    positive, negative = np.asarray(positive, dtype=bool), np.asarray(negative, dtype=bool)
+    per_group = dict(zip(*np.unique(groups, return_counts=True)))
+
+    def stat(i: np.ndarray) -> float:
+        out: list[float] = []
+        for g in np.unique(groups[i]):
+            j = i[groups[i] == g]
+            times = len(j) // per_group[g]
+            pos, neg = scores[j][positive[j]], scores[j][negative[j]]
+            if len(pos) >= min_each * times and len(neg) >= min_each * times:
+                out += [auroc(pos, neg)] * times
+        return float(np.mean(out)) if out else float("nan")
+
+    return stat
+
+
 def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """AUROC with a percentile bootstrap CI (each class resampled with replacement).
 

@@ -44,7 +44,7 @@ from judge_contrasts import contrast_rates, run_contrasts  # noqa: E402
 from judge_labels import col  # noqa: E402
 
 from geomfilter.files import script_command  # noqa: E402
-from geomfilter.stats import auroc, cluster_bootstrap  # noqa: E402
+from geomfilter.stats import cluster_bootstrap, within_group_auroc  # noqa: E402
 
 LABELS = "labels: mean misalignment"
 PAIRS = "geometry-0.50:random-0.50,geometry-0.50:misaligned,random-0.50:misaligned,misaligned:base"
@@ -86,18 +86,9 @@ def decomposition_fns(score: np.ndarray, label: np.ndarray, alignment: np.ndarra
     def within(i):
         return demean(label[i], groups[i]), demean(score[i], groups[i])
 
-    def within_auroc(i):
-        out = []
-        for q in np.unique(groups[i]):
-            j = i[groups[i] == q]
-            pos, neg = score[j][alignment[j] < 30], score[j][alignment[j] >= 70]
-            if len(pos) >= 3 * len(j) // per_group[q] and len(neg) >= 3 * len(j) // per_group[q]:
-                out += [auroc(pos, neg)] * (len(j) // per_group[q])
-        return float(np.mean(out)) if out else float("nan")
-
     return {"between_slope": lambda i: _slope(*question_means(i)), "between_spearman": lambda i: jm.spearman(*question_means(i)),
             "within_slope": lambda i: _slope(*within(i)), "within_spearman": lambda i: jm.spearman(*within(i)),
-            "within_auroc": within_auroc,
+            "within_auroc": within_group_auroc(score, alignment < 30, alignment >= 70, groups),
             "pooled_auroc": lambda i: jm.auroc_or_nan(score[i][alignment[i] < 30], score[i][alignment[i] >= 70])}
 
 

@@ -28,6 +28,7 @@ from geomfilter.stats import (
     paired_summary,
     precision_at,
     rate_within_variance,
+    within_group_auroc,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -387,6 +388,30 @@ def test_cluster_bootstrap_resamples_groups():
     assert r["value"] == 1.0 and r["n_groups"] == 3 and r["lo"] < 1.0 < r["hi"] and r["n_undefined"] == 0
     r = cluster_bootstrap(groups, lambda i: np.nan if (v[i] == 2).all() else v[i].mean(), n_boot=300)
     assert r["n_undefined"] > 0 and not np.isnan(r["lo"])
+
+
+def test_within_group_auroc_ignores_what_the_group_explains_and_counts_redraws():
+    """Two questions: inside each the positives score above the negatives (AUROC 1 within), but question b's rows
+    all score below question a's, and b holds most of the positives, so the pooled AUROC is low. A group with fewer
+    than ``min_each`` of a class is left out; a group drawn twice counts twice."""
+    groups = np.array(["a"] * 6 + ["b"] * 9 + ["c"] * 4)
+    score = np.array([10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9.5, 8.5, 7.5, 6.5])
+    pos = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=bool)
+    neg = ~pos
+    neg[8] = False  # a row in neither class (a middling label) is ignored
+    stat = within_group_auroc(score, pos, neg, groups)
+    assert stat(np.arange(19)) == 1.0  # c has one positive: left out
+    assert auroc(score[pos], score[neg]) == pytest.approx(51 / 81)  # pooled: b's low scores weigh its positives down
+    swap = score.copy()
+    swap[[2, 3]] = swap[[3, 2]]  # a: one positive below one negative -> AUROC 8/9 within a
+    stat = within_group_auroc(swap, pos, neg, groups)
+    a_only = np.arange(6)
+    assert stat(a_only) == pytest.approx(8 / 9)
+    assert stat(np.arange(15)) == pytest.approx((8 / 9 + 1) / 2)
+    assert stat(np.concatenate([a_only, a_only, np.arange(6, 15)])) == pytest.approx((2 * 8 / 9 + 1) / 3)
+    assert np.isnan(within_group_auroc(score, pos, neg, groups, min_each=4)(np.arange(19)))
+    r = cluster_bootstrap(groups, stat, n_boot=200)
+    assert r["n_groups"] == 3 and r["lo"] <= r["value"] <= r["hi"]
 
 
 def test_t_interval_is_the_textbook_student_interval():
