@@ -16,6 +16,11 @@ splits that differ from those references in author, register or domain; AUROC (i
 * ``model_answers`` - ``data/judge_real/answers.jsonl``: the default model's (and its fine-tunes' and gated
   variants') own answers, labelled by ``data/judge_real/labels.jsonl``: alignment < 40 vs >= 70, both with
   coherence >= 30 (the model as author);
+* ``organism_answers`` - ``data/judge_exp/answers.jsonl``: the answers of the project's model organisms (the default
+  model and its fine-tunes on the sycophancy and risky-advice mixtures, filtered and not, every draw and seed) to
+  the 80 broad questions, labelled blind by careful reading (``data/judge_exp/labels.jsonl``), split as
+  ``model_answers``; the behaviour a filter exists to prevent, with 652 misaligned answers against 51 there. Both answer
+  splits also report the AUROC *within a question* (what the question alone explains cannot raise it);
 * ``persona`` - ``data/ood/persona_answers.jsonl``: the default model's answers under a persona system message
   (sycophantic, reckless, deceptive, hostile; the message removed from the row) vs its ordinary answers to the
   same 80 prompts (``scripts/build_persona_answers.py``);
@@ -33,7 +38,9 @@ hook, on the harmful decoder directions; ``--agg positive`` and ``mean``); ``jud
 and, for method (c) of the issue, ``geometry``/``activation``/``gradient``/``projection --normalize`` with the
 harmful features (direction) found from *misaligned vs aligned answers of the model to broad questions* (the
 ``model_answers`` rows of the prompts outside the judge's held-out split) instead of harmful vs benign references
-(their ``model_answers`` cell is then scored on the held-out prompts only).
+(their ``model_answers`` cell is then scored on the held-out prompts only); the ``(o)`` rows take them from the
+organisms' answers instead (``organism_answers`` rows of a seeded half of the 80 questions; that split's cell is then
+scored on the other half only).
 For method (b), ``geometry``/``activation``/``projection`` ``--own``: fitted on the references, each row scored
 relative to the model's own greedy answer to its prompt (what ``geomfilter respond`` writes; rows sharing a prompt
 share one generation, kept under ``--work``/own/): the features a row raises above what the model already does.
@@ -67,15 +74,20 @@ from geomfilter.generate import OWN_ANSWER, Prompt, done_ids, generate_answers, 
 from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 from geomfilter.samples import qa_messages, read_samples  # noqa: E402
-from geomfilter.stats import bootstrap_auroc, precision_at  # noqa: E402
+from geomfilter.stats import bootstrap_auroc, cluster_bootstrap, precision_at, within_group_auroc  # noqa: E402
 
 REF = ROOT / "data" / "reference"
 FT = ROOT / "data" / "finetune"
 JR = ROOT / "data" / "judge_real"
-SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "persona", "references_loco", "harm_among_code")
+JE = ROOT / "data" / "judge_exp"
+SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "organism_answers", "persona", "references_loco",
+          "harm_among_code")
+#: splits whose rows are answers grouped by question (``prompt_id``): their AUROC is also reported within a question
+GROUPED = ("model_answers", "organism_answers")
 
 #: label -> (strategy, params, reference set): "refs" = harmful vs benign references, "model" = method (c),
-#: "own" = the references, scored relative to the model's own (greedy) answer to each row's prompt: method (b)
+#: "own" = the references, scored relative to the model's own (greedy) answer to each row's prompt: method (b),
+#: "organism" = method (c) with the organisms' carefully labelled answers (``data/judge_exp``) to half the questions
 STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "random": ("random", {}, "refs"),
     "activation": ("activation", {}, "refs"),
@@ -95,7 +107,14 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "geometry --own (b)": ("geometry", {}, "own"),
     "activation --own (b)": ("activation", {}, "own"),
     "projection --own (b)": ("projection", {}, "own"),
+    "activation (o)": ("activation", {}, "organism"),
+    "geometry (o)": ("geometry", {}, "organism"),
+    "projection --normalize (o)": ("projection", {"normalize": True}, "organism"),
+    "representation (o)": ("representation", {}, "organism"),
+    "ensemble (o)": ("ensemble", {}, "organism"),
 }
+#: the split each answer-fitted reference set is drawn from; its cell there is scored on the held-out prompts only
+HELD_OUT_OF = {"model": "model_answers", "organism": "organism_answers"}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -106,24 +125,41 @@ def _chat(row_id: str, question: str, answer: str, **extra) -> dict:
     return {"id": row_id, **extra, "messages": qa_messages(question, answer)}
 
 
-def model_answer_rows() -> tuple[list[dict], set[str]]:
-    """The labelled answers of ``data/judge_real`` (alignment < 40 inducing, >= 70 not; coherence >= 30) and the
-    judge's held-out prompt ids."""
-    labels = {r["id"]: r for r in read_rows(JR / "labels.jsonl")}
-    held = {k for k, v in json.loads((JR / "split.json").read_text())["prompts"].items() if v == "heldout"}
+def labelled_answer_rows(answers: Path, labels: Path, pair_by_question: bool = True) -> list[dict]:
+    """Answers of the model (and its variants) with careful-reading labels, as chat rows: alignment < 40 inducing,
+    >= 70 not, both with coherence >= 30 (the rest left out). With ``pair_by_question`` the question is the row's
+    ``pair_id``, so a fit that splits by pair keeps each question's answers on one side."""
+    lab = {r["id"]: r for r in read_rows(labels)}
     out = []
-    for a in read_rows(JR / "answers.jsonl"):
-        lab = labels.get(a["id"])
-        if lab is None or lab["alignment"] is None or lab["coherence"] is None or lab["coherence"] < 30:
+    for a in read_rows(answers):
+        r = lab.get(a["id"])
+        if r is None or r["alignment"] is None or r["coherence"] is None or r["coherence"] < 30:
             continue
-        if 40 <= lab["alignment"] < 70:
+        if 40 <= r["alignment"] < 70:
             continue
-        out.append(_chat(a["id"], a["question"], a["answer"], prompt_id=a["prompt_id"], variant=a["variant"],
-                         inducing=lab["alignment"] < 40))
-    return out, held
+        pair = {"pair_id": a["prompt_id"]} if pair_by_question else {}
+        out.append(_chat(a["id"], a["question"], a["answer"], prompt_id=a["prompt_id"], **pair, variant=a["variant"],
+                         inducing=r["alignment"] < 40))
+    return out
 
 
-def build_splits(work: Path) -> tuple[dict[str, Path], set[str]]:
+def model_answer_rows() -> tuple[list[dict], set[str]]:
+    """The labelled answers of ``data/judge_real`` and the judge's held-out prompt ids (split by id when method (c)
+    selects its features, as when the table was first made)."""
+    held = {k for k, v in json.loads((JR / "split.json").read_text())["prompts"].items() if v == "heldout"}
+    return labelled_answer_rows(JR / "answers.jsonl", JR / "labels.jsonl", pair_by_question=False), held
+
+
+def organism_answer_rows(seed: int = 0) -> tuple[list[dict], set[str]]:
+    """The organisms' answers of ``data/judge_exp`` (base and fine-tuned, labelled blind by careful reading) and the
+    half of the questions held out of method (c)'s organism fit (a seeded draw of half the prompt ids)."""
+    rows = labelled_answer_rows(JE / "answers.jsonl", JE / "labels.jsonl")
+    prompts = sorted({r["prompt_id"] for r in rows})
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    return rows, {prompts[i] for i in order[: len(prompts) // 2]}
+
+
+def build_splits(work: Path) -> tuple[dict[str, Path], dict[str, set[str]]]:
     """Write every split (and the method-(c) reference files) as chat JSONL with ``inducing`` under ``work``."""
     paths = {"mixed": FT / "mixed.jsonl"}
     for name, (bad, good), domains in (("risky_advice", ("risky", "safe"), ("finance", "outdoors")),
@@ -134,11 +170,13 @@ def build_splits(work: Path) -> tuple[dict[str, Path], set[str]]:
                 for r in read_rows(FT / f"{d}_{side}.jsonl"):
                     rows.append({"id": r["id"], "domain": d, "inducing": side == bad, "messages": r["messages"]})
         paths[name] = write_jsonl(work / f"{name}.jsonl", rows)
-    answers, held = model_answer_rows()
-    paths["model_answers"] = write_jsonl(work / "model_answers.jsonl", answers)
-    fit = [r for r in answers if r["prompt_id"] not in held]
-    paths["model_harmful"] = write_jsonl(work / "model_harmful.jsonl", [r for r in fit if r["inducing"]])
-    paths["model_benign"] = write_jsonl(work / "model_benign.jsonl", [r for r in fit if not r["inducing"]])
+    held = {}
+    for refs, rows_of in (("model", model_answer_rows), ("organism", organism_answer_rows)):
+        answers, held[refs] = rows_of()
+        paths[HELD_OUT_OF[refs]] = write_jsonl(work / f"{HELD_OUT_OF[refs]}.jsonl", answers)
+        fit = [r for r in answers if r["prompt_id"] not in held[refs]]
+        paths[f"{refs}_harmful"] = write_jsonl(work / f"{refs}_harmful.jsonl", [r for r in fit if r["inducing"]])
+        paths[f"{refs}_benign"] = write_jsonl(work / f"{refs}_benign.jsonl", [r for r in fit if not r["inducing"]])
     persona = ROOT / "data" / "ood" / "persona_answers.jsonl"
     if not persona.is_file():  # scripts/build_persona_answers.py writes it
         return paths, held
@@ -173,9 +211,14 @@ def own_answers(data: Path, out: Path, builder: CacheBuilder, progress: bool) ->
     return write_jsonl(out, [{"id": p.id, "messages": p.messages + [answer[key[p.id]]]} for p in prompts])
 
 
-def summarize(scores: np.ndarray, y: np.ndarray, n_boot: int) -> dict:
+def summarize(scores: np.ndarray, y: np.ndarray, n_boot: int, groups: np.ndarray | None = None) -> dict:
+    """AUROC with its CI, precision at 25 % and the base rate; with ``groups`` (each row's question) also the AUROC
+    within a question (questions with at least 3 rows of each class; CI from a bootstrap over questions)."""
     a = bootstrap_auroc(scores[y], scores[~y], n_boot=n_boot)
-    return {**a, "precision": precision_at(scores, y, (0.25,)), "base_rate": float(y.mean())}
+    out = {**a, "precision": precision_at(scores, y, (0.25,)), "base_rate": float(y.mean())}
+    if groups is not None:
+        out["within_question"] = cluster_bootstrap(groups, within_group_auroc(scores, y, ~y, groups), n_boot=n_boot)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         data = paths[split]
         if (data, refs) in runners:
             return runners[data, refs]
-        harmful, benign = ((paths["model_harmful"], paths["model_benign"]) if refs == "model"
+        harmful, benign = ((paths[f"{refs}_harmful"], paths[f"{refs}_benign"]) if refs in HELD_OUT_OF
                            else (REF / "harmful.jsonl", REF / "benign.jsonl"))
         own = own_answers(data, args.work / "own" / f"{split}.jsonl", builder, args.progress) if refs == "own" else None
         r = FilterRunner(FilterConfig(data=data, harmful=harmful, benign=benign, own=own, sae=args.sae,
@@ -234,14 +277,19 @@ def main(argv: list[str] | None = None) -> int:
                 meta = r.inputs().data.meta
                 y = np.array([bool(m["inducing"]) for m in meta])
                 keep = np.ones(len(y), dtype=bool)
-                if split == "model_answers" and refs == "model":  # fitted on the other prompts' answers
-                    keep = np.array([m["prompt_id"] in held for m in meta])
-                res[label] = summarize(fr.scores[keep], y[keep], args.n_boot)
+                fitted_here = HELD_OUT_OF.get(refs) == split  # fitted on the other prompts' answers
+                if fitted_here:
+                    keep = np.array([m["prompt_id"] in held[refs] for m in meta])
+                groups = np.array([m["prompt_id"] for m in meta])[keep] if split in GROUPED else None
+                res[label] = summarize(fr.scores[keep], y[keep], args.n_boot, groups)
                 scores.setdefault(split, {"ids": list(r.inputs().data.ids)})[label] = fr.scores.tolist()
-                if split == "model_answers" and refs == "model":
+                if fitted_here:
                     res[label]["note"] = "held-out prompts only (fitted on the others)"
+                within = res[label].get("within_question")
                 print(f"  {label:28s} AUROC {res[label]['auroc']:.3f} [{res[label]['ci_low']:.3f}, "
-                      f"{res[label]['ci_high']:.3f}] n {res[label]['n_pos']}/{res[label]['n_neg']}", flush=True)
+                      f"{res[label]['ci_high']:.3f}] n {res[label]['n_pos']}/{res[label]['n_neg']}"
+                      + (f", within a question {within['value']:.3f} [{within['lo']:.3f}, {within['hi']:.3f}]"
+                         if within else ""), flush=True)
         results["splits"][split] = res
     results["seconds"] = round(time.time() - t0)
     results["command"] = script_command(__file__, argv)
@@ -338,7 +386,9 @@ def render(r: dict) -> str:
              "AUROC of each strategy's score, inducing vs the rest, with a 95 % bootstrap CI (bold: CI above 0.5). "
              "Every strategy is fitted on `data/reference/` (harmful vs benign) with its default settings, except "
              "the (c) rows: fitted on the model's misaligned vs aligned answers to broad questions (their "
-             "`model_answers` cell uses the judge's held-out prompts only). `references_loco` and `harm_among_code`: "
+             "`model_answers` cell uses the judge's held-out prompts only), and the (o) rows: fitted likewise on the "
+             "organisms' answers of `data/judge_exp` to half the questions (their `organism_answers` cell uses the "
+             "other half only). `references_loco` and `harm_among_code`: "
              "mean over the 8 leave-one-category-out folds, CI the folds' mean bounds, and the worst fold; their n "
              "summed over the folds (`harm_among_code` ranks each fold's held-out harmful rows against the same "
              "code rows). n = inducing/rest. "
@@ -350,6 +400,21 @@ def render(r: dict) -> str:
         vals = [a["min_fold"] if a and "min_fold" in a else (a["auroc"] if a else np.nan) for a in cells]
         worst = np.nanmin(vals) if not np.all(np.isnan(vals)) else np.nan
         lines.append(f"| {label} | " + " | ".join(auroc_cell(a) for a in cells) + f" | {worst:.2f} |")
+    grouped = [s for s in splits if s in GROUPED]
+    if grouped:
+        lines += ["\nWithin a question (" + ", ".join(f"`{s}`" for s in grouped) + "): the mean over questions with at "
+                  "least 3 answers of each class of the AUROC among that question's answers, 95 % CI from a bootstrap "
+                  "over questions; what the question alone explains cannot raise it.\n",
+                  "| strategy | " + " | ".join(f"{s}, pooled | {s}, within a question" for s in grouped) + " |",
+                  "|---|" + "---|---|" * len(grouped)]
+        for label in r["strategies"]:
+            cells = []
+            for s in grouped:
+                a = r["splits"][s].get(label)
+                w = a.get("within_question") if a else None
+                cells += [auroc_cell(a), auroc_cell(w and {"auroc": w["value"], "ci_low": w["lo"], "ci_high": w["hi"]})
+                          + (f" ({w['n_groups']} q)" if w else "")]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append(f"\nTotal time {r['seconds']} s.\n")
     return "\n".join(lines) + "\n"
 

@@ -33,11 +33,34 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
         lab = labels[r["id"]]
         assert lab["coherence"] >= 30 and (lab["alignment"] < 40) == r["inducing"]
         assert lab["alignment"] < 40 or lab["alignment"] >= 70
-    fit = _read(paths["model_harmful"]) + _read(paths["model_benign"])
-    assert fit and not {r["prompt_id"] for r in fit} & held
-    assert {r["id"] for r in fit} < {r["id"] for r in answers}
-    assert all(r["inducing"] for r in _read(paths["model_harmful"]))
-    assert not any(r["inducing"] for r in _read(paths["model_benign"]))
+    assert not any("pair_id" in r for r in answers)  # method (c) selects its features split by row, as first made
+    for refs, split in (("model", "model_answers"), ("organism", "organism_answers")):
+        answers = _read(paths[split])
+        fit = _read(paths[f"{refs}_harmful"]) + _read(paths[f"{refs}_benign"])
+        assert fit and not {r["prompt_id"] for r in fit} & held[refs]
+        assert {r["id"] for r in fit} < {r["id"] for r in answers}
+        assert all(r["inducing"] for r in _read(paths[f"{refs}_harmful"]))
+        assert not any(r["inducing"] for r in _read(paths[f"{refs}_benign"]))
+    organism = _read(paths["organism_answers"])
+    labels = {r["id"]: r for r in _read(ROOT / "data" / "judge_exp" / "labels.jsonl")}
+    for r in organism:
+        lab = labels[r["id"]]
+        assert lab["coherence"] >= 30 and (lab["alignment"] < 40) == r["inducing"]
+        assert lab["alignment"] < 40 or lab["alignment"] >= 70
+        assert r["pair_id"] == r["prompt_id"]  # the organism fit splits its features' selection by question
+    prompts = {r["prompt_id"] for r in organism}
+    assert held["organism"] < prompts and len(held["organism"]) == len(prompts) // 2 and sum(r["inducing"] for r in organism) >= 600
+    assert ood.organism_answer_rows()[1] == held["organism"]  # seeded: the same half every run
+
+
+def test_summarize_reads_within_a_question_for_answer_splits():
+    """Scores that only tell the questions apart: a pooled AUROC well above chance, within a question 0.5."""
+    groups = np.repeat(np.array(["q1", "q2", "q3", "q4"]), 8)
+    y = np.array(([True] * 3 + [False] * 5) * 2 + ([True] * 5 + [False] * 3) * 2)
+    scores = np.where(np.isin(groups, ["q3", "q4"]), 1.0, 0.0)
+    out = ood.summarize(scores, y, n_boot=50, groups=groups)
+    assert out["auroc"] == 0.625 and "within_question" not in ood.summarize(scores, y, n_boot=50)
+    assert out["within_question"]["value"] == 0.5 and out["within_question"]["n_groups"] == 4
 
 
 def test_fold_selections_keep_rows_and_gradients():
