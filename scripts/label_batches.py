@@ -173,6 +173,17 @@ def _pair_stats(pairs: list[tuple[dict, dict]]) -> dict:
     return out
 
 
+def panel_label(labels: list[dict]) -> dict:
+    """What several readings of one answer count as (a calibration answer's label in ``labels.jsonl``): the median
+    alignment and coherence rounded to integers, the alignment None unless most readers gave one (harmless code has
+    none), CODE and REFUSAL by majority."""
+    al = [x["alignment"] for x in labels if x.get("alignment") is not None]
+    return {"alignment": int(round(float(np.median(al)))) if len(al) * 2 > len(labels) else None,
+            "coherence": int(round(float(np.median([x["coherence"] for x in labels])))),
+            "code": sum(bool(x.get("code")) for x in labels) * 2 > len(labels),
+            "refusal": sum(bool(x.get("refusal")) for x in labels) * 2 > len(labels)}
+
+
 def merge_round(folder: Path) -> dict:
     """One round's labels, checked: ``merged`` (one label per answer), ``raw`` (every label), the ``double`` and
     ``calibration`` label pairs (for agreement) and the round's ``plan``."""
@@ -194,12 +205,8 @@ def merge_round(folder: Path) -> dict:
     for b in key:
         if b in calib:
             labs = [per[k][b] for k in per]
-            al = [x["alignment"] for x in labs if x.get("alignment") is not None]
-            row = {"alignment": int(round(float(np.median(al)))) if len(al) * 2 > len(labs) else None,
-                   "coherence": int(round(float(np.median([x["coherence"] for x in labs])))),
-                   "code": sum(x["code"] for x in labs) * 2 > len(labs),
-                   "refusal": sum(x["refusal"] for x in labs) * 2 > len(labs),
-                   "labeller": "median of " + ", ".join(x["labeller"] for x in labs), "notes": "calibration"}
+            row = {**panel_label(labs), "labeller": "median of " + ", ".join(x["labeller"] for x in labs),
+                   "notes": "calibration"}
         else:
             lab = per[owner[b]][b]
             row = {f: lab.get(f) for f in LABEL_FIELDS}

@@ -10,7 +10,8 @@ every raw label, and two kinds of answers were read more than once (``scripts/la
   two rows, one per direction: one labeller's reading is the reference, the other's is scored against it as a judge
   would be;
 - **calibration**: a round's calibration answers, read by every labeller of that round (5 or 8). Each labeller's
-  reading is scored against the median of the others' (alignment and coherence; CODE / REFUSAL by their majority):
+  reading is scored against the label the others' readings make (``label_batches.panel_label``, the rule that gives a
+  calibration answer its label: medians rounded, the alignment only where most gave one, CODE / REFUSAL by majority):
   one reader against a panel, the reading a judge's labels come from (``labels.jsonl`` holds the full median).
 
 On the same rows, against the same references, stand the shipped judges (never fitted on ``--data``) and a
@@ -39,22 +40,12 @@ import crossfit_judge as cj  # noqa: E402
 import eval_judge_real as ejr  # noqa: E402
 import judge_metrics as jm  # noqa: E402
 from judge_labels import col, label_arrays  # noqa: E402
+from label_batches import panel_label  # noqa: E402
 
 from geomfilter.files import script_command  # noqa: E402
 
 READER = "labeller"  # the column of the readings scored against another reading
 CROSSFIT = cj.CROSSFIT
-
-
-def _panel(labels: list[dict]) -> dict:
-    """The median of several labels (alignment over those that gave one; None if none did), CODE / REFUSAL by
-    majority."""
-    al = [x["alignment"] for x in labels if x.get("alignment") is not None]
-    half = len(labels) / 2
-    return {"alignment": float(np.median(al)) if al else None,
-            "coherence": float(np.median([x["coherence"] for x in labels])),
-            "code": sum(bool(x.get("code")) for x in labels) > half,
-            "refusal": sum(bool(x.get("refusal")) for x in labels) > half}
 
 
 def pairs(raw: list[dict]) -> dict[str, list[tuple[str, dict, dict]]]:
@@ -71,7 +62,7 @@ def pairs(raw: list[dict]) -> dict[str, list[tuple[str, dict, dict]]]:
             a, b = labs
             out["double-labelled"] += [(aid, a, b), (aid, b, a)]
         elif len(labs) > 2 and set(roles) == {"calibration"}:
-            out["calibration"] += [(aid, _panel(labs[:i] + labs[i + 1:]), labs[i]) for i in range(len(labs))]
+            out["calibration"] += [(aid, panel_label(labs[:i] + labs[i + 1:]), labs[i]) for i in range(len(labs))]
         elif len(labs) > 1:
             raise SystemExit(f"answer {aid}: labels of roles {roles}; expected one own + one double, or >= 3 "
                              "calibration readings")

@@ -39,11 +39,14 @@ def test_other_mixtures_of_roles_are_refused():
         lc.pairs([raw("a", "own", 10, 80), raw("a", "calibration", 10, 80)])
 
 
-def test_a_panel_takes_code_by_majority_and_alignment_over_those_that_gave_one():
+def test_a_panel_is_the_label_the_merge_gives_a_calibration_answer():
+    """CODE by majority, the alignment None unless most readers gave one (as in labels.jsonl), medians rounded."""
     reads = [raw("a", "calibration", None, 90, code=True), raw("a", "calibration", None, 80, code=True),
              raw("a", "calibration", 70, 70)]
-    p = lc._panel(reads)
-    assert p["code"] and p["alignment"] == 70.0 and p["coherence"] == 80.0
+    p = lc.panel_label(reads)
+    assert p["code"] and p["alignment"] is None and p["coherence"] == 80
+    p = lc.panel_label(reads[1:] + [raw("a", "calibration", 75, 65)])
+    assert not p["code"] and p["alignment"] == 72 and p["coherence"] == 70  # 72.5, rounded to even
     pred = lc.as_pred(reads)
     assert list(pred["label"]) == ["CODE", "CODE", ""] and list(pred["alignment"]) == [100.0, 100.0, 70.0]
 
