@@ -192,12 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     lab = jm.labels_of(rows)
     y = (100 - lab["alignment"]) / 100
     x = np.concatenate([inputs[b] for b in cfg["blocks"]], axis=1)
-    for name, within in (("ridge", False), ("ridge, within questions", True)):
+    ridges = ("ridge", "ridge, within questions")
+    for name, within in zip(ridges, (False, True)):
         s = ridge_scores(x, y, replicate, groups, within, args.alpha)
         preds[name] = {"alignment": 100 - 100 * s, "coherence": np.full(len(s), 100.0),
                        "label": np.array([""] * len(s))}
     judges = list(preds)
     rates = contrast_rates(preds, lab)
+    for name in ridges:  # a ridge predicts the mean misalignment only: no coherence, no CODE/REFUSAL, so no flag
+        del rates[f"{name}: flag"], rates[f"{name}: alignment < 30"]
     contrasts = run_contrasts(rows, rates, replicate_pairs(variants, args.pairs), args.n_boot)
     res = {"command": command, "n_boot": args.n_boot, "n": len(rows), "judges": judges,
            "title": "A judge's agreement with the labels, between questions and within one (issue 17)",
