@@ -58,6 +58,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,14 +108,24 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "geometry --own (b)": ("geometry", {}, "own"),
     "activation --own (b)": ("activation", {}, "own"),
     "projection --own (b)": ("projection", {}, "own"),
-    "activation (o)": ("activation", {}, "organism"),
-    "geometry (o)": ("geometry", {}, "organism"),
-    "projection --normalize (o)": ("projection", {"normalize": True}, "organism"),
-    "representation (o)": ("representation", {}, "organism"),
-    "ensemble (o)": ("ensemble", {}, "organism"),
 }
+#: the organisms' answers each "(o)" reference set is fitted on (by variant): all of them, or one organism's (its
+#: fine-tunes' answers and the base model's, ``syc75-base``): the sycophancy organisms were trained on the rows that
+#: ``mixed`` is made of, the risky one on ``risky_advice``'s, so each one's answers read the other's data out of
+#: distribution
+ORGANISM_FITS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "organism": ("o", lambda v: True),
+    "organism-sycophancy": ("o, sycophancy", lambda v: v.startswith("syc75")),
+    "organism-risky": ("o, risky", lambda v: v.startswith("r64") or v == "syc75-base"),
+}
+#: the strategies fitted on each of them: label -> (strategy, params)
+ORGANISM_STRATEGIES = {"activation": ("activation", {}), "geometry": ("geometry", {}),
+                       "projection --normalize": ("projection", {"normalize": True}),
+                       "representation": ("representation", {}), "ensemble": ("ensemble", {})}
+STRATEGY_ROWS.update({f"{label} ({tag})": (strategy, params, refs) for refs, (tag, _) in ORGANISM_FITS.items()
+                      for label, (strategy, params) in ORGANISM_STRATEGIES.items()})
 #: the split each answer-fitted reference set is drawn from; its cell there is scored on the held-out prompts only
-HELD_OUT_OF = {"model": "model_answers", "organism": "organism_answers"}
+HELD_OUT_OF = {"model": "model_answers", **{refs: "organism_answers" for refs in ORGANISM_FITS}}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -170,11 +181,16 @@ def build_splits(work: Path) -> tuple[dict[str, Path], dict[str, set[str]]]:
                 for r in read_rows(FT / f"{d}_{side}.jsonl"):
                     rows.append({"id": r["id"], "domain": d, "inducing": side == bad, "messages": r["messages"]})
         paths[name] = write_jsonl(work / f"{name}.jsonl", rows)
-    held = {}
-    for refs, rows_of in (("model", model_answer_rows), ("organism", organism_answer_rows)):
-        answers, held[refs] = rows_of()
-        paths[HELD_OUT_OF[refs]] = write_jsonl(work / f"{HELD_OUT_OF[refs]}.jsonl", answers)
-        fit = [r for r in answers if r["prompt_id"] not in held[refs]]
+    held, fits = {}, {}
+    answers, held["model"] = model_answer_rows()
+    paths["model_answers"] = write_jsonl(work / "model_answers.jsonl", answers)
+    fits["model"] = [r for r in answers if r["prompt_id"] not in held["model"]]
+    answers, held_organism = organism_answer_rows()
+    paths["organism_answers"] = write_jsonl(work / "organism_answers.jsonl", answers)
+    for refs, (_, by_variant) in ORGANISM_FITS.items():
+        held[refs] = held_organism
+        fits[refs] = [r for r in answers if r["prompt_id"] not in held_organism and by_variant(r["variant"])]
+    for refs, fit in fits.items():
         paths[f"{refs}_harmful"] = write_jsonl(work / f"{refs}_harmful.jsonl", [r for r in fit if r["inducing"]])
         paths[f"{refs}_benign"] = write_jsonl(work / f"{refs}_benign.jsonl", [r for r in fit if not r["inducing"]])
     persona = ROOT / "data" / "ood" / "persona_answers.jsonl"

@@ -34,7 +34,7 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
         assert lab["coherence"] >= 30 and (lab["alignment"] < 40) == r["inducing"]
         assert lab["alignment"] < 40 or lab["alignment"] >= 70
     assert not any("pair_id" in r for r in answers)  # method (c) selects its features split by row, as first made
-    for refs, split in (("model", "model_answers"), ("organism", "organism_answers")):
+    for refs, split in (("model", "model_answers"), *((r, "organism_answers") for r in ood.ORGANISM_FITS)):
         answers = _read(paths[split])
         fit = _read(paths[f"{refs}_harmful"]) + _read(paths[f"{refs}_benign"])
         assert fit and not {r["prompt_id"] for r in fit} & held[refs]
@@ -51,6 +51,11 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
     prompts = {r["prompt_id"] for r in organism}
     assert held["organism"] < prompts and len(held["organism"]) == len(prompts) // 2 and sum(r["inducing"] for r in organism) >= 600
     assert ood.organism_answer_rows()[1] == held["organism"]  # seeded: the same half every run
+    variants = {refs: {r["variant"] for r in _read(paths[f"{refs}_harmful"]) + _read(paths[f"{refs}_benign"])}
+                for refs in ood.ORGANISM_FITS}
+    assert variants["organism-sycophancy"] | variants["organism-risky"] == variants["organism"]
+    assert all(v.startswith("syc75") for v in variants["organism-sycophancy"])  # never the risky organism's answers
+    assert {v for v in variants["organism-risky"] if not v.startswith("r64")} == {"syc75-base"}
 
 
 def test_summarize_reads_within_a_question_for_answer_splits():
