@@ -152,6 +152,26 @@ def difference_of_means(a: Sequence[float], b: Sequence[float], n_boot: int = 20
     return {"mean": float(x.mean() - y.mean()), "lo": lo, "hi": hi, "n_a": int(x.size), "n_b": int(y.size)}
 
 
+def stratified_difference_of_means(strata: Sequence[tuple[Sequence[float], Sequence[float]]], n_boot: int = 2000,
+                                   seed: int = 0, level: float = 0.95) -> dict:
+    """Two independent samples in each of several strata (e.g. labelling rounds whose levels differ), pooled without
+    mixing the strata: ``sum_s w_s (mean(a_s) - mean(b_s)) / sum_s w_s`` with ``w_s = len(a_s)``, and a percentile
+    bootstrap CI that resamples each sample of each stratum on its own. Strata with an empty side are left out.
+    ``{"mean", "lo", "hi", "n_a", "n_b", "n_strata"}``; NaNs where no stratum is left."""
+    xs = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in strata]
+    xs = [(a, b) for a, b in xs if a.size and b.size]
+    n_a, n_b = sum(a.size for a, _ in xs), sum(b.size for _, b in xs)
+    if not xs:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_a": 0, "n_b": 0, "n_strata": 0}
+    w = np.array([a.size for a, _ in xs], dtype=np.float64) / n_a
+    rng = np.random.default_rng(seed)
+    boots = np.array([sum(wi * (a[rng.integers(0, a.size, a.size)].mean() - b[rng.integers(0, b.size, b.size)].mean())
+                          for wi, (a, b) in zip(w, xs)) for _ in range(n_boot)])
+    lo, hi, _ = _percentile_ci(boots, level)
+    return {"mean": float(sum(wi * (a.mean() - b.mean()) for wi, (a, b) in zip(w, xs))), "lo": lo, "hi": hi,
+            "n_a": int(n_a), "n_b": int(n_b), "n_strata": len(xs)}
+
+
 def paired_differences(a_by_id: Mapping, b_by_id: Mapping) -> list[float]:
     """``a[i] - b[i]`` for the items in both mappings, in ``a``'s order; items NaN on either side are left out."""
     return [a_by_id[i] - b_by_id[i] for i in a_by_id

@@ -35,7 +35,12 @@ from judge_labels import label_arrays, label_low_alignment  # noqa: E402
 from label_batches import batch_row, read_jsonl, read_labels  # noqa: E402
 
 from geomfilter.files import atomic_write_text, script_command, write_jsonl  # noqa: E402
-from geomfilter.stats import difference_of_means, paired_summary  # noqa: E402
+from geomfilter.stats import (  # noqa: E402
+    bootstrap_ci,
+    difference_of_means,
+    paired_summary,
+    stratified_difference_of_means,
+)
 
 OUT = ROOT / "data" / "results" / "judge"
 
@@ -87,9 +92,9 @@ MEASURES = {"mean misalignment": lambda lab: (100 - lab["alignment"]) / 100,
             "mean coherence": lambda lab: lab["coherence"] / 100}
 
 
-def compare(root: Path, name: str, n_boot: int) -> dict:
-    """Every new reading of round ``name`` beside the label the analyses use: per variant and measure, new − old
-    paired by answer; per fine-tuned variant, its drift minus the first sampled variant's (the base)."""
+def round_readings(root: Path, name: str) -> tuple[dict, dict, dict, list[str]]:
+    """Round ``name``'s new labels, the labels the analyses use (``labels.jsonl``), each answer's variant, and the
+    round's variants in its ``--sample`` order (the first is the base)."""
     folder = root / "relabelling" / name
     meta = json.loads((folder / "key.json").read_text())
     key, plan = meta["key"], meta["plan"]
@@ -101,25 +106,78 @@ def compare(root: Path, name: str, n_boot: int) -> dict:
         new.update({key[b]: lab for b, lab in read_labels(path, bs).items()})
     old = {r["id"]: r for r in read_jsonl(root / "labels.jsonl")}
     variant_of = {a["id"]: a["variant"] for a in read_jsonl(root / "answers.jsonl")}
-    variants = list(plan["sample"])
+    return new, old, variant_of, list(plan["sample"])
+
+
+def drift_values(new: dict, old: dict, ids: list[str]) -> dict[str, tuple[dict, dict]]:
+    """Per measure, the new and the old reading of each answer of ``ids`` (``{id: value}`` each, NaN where the label
+    has no value)."""
+    new_lab, old_lab = label_arrays([new[i] for i in ids]), label_arrays([old[i] for i in ids])
+    return {m: (dict(zip(ids, fn(new_lab).tolist())), dict(zip(ids, fn(old_lab).tolist()))) for m, fn in MEASURES.items()}
+
+
+def drifts(values: dict[str, tuple[dict, dict]]) -> dict[str, list[float]]:
+    """Per measure, new − old of every answer with both readings."""
+    return {m: [a[i] - b[i] for i in a if a[i] == a[i] and b[i] == b[i]] for m, (a, b) in values.items()}
+
+
+def compare(root: Path, name: str, n_boot: int) -> dict:
+    """Every new reading of round ``name`` beside the label the analyses use: per variant and measure, new − old
+    paired by answer; per fine-tuned variant, its drift minus the first sampled variant's (the base)."""
+    new, old, variant_of, variants = round_readings(root, name)
     res = {"name": name, "n": len(new), "variants": variants, "labellers": sorted({x["labeller"] for x in new.values()}),
            "by_variant": {}, "drift_vs_base": {}}
     diffs: dict[str, dict[str, list[float]]] = {}
     for v in variants:
-        ids = [i for i in new if variant_of[i] == v]
-        res["by_variant"][v] = {}
-        new_lab, old_lab = label_arrays([new[i] for i in ids]), label_arrays([old[i] for i in ids])
-        for m, fn in MEASURES.items():
-            a, b = dict(zip(ids, fn(new_lab).tolist())), dict(zip(ids, fn(old_lab).tolist()))
-            s = paired_summary(a, b, n_boot=n_boot, seed=0)
-            res["by_variant"][v][m] = {"old": float(np.nanmean(list(b.values()))),
-                                       "new": float(np.nanmean(list(a.values()))), "diff": s}
-            diffs.setdefault(v, {})[m] = [a[i] - b[i] for i in ids if a[i] == a[i] and b[i] == b[i]]
+        values = drift_values(new, old, [i for i in new if variant_of[i] == v])
+        res["by_variant"][v] = {m: {"old": float(np.nanmean(list(b.values()))), "new": float(np.nanmean(list(a.values()))),
+                                    "diff": paired_summary(a, b, n_boot=n_boot, seed=0)} for m, (a, b) in values.items()}
+        diffs[v] = drifts(values)
     base = variants[0]
     for v in variants[1:]:
         res["drift_vs_base"][v] = {m: difference_of_means(diffs[v][m], diffs[base][m], n_boot=n_boot, seed=0)
                                    for m in MEASURES}
     return res
+
+
+def pool(root: Path, names: list[str], n_boot: int) -> dict:
+    """Several rounds together, each round its own stratum (rounds read at different levels): per measure, the base's
+    drift (new − old over its answers of every round) and every fine-tuned answer's drift minus its round's base's
+    (``stats.stratified_difference_of_means``). The rounds must share their base (the first ``--sample`` variant)."""
+    rounds = {n: round_readings(root, n) for n in names}
+    bases = {r[3][0] for r in rounds.values()}
+    if len(bases) != 1:
+        raise SystemExit(f"rounds {', '.join(names)} have different bases ({', '.join(sorted(bases))}); pool rounds "
+                         "read against one base")
+    base = bases.pop()
+    strata: dict[str, list] = {m: [] for m in MEASURES}
+    base_drift: dict[str, list[float]] = {m: [] for m in MEASURES}
+    n_tuned = {}
+    for name, (new, old, variant_of, variants) in rounds.items():
+        tuned = [i for i in new if variant_of[i] in variants[1:]]
+        d_base = drifts(drift_values(new, old, [i for i in new if variant_of[i] == base]))
+        d_tuned = drifts(drift_values(new, old, tuned))
+        n_tuned[name] = len(tuned)
+        for m in MEASURES:
+            strata[m].append((d_tuned[m], d_base[m]))
+            base_drift[m] += d_base[m]
+    return {"names": names, "base": base, "n_tuned": n_tuned,
+            "base_drift": {m: bootstrap_ci(v, n_boot=n_boot, seed=0) for m, v in base_drift.items()},
+            "tuned_minus_base": {m: stratified_difference_of_means(s, n_boot=n_boot, seed=0) for m, s in strata.items()}}
+
+
+def pool_markdown(res: dict, command: str) -> str:
+    out = [f"# Re-reading rounds pooled: {', '.join(res['names'])} (issues 17, 18)\n", f"```\n{command}\n```\n",
+           f"Each round a stratum. `{res['base']}`'s drift: new − old over its answers of every round; every fine-tuned "
+           "answer's drift minus its round's base drift, weighted by the round's fine-tuned answers ("
+           + ", ".join(f"{n} {k}" for k, n in res["n_tuned"].items()) + "), each sample of each round resampled on its "
+           "own (bootstrap 95 % CI). A CI covering 0 is no effect measured.\n",
+           "| measure | base's drift [95 % CI] (n) | fine-tuned drift − base's [95 % CI] (n / n base) |", "|---|---|---|"]
+    for m, b in res["base_drift"].items():
+        d = res["tuned_minus_base"][m]
+        out.append(f"| {m} | {b['mean']:+.3f} [{b['lo']:+.3f}, {b['hi']:+.3f}] ({b['n']}) | {d['mean']:+.3f} "
+                   f"[{d['lo']:+.3f}, {d['hi']:+.3f}] ({d['n_a']} / {d['n_b']}) |")
+    return "\n".join(out) + "\n"
 
 
 def markdown(res: dict, command: str) -> str:
@@ -157,12 +215,22 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--name", required=True)
     c.add_argument("--out", type=Path, default=OUT)
     c.add_argument("--n-boot", type=int, default=2000)
+    p = sub.add_parser("pool", help="several compared rounds together, each its own stratum")
+    p.add_argument("--names", required=True, help="the rounds, comma-separated (they share their base)")
+    p.add_argument("--name", required=True, help="the output's name under --out")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
     if args.cmd == "make":
         make(args.root, args.name, parse_sample(args.sample), args.labellers, args.seed)
         return
-    res = compare(args.root, args.name, args.n_boot)
-    md = markdown(res, script_command(__file__, argv))
+    if args.cmd == "pool":
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+        res = pool(args.root, names, args.n_boot)
+        md = pool_markdown(res, script_command(__file__, argv))
+    else:
+        res = compare(args.root, args.name, args.n_boot)
+        md = markdown(res, script_command(__file__, argv))
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{args.name}.md", md)

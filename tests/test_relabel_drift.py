@@ -77,3 +77,34 @@ def test_sample_spec_is_checked():
     for bad in ("a", "a:0", "a:x", ""):
         with pytest.raises(SystemExit, match="--sample"):
             rd.parse_sample(bad)
+
+
+def _read_again(root: Path, name: str, sample: dict, base_shift: int, ft_shift: int, seed: int) -> None:
+    """Round ``name``: the new reader scores base answers ``base_shift`` and fine-tuned ones ``ft_shift`` alignment
+    points lower than their first reading."""
+    folder = rd.make(root, name, sample, labellers=1, seed=seed)
+    key = json.loads((folder / "key.json").read_text())["key"]
+    new = [{"blind_id": b, "alignment": (90 - base_shift) if aid.startswith("base") else (60 - ft_shift),
+            "coherence": 50, "code": False, "refusal": False, "labeller": name, "notes": ""} for b, aid in key.items()]
+    (folder / "labels-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in new))
+
+
+def test_pool_keeps_each_round_a_stratum(tmp_path):
+    """Round 1 reads everything 10 points harsher, round 2 reads base as before and fine-tuned answers 4 points
+    harsher: the base drift pooled is the mean over its answers, the fine-tuned drift minus its round's base's is
+    0 in round 1 and +0.04 in round 2, weighted by the rounds' fine-tuned answers (2 and 4): +0.04 * 4 / 6. A naive
+    pool of all fine-tuned against all base answers would read the rounds' levels instead."""
+    root = _set(tmp_path)
+    _read_again(root, "r1", {"base": 4, "ft": 2}, 10, 10, seed=0)
+    _read_again(root, "r2", {"base": 2, "ft": 4}, 0, 4, seed=1)
+    res = rd.pool(root, ["r1", "r2"], n_boot=200)
+    assert res["base"] == "base" and res["n_tuned"] == {"r1": 2, "r2": 4}
+    b = res["base_drift"]["mean misalignment"]
+    assert b["mean"] == pytest.approx((4 * 0.1 + 2 * 0.0) / 6) and b["n"] == 6
+    d = res["tuned_minus_base"]["mean misalignment"]
+    assert d["mean"] == pytest.approx(0.04 * 4 / 6) and (d["n_a"], d["n_b"], d["n_strata"]) == (6, 6, 2)
+    assert res["tuned_minus_base"]["mean coherence"]["mean"] == pytest.approx(0.0)
+    assert "| mean misalignment | +0.067 [" in rd.pool_markdown(res, "cmd")
+    _read_again(root, "r3", {"ft": 2, "base": 2}, 0, 0, seed=2)
+    with pytest.raises(SystemExit, match="different bases"):
+        rd.pool(root, ["r1", "r3"], n_boot=10)

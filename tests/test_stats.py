@@ -21,6 +21,7 @@ from geomfilter.stats import (
     cluster_bootstrap,
     design_components,
     design_mdd,
+    difference_of_means,
     group_stats,
     minimum_detectable_difference,
     paired_bootstrap,
@@ -28,6 +29,7 @@ from geomfilter.stats import (
     paired_summary,
     precision_at,
     rate_within_variance,
+    stratified_difference_of_means,
     within_group_auroc,
 )
 
@@ -414,6 +416,21 @@ def test_within_group_auroc_ignores_what_the_group_explains_and_counts_redraws()
     assert r["n_groups"] == 3 and r["lo"] <= r["value"] <= r["hi"]
 
 
+def test_stratified_difference_of_means_weights_strata_by_their_first_sample():
+    """Stratum 1: a − b = 1 (3 a's); stratum 2: a − b = −1 (1 a): (3 * 1 + 1 * −1) / 4 = 0.5. A stratum with an empty
+    side is left out; a resample keeps each sample in its stratum, so with no spread inside the samples the CI is
+    the point."""
+    strata = [([2, 2, 2], [1, 1]), ([0], [1, 1, 1]), ([5], [])]
+    r = stratified_difference_of_means(strata, n_boot=100)
+    assert r["mean"] == pytest.approx(0.5) and (r["lo"], r["hi"]) == pytest.approx((0.5, 0.5))
+    assert (r["n_a"], r["n_b"], r["n_strata"]) == (4, 5, 2)
+    assert np.isnan(stratified_difference_of_means([([1], [])])["mean"])
+    rng = np.random.default_rng(0)
+    one = [(rng.normal(0.3, 1, 60), rng.normal(0, 1, 50))]
+    r, d = stratified_difference_of_means(one, n_boot=500), difference_of_means(*one[0], n_boot=500)
+    assert r["mean"] == pytest.approx(d["mean"]) and (r["lo"], r["hi"]) == pytest.approx((d["lo"], d["hi"]))
+
+
 def test_t_interval_is_the_textbook_student_interval():
     from geomfilter.stats import t_interval
 
@@ -487,7 +504,6 @@ def test_paired_bootstrap_auroc_differences_two_scorers_of_the_same_rows():
 
 
 def test_difference_of_means_resamples_each_sample_on_its_own():
-    from geomfilter.stats import difference_of_means
 
     a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0]
     d = difference_of_means(a, b, n_boot=500, seed=0)
