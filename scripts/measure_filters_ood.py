@@ -234,6 +234,8 @@ def summarize(scores: np.ndarray, y: np.ndarray, n_boot: int, groups: np.ndarray
     out = {**a, "precision": precision_at(scores, y, (0.25,)), "base_rate": float(y.mean())}
     if groups is not None:
         out["within_question"] = cluster_bootstrap(groups, within_group_auroc(scores, y, ~y, groups), n_boot=n_boot)
+        out["within_question"]["n_questions"] = int(sum(min(y[groups == g].sum(), (~y[groups == g]).sum()) >= 3
+                                                        for g in np.unique(groups)))
     return out
 
 
@@ -419,8 +421,9 @@ def render(r: dict) -> str:
     grouped = [s for s in splits if s in GROUPED]
     if grouped:
         lines += ["\nWithin a question (" + ", ".join(f"`{s}`" for s in grouped) + "): the mean over questions with at "
-                  "least 3 answers of each class of the AUROC among that question's answers, 95 % CI from a bootstrap "
-                  "over questions; what the question alone explains cannot raise it.\n",
+                  "least 3 answers of each class of the AUROC among that question's answers (how many questions of "
+                  "the scored ones qualify), 95 % CI from a bootstrap over questions; what the question alone "
+                  "explains cannot raise it.\n",
                   "| strategy | " + " | ".join(f"{s}, pooled | {s}, within a question" for s in grouped) + " |",
                   "|---|" + "---|---|" * len(grouped)]
         for label in r["strategies"]:
@@ -429,7 +432,7 @@ def render(r: dict) -> str:
                 a = r["splits"][s].get(label)
                 w = a.get("within_question") if a else None
                 cells += [auroc_cell(a), auroc_cell(w and {"auroc": w["value"], "ci_low": w["lo"], "ci_high": w["hi"]})
-                          + (f" ({w['n_groups']} q)" if w else "")]
+                          + (f" ({w['n_questions']} of {w['n_groups']} q)" if w else "")]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append(f"\nTotal time {r['seconds']} s.\n")
     return "\n".join(lines) + "\n"

@@ -66,6 +66,8 @@ def test_summarize_reads_within_a_question_for_answer_splits():
     out = ood.summarize(scores, y, n_boot=50, groups=groups)
     assert out["auroc"] == 0.625 and "within_question" not in ood.summarize(scores, y, n_boot=50)
     assert out["within_question"]["value"] == 0.5 and out["within_question"]["n_groups"] == 4
+    y[:6] = False  # q1 keeps 0 positives: it no longer counts
+    assert ood.summarize(scores, y, n_boot=20, groups=groups)["within_question"]["n_questions"] == 3
 
 
 def test_fold_selections_keep_rows_and_gradients():
