@@ -115,8 +115,8 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
 #: distribution
 ORGANISM_FITS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "organism": ("o", lambda v: True),
-    "organism-sycophancy": ("o, sycophancy", lambda v: v.startswith("syc75")),
-    "organism-risky": ("o, risky", lambda v: v.startswith("r64") or v == "syc75-base"),
+    "organism-sycophancy": ("o/sycophancy", lambda v: v.startswith("syc75")),
+    "organism-risky": ("o/risky", lambda v: v.startswith("r64") or v == "syc75-base"),
 }
 #: the strategies fitted on each of them: label -> (strategy, params)
 ORGANISM_STRATEGIES = {"activation": ("activation", {}), "geometry": ("geometry", {}),

@@ -56,6 +56,7 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
     assert variants["organism-sycophancy"] | variants["organism-risky"] == variants["organism"]
     assert all(v.startswith("syc75") for v in variants["organism-sycophancy"])  # never the risky organism's answers
     assert {v for v in variants["organism-risky"] if not v.startswith("r64")} == {"syc75-base"}
+    assert not any("," in label for label in ood.STRATEGY_ROWS)  # --strategies splits its list on commas
 
 
 def test_summarize_reads_within_a_question_for_answer_splits():
