@@ -29,16 +29,28 @@ from geomfilter.files import script_command, write_json_and_markdown  # noqa: E4
 from geomfilter.stats import paired_bootstrap_auroc  # noqa: E402
 
 
-def split_labels(work: Path) -> dict[str, dict[str, bool]]:
-    """Split -> row id -> inducing, from the split files :func:`measure_filters_ood.build_splits` writes."""
-    paths, _ = ood.build_splits(work)
-    return {name: {r["id"]: bool(r["inducing"]) for r in ood.read_rows(path)} for name, path in paths.items()}
+def split_labels(work: Path) -> tuple[dict[str, dict[str, bool]], dict[str, set[str]]]:
+    """Split -> row id -> inducing, from the split files :func:`measure_filters_ood.build_splits` writes; and per
+    answer split, the ids of its rows that no answer-fitted strategy was fitted on (the held-out prompts' rows)."""
+    paths, held = ood.build_splits(work)
+    rows = {name: ood.read_rows(path) for name, path in paths.items()}
+    labels = {name: {r["id"]: bool(r["inducing"]) for r in rs} for name, rs in rows.items()}
+    held_rows = {split: {r["id"] for r in rows[split] if r["prompt_id"] in held[refs]}
+                 for refs, split in ood.HELD_OUT_OF.items()}
+    return labels, held_rows
 
 
-def compare_rows(scores: dict, labels: dict[str, bool], a: str, b: str, n_boot: int) -> dict:
-    """Paired AUROC difference on a split scored row by row."""
-    y = np.array([labels[i] for i in scores["ids"]])
-    sa, sb = np.asarray(scores[a]), np.asarray(scores[b])
+def fitted_on(label: str, split: str) -> bool:
+    """Whether strategy ``label`` was fitted on part of ``split`` (its rows of the other prompts)."""
+    return ood.HELD_OUT_OF.get(ood.STRATEGY_ROWS.get(label, ("", {}, "refs"))[2]) == split
+
+
+def compare_rows(scores: dict, labels: dict[str, bool], a: str, b: str, n_boot: int,
+                 keep: set[str] | None = None) -> dict:
+    """Paired AUROC difference on a split scored row by row (on the rows of ``keep`` only, when given)."""
+    ix = np.array([keep is None or i in keep for i in scores["ids"]])
+    y = np.array([labels[i] for i in scores["ids"]])[ix]
+    sa, sb = np.asarray(scores[a])[ix], np.asarray(scores[b])[ix]
     return paired_bootstrap_auroc(sa[y], sa[~y], sb[y], sb[~y], n_boot=n_boot)
 
 
@@ -51,6 +63,8 @@ def compare_folds(scores: dict, a: str, b: str, n_boot: int) -> dict:
 
 def cell(d: dict) -> str:
     s = f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] (MDD {d['mdd']:.3f})"
+    if "note" in d:
+        s += f", {d['n_pos']}/{d['n_neg']} held out"
     if "min_fold" in d:
         s += f", worst fold {d['min_fold']:+.3f}"
     return f"**{s}**" if d["ci_low"] > 0 or d["ci_high"] < 0 else s
@@ -82,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{path}: no such file (scripts/measure_filters_ood.py --out {args.folder} writes it)")
     scores = json.loads(path.read_text(encoding="utf-8"))
     bs = [b.strip() for b in args.b.split(",") if b.strip()]
-    labels = split_labels(args.work / "splits")
+    labels, held_rows = split_labels(args.work / "splits")
     res: dict = {"a": args.a, "b": bs, "scores": str(path), "splits": {}, "n": {}}
     for split, sc in scores.items():
         have = set(sc) if "folds" not in sc else set(next(iter(sc["folds"].values())))
@@ -90,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise SystemExit(f"{path}: split {split!r} has no scores of {missing[0]!r} (it has: "
                              f"{', '.join(sorted(have - {'ids', 'ids_pos', 'ids_neg'}))})")
-        fitted_on_split = [x for x in [args.a, *bs] if split == "model_answers"
-                           and ood.STRATEGY_ROWS.get(x, ("", {}, "refs"))[2] == "model"]
-        if fitted_on_split:
-            raise SystemExit(f"{fitted_on_split[0]!r} was fitted on part of model_answers; its scores there are not "
-                             "comparable row by row (use the refs strategies)")
-        res["splits"][split] = {b: (compare_folds(sc, args.a, b, args.n_boot) if "folds" in sc
-                                    else compare_rows(sc, labels[split], args.a, b, args.n_boot)) for b in bs}
+        res["splits"][split] = {}
+        for b in bs:  # a pair with a strategy fitted on part of the split is compared on its held-out prompts only
+            keep = held_rows[split] if fitted_on(args.a, split) or fitted_on(b, split) else None
+            res["splits"][split][b] = (compare_folds(sc, args.a, b, args.n_boot) if "folds" in sc
+                                       else compare_rows(sc, labels[split], args.a, b, args.n_boot, keep))
+            if keep is not None:
+                res["splits"][split][b]["note"] = "held-out prompts only"
         first = res["splits"][split][bs[0]]
         res["n"][split] = f"{first['n_pos']}/{first['n_neg']}"
         print(f"{split:18s} " + "  ".join(f"{b}: {cell(res['splits'][split][b])}" for b in bs), flush=True)

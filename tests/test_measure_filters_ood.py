@@ -150,3 +150,20 @@ def test_compare_filters_ood_pairs_rows_and_folds_and_writes_the_table(tmp_path)
     text = cmp.render({"a": "good", "b": ["noise"], "scores": "s.json", "command": "cmd", "n": {"x": "40/60", "y": "30/90"},
                        "splits": {"x": {"noise": d}, "y": {"noise": f}}})
     assert "| noise | **+" in text and "worst fold" in text and "AUROC(good)" in text
+
+
+def test_paired_comparison_keeps_to_the_held_out_prompts_where_a_strategy_was_fitted():
+    """scripts/compare_filters_ood.py: a pair with an answer-fitted strategy is compared on the rows of the split's
+    held-out prompts only (the others were its training rows); other pairs on every row."""
+    spec = importlib.util.spec_from_file_location("compare_filters_ood", ROOT / "scripts" / "compare_filters_ood.py")
+    cmp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmp)
+    assert cmp.fitted_on("ensemble (o/risky)", "organism_answers") and cmp.fitted_on("activation (c)", "model_answers")
+    assert not cmp.fitted_on("ensemble (o/risky)", "mixed") and not cmp.fitted_on("ensemble", "organism_answers")
+    ids = [f"r{i}" for i in range(8)]
+    labels = {i: k % 2 == 0 for k, i in enumerate(ids)}
+    # a ranks every row right; b ranks the first four rows (the fitted ones) right and the held-out four wrong
+    scores = {"ids": ids, "a": [1.0, 0, 1, 0, 1, 0, 1, 0], "b": [1.0, 0, 1, 0, 0, 1, 0, 1]}
+    everything = cmp.compare_rows(scores, labels, "a", "b", n_boot=50)
+    held = cmp.compare_rows(scores, labels, "a", "b", n_boot=50, keep={"r4", "r5", "r6", "r7"})
+    assert everything["diff"] == 0.5 and held["diff"] == 1.0 and (held["n_pos"], held["n_neg"]) == (2, 2)
