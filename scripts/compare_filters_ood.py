@@ -29,10 +29,11 @@ from geomfilter.files import script_command, write_json_and_markdown  # noqa: E4
 from geomfilter.stats import paired_bootstrap_auroc  # noqa: E402
 
 
-def split_labels(work: Path) -> tuple[dict[str, dict[str, bool]], dict[str, set[str]]]:
+def split_labels(work: Path, organism_seed: int = 0) -> tuple[dict[str, dict[str, bool]], dict[str, set[str]]]:
     """Split -> row id -> inducing, from the split files :func:`measure_filters_ood.build_splits` writes; and per
-    answer split, the ids of its rows that no answer-fitted strategy was fitted on (the held-out prompts' rows)."""
-    paths, held = ood.build_splits(work)
+    answer split, the ids of its rows that no answer-fitted strategy was fitted on (the held-out prompts' rows, of
+    the results' ``organism_seed``)."""
+    paths, held = ood.build_splits(work, organism_seed)
     rows = {name: ood.read_rows(path) for name, path in paths.items()}
     labels = {name: {r["id"]: bool(r["inducing"]) for r in rs} for name, rs in rows.items()}
     held_rows = {split: {r["id"] for r in rows[split] if r["prompt_id"] in held[refs]}
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{path}: no such file (scripts/measure_filters_ood.py --out {args.folder} writes it)")
     scores = json.loads(path.read_text(encoding="utf-8"))
     bs = [b.strip() for b in args.b.split(",") if b.strip()]
-    labels, held_rows = split_labels(args.work / "splits")
+    results = args.folder / "results.json"
+    seed = json.loads(results.read_text(encoding="utf-8")).get("organism_seed", 0) if results.is_file() else 0
+    labels, held_rows = split_labels(args.work / "splits", seed)
     res: dict = {"a": args.a, "b": bs, "scores": str(path), "splits": {}, "n": {}}
     for split, sc in scores.items():
         have = set(sc) if "folds" not in sc else set(next(iter(sc["folds"].values())))

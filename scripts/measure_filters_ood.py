@@ -170,8 +170,10 @@ def organism_answer_rows(seed: int = 0) -> tuple[list[dict], set[str]]:
     return rows, {prompts[i] for i in order[: len(prompts) // 2]}
 
 
-def build_splits(work: Path) -> tuple[dict[str, Path], dict[str, set[str]]]:
-    """Write every split (and the method-(c) reference files) as chat JSONL with ``inducing`` under ``work``."""
+def build_splits(work: Path, organism_seed: int = 0) -> tuple[dict[str, Path], dict[str, set[str]]]:
+    """Write every split (and the method-(c) reference files) as chat JSONL with ``inducing`` under ``work``;
+    ``organism_seed`` draws the half of the questions the ``(o)`` fits leave out (their files are named by it, so each
+    draw gets its own caches)."""
     paths = {"mixed": FT / "mixed.jsonl"}
     for name, (bad, good), domains in (("risky_advice", ("risky", "safe"), ("finance", "outdoors")),
                                       ("insecure_code", ("insecure", "secure"), ("webapp", "scripts"))):
@@ -185,14 +187,16 @@ def build_splits(work: Path) -> tuple[dict[str, Path], dict[str, set[str]]]:
     answers, held["model"] = model_answer_rows()
     paths["model_answers"] = write_jsonl(work / "model_answers.jsonl", answers)
     fits["model"] = [r for r in answers if r["prompt_id"] not in held["model"]]
-    answers, held_organism = organism_answer_rows()
+    answers, held_organism = organism_answer_rows(organism_seed)
     paths["organism_answers"] = write_jsonl(work / "organism_answers.jsonl", answers)
     for refs, (_, by_variant) in ORGANISM_FITS.items():
         held[refs] = held_organism
         fits[refs] = [r for r in answers if r["prompt_id"] not in held_organism and by_variant(r["variant"])]
     for refs, fit in fits.items():
-        paths[f"{refs}_harmful"] = write_jsonl(work / f"{refs}_harmful.jsonl", [r for r in fit if r["inducing"]])
-        paths[f"{refs}_benign"] = write_jsonl(work / f"{refs}_benign.jsonl", [r for r in fit if not r["inducing"]])
+        seed = f"-seed{organism_seed}" if organism_seed and refs in ORGANISM_FITS else ""
+        for side, inducing in (("harmful", True), ("benign", False)):
+            paths[f"{refs}_{side}"] = write_jsonl(work / f"{refs}_{side}{seed}.jsonl",
+                                                  [r for r in fit if r["inducing"] == inducing])
     persona = ROOT / "data" / "ood" / "persona_answers.jsonl"
     if not persona.is_file():  # scripts/build_persona_answers.py writes it
         return paths, held
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sae", default=None,
                     help="SAE spec or folder for the SAE strategies (default: the model's bundled SAE); the caches "
                          "are keyed by it, so each SAE gets its own")
+    ap.add_argument("--organism-seed", type=int, default=0,
+                    help="the draw of the half of the questions the (o) rows are fitted without")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [x for x in splits if x not in SPLITS] + [x for x in labels if x not in STRATEGY_ROWS]
     if unknown:
         raise SystemExit(f"unknown split or strategy {unknown[0]!r}; splits: {SPLITS}; strategies: {list(STRATEGY_ROWS)}")
-    paths, held = build_splits(args.work / "splits")
+    paths, held = build_splits(args.work / "splits", args.organism_seed)
     if "persona" in splits and "persona" not in paths:
         raise SystemExit("data/ood/persona_answers.jsonl is missing: run scripts/build_persona_answers.py first")
     builder = CacheBuilder(sae=args.sae, progress=args.progress)
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         runners[data, refs] = r
         return r
 
-    results: dict = {"sae": builder.sae_spec, "splits": {}, "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
+    results: dict = {"sae": builder.sae_spec, "organism_seed": args.organism_seed, "splits": {}, "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
                                                   for k, v in STRATEGY_ROWS.items() if k in labels}}
     scores: dict = {}  # split -> {"ids": [...], label: [score per row]}
     for split in splits:

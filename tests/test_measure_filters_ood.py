@@ -59,6 +59,17 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
     assert not any("," in label for label in ood.STRATEGY_ROWS)  # --strategies splits its list on commas
 
 
+def test_another_organism_seed_draws_another_half_into_other_files(tmp_path):
+    paths0, held0 = ood.build_splits(tmp_path / "a")
+    paths1, held1 = ood.build_splits(tmp_path / "b", organism_seed=1)
+    assert held1["organism"] != held0["organism"] and len(held1["organism"]) == len(held0["organism"])
+    assert held1["model"] == held0["model"]  # model_answers' split is the judge's, not drawn
+    assert paths1["organism_harmful"].name == "organism_harmful-seed1.jsonl"  # its own cache folder
+    assert paths1["model_harmful"].name == paths0["model_harmful"].name == "model_harmful.jsonl"
+    fit = _read(paths1["organism_harmful"]) + _read(paths1["organism_benign"])
+    assert not {r["prompt_id"] for r in fit} & held1["organism"]
+
+
 def test_summarize_reads_within_a_question_for_answer_splits():
     """Scores that only tell the questions apart: a pooled AUROC well above chance, within a question 0.5."""
     groups = np.repeat(np.array(["q1", "q2", "q3", "q4"]), 8)
