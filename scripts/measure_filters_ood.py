@@ -70,6 +70,7 @@ from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.data import prepare_dataset  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown, write_jsonl  # noqa: E402
 from geomfilter.filtering import STRATEGIES, make_filter  # noqa: E402
+from geomfilter.filtering.ensemble import MemberScaleError  # noqa: E402
 from geomfilter.finetune import load_tuned  # noqa: E402
 from geomfilter.generate import OWN_ANSWER, Prompt, done_ids, generate_answers, prompts_of_samples  # noqa: E402
 from geomfilter.gradients import attach_gradients, cache_gradients  # noqa: E402
@@ -297,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             for label in labels:
                 strategy, params, refs = STRATEGY_ROWS[label]
                 r = runner(split, refs)
-                _, fr = r.filter(strategy, {"drop": 0.25, **params}, explain=0)
+                try:
+                    _, fr = r.filter(strategy, {"drop": 0.25, **params}, explain=0)
+                except MemberScaleError as e:  # these references give the ensemble no scale: a result, kept as such
+                    res[label] = {"refused": str(e)}
+                    print(f"  {label:28s} refused: {e}", flush=True)
+                    continue
                 meta = r.inputs().data.meta
                 y = np.array([bool(m["inducing"]) for m in meta])
                 keep = np.ones(len(y), dtype=bool)
@@ -397,6 +403,8 @@ def auroc_cell(a: dict | None) -> str:
     """``AUROC [lo, hi]`` (``, min`` the worst fold for ``references_loco``), bold when the CI is above 0.5."""
     if a is None:
         return "–"
+    if "refused" in a:
+        return "refused (no scale)"
     s = f"{a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
     if "min_fold" in a:
         s += f", min {a['min_fold']:.2f}"
@@ -405,7 +413,7 @@ def auroc_cell(a: dict | None) -> str:
 
 def render(r: dict) -> str:
     splits = list(r["splits"])
-    n = {s: next((f"{a['n_pos']}/{a['n_neg']}" for a in r["splits"][s].values()), "") for s in splits}
+    n = {s: next((f"{a['n_pos']}/{a['n_neg']}" for a in r["splits"][s].values() if "n_pos" in a), "") for s in splits}
     lines = ["# Filters out of distribution (issue 19)\n", f"```\n{r['command']}\n```\n",
              "AUROC of each strategy's score, inducing vs the rest, with a 95 % bootstrap CI (bold: CI above 0.5). "
              "Every strategy is fitted on `data/reference/` (harmful vs benign) with its default settings, except "
@@ -421,7 +429,7 @@ def render(r: dict) -> str:
              "|---|" + "---|" * (len(splits) + 1)]
     for label in r["strategies"]:
         cells = [r["splits"][s].get(label) for s in splits]
-        vals = [a["min_fold"] if a and "min_fold" in a else (a["auroc"] if a else np.nan) for a in cells]
+        vals = [a["min_fold"] if a and "min_fold" in a else (a["auroc"] if a and "auroc" in a else np.nan) for a in cells]
         worst = np.nanmin(vals) if not np.all(np.isnan(vals)) else np.nan
         lines.append(f"| {label} | " + " | ".join(auroc_cell(a) for a in cells) + f" | {worst:.2f} |")
     grouped = [s for s in splits if s in GROUPED]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.synthetic import make_cache
 
@@ -174,3 +175,28 @@ def test_paired_comparison_keeps_to_the_held_out_prompts_where_a_strategy_was_fi
     everything = cmp.compare_rows(scores, labels, "a", "b", n_boot=50)
     held = cmp.compare_rows(scores, labels, "a", "b", n_boot=50, keep={"r4", "r5", "r6", "r7"})
     assert everything["diff"] == 0.5 and held["diff"] == 1.0 and (held["n_pos"], held["n_neg"]) == (2, 2)
+
+
+def test_a_refused_ensemble_is_a_cell_of_the_table_not_a_crash():
+    """References that give an ensemble member no scale (e.g. answers of some fitted questions) refuse the ensemble
+    with MemberScaleError; the table shows the refusal and the worst split skips it."""
+    from geomfilter.features import split_by_pair
+    from geomfilter.filtering import make_filter
+    from geomfilter.filtering.ensemble import MemberScaleError
+
+    dense = np.ones((8, 6), dtype=np.float32)
+    meta = [{"pair_id": f"p{i}"} for i in range(8)]
+    half = split_by_pair(make_cache(dense, meta=meta))  # the ensemble's cross-fitting halves
+    # harmful above benign along one axis in one half, below it in the other: each half's direction reverses the other
+    x = np.zeros((8, 8), dtype=np.float32)
+    x[:, 0] = np.where(half, 1.0, -1.0)
+    harmful = make_cache(dense, resid=x, meta=meta, ids=[f"h{i}" for i in range(8)])
+    benign = make_cache(dense, resid=-x, meta=[dict(m) for m in meta], ids=[f"b{i}" for i in range(8)])
+    f = make_filter("ensemble", members=("projection",), drop=0.25)
+    with pytest.raises(MemberScaleError, match="no scale"):
+        f.fit(harmful, benign)
+    cell = {"auroc": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n_pos": 4, "n_neg": 4}
+    r = {"command": "cmd", "sae": "s", "seconds": 1, "strategies": {"ensemble": {}, "activation": {}},
+         "splits": {"mixed": {"ensemble": {"refused": "no scale"}, "activation": cell}}}
+    text = ood.render(r)
+    assert "| ensemble | refused (no scale) | nan |" in text and "| activation | **0.70 [0.60, 0.80]** | 0.70 |" in text

@@ -31,6 +31,11 @@ MEMBERS = ("activation", "geometry", "projection", "representation")
 DEFAULT_MEMBERS = ("activation", "representation")
 
 
+class MemberScaleError(FilterOptionError):
+    """An ensemble member that does not score held-out harmful references above benign ones: the references give it
+    no scale, so the ensemble cannot be fitted on them with that member."""
+
+
 def _members_ok(v: Any) -> bool:
     return (isinstance(v, (tuple, list)) and len(v) >= 1 and len(set(v)) == len(v)
             and all(m in MEMBERS for m in v))
@@ -85,7 +90,7 @@ class EnsembleFilter(SampleFilter):
         for name in self.members:
             h, b = self._out_of_fold_means(name, harmful, benign, halves)
             if not h > b:
-                raise FilterOptionError(f"ensemble member {name!r} does not score held-out harmful references above "
+                raise MemberScaleError(f"ensemble member {name!r} does not score held-out harmful references above "
                                         f"benign ones (means {h:.4g} vs {b:.4g}), so it has no scale to put its "
                                         "scores on; leave it out of --members")
             self.members_.append(self._member(name).fit(harmful, benign))
