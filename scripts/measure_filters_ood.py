@@ -431,7 +431,8 @@ def render(r: dict) -> str:
         cells = [r["splits"][s].get(label) for s in splits]
         vals = [a["min_fold"] if a and "min_fold" in a else (a["auroc"] if a and "auroc" in a else np.nan) for a in cells]
         worst = np.nanmin(vals) if not np.all(np.isnan(vals)) else np.nan
-        lines.append(f"| {label} | " + " | ".join(auroc_cell(a) for a in cells) + f" | {worst:.2f} |")
+        lines.append(f"| {label} | " + " | ".join(auroc_cell(a) for a in cells) + " | "
+                     + ("–" if np.isnan(worst) else f"{worst:.2f}") + " |")
     grouped = [s for s in splits if s in GROUPED]
     if grouped:
         lines += ["\nWithin a question (" + ", ".join(f"`{s}`" for s in grouped) + "): the mean over questions with at "

@@ -199,4 +199,4 @@ def test_a_refused_ensemble_is_a_cell_of_the_table_not_a_crash():
     r = {"command": "cmd", "sae": "s", "seconds": 1, "strategies": {"ensemble": {}, "activation": {}},
          "splits": {"mixed": {"ensemble": {"refused": "no scale"}, "activation": cell}}}
     text = ood.render(r)
-    assert "| ensemble | refused (no scale) | nan |" in text and "| activation | **0.70 [0.60, 0.80]** | 0.70 |" in text
+    assert "| ensemble | refused (no scale) | – |" in text and "| activation | **0.70 [0.60, 0.80]** | 0.70 |" in text
