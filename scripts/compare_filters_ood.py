@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--b", required=True, help="the strategies it is compared with, comma-separated")
     ap.add_argument("--work", type=Path, default=Path("runs/ood"))
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--name", default="paired", help="the output's name in the folder (<name>.md / .json)")
     args = ap.parse_args(argv)
     path = args.folder / "scores.json"
     if not path.is_file():
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         res["n"][split] = f"{first['n_pos']}/{first['n_neg']}"
         print(f"{split:18s} " + "  ".join(f"{b}: {cell(res['splits'][split][b])}" for b in bs), flush=True)
     res["command"] = script_command(__file__, argv)
-    write_json_and_markdown(args.folder, "paired", res, render(res))
+    write_json_and_markdown(args.folder, args.name, res, render(res))
     print(render(res))
     return 0
 

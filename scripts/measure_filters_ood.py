@@ -125,8 +125,13 @@ ORGANISM_STRATEGIES = {"activation": ("activation", {}), "geometry": ("geometry"
                        "representation": ("representation", {}), "ensemble": ("ensemble", {})}
 STRATEGY_ROWS.update({f"{label} ({tag})": (strategy, params, refs) for refs, (tag, _) in ORGANISM_FITS.items()
                       for label, (strategy, params) in ORGANISM_STRATEGIES.items()})
+#: reference sets that join an answer fit to the references (``--add-harmful``/``--add-benign``, as a user adds
+#: labelled answers of their own model): "(+o)" rows, the references plus every organism's fitted answers
+JOINED = {"refs+organism": "organism"}
+STRATEGY_ROWS.update({f"{label} (+o)": (strategy, params, "refs+organism")
+                      for label, (strategy, params) in ORGANISM_STRATEGIES.items() if strategy != "geometry"})
 #: the split each answer-fitted reference set is drawn from; its cell there is scored on the held-out prompts only
-HELD_OUT_OF = {"model": "model_answers", **{refs: "organism_answers" for refs in ORGANISM_FITS}}
+HELD_OUT_OF = {"model": "model_answers", **{refs: "organism_answers" for refs in [*ORGANISM_FITS, *JOINED]}}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -193,6 +198,7 @@ def build_splits(work: Path, organism_seed: int = 0) -> tuple[dict[str, Path], d
     for refs, (_, by_variant) in ORGANISM_FITS.items():
         held[refs] = held_organism
         fits[refs] = [r for r in answers if r["prompt_id"] not in held_organism and by_variant(r["variant"])]
+    held.update({refs: held[fit] for refs, fit in JOINED.items()})
     for refs, fit in fits.items():
         seed = f"-seed{organism_seed}" if organism_seed and refs in ORGANISM_FITS else ""
         for side, inducing in (("harmful", True), ("benign", False)):
@@ -276,11 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         data = paths[split]
         if (data, refs) in runners:
             return runners[data, refs]
-        harmful, benign = ((paths[f"{refs}_harmful"], paths[f"{refs}_benign"]) if refs in HELD_OUT_OF
+        harmful, benign = ((paths[f"{refs}_harmful"], paths[f"{refs}_benign"]) if refs in ORGANISM_FITS or refs == "model"
                            else (REF / "harmful.jsonl", REF / "benign.jsonl"))
+        joined = JOINED.get(refs)
+        add = {"add_harmful": (paths[f"{joined}_harmful"],), "add_benign": (paths[f"{joined}_benign"],)} if joined else {}
         own = own_answers(data, args.work / "own" / f"{split}.jsonl", builder, args.progress) if refs == "own" else None
         r = FilterRunner(FilterConfig(data=data, harmful=harmful, benign=benign, own=own, sae=args.sae,
-                                      cache_dir=args.cache_dir, progress=args.progress, explain=0))
+                                      cache_dir=args.cache_dir, progress=args.progress, explain=0, **add))
         r.builder = builder  # one model and SAE for every split
         runners[data, refs] = r
         return r

@@ -54,6 +54,7 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
     assert all(v.startswith("syc75") for v in variants["organism-sycophancy"])  # never the risky organism's answers
     assert {v for v in variants["organism-risky"] if not v.startswith("r64")} == {"syc75-base"}
     assert not any("," in label for label in ood.STRATEGY_ROWS)  # --strategies splits its list on commas
+    assert held["refs+organism"] == held["organism"]  # the joined fit leaves out the same questions
 
 
 def test_another_organism_seed_draws_another_half_into_other_files(tmp_path):
