@@ -127,8 +127,9 @@ STRATEGY_ROWS.update({f"{label} ({tag})": (strategy, params, refs) for refs, (ta
                       for label, (strategy, params) in ORGANISM_STRATEGIES.items()})
 #: reference sets that join an answer fit to the references (``--add-harmful``/``--add-benign``, as a user adds
 #: labelled answers of their own model): "(+o)" rows, the references plus every organism's fitted answers
-JOINED = {"refs+organism": "organism"}
-STRATEGY_ROWS.update({f"{label} (+o)": (strategy, params, "refs+organism")
+#: (and "(+o/risky)": the risky organism's fitted answers only, which never saw the rows of ``mixed``)
+JOINED = {"refs+organism": "organism", "refs+organism-risky": "organism-risky"}
+STRATEGY_ROWS.update({f"{label} (+{ORGANISM_FITS[fit][0]})": (strategy, params, refs) for refs, fit in JOINED.items()
                       for label, (strategy, params) in ORGANISM_STRATEGIES.items() if strategy != "geometry"})
 #: the split each answer-fitted reference set is drawn from; its cell there is scored on the held-out prompts only
 HELD_OUT_OF = {"model": "model_answers", **{refs: "organism_answers" for refs in [*ORGANISM_FITS, *JOINED]}}
