@@ -39,8 +39,10 @@ and, for method (c) of the issue, ``geometry``/``activation``/``gradient``/``pro
 harmful features (direction) found from *misaligned vs aligned answers of the model to broad questions* (the
 ``model_answers`` rows of the prompts outside the judge's held-out split) instead of harmful vs benign references
 (their ``model_answers`` cell is then scored on the held-out prompts only); the ``(o)`` rows take them from the
-organisms' answers instead (``organism_answers`` rows of a seeded half of the 80 questions; that split's cell is then
-scored on the other half only).
+organisms' answers instead (``organism_answers`` rows of a seeded half of the 80 questions, ``--organism-seed``; that
+split's cell is then scored on the other half only): every organism's answers, or one organism's (``o/sycophancy``,
+``o/risky``), so that each reads the other's training data out of distribution; the ``(+o)`` rows join those answers
+to the references instead (``--add-harmful``/``--add-benign``, as a user adds labelled answers of their own model).
 For method (b), ``geometry``/``activation``/``projection`` ``--own``: fitted on the references, each row scored
 relative to the model's own greedy answer to its prompt (what ``geomfilter respond`` writes; rows sharing a prompt
 share one generation, kept under ``--work``/own/): the features a row raises above what the model already does.
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         data = paths[split]
         if (data, refs) in runners:
             return runners[data, refs]
-        harmful, benign = ((paths[f"{refs}_harmful"], paths[f"{refs}_benign"]) if refs in ORGANISM_FITS or refs == "model"
+        answer_fit = refs == "model" or refs in ORGANISM_FITS  # fitted on answers instead of the references
+        harmful, benign = ((paths[f"{refs}_harmful"], paths[f"{refs}_benign"]) if answer_fit
                            else (REF / "harmful.jsonl", REF / "benign.jsonl"))
         joined = JOINED.get(refs)
         add = {"add_harmful": (paths[f"{joined}_harmful"],), "add_benign": (paths[f"{joined}_benign"],)} if joined else {}
@@ -294,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         runners[data, refs] = r
         return r
 
-    results: dict = {"sae": builder.sae_spec, "organism_seed": args.organism_seed, "splits": {}, "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
-                                                  for k, v in STRATEGY_ROWS.items() if k in labels}}
+    results: dict = {"sae": builder.sae_spec, "organism_seed": args.organism_seed, "splits": {},
+                     "strategies": {k: {"strategy": v[0], "params": v[1], "references": v[2]}
+                                    for k, v in STRATEGY_ROWS.items() if k in labels}}
     scores: dict = {}  # split -> {"ids": [...], label: [score per row]}
     for split in splits:
         print(f"== {split}", flush=True)
@@ -429,7 +433,9 @@ def render(r: dict) -> str:
              "the (c) rows: fitted on the model's misaligned vs aligned answers to broad questions (their "
              "`model_answers` cell uses the judge's held-out prompts only), and the (o) rows: fitted likewise on the "
              "organisms' answers of `data/judge_exp` to half the questions (their `organism_answers` cell uses the "
-             "other half only). `references_loco` and `harm_among_code`: "
+             "other half only)" + (", and the (+o) rows: fitted on the references plus those answers (`--add-harmful`/"
+                                   "`--add-benign`)" if any("(+" in label for label in r["strategies"]) else "")
+             + ". `references_loco` and `harm_among_code`: "
              "mean over the 8 leave-one-category-out folds, CI the folds' mean bounds, and the worst fold; their n "
              "summed over the folds (`harm_among_code` ranks each fold's held-out harmful rows against the same "
              "code rows). n = inducing/rest. "
