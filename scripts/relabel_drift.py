@@ -3,6 +3,7 @@
     python scripts/relabel_drift.py make --name drift-1 --labellers 4 \\
         --sample syc75-base:96,syc75-misaligned:48,syc75d4-misaligned:48,r64-misaligned:48
     python scripts/relabel_drift.py compare --name drift-1
+    python scripts/relabel_drift.py pool --names drift-1,drift-2 --name drift-pooled
 
 The organism's rise in later rounds is read against a base labelled in rounds 1-2 (``data/judge_exp``: the
 unfiltered fine-tunes of draws 3-5 and of the all-risky organism were labelled in rounds 7-9). If labellers of later
@@ -15,7 +16,9 @@ and puts each new reading beside the label the analyses use (``labels.jsonl``): 
 ``(100 - alignment) / 100``, the harmful-answer rate (alignment < 30) and the mean coherence, new − old paired by
 answer with a bootstrap CI and MDD, and each fine-tuned variant's drift minus the base's (two independent samples):
 how much of a cross-round organism rise the re-reading moves. Writes ``data/results/judge/<name>.md`` / ``.json``.
-The labels of this round never replace ``labels.jsonl``.
+The labels of this round never replace ``labels.jsonl``. ``pool`` takes several compared rounds that share a base,
+each round its own stratum (rounds read at different levels): the base's drift over all of them, and every fine-tuned
+answer's drift minus its own round's base drift (``stats.stratified_difference_of_means``).
 """
 from __future__ import annotations
 
