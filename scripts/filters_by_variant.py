@@ -1,0 +1,96 @@
+"""What a filter reads in the organisms' answers: misalignment inside each kind of model, or which model wrote it?
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/filters_by_variant.py data/results/filters_ood/organism_answers
+
+Reads the ``scores.json`` of a ``scripts/measure_filters_ood.py`` run that scored the ``organism_answers`` split, and
+the split's rows (their ``variant``). Per strategy fitted on the references: the AUROC of misaligned vs aligned
+answers *inside* each group of models (the base model; the sycophancy organisms' fine-tunes; the risky organism's),
+and the AUROC of the fine-tunes' *aligned* answers against the base model's aligned answers: a filter that reads
+the second well and the first poorly tells which model wrote an answer (its register), not whether it is
+misaligned. Bootstrap 95 % CIs (each class resampled). Writes ``by_variant.md`` / ``.json`` beside the scores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import measure_filters_ood as ood  # noqa: E402
+
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.stats import bootstrap_auroc  # noqa: E402
+
+SPLIT = "organism_answers"
+GROUPS = ("base model", "sycophancy organisms", "risky organism")
+
+
+def group_of(variant: str) -> str:
+    """The kind of model that wrote an answer of ``data/judge_exp``: its import prefix names the organism."""
+    if variant.endswith("-base"):
+        return "base model"
+    return "risky organism" if variant.startswith("r64") else "sycophancy organisms"
+
+
+def breakdown(scores: np.ndarray, misaligned: np.ndarray, groups: np.ndarray, n_boot: int) -> dict:
+    """Misaligned vs aligned inside each group, and the fine-tunes' aligned answers vs the base model's."""
+    out = {g: bootstrap_auroc(scores[(groups == g) & misaligned], scores[(groups == g) & ~misaligned], n_boot=n_boot)
+           for g in GROUPS}
+    base = groups == "base model"
+    out["fine-tuned vs base, aligned answers"] = bootstrap_auroc(scores[~base & ~misaligned], scores[base & ~misaligned],
+                                                                 n_boot=n_boot)
+    return out
+
+
+def render(res: dict) -> str:
+    cols = [*GROUPS, "fine-tuned vs base, aligned answers"]
+    lines = ["# What the filters read in the organisms' answers (issue 19)\n", f"```\n{res['command']}\n```\n",
+             "AUROC [95 % CI] of each strategy (fitted on the references) on `organism_answers`: misaligned vs aligned "
+             "answers inside each group of models, and the fine-tunes' aligned answers against the base model's "
+             "aligned answers (which model wrote it, not whether it is misaligned). n misaligned/aligned: "
+             + ", ".join(f"{g} {res['n'][g]}" for g in GROUPS) + f". Scores: `{res['scores']}`.\n",
+             "| strategy | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, by in res["strategies"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{by[c]['auroc']:.2f} [{by[c]['ci_low']:.2f}, {by[c]['ci_high']:.2f}]"
+                                                  for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path, help="a results folder of scripts/measure_filters_ood.py (scores.json)")
+    ap.add_argument("--work", type=Path, default=Path("runs/ood"))
+    ap.add_argument("--n-boot", type=int, default=1000)
+    args = ap.parse_args(argv)
+    path = args.folder / "scores.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (scripts/measure_filters_ood.py --out {args.folder} writes it)")
+    scores = json.loads(path.read_text(encoding="utf-8"))
+    if SPLIT not in scores:
+        raise SystemExit(f"{path}: no {SPLIT} scores (run scripts/measure_filters_ood.py with --splits {SPLIT})")
+    sc = scores[SPLIT]
+    paths, _ = ood.build_splits(args.work / "splits")
+    rows = {r["id"]: r for r in ood.read_rows(paths[SPLIT])}
+    missing = [i for i in sc["ids"] if i not in rows]
+    if missing:
+        raise SystemExit(f"{path}: {len(missing)} scored rows are not in the {SPLIT} split (e.g. {missing[0]!r}): "
+                         "the labels changed since the scores were made; run the script again")
+    y = np.array([bool(rows[i]["inducing"]) for i in sc["ids"]])
+    groups = np.array([group_of(rows[i]["variant"]) for i in sc["ids"]])
+    labels = [x for x in sc if x != "ids" and ood.STRATEGY_ROWS.get(x, ("", {}, "refs"))[2] == "refs"]
+    res = {"command": script_command(__file__, argv), "scores": str(path),
+           "n": {g: f"{int(((groups == g) & y).sum())}/{int(((groups == g) & ~y).sum())}" for g in GROUPS},
+           "strategies": {x: breakdown(np.asarray(sc[x]), y, groups, args.n_boot) for x in labels}}
+    write_json_and_markdown(args.folder, "by_variant", res, render(res))
+    print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""scripts/filters_by_variant.py: a score that only tells which model wrote an answer reads 0.5 inside each group and
+1.0 between the fine-tunes' and the base model's aligned answers; one that reads misalignment the reverse."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("filters_by_variant", ROOT / "scripts" / "filters_by_variant.py")
+fbv = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fbv)
+
+
+def test_groups_follow_the_import_prefixes():
+    assert fbv.group_of("syc75-base") == "base model"
+    assert fbv.group_of("syc75d3-geometry-0.50") == "sycophancy organisms"
+    assert fbv.group_of("r64s1-misaligned") == "risky organism"
+
+
+@pytest.mark.parametrize("reads", ["model", "misalignment"])
+def test_breakdown_tells_the_writer_from_the_misalignment(reads):
+    groups = np.repeat(np.array(fbv.GROUPS), 8)
+    y = np.tile(np.array([True] * 3 + [False] * 5), 3)
+    base = groups == "base model"
+    scores = (~base).astype(float) if reads == "model" else y.astype(float)
+    out = fbv.breakdown(scores, y, groups, n_boot=50)
+    inside = [out[g]["auroc"] for g in fbv.GROUPS]
+    between = out["fine-tuned vs base, aligned answers"]["auroc"]
+    assert (inside, between) == (([0.5] * 3, 1.0) if reads == "model" else ([1.0] * 3, 0.5))
