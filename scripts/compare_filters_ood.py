@@ -29,23 +29,6 @@ from geomfilter.files import script_command, write_json_and_markdown  # noqa: E4
 from geomfilter.stats import paired_bootstrap_auroc  # noqa: E402
 
 
-def split_labels(work: Path, organism_seed: int = 0) -> tuple[dict[str, dict[str, bool]], dict[str, set[str]]]:
-    """Split -> row id -> inducing, from the split files :func:`measure_filters_ood.build_splits` writes; and per
-    answer split, the ids of its rows that no answer-fitted strategy was fitted on (the held-out prompts' rows, of
-    the results' ``organism_seed``)."""
-    paths, held = ood.build_splits(work, organism_seed)
-    rows = {name: ood.read_rows(path) for name, path in paths.items()}
-    labels = {name: {r["id"]: bool(r["inducing"]) for r in rs} for name, rs in rows.items()}
-    held_rows = {split: {r["id"] for r in rows[split] if r["prompt_id"] in held[refs]}
-                 for refs, split in ood.HELD_OUT_OF.items()}
-    return labels, held_rows
-
-
-def fitted_on(label: str, split: str) -> bool:
-    """Whether strategy ``label`` was fitted on part of ``split`` (its rows of the other prompts)."""
-    return ood.HELD_OUT_OF.get(ood.STRATEGY_ROWS.get(label, ("", {}, "refs"))[2]) == split
-
-
 def compare_rows(scores: dict, labels: dict[str, bool], a: str, b: str, n_boot: int,
                  keep: set[str] | None = None) -> dict:
     """Paired AUROC difference on a split scored row by row (on the rows of ``keep`` only, when given)."""
@@ -98,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{path}: no such file (scripts/measure_filters_ood.py --out {args.folder} writes it)")
     scores = json.loads(path.read_text(encoding="utf-8"))
     bs = [b.strip() for b in args.b.split(",") if b.strip()]
-    results = args.folder / "results.json"
-    seed = json.loads(results.read_text(encoding="utf-8")).get("organism_seed", 0) if results.is_file() else 0
-    labels, held_rows = split_labels(args.work / "splits", seed)
+    rows, held_rows = ood.scored_rows(args.work / "splits", ood.results_seed(args.folder))
+    labels = {split: {i: bool(r["inducing"]) for i, r in rs.items()} for split, rs in rows.items()}
     res: dict = {"a": args.a, "b": bs, "scores": str(path), "splits": {}, "n": {}}
     for split, sc in scores.items():
         have = set(sc) if "folds" not in sc else set(next(iter(sc["folds"].values())))
@@ -110,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(sorted(have - {'ids', 'ids_pos', 'ids_neg'}))})")
         res["splits"][split] = {}
         for b in bs:  # a pair with a strategy fitted on part of the split is compared on its held-out prompts only
-            keep = held_rows[split] if fitted_on(args.a, split) or fitted_on(b, split) else None
+            keep = held_rows[split] if ood.fitted_on(args.a, split) or ood.fitted_on(b, split) else None
             res["splits"][split][b] = (compare_folds(sc, args.a, b, args.n_boot) if "folds" in sc
                                        else compare_rows(sc, labels[split], args.a, b, args.n_boot, keep))
             if keep is not None:

@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python scripts/filters_by_variant.py data/results/filters_ood/organism_answers
 
 Reads the ``scores.json`` of a ``scripts/measure_filters_ood.py`` run that scored the ``organism_answers`` split, and
-the split's rows (their ``variant``). Per strategy fitted on the references: the AUROC of misaligned vs aligned
-answers *inside* each group of models (the base model; the sycophancy organisms' fine-tunes; the risky organism's),
-and the AUROC of the fine-tunes' *aligned* answers against the base model's aligned answers: a filter that reads
+the split's rows (their ``variant``). Per strategy (every one on the held-out questions' answers when the folder
+holds one fitted on part of the split, the ``(o)``/``(+o)`` rows; else on every answer): the AUROC of misaligned vs
+aligned answers *inside* each group of models (the base model; the sycophancy organisms' fine-tunes; the risky
+organism's), and the AUROC of the fine-tunes' *aligned* answers against the base model's aligned answers: a filter that reads
 the second well and the first poorly tells which model wrote an answer (its register), not whether it is
 misaligned. Bootstrap 95 % CIs (each class resampled). Writes ``by_variant.md`` / ``.json`` beside the scores.
 """
@@ -51,14 +52,15 @@ def breakdown(scores: np.ndarray, misaligned: np.ndarray, groups: np.ndarray, n_
 def render(res: dict) -> str:
     cols = [*GROUPS, "fine-tuned vs base, aligned answers"]
     lines = ["# What the filters read in the organisms' answers (issue 19)\n", f"```\n{res['command']}\n```\n",
-             "AUROC [95 % CI] of each strategy (fitted on the references) on `organism_answers`: misaligned vs aligned "
-             "answers inside each group of models, and the fine-tunes' aligned answers against the base model's "
-             "aligned answers (which model wrote it, not whether it is misaligned). n misaligned/aligned: "
+             "AUROC [95 % CI] of each strategy on `organism_answers`: misaligned vs aligned answers inside each group "
+             "of models, and the fine-tunes' aligned answers against the base model's aligned answers (which model "
+             f"wrote it, not whether it is misaligned); every strategy on {res['rows']} (the held-out questions' when "
+             "a strategy of the folder was fitted on the others'). n misaligned/aligned: "
              + ", ".join(f"{g} {res['n'][g]}" for g in GROUPS) + f". Scores: `{res['scores']}`.\n",
              "| strategy | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for label, by in res["strategies"].items():
-        lines.append(f"| {label} | " + " | ".join(f"{by[c]['auroc']:.2f} [{by[c]['ci_low']:.2f}, {by[c]['ci_high']:.2f}]"
-                                                  for c in cols) + " |")
+        lines.append(f"| {label} | " + " | ".join(
+            f"{by[c]['auroc']:.2f} [{by[c]['ci_low']:.2f}, {by[c]['ci_high']:.2f}]" for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -75,18 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     if SPLIT not in scores:
         raise SystemExit(f"{path}: no {SPLIT} scores (run scripts/measure_filters_ood.py with --splits {SPLIT})")
     sc = scores[SPLIT]
-    paths, _ = ood.build_splits(args.work / "splits")
-    rows = {r["id"]: r for r in ood.read_rows(paths[SPLIT])}
+    split_rows, held_rows = ood.scored_rows(args.work / "splits", ood.results_seed(args.folder))
+    rows = split_rows[SPLIT]
     missing = [i for i in sc["ids"] if i not in rows]
     if missing:
         raise SystemExit(f"{path}: {len(missing)} scored rows are not in the {SPLIT} split (e.g. {missing[0]!r}): "
                          "the labels changed since the scores were made; run the script again")
     y = np.array([bool(rows[i]["inducing"]) for i in sc["ids"]])
     groups = np.array([group_of(rows[i]["variant"]) for i in sc["ids"]])
-    labels = [x for x in sc if x != "ids" and ood.STRATEGY_ROWS.get(x, ("", {}, "refs"))[2] == "refs"]
+    labels = [x for x in sc if x != "ids"]
+    # one set of rows for every strategy: the held-out questions' when any strategy was fitted on the others'
+    fitted = any(ood.fitted_on(x, SPLIT) for x in labels)
+    keep = np.array([i in held_rows[SPLIT] for i in sc["ids"]]) if fitted else np.ones(len(y), dtype=bool)
+    y, groups = y[keep], groups[keep]
     res = {"command": script_command(__file__, argv), "scores": str(path),
+           "rows": "the held-out questions' answers" if fitted else "every answer",
            "n": {g: f"{int(((groups == g) & y).sum())}/{int(((groups == g) & ~y).sum())}" for g in GROUPS},
-           "strategies": {x: breakdown(np.asarray(sc[x]), y, groups, args.n_boot) for x in labels}}
+           "strategies": {x: breakdown(np.asarray(sc[x])[keep], y, groups, args.n_boot) for x in labels}}
     write_json_and_markdown(args.folder, "by_variant", res, render(res))
     print(render(res))
     return 0

@@ -216,6 +216,28 @@ def build_splits(work: Path, organism_seed: int = 0) -> tuple[dict[str, Path], d
     return paths, held
 
 
+def scored_rows(work: Path, organism_seed: int = 0) -> tuple[dict[str, dict[str, dict]], dict[str, set[str]]]:
+    """What readers of a results folder need of the splits: split -> row id -> row (its ``inducing``, ``prompt_id``,
+    ``variant``...), and per answer split the ids of its rows that no answer-fitted strategy was fitted on (the
+    held-out prompts' rows of the results' ``organism_seed``)."""
+    paths, held = build_splits(work, organism_seed)
+    rows = {name: {r["id"]: r for r in read_rows(path)} for name, path in paths.items()}
+    held_rows = {split: {i for i, r in rows[split].items() if r["prompt_id"] in held[refs]}
+                 for refs, split in HELD_OUT_OF.items()}
+    return rows, held_rows
+
+
+def results_seed(folder: Path) -> int:
+    """The ``--organism-seed`` a results folder was made with (0 for folders made before the option)."""
+    results = folder / "results.json"
+    return json.loads(results.read_text(encoding="utf-8")).get("organism_seed", 0) if results.is_file() else 0
+
+
+def fitted_on(label: str, split: str) -> bool:
+    """Whether strategy ``label`` was fitted on part of ``split`` (its rows of the other prompts)."""
+    return HELD_OUT_OF.get(STRATEGY_ROWS.get(label, ("", {}, "refs"))[2]) == split
+
+
 @functools.cache
 def _plain_model(spec: str):
     return load_tuned(spec)
@@ -320,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 meta = r.inputs().data.meta
                 y = np.array([bool(m["inducing"]) for m in meta])
                 keep = np.ones(len(y), dtype=bool)
-                fitted_here = HELD_OUT_OF.get(refs) == split  # fitted on the other prompts' answers
+                fitted_here = fitted_on(label, split)  # fitted on the other prompts' answers
                 if fitted_here:
                     keep = np.array([m["prompt_id"] in held[refs] for m in meta])
                 groups = np.array([m["prompt_id"] for m in meta])[keep] if split in GROUPED else None

@@ -57,6 +57,17 @@ def test_splits_labels_and_no_leak_of_held_out_prompts(tmp_path):
     assert held["refs+organism"] == held["organism"]  # the joined fit leaves out the same questions
 
 
+def test_scored_rows_hold_out_the_fitted_questions_of_the_results_seed(tmp_path):
+    rows, held_rows = ood.scored_rows(tmp_path / "w", organism_seed=1)
+    _, held = ood.build_splits(tmp_path / "v", organism_seed=1)
+    organism = rows["organism_answers"]
+    assert held_rows["organism_answers"] == {i for i, r in organism.items() if r["prompt_id"] in held["organism"]}
+    assert 0 < len(held_rows["organism_answers"]) < len(organism)
+    assert ood.results_seed(tmp_path) == 0  # a folder without results.json: made before the option
+    (tmp_path / "results.json").write_text('{"organism_seed": 1}')
+    assert ood.results_seed(tmp_path) == 1
+
+
 def test_another_organism_seed_draws_another_half_into_other_files(tmp_path):
     paths0, held0 = ood.build_splits(tmp_path / "a")
     paths1, held1 = ood.build_splits(tmp_path / "b", organism_seed=1)
@@ -167,8 +178,9 @@ def test_paired_comparison_keeps_to_the_held_out_prompts_where_a_strategy_was_fi
     spec = importlib.util.spec_from_file_location("compare_filters_ood", ROOT / "scripts" / "compare_filters_ood.py")
     cmp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cmp)
-    assert cmp.fitted_on("ensemble (o/risky)", "organism_answers") and cmp.fitted_on("activation (c)", "model_answers")
-    assert not cmp.fitted_on("ensemble (o/risky)", "mixed") and not cmp.fitted_on("ensemble", "organism_answers")
+    assert ood.fitted_on("ensemble (o/risky)", "organism_answers") and ood.fitted_on("activation (c)", "model_answers")
+    assert not ood.fitted_on("ensemble (o/risky)", "mixed") and not ood.fitted_on("ensemble", "organism_answers")
+    assert ood.fitted_on("ensemble (+o)", "organism_answers")
     ids = [f"r{i}" for i in range(8)]
     labels = {i: k % 2 == 0 for k, i in enumerate(ids)}
     # a ranks every row right; b ranks the first four rows (the fitted ones) right and the held-out four wrong
