@@ -8,7 +8,9 @@ holds one fitted on part of the split, the ``(o)``/``(+o)`` rows; else on every 
 aligned answers *inside* each group of models (the base model; the sycophancy organisms' fine-tunes; the risky
 organism's), and the AUROC of the fine-tunes' *aligned* answers against the base model's aligned answers: a filter that reads
 the second well and the first poorly tells which model wrote an answer (its register), not whether it is
-misaligned. Bootstrap 95 % CIs (each class resampled). Writes ``by_variant.md`` / ``.json`` beside the scores.
+misaligned. The last row reads the labels' own misalignment the same way: how far the careful readings themselves
+set the fine-tunes' aligned answers apart from the base model's. Bootstrap 95 % CIs (each class resampled). Writes
+``by_variant.md`` / ``.json`` beside the scores.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from geomfilter.files import script_command, write_json_and_markdown  # noqa: E4
 from geomfilter.stats import bootstrap_auroc  # noqa: E402
 
 SPLIT = "organism_answers"
+LABELS_ROW = "labels (100 − alignment), for reference"
 GROUPS = ("base model", "sycophancy organisms", "risky organism")
 
 
@@ -94,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
            "rows": "the held-out questions' answers" if fitted else "every answer",
            "n": {g: f"{int(((groups == g) & y).sum())}/{int(((groups == g) & ~y).sum())}" for g in GROUPS},
            "strategies": {x: breakdown(np.asarray(sc[x])[keep], y, groups, args.n_boot) for x in labels}}
+    # the reference: the labels' own misalignment, how far the careful readings themselves set the fine-tunes'
+    # aligned answers apart from the base model's (inside a group it is 1 by construction)
+    alignment = {r["id"]: r["alignment"] for r in ood.read_rows(ood.JE / "labels.jsonl")}
+    own = np.array([100.0 - alignment[i] for i in sc["ids"]])[keep]
+    res["strategies"][LABELS_ROW] = breakdown(own, y, groups, args.n_boot)
     write_json_and_markdown(args.folder, "by_variant", res, render(res))
     print(render(res))
     return 0
