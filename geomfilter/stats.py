@@ -141,15 +141,10 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, lev
 def difference_of_means(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0,
                         level: float = 0.95) -> dict:
     """``mean(a) - mean(b)`` of two independent samples, with a percentile bootstrap CI that resamples each sample
-    on its own. ``{"mean", "lo", "hi", "n_a", "n_b"}``; NaNs where either sample is empty."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.size == 0 or y.size == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_a": int(x.size), "n_b": int(y.size)}
-    rng = np.random.default_rng(seed)
-    boots = np.array([x[rng.integers(0, x.size, x.size)].mean() - y[rng.integers(0, y.size, y.size)].mean()
-                      for _ in range(n_boot)])
-    lo, hi, _ = _percentile_ci(boots, level)
-    return {"mean": float(x.mean() - y.mean()), "lo": lo, "hi": hi, "n_a": int(x.size), "n_b": int(y.size)}
+    on its own (:func:`stratified_difference_of_means` with one stratum). ``{"mean", "lo", "hi", "n_a", "n_b"}``;
+    NaNs where either sample is empty."""
+    r = stratified_difference_of_means([(a, b)], n_boot=n_boot, seed=seed, level=level)
+    return {"mean": r["mean"], "lo": r["lo"], "hi": r["hi"], "n_a": len(a), "n_b": len(b)}
 
 
 def stratified_difference_of_means(strata: Sequence[tuple[Sequence[float], Sequence[float]]], n_boot: int = 2000,
