@@ -86,8 +86,10 @@ JR = ROOT / "data" / "judge_real"
 JE = ROOT / "data" / "judge_exp"
 SPLITS = ("mixed", "risky_advice", "insecure_code", "model_answers", "organism_answers", "persona", "references_loco",
           "harm_among_code")
-#: splits whose rows are answers grouped by question (``prompt_id``): their AUROC is also reported within a question
+#: splits whose rows are answers grouped by question (``prompt_id``): their AUROC is also reported within a question,
+#: over the questions with at least MIN_EACH answers of each class
 GROUPED = ("model_answers", "organism_answers")
+MIN_EACH = 3
 
 #: label -> (strategy, params, reference set): "refs" = harmful vs benign references, "model" = method (c),
 #: "own" = the references, scored relative to the model's own (greedy) answer to each row's prompt: method (b),
@@ -265,12 +267,13 @@ def own_answers(data: Path, out: Path, builder: CacheBuilder, progress: bool) ->
 
 def summarize(scores: np.ndarray, y: np.ndarray, n_boot: int, groups: np.ndarray | None = None) -> dict:
     """AUROC with its CI, precision at 25 % and the base rate; with ``groups`` (each row's question) also the AUROC
-    within a question (questions with at least 3 rows of each class; CI from a bootstrap over questions)."""
+    within a question (questions with at least MIN_EACH rows of each class; CI from a bootstrap over questions)."""
     a = bootstrap_auroc(scores[y], scores[~y], n_boot=n_boot)
     out = {**a, "precision": precision_at(scores, y, (0.25,)), "base_rate": float(y.mean())}
     if groups is not None:
-        out["within_question"] = cluster_bootstrap(groups, within_group_auroc(scores, y, ~y, groups), n_boot=n_boot)
-        out["within_question"]["n_questions"] = int(sum(min(y[groups == g].sum(), (~y[groups == g]).sum()) >= 3
+        out["within_question"] = cluster_bootstrap(groups, within_group_auroc(scores, y, ~y, groups, MIN_EACH),
+                                                   n_boot=n_boot)
+        out["within_question"]["n_questions"] = int(sum(min(y[groups == g].sum(), (~y[groups == g]).sum()) >= MIN_EACH
                                                         for g in np.unique(groups)))
     return out
 
@@ -473,7 +476,7 @@ def render(r: dict) -> str:
     grouped = [s for s in splits if s in GROUPED]
     if grouped:
         lines += ["\nWithin a question (" + ", ".join(f"`{s}`" for s in grouped) + "): the mean over questions with at "
-                  "least 3 answers of each class of the AUROC among that question's answers (how many questions of "
+                  f"least {MIN_EACH} answers of each class of the AUROC among that question's answers (how many questions of "
                   "the scored ones qualify), 95 % CI from a bootstrap over questions; what the question alone "
                   "explains cannot raise it.\n",
                   "| strategy | " + " | ".join(f"{s}, pooled | {s}, within a question" for s in grouped) + " |",
