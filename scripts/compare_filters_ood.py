@@ -45,6 +45,15 @@ def compare_folds(scores: dict, a: str, b: str, n_boot: int) -> dict:
     return {**ood.fold_summary(folds, "diff"), "mdd": float(np.mean([v["mdd"] for v in folds.values()]))}
 
 
+def split_n(scores: dict, labels: dict[str, bool], first: dict) -> str:
+    """The split's n (inducing/rest) for the table's header: every scored row, also when a pair is compared on the
+    held-out prompts only (its cell gives that n); a fold split's from its first comparison."""
+    if "folds" in scores:
+        return f"{first['n_pos']}/{first['n_neg']}"
+    y = [labels[i] for i in scores["ids"]]
+    return f"{sum(y)}/{len(y) - sum(y)}"
+
+
 def cell(d: dict) -> str:
     s = f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] (MDD {d['mdd']:.3f})"
     if "note" in d:
@@ -97,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                        else compare_rows(sc, labels[split], args.a, b, args.n_boot, keep))
             if keep is not None:
                 res["splits"][split][b]["note"] = "held-out prompts only"
-        first = res["splits"][split][bs[0]]
-        res["n"][split] = f"{first['n_pos']}/{first['n_neg']}"
+        res["n"][split] = split_n(sc, labels[split], res["splits"][split][bs[0]])
         print(f"{split:18s} " + "  ".join(f"{b}: {cell(res['splits'][split][b])}" for b in bs), flush=True)
     res["command"] = script_command(__file__, argv)
     write_json_and_markdown(args.folder, args.name, res, render(res))

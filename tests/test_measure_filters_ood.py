@@ -188,6 +188,9 @@ def test_paired_comparison_keeps_to_the_held_out_prompts_where_a_strategy_was_fi
     everything = cmp.compare_rows(scores, labels, "a", "b", n_boot=50)
     held = cmp.compare_rows(scores, labels, "a", "b", n_boot=50, keep={"r4", "r5", "r6", "r7"})
     assert everything["diff"] == 0.5 and held["diff"] == 1.0 and (held["n_pos"], held["n_neg"]) == (2, 2)
+    # the table's header gives the split's own n, not the held-out n of a first pair compared on part of it
+    assert cmp.split_n(scores, labels, held) == "4/4"
+    assert cmp.split_n({"folds": {}}, labels, {"n_pos": 3, "n_neg": 9}) == "3/9"
 
 
 def test_a_refused_ensemble_is_a_cell_of_the_table_not_a_crash():
