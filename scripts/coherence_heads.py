@@ -1,0 +1,146 @@
+"""Is the coherence gap of the feature judge its linear head? (issue 17: coherence AUROC 0.86-0.87 against 0.90)
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/coherence_heads.py --name coherence_heads
+
+The labelled experiment answers of ``--variants`` (default: every labelled draw but the fifth, the pre-registered
+hold-out of "A fifth draw read carefully", which this exploration does not read) are dealt into 5 folds by question
+(``crossfit_judge.question_folds``). Each answer's coherence is scored by heads fitted on ``offline-residual``'s data
+plus the other folds' answers (base answers to a held-out question left out, as ``crossfit_judge.py`` does):
+
+- ``logistic (offline-residual's configuration)``: the shipped head (``crossfit_judge.crossfit_preds``, every block);
+- ``trees, small blocks``: gradient-boosted trees on the text, drift and perplexity features (39 columns), which can
+  read thresholds and interactions (a loop only in a long answer) that a linear head cannot;
+- ``trees, small blocks + residual``: the same with the default model's residual block (615 columns);
+- ``rank mean of logistic and trees + residual``: the two heads' ranks averaged.
+
+Reports each head's coherence AUROC (incoherent = label coherence <= 30, as everywhere) and its difference from the
+logistic head, both with 95 % bootstrap CIs over questions (the same resampled questions for both heads). Writes
+``NAME.md`` / ``NAME.json`` under ``--out`` (``data/results/judge``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import crossfit_judge as cj  # noqa: E402
+import eval_judge_real as ejr  # noqa: E402
+from judge_labels import col  # noqa: E402
+from judge_metrics import auroc_or_nan  # noqa: E402
+
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.stats import cluster_bootstrap  # noqa: E402
+
+INCOHERENT_AT = 30.0  # label coherence <= 30: incoherent (the judge tables' rule)
+SMALL = ("text", "drift", "perplexity")
+DRAWS_BUT_FIFTH = "syc75-*,syc75s1-*,syc75d2-*,syc75d3-*,syc75d4-*,r64-*,r64s1-*"
+LOGISTIC = "logistic (offline-residual's configuration)"
+
+
+def tree_scores(x: np.ndarray, y: np.ndarray, folds: np.ndarray, base_x: np.ndarray, base_y: np.ndarray,
+                prompts: np.ndarray, base_prompts: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Out-of-fold P(coherent) of gradient-boosted trees: fold k is scored by trees fitted on the base rows (but those
+    to a fold-k question) and the other folds' rows; ``y``/``base_y`` are coherence labels (0-100)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier  # training only
+
+    out = np.full(len(y), np.nan)
+    for k in sorted(set(folds.tolist())):
+        test = folds == k
+        held = set(prompts[test].tolist())
+        keep = np.array([q not in held for q in base_prompts], bool)
+        trees = HistGradientBoostingClassifier(max_iter=400, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40,
+                                               l2_regularization=1.0, max_features=0.3, random_state=seed)
+        trees.fit(np.concatenate([base_x[keep], x[~test]]),
+                  np.concatenate([base_y[keep], y[~test]]) > INCOHERENT_AT)
+        out[test] = trees.predict_proba(x[test])[:, 1]
+    return out
+
+
+def rank_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The mean of two score vectors' ranks (ties get the mean rank)."""
+    from scipy.stats import rankdata
+
+    return (rankdata(a) + rankdata(b)) / 2
+
+
+def coherence_auroc(score: np.ndarray, incoherent: np.ndarray) -> float:
+    """AUROC of ``score`` (high: coherent) for coherent against incoherent answers; NaN without both (a bootstrap
+    draw of few questions may hold one class only, and is then left out)."""
+    return auroc_or_nan(score[~incoherent], score[incoherent])
+
+
+def compare_heads(scores: dict[str, np.ndarray], incoherent: np.ndarray, prompts: np.ndarray, reference: str,
+                  n_boot: int) -> dict[str, dict]:
+    """Each head's coherence AUROC and its difference from ``reference``, with CIs from one bootstrap over questions."""
+    out, ref = {}, scores[reference]
+    for name, s in scores.items():
+        out[name] = {"auroc": cluster_bootstrap(prompts, lambda j, s=s: coherence_auroc(s[j], incoherent[j]),
+                                                n_boot=n_boot, seed=0)}
+        if name != reference:
+            out[name]["minus_reference"] = cluster_bootstrap(
+                prompts, lambda j, s=s: coherence_auroc(s[j], incoherent[j]) - coherence_auroc(ref[j], incoherent[j]),
+                n_boot=n_boot, seed=0)
+    return out
+
+
+def _ci(d: dict, sign: bool = False) -> str:
+    f = "+.3f" if sign else ".3f"
+    s = f"{d['value']:{f}} [{d['lo']:{f}}, {d['hi']:{f}}]"
+    return f"**{s}**" if sign and (d["lo"] > 0 or d["hi"] < 0) else s
+
+
+def markdown(res: dict) -> str:
+    lines = ["# Coherence heads beside the linear one (issue 17)\n", f"```\n{res['command']}\n```\n",
+             f"{res['n']} labelled answers of `{res['variants']}` ({res['n_incoherent']} incoherent: label coherence "
+             f"<= {INCOHERENT_AT:g}), {res['n_questions']} questions in 5 folds; each answer scored by heads fitted on "
+             "`offline-residual`'s data and the other folds' answers. 95 % CIs from a bootstrap over questions (the "
+             "same draws for every head); bold: a difference whose CI excludes 0.\n",
+             "| head | coherence AUROC | minus the logistic head |", "|---|---|---|"]
+    for name, d in res["heads"].items():
+        diff = _ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
+        lines.append(f"| {name} | {_ci(d['auroc'])} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ejr.add_labelled_set_args(ap, "the labelled experiment answers (answers.jsonl, labels.jsonl)",
+                              "only the labelled answers of these variants (comma-separated shell patterns)")
+    ap.set_defaults(variants=DRAWS_BUT_FIFTH)
+    args = ap.parse_args(argv)
+    command = script_command(__file__, argv)
+    cfg = cj.shipped_config()
+    rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)
+    base = ejr.fit_base_rows()
+    prompts, base_prompts = col(rows, "prompt_id"), col(base, "prompt_id")
+    fold_of = cj.question_folds(prompts, 5, 0)
+    folds = np.array([fold_of[q] for q in prompts])
+    inputs, base_inputs = ejr.features(rows, cfg["blocks"], args.cache), ejr.features(base, cfg["blocks"], args.cache)
+    y, base_y = col(rows, "y_coherence").astype(float), col(base, "y_coherence").astype(float)
+    t = time.time()
+    scores = {LOGISTIC: cj.crossfit_preds(rows, base, inputs, base_inputs, cfg, folds)["coherence"]}
+    print(f"logistic head: {time.time() - t:.0f} s", flush=True)
+    for name, blocks in (("trees, small blocks", SMALL), ("trees, small blocks + residual", (*SMALL, "residual"))):
+        t = time.time()
+        scores[name] = tree_scores(np.concatenate([inputs[b] for b in blocks], 1), y, folds,
+                                   np.concatenate([base_inputs[b] for b in blocks], 1), base_y, prompts, base_prompts)
+        print(f"{name}: {time.time() - t:.0f} s", flush=True)
+    scores["rank mean of logistic and trees + residual"] = rank_mean(scores[LOGISTIC],
+                                                                     scores["trees, small blocks + residual"])
+    incoherent = y <= INCOHERENT_AT
+    res = {"command": command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
+           "n_questions": len(fold_of), "heads": compare_heads(scores, incoherent, prompts, LOGISTIC, args.n_boot)}
+    md = markdown(res)
+    write_json_and_markdown(args.out, args.name, res, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
