@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -103,7 +104,10 @@ def _shown(path: Path) -> str:
 
 
 def _flag(command: str, flag: str, default: str) -> str:
-    words = command.split()
+    """The value of ``flag`` in a recorded ``dose_response.py`` command (``--flag VALUE``; ``default`` when absent)."""
+    words = shlex.split(command)
+    if any(w.startswith(f"{flag}=") for w in words):
+        raise SystemExit(f"{flag}=VALUE in {command!r}: the table reads the settings of '{flag} VALUE' only")
     return words[words.index(flag) + 1] if flag in words else default
 
 

@@ -89,6 +89,13 @@ def test_dose_rank_defaults_to_the_config_of_the_command(tmp_path):
     assert setting[1:3] == (1.0, rank)
 
 
+def test_dose_settings_come_from_the_recorded_command_or_refuse_a_form_it_cannot_read(tmp_path):
+    assert ot._flag("python scripts/dose_response.py --epochs 3 --stem 'a b'", "--epochs", "1") == "3"
+    assert ot._flag("python scripts/dose_response.py", "--epochs", "1") == "1"
+    with pytest.raises(SystemExit, match="--epochs=VALUE"):
+        ot._flag("python scripts/dose_response.py --epochs=3", "--epochs", "1")
+
+
 def _experiment(folder: Path, seed: int, rate: dict, mc: float, mixture: str = "data/finetune/m.jsonl") -> Path:
     folder.mkdir(parents=True)
     res = {"config": {"seed": seed, "data": {"mixture": mixture, "n_samples": None},
