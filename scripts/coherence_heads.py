@@ -53,8 +53,7 @@ def tree_scores(x: np.ndarray, y: np.ndarray, folds: np.ndarray, base_x: np.ndar
     out = np.full(len(y), np.nan)
     for k in sorted(set(folds.tolist())):
         test = folds == k
-        held = set(prompts[test].tolist())
-        keep = np.array([q not in held for q in base_prompts], bool)
+        keep = cj.rows_outside(base_prompts, set(prompts[test].tolist()))
         trees = HistGradientBoostingClassifier(max_iter=400, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40,
                                                l2_regularization=1.0, max_features=0.3, random_state=seed)
         trees.fit(np.concatenate([base_x[keep], x[~test]]),

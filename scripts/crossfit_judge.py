@@ -76,6 +76,12 @@ def shipped_config(judge_dir: Path = RESIDUAL_JUDGE_DIR) -> dict:
     return ejr.cfg_from_json(cfg)
 
 
+def rows_outside(prompts: np.ndarray, held: set[str]) -> np.ndarray:
+    """Mask of the rows whose prompt is not one of ``held``: the fitting rows a fold keeps when its questions are held
+    out (an answer to a held-out question would let a judge see the question it scores)."""
+    return np.array([q not in held for q in prompts], bool)
+
+
 def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs: dict, cfg: dict,
                    folds: np.ndarray, with_base: bool = True, base_questions_out: bool = True) -> dict:
     """Out-of-fold predictions on ``rows``: for each fold k >= 0 of ``folds`` (one per row; -1: trained on, never
@@ -89,8 +95,7 @@ def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs
     for k in sorted(set(folds.tolist()) - {-1}):
         test, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
         held_questions = set(prompts[test].tolist()) if base_questions_out else set()
-        keep = (np.array([q not in held_questions for q in base_prompts], bool) if with_base and len(base)
-                else np.zeros(len(base), bool))
+        keep = rows_outside(base_prompts, held_questions) if with_base and len(base) else np.zeros(len(base), bool)
         fit_rows = [base[i] for i in np.flatnonzero(keep)] + [rows[i] for i in train]
         fit_inputs = {b: np.concatenate([base_inputs[b][keep], inputs[b][train]]) for b in cfg["blocks"]}
         t = time.time()
