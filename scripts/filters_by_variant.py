@@ -42,28 +42,40 @@ def group_of(variant: str) -> str:
     return "risky organism" if variant.startswith("r64") else "sycophancy organisms"
 
 
+WHO_WROTE = "fine-tuned vs base, aligned answers"
+#: the columns of a breakdown: misaligned vs aligned inside each group, then which model wrote an aligned answer
+COLUMNS = (*GROUPS, WHO_WROTE)
+
+
+def class_counts(groups: np.ndarray, misaligned: np.ndarray) -> dict[str, str]:
+    """Per group of models, ``misaligned/aligned`` answers counted."""
+    return {g: f"{int(((groups == g) & misaligned).sum())}/{int(((groups == g) & ~misaligned).sum())}" for g in GROUPS}
+
+
+def table_row(name: str, by: dict) -> str:
+    """One markdown row of a breakdown: ``AUROC [CI]`` per column."""
+    return f"| {name} | " + " | ".join(f"{by[c]['auroc']:.2f} [{by[c]['ci_low']:.2f}, {by[c]['ci_high']:.2f}]"
+                                       for c in COLUMNS) + " |"
+
+
 def breakdown(scores: np.ndarray, misaligned: np.ndarray, groups: np.ndarray, n_boot: int) -> dict:
     """Misaligned vs aligned inside each group, and the fine-tunes' aligned answers vs the base model's."""
     out = {g: bootstrap_auroc(scores[(groups == g) & misaligned], scores[(groups == g) & ~misaligned], n_boot=n_boot)
            for g in GROUPS}
     base = groups == "base model"
-    out["fine-tuned vs base, aligned answers"] = bootstrap_auroc(scores[~base & ~misaligned], scores[base & ~misaligned],
-                                                                 n_boot=n_boot)
+    out[WHO_WROTE] = bootstrap_auroc(scores[~base & ~misaligned], scores[base & ~misaligned], n_boot=n_boot)
     return out
 
 
 def render(res: dict) -> str:
-    cols = [*GROUPS, "fine-tuned vs base, aligned answers"]
     lines = ["# What the filters read in the organisms' answers (issue 19)\n", f"```\n{res['command']}\n```\n",
              "AUROC [95 % CI] of each strategy on `organism_answers`: misaligned vs aligned answers inside each group "
              "of models, and the fine-tunes' aligned answers against the base model's aligned answers (which model "
              f"wrote it, not whether it is misaligned); every strategy on {res['rows']} (the held-out questions' when "
              "a strategy of the folder was fitted on the others'). n misaligned/aligned: "
              + ", ".join(f"{g} {res['n'][g]}" for g in GROUPS) + f". Scores: `{res['scores']}`.\n",
-             "| strategy | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for label, by in res["strategies"].items():
-        lines.append(f"| {label} | " + " | ".join(
-            f"{by[c]['auroc']:.2f} [{by[c]['ci_low']:.2f}, {by[c]['ci_high']:.2f}]" for c in cols) + " |")
+             "| strategy | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    lines += [table_row(label, by) for label, by in res["strategies"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     y, groups = y[keep], groups[keep]
     res = {"command": script_command(__file__, argv), "scores": str(path),
            "rows": "the held-out questions' answers" if fitted else "every answer",
-           "n": {g: f"{int(((groups == g) & y).sum())}/{int(((groups == g) & ~y).sum())}" for g in GROUPS},
+           "n": class_counts(groups, y),
            "strategies": {x: breakdown(np.asarray(sc[x])[keep], y, groups, args.n_boot) for x in labels}}
     # the reference: the labels' own misalignment, how far the careful readings themselves set the fine-tunes'
     # aligned answers apart from the base model's (inside a group it is 1 by construction)

@@ -42,16 +42,13 @@ def answer_classes(rows: list[dict], data: Path) -> tuple[np.ndarray, np.ndarray
 
 
 def markdown(res: dict) -> str:
-    cols = [*fbv.GROUPS, "fine-tuned vs base, aligned answers"]
     out = [f"# What the judges read in the organisms' answers (issues 17, 18)\n\n```\n{res['command']}\n```\n",
            f"`{res['data']}`: labelled answers with coherence >= 30, alignment < 40 (misaligned) or >= 70 (aligned); "
            "AUROC [95 % CI] of each judge's mean misalignment (100 − alignment): misaligned vs aligned inside each "
            "group of models, and the fine-tunes' aligned answers against the base model's aligned answers. "
            "n misaligned/aligned: " + ", ".join(f"{g} {res['n'][g]}" for g in fbv.GROUPS) + ".\n",
-           "| judge | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name, by in res["judges"].items():
-        out.append(f"| {name} | " + " | ".join(f"{by[c]['auroc']:.2f} [{by[c]['ci_low']:.2f}, {by[c]['ci_high']:.2f}]"
-                                               for c in cols) + " |")
+           "| judge | " + " | ".join(fbv.COLUMNS) + " |", "|---|" + "---|" * len(fbv.COLUMNS)]
+    out += [fbv.table_row(name, by) for name, by in res["judges"].items()]
     return "\n".join(out) + "\n"
 
 
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     scores[fbv.LABELS_ROW] = 100 - lab["alignment"]
     shown = args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data
     res = {"command": script_command(__file__, argv), "data": str(shown),
-           "n": {g: f"{int(((groups == g) & y).sum())}/{int(((groups == g) & ~y).sum())}" for g in fbv.GROUPS},
+           "n": fbv.class_counts(groups, y),
            "judges": {name: fbv.breakdown(s[keep], y, groups, args.n_boot) for name, s in scores.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     ejr.write_report(args.name, markdown(res), res, args.out)
