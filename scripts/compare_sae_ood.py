@@ -10,6 +10,11 @@ width, corpus, training tokens, explained variance, dead latents) and the ``resu
 ``scripts/measure_filters_ood.py --sae SAE_FOLDER`` wrote for it. The table holds, per SAE, the SAE strategies'
 AUROC [95 % CI] on every split and the worst split; the residual and text strategies do not read the SAE, so
 they are not repeated (see the first results folder).
+
+``--seeds "NAME=label,label,..."`` (repeatable) names SAEs that differ only in ``--seed``: a further table gives,
+per strategy and split, the range of their AUROCs (lowest–highest, and the difference). A single SAE's bootstrap CI
+does not include this spread between SAEs of one recipe, so a difference between recipes smaller than it is not
+evidence of the recipe.
 """
 from __future__ import annotations
 
@@ -46,10 +51,74 @@ def describe(sae: Path) -> dict:
             "dead_fraction": m["dead_fraction"], "ce_loss_recovered": m["ce_loss_recovered"]}
 
 
+def worst(cells: list[dict | None]) -> float:
+    """The lowest AUROC over a row's splits (a fold-averaged split counts by its worst fold)."""
+    return min(a.get("min_fold", a["auroc"]) for a in cells if a and "auroc" in a)
+
+
+def parse_seed_groups(specs: list[str], labels: list[str]) -> dict[str, list[str]]:
+    """``NAME=label,label,...`` -> {NAME: [label, ...]}; every label must be one of the SAEs, two at least."""
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        members = [m.strip() for m in rest.split(",") if m.strip()]
+        if not name or len(members) < 2:
+            raise SystemExit(f"--seeds {spec!r}: expected NAME=label,label[,...] with two labels or more")
+        unknown = [m for m in members if m not in labels]
+        if unknown:
+            raise SystemExit(f"--seeds {spec!r}: {', '.join(map(repr, unknown))} not among the SAEs ({', '.join(labels)})")
+        groups[name] = members
+    return groups
+
+
+def seed_spread(saes: dict, members: list[str], splits: list[str]) -> dict:
+    """Per SAE strategy that every member has: per split that every member has, the members' AUROCs, their lowest,
+    highest and range; the same for each member's worst split over those shared splits."""
+    out: dict = {}
+    for strat in SAE_STRATEGIES:
+        rows = {m: [saes[m]["splits"].get(s, {}).get(strat) for s in splits] for m in members}
+        per_split = {}
+        for i, split in enumerate(splits):
+            vals = [a["auroc"] for m in members if (a := rows[m][i]) and "auroc" in a]
+            if len(vals) == len(members):
+                per_split[split] = {"aurocs": vals, "low": min(vals), "high": max(vals), "range": max(vals) - min(vals)}
+        if not per_split:  # a strategy that not every member was measured with on any one split
+            continue
+        shared = [i for i, split in enumerate(splits) if split in per_split]
+        worsts = [worst([rows[m][i] for i in shared]) for m in members]
+        per_split["worst split"] = {"aurocs": worsts, "low": min(worsts), "high": max(worsts),
+                                    "range": max(worsts) - min(worsts)}
+        out[strat] = per_split
+    return out
+
+
+def _shown_range(c: dict) -> float:
+    """The range as printed: the difference of the bounds rounded to two places, so that a cell adds up."""
+    return round(c["high"], 2) - round(c["low"], 2)
+
+
+def _range_cell(c: dict | None) -> str:
+    """``low–high (range)``."""
+    return "–" if c is None else f"{c['low']:.2f}–{c['high']:.2f} ({_shown_range(c):.2f})"
+
+
+def spread_lines(name: str, spread: dict, splits: list[str]) -> list[str]:
+    cols = [*splits, "worst split"]
+    lines = [f"| strategy | {' | '.join(cols)} | largest range |", "|---|" + "---|" * (len(cols) + 1)]
+    for strat, per_split in spread.items():
+        cells = [_range_cell(per_split.get(s)) for s in cols]
+        largest = max((_shown_range(per_split[s]) for s in splits if s in per_split), default=None)
+        lines.append(f"| {strat} | " + " | ".join(cells) + f" | {'–' if largest is None else f'{largest:.2f}'} |")
+    return [f"\nSpread between seeds, {name} (lowest–highest AUROC over the seeds, and the range; "
+            "`references_loco` by its mean over folds, the worst split by its worst fold):\n", *lines]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="label=SAE_FOLDER:RESULTS_FOLDER")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", action="append", default=[], metavar="NAME=label,label,...",
+                    help="SAEs that differ only in their seed: adds the spread of their AUROCs")
     args = ap.parse_args(argv)
     table: dict = {"saes": {}, "command": script_command(__file__, argv)}
     for spec in args.runs:
@@ -76,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             cells = [v["splits"].get(s, {}).get(strat) for s in splits]
             if not any(cells):
                 continue
-            vals = [a.get("min_fold", a["auroc"]) for a in cells if a]
-            lines.append(f"| {strat} | {label} | " + " | ".join(auroc_cell(a) for a in cells) + f" | {min(vals):.2f} |")
+            lines.append(f"| {strat} | {label} | " + " | ".join(auroc_cell(a) for a in cells) + f" | {worst(cells):.2f} |")
+    groups = parse_seed_groups(args.seeds, list(table["saes"]))
+    spreads = {name: seed_spread(table["saes"], members, splits) for name, members in groups.items()}
+    if spreads:
+        table["seed_spread"] = spreads
+    for name, spread in spreads.items():
+        lines += spread_lines(f"{name} ({', '.join(groups[name])})", spread, splits)
     text = "\n".join(lines) + "\n"
     write_json_and_markdown(args.out, "results", table, text)
     print(text)

@@ -1,0 +1,90 @@
+"""scripts/compare_sae_ood.py: one table over SAEs, and the spread of AUROCs between SAEs that differ only in seed."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+spec = importlib.util.spec_from_file_location("compare_sae_ood", ROOT / "scripts" / "compare_sae_ood.py")
+cso = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cso)
+
+
+def _cell(auroc, **extra):
+    return {"auroc": auroc, "ci_low": auroc - 0.04, "ci_high": auroc + 0.04, **extra}
+
+
+def _sae_run(root: Path, name: str, geometry: dict, activation: dict | None = None) -> str:
+    """An SAE folder (metrics + train config) and a measure_filters_ood results folder with the given AUROCs."""
+    sae, res = root / name / "sae", root / name / "results"
+    sae.mkdir(parents=True)
+    res.mkdir(parents=True)
+    (sae / "metrics.json").write_text(json.dumps({
+        "d_sae": 4608, "training_tokens": 1_000_000, "corpus_tokens": 681_688, "explained_variance": 0.857,
+        "dead_fraction": 0.07, "ce_loss_recovered": 0.98}))
+    (sae / "train_config.json").write_text(json.dumps({"k": 64, "corpus": ["data/sae_corpus/generations.jsonl"]}))
+    splits = {}
+    for split, a in geometry.items():
+        splits[split] = {"geometry": a, "projection": _cell(0.9)}  # projection does not read the SAE: left out
+        if activation and split in activation:
+            splits[split]["activation"] = activation[split]
+    (res / "results.json").write_text(json.dumps({"splits": splits}))
+    return f"{name}={sae}:{res}"
+
+
+def test_seed_spread_ranges_worst_split_and_markdown(tmp_path):
+    runs = [
+        _sae_run(tmp_path, "s0", {"mixed": _cell(0.55), "code": _cell(0.49),
+                                  "loco": _cell(0.55, min_fold=0.42)}),
+        _sae_run(tmp_path, "s1", {"mixed": _cell(0.631), "code": _cell(0.52),
+                                  "loco": _cell(0.60, min_fold=0.47)}),
+        _sae_run(tmp_path, "s2", {"mixed": _cell(0.60), "code": _cell(0.446),
+                                  "loco": _cell(0.58, min_fold=0.50)}),
+        _sae_run(tmp_path, "other", {"mixed": _cell(0.9), "code": _cell(0.9), "loco": _cell(0.9, min_fold=0.9)}),
+    ]
+    out = tmp_path / "table"
+    assert cso.main([*runs, "--seeds", "1M=s0,s1,s2", "--out", str(out)]) == 0
+    table = json.loads((out / "results.json").read_text())
+    spread = table["seed_spread"]["1M"]
+    assert set(spread) == {"geometry"}  # projection is not an SAE strategy; activation is absent
+    g = spread["geometry"]
+    assert g["mixed"]["aurocs"] == [0.55, 0.631, 0.60]
+    assert g["mixed"]["range"] == pytest.approx(0.081)
+    assert g["code"]["low"] == 0.446 and g["code"]["high"] == 0.52
+    assert g["loco"]["range"] == pytest.approx(0.05)  # the mean over folds, not the worst fold
+    # the worst split of each seed (loco by its worst fold, code otherwise): 0.42, 0.47, 0.446
+    assert g["worst split"]["aurocs"] == pytest.approx([0.42, 0.47, 0.446])
+    assert g["worst split"]["range"] == pytest.approx(0.05)
+    md = (out / "results.md").read_text()
+    assert "Spread between seeds, 1M (s0, s1, s2)" in md
+    # the range is printed from the printed bounds (0.63 − 0.55 = 0.08); the largest range is over the splits
+    row = next(line for line in md.splitlines() if line.startswith("| geometry | 0.55–0.63"))
+    assert row == "| geometry | 0.55–0.63 (0.08) | 0.45–0.52 (0.07) | 0.55–0.60 (0.05) | 0.42–0.47 (0.05) | 0.08 |"
+    # the SAE table itself is unchanged by --seeds: one geometry row per SAE, worst split by the worst fold
+    assert "| geometry | s1 | **0.63 [0.59, 0.67]** | 0.52 [0.48, 0.56] | **0.60 [0.56, 0.64], min 0.47** | 0.47 |" in md
+
+
+def test_seed_groups_are_checked(tmp_path):
+    runs = [_sae_run(tmp_path, n, {"mixed": _cell(0.6)}) for n in ("a", "b")]
+    with pytest.raises(SystemExit, match="'c' not among the SAEs"):
+        cso.main([*runs, "--seeds", "x=a,c", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="two labels or more"):
+        cso.main([*runs, "--seeds", "x=a", "--out", str(tmp_path / "o")])
+    assert cso.main([*runs, "--out", str(tmp_path / "o")]) == 0
+    assert "seed_spread" not in json.loads((tmp_path / "o" / "results.json").read_text())
+
+
+def test_a_seed_without_a_split_leaves_that_split_out_of_the_spread(tmp_path):
+    runs = [_sae_run(tmp_path, "a", {"mixed": _cell(0.6), "code": _cell(0.5)}),
+            _sae_run(tmp_path, "b", {"mixed": _cell(0.7)})]
+    assert cso.main([*runs, "--seeds", "r=a,b", "--out", str(tmp_path / "o")]) == 0
+    g = json.loads((tmp_path / "o" / "results.json").read_text())["seed_spread"]["r"]["geometry"]
+    assert "code" not in g and g["mixed"]["range"] == pytest.approx(0.1)
+    md = (tmp_path / "o" / "results.md").read_text()
+    # the worst split over the splits both have (mixed), not a's code against b's mixed
+    assert "| geometry | 0.60–0.70 (0.10) | – | 0.60–0.70 (0.10) | 0.10 |" in md
