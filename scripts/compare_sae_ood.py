@@ -11,10 +11,12 @@ width, corpus, training tokens, explained variance, dead latents) and the ``resu
 AUROC [95 % CI] on every split and the worst split; the residual and text strategies do not read the SAE, so
 they are not repeated (see the first results folder).
 
-``--seeds "NAME=label,label,..."`` (repeatable) names SAEs that differ only in ``--seed``: a further table gives,
+``--seeds "NAME=label;label;..."`` (repeatable) names SAEs that differ only in ``--seed``: a further table gives,
 per strategy and split, the range of their AUROCs (lowest–highest, and the difference). A single SAE's bootstrap CI
 does not include this spread between SAEs of one recipe, so a difference between recipes smaller than it is not
-evidence of the recipe.
+evidence of the recipe. With it comes the rank agreement of the rows' scores (``scores.json``) between SAEs: the
+Spearman correlation of every pair, pooled into pairs of seeds (both in one ``--seeds`` group) and pairs of recipes
+(the rest): how far one SAE's ranking of the rows is that SAE's own.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from judge_metrics import spearman  # noqa: E402
 from measure_filters_ood import auroc_cell  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
@@ -57,13 +60,14 @@ def worst(cells: list[dict | None]) -> float:
 
 
 def parse_seed_groups(specs: list[str], labels: list[str]) -> dict[str, list[str]]:
-    """``NAME=label,label,...`` -> {NAME: [label, ...]}; every label must be one of the SAEs, two at least."""
+    """``NAME=label;label;...`` -> {NAME: [label, ...]} (``;`` since labels may hold commas); every label must be
+    one of the SAEs, two at least."""
     groups: dict[str, list[str]] = {}
     for spec in specs:
         name, _, rest = spec.partition("=")
-        members = [m.strip() for m in rest.split(",") if m.strip()]
+        members = [m.strip() for m in rest.split(";") if m.strip()]
         if not name or len(members) < 2:
-            raise SystemExit(f"--seeds {spec!r}: expected NAME=label,label[,...] with two labels or more")
+            raise SystemExit(f"--seeds {spec!r}: expected NAME=label;label[;...] with two labels or more")
         unknown = [m for m in members if m not in labels]
         if unknown:
             raise SystemExit(f"--seeds {spec!r}: {', '.join(map(repr, unknown))} not among the SAEs ({', '.join(labels)})")
@@ -113,11 +117,54 @@ def spread_lines(name: str, spread: dict, splits: list[str]) -> list[str]:
             "`references_loco` by its mean over folds, the worst split by its worst fold):\n", *lines]
 
 
+def score_agreement(scores: dict[str, dict], groups: dict[str, list[str]]) -> dict:
+    """Per SAE strategy and split with per-row scores in every SAE's ``scores.json``: the Spearman correlation of
+    the rows' scores for every pair of SAEs, each pair a ``seeds`` pair (both in one group) or a ``recipes`` pair,
+    and per kind the mean, lowest and highest."""
+    same = {frozenset((a, b)) for members in groups.values() for a in members for b in members if a != b}
+    labels = list(scores)
+    out: dict = {}
+    for strat in SAE_STRATEGIES:
+        for split in scores[labels[0]]:
+            runs = [scores[lab].get(split, {}) for lab in labels]
+            if not all("ids" in r and r.get(strat) for r in runs):
+                continue  # a fold-averaged split, or a strategy not every SAE was measured with
+            if any(r["ids"] != runs[0]["ids"] for r in runs):
+                raise SystemExit(f"{split}: the SAEs' scores.json hold different rows; measure them on the same splits")
+            pairs = [{"a": labels[i], "b": labels[j],
+                      "kind": "seeds" if frozenset((labels[i], labels[j])) in same else "recipes",
+                      "spearman": spearman(runs[i][strat], runs[j][strat])}
+                     for i in range(len(labels)) for j in range(i + 1, len(labels))]
+            cell: dict = {"pairs": pairs}
+            for kind in ("seeds", "recipes"):
+                vals = [p["spearman"] for p in pairs if p["kind"] == kind]
+                if vals:
+                    cell[kind] = {"mean": sum(vals) / len(vals), "low": min(vals), "high": max(vals), "n": len(vals)}
+            out.setdefault(strat, {})[split] = cell
+    return out
+
+
+def agreement_lines(agreement: dict) -> list[str]:
+    splits = list(dict.fromkeys(s for per_split in agreement.values() for s in per_split))
+    lines = ["\nRank agreement of the rows' scores between SAEs (Spearman; mean (lowest–highest) over the pairs of seeds "
+             "of one recipe, then over the pairs of different recipes):\n",
+             "| strategy | pairs | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
+    for strat, per_split in agreement.items():
+        for kind in ("seeds", "recipes"):
+            cells = [per_split.get(s, {}).get(kind) for s in splits]
+            if not any(cells):
+                continue
+            n = next(c["n"] for c in cells if c)
+            lines.append(f"| {strat} | {kind} ({n}) | " + " | ".join(
+                f"{c['mean']:.2f} ({c['low']:.2f}–{c['high']:.2f})" if c else "–" for c in cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="label=SAE_FOLDER:RESULTS_FOLDER")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seeds", action="append", default=[], metavar="NAME=label,label,...",
+    ap.add_argument("--seeds", action="append", default=[], metavar="NAME=label;label;...",
                     help="SAEs that differ only in their seed: adds the spread of their AUROCs")
     args = ap.parse_args(argv)
     table: dict = {"saes": {}, "command": script_command(__file__, argv)}
@@ -152,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         table["seed_spread"] = spreads
     for name, spread in spreads.items():
         lines += spread_lines(f"{name} ({', '.join(groups[name])})", spread, splits)
+    if groups:
+        scores = {label: _json(Path(v["results"]) / "scores.json") for label, v in table["saes"].items()}
+        table["score_agreement"] = score_agreement(scores, groups)
+        lines += agreement_lines(table["score_agreement"])
     text = "\n".join(lines) + "\n"
     write_json_and_markdown(args.out, "results", table, text)
     print(text)

@@ -19,8 +19,10 @@ def _cell(auroc, **extra):
     return {"auroc": auroc, "ci_low": auroc - 0.04, "ci_high": auroc + 0.04, **extra}
 
 
-def _sae_run(root: Path, name: str, geometry: dict, activation: dict | None = None) -> str:
-    """An SAE folder (metrics + train config) and a measure_filters_ood results folder with the given AUROCs."""
+def _sae_run(root: Path, name: str, geometry: dict, activation: dict | None = None, scores: list | None = None,
+             ids: list | None = None) -> str:
+    """An SAE folder (metrics + train config) and a measure_filters_ood results folder with the given AUROCs, and
+    the given geometry scores of four rows on ``mixed`` (``loco`` by folds, as measure_filters_ood writes it)."""
     sae, res = root / name / "sae", root / name / "results"
     sae.mkdir(parents=True)
     res.mkdir(parents=True)
@@ -34,21 +36,25 @@ def _sae_run(root: Path, name: str, geometry: dict, activation: dict | None = No
         if activation and split in activation:
             splits[split]["activation"] = activation[split]
     (res / "results.json").write_text(json.dumps({"splits": splits}))
+    (res / "scores.json").write_text(json.dumps({
+        "mixed": {"ids": ids or ["r1", "r2", "r3", "r4"], "geometry": scores or [1, 2, 3, 4], "projection": [1, 1, 1, 1]},
+        "loco": {"folds": {}}}))
     return f"{name}={sae}:{res}"
 
 
 def test_seed_spread_ranges_worst_split_and_markdown(tmp_path):
     runs = [
         _sae_run(tmp_path, "s0", {"mixed": _cell(0.55), "code": _cell(0.49),
-                                  "loco": _cell(0.55, min_fold=0.42)}),
+                                  "loco": _cell(0.55, min_fold=0.42)}, scores=[1, 2, 3, 4]),
         _sae_run(tmp_path, "s1", {"mixed": _cell(0.631), "code": _cell(0.52),
-                                  "loco": _cell(0.60, min_fold=0.47)}),
+                                  "loco": _cell(0.60, min_fold=0.47)}, scores=[10, 20, 30, 40]),
         _sae_run(tmp_path, "s2", {"mixed": _cell(0.60), "code": _cell(0.446),
-                                  "loco": _cell(0.58, min_fold=0.50)}),
-        _sae_run(tmp_path, "other", {"mixed": _cell(0.9), "code": _cell(0.9), "loco": _cell(0.9, min_fold=0.9)}),
+                                  "loco": _cell(0.58, min_fold=0.50)}, scores=[4, 3, 2, 1]),
+        _sae_run(tmp_path, "other", {"mixed": _cell(0.9), "code": _cell(0.9), "loco": _cell(0.9, min_fold=0.9)},
+                 scores=[1, 2, 4, 3]),
     ]
     out = tmp_path / "table"
-    assert cso.main([*runs, "--seeds", "1M=s0,s1,s2", "--out", str(out)]) == 0
+    assert cso.main([*runs, "--seeds", "1M=s0;s1;s2", "--out", str(out)]) == 0
     table = json.loads((out / "results.json").read_text())
     spread = table["seed_spread"]["1M"]
     assert set(spread) == {"geometry"}  # projection is not an SAE strategy; activation is absent
@@ -65,6 +71,15 @@ def test_seed_spread_ranges_worst_split_and_markdown(tmp_path):
     # the range is printed from the printed bounds (0.63 − 0.55 = 0.08); the largest range is over the splits
     row = next(line for line in md.splitlines() if line.startswith("| geometry | 0.55–0.63"))
     assert row == "| geometry | 0.55–0.63 (0.08) | 0.45–0.52 (0.07) | 0.55–0.60 (0.05) | 0.42–0.47 (0.05) | 0.08 |"
+    # rank agreement on mixed (the only split with per-row scores): seed pairs s0~s1 +1, s0~s2 and s1~s2 −1;
+    # recipe pairs other~s0 and other~s1 +0.8, other~s2 −0.8; projection does not read the SAE
+    agree = table["score_agreement"]
+    assert list(agree) == ["geometry"] and list(agree["geometry"]) == ["mixed"]
+    cell = agree["geometry"]["mixed"]
+    assert cell["seeds"] == pytest.approx({"mean": -1 / 3, "low": -1.0, "high": 1.0, "n": 3})
+    assert cell["recipes"] == pytest.approx({"mean": 0.8 / 3, "low": -0.8, "high": 0.8, "n": 3})
+    assert "| geometry | seeds (3) | -0.33 (-1.00–1.00) |" in md
+    assert "| geometry | recipes (3) | 0.27 (-0.80–0.80) |" in md
     # the SAE table itself is unchanged by --seeds: one geometry row per SAE, worst split by the worst fold
     assert "| geometry | s1 | **0.63 [0.59, 0.67]** | 0.52 [0.48, 0.56] | **0.60 [0.56, 0.64], min 0.47** | 0.47 |" in md
 
@@ -72,7 +87,7 @@ def test_seed_spread_ranges_worst_split_and_markdown(tmp_path):
 def test_seed_groups_are_checked(tmp_path):
     runs = [_sae_run(tmp_path, n, {"mixed": _cell(0.6)}) for n in ("a", "b")]
     with pytest.raises(SystemExit, match="'c' not among the SAEs"):
-        cso.main([*runs, "--seeds", "x=a,c", "--out", str(tmp_path / "o")])
+        cso.main([*runs, "--seeds", "x=a;c", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="two labels or more"):
         cso.main([*runs, "--seeds", "x=a", "--out", str(tmp_path / "o")])
     assert cso.main([*runs, "--out", str(tmp_path / "o")]) == 0
@@ -82,9 +97,16 @@ def test_seed_groups_are_checked(tmp_path):
 def test_a_seed_without_a_split_leaves_that_split_out_of_the_spread(tmp_path):
     runs = [_sae_run(tmp_path, "a", {"mixed": _cell(0.6), "code": _cell(0.5)}),
             _sae_run(tmp_path, "b", {"mixed": _cell(0.7)})]
-    assert cso.main([*runs, "--seeds", "r=a,b", "--out", str(tmp_path / "o")]) == 0
+    assert cso.main([*runs, "--seeds", "r=a;b", "--out", str(tmp_path / "o")]) == 0
     g = json.loads((tmp_path / "o" / "results.json").read_text())["seed_spread"]["r"]["geometry"]
     assert "code" not in g and g["mixed"]["range"] == pytest.approx(0.1)
     md = (tmp_path / "o" / "results.md").read_text()
     # the worst split over the splits both have (mixed), not a's code against b's mixed
     assert "| geometry | 0.60–0.70 (0.10) | – | 0.60–0.70 (0.10) | 0.10 |" in md
+
+
+def test_scores_of_different_rows_are_refused(tmp_path):
+    runs = [_sae_run(tmp_path, "a", {"mixed": _cell(0.6)}),
+            _sae_run(tmp_path, "b", {"mixed": _cell(0.7)}, ids=["r1", "r2", "r4", "r3"])]
+    with pytest.raises(SystemExit, match="mixed: the SAEs' scores.json hold different rows"):
+        cso.main([*runs, "--seeds", "r=a;b", "--out", str(tmp_path / "o")])
