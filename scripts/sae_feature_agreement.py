@@ -1,0 +1,136 @@
+"""Why geometry's ranking changes from one SAE to the next (issue 19 (e)): which of its parts the SAEs share.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/sae_feature_agreement.py \\
+        "seed 0=runs/saes/res14-topk64-t1M" "seed 1=runs/saes/res14-topk64-t1M-s1" ... \\
+        --out data/results/filters_ood/sae_study/feature_agreement
+
+Each argument is ``label=SAE`` (a folder or spec). For each SAE, geometry is fitted as ``geomfilter filter`` fits it
+(default settings, on ``data/reference/harmful.jsonl`` vs ``benign.jsonl``; the reference caches of
+``scripts/measure_filters_ood.py --sae`` in ``--cache-dir`` are reused). Geometry's score of a row reads three things
+the SAE supplies, and for every ordered pair of SAEs (A, B) each is compared, a latent of A matched to the latent of B
+whose unit decoder direction is closest:
+
+* the **dictionary**: the share of A's latents on the references (among the top latents the cache keeps for one
+  reference answer or more: the latents that geometry's targets are drawn from) that B learned too (a match of cosine
+  >= ``--match``, 0.7 by default), and the median cosine of their matches;
+* the **harmful set**: the share of A's harmful latents that B learned, and the share B also *selected* as harmful
+  (a match of cosine >= ``--match`` within B's harmful set);
+* the **proximity field**: over those latents of A that B learned, the Spearman correlation of each latent's
+  proximity (its largest decoder cosine to the harmful set) in A with its match's proximity in B. A row's geometry
+  score is the activation-weighted mean of its top latents' proximities, so where this correlation is low two SAEs
+  rank the same rows differently even when both learned the same latents.
+
+Writes ``results.json`` and ``results.md`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from judge_metrics import spearman  # noqa: E402
+
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.filtering import make_filter  # noqa: E402
+from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
+
+REF = ROOT / "data" / "reference"
+
+
+def fitted_geometry(sae: str, cache_dir: Path, progress: bool = False) -> dict:
+    """Geometry fitted on the references with ``sae``: unit decoder directions, harmful ids, every latent's
+    proximity, and which latents are on the references (in a reference answer's cached top latents)."""
+    builder = CacheBuilder(sae=sae, progress=progress)
+    runner = FilterRunner(FilterConfig(data=REF / "harmful.jsonl", harmful=REF / "harmful.jsonl",
+                                       benign=REF / "benign.jsonl", sae=sae, cache_dir=cache_dir, progress=progress))
+    runner.builder = builder
+    harmful, benign = runner.reference_set("harmful"), runner.reference_set("benign")
+    f = make_filter("geometry", sae=builder.sae).fit(harmful, benign)
+    on_refs = (harmful.dense("mean") > 0).any(axis=0) | (benign.dense("mean") > 0).any(axis=0)
+    return {"directions": f.directions_, "harmful": np.asarray(f.features_.ids), "proximity": f.proximity_,
+            "on_references": on_refs}
+
+
+def _best_match(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``a`` (unit directions), the index of the closest row of ``b`` and its cosine."""
+    idx, cos = np.empty(len(a), dtype=np.int64), np.empty(len(a), dtype=np.float32)
+    for i in range(0, len(a), chunk):
+        c = a[i:i + chunk] @ b.T
+        idx[i:i + chunk] = c.argmax(axis=1)
+        cos[i:i + chunk] = c.max(axis=1)
+    return idx, cos
+
+
+def agreement(a: dict, b: dict, match: float = 0.7) -> dict:
+    """How much of SAE ``a``'s geometry SAE ``b`` shares (see the module docstring)."""
+    on_refs = np.flatnonzero(a["on_references"])
+    j, cos = _best_match(a["directions"][on_refs], b["directions"])
+    learned = cos >= match
+    h = a["harmful"]
+    _, h_cos_any = _best_match(a["directions"][h], b["directions"])
+    _, h_cos_sel = _best_match(a["directions"][h], b["directions"][b["harmful"]])
+    pa, pb = a["proximity"][on_refs[learned]], b["proximity"][j[learned]]
+    ok = np.isfinite(pa) & np.isfinite(pb)
+    return {
+        "on_references": int(len(on_refs)), "dictionary_learned": float(learned.mean()),
+        "dictionary_median_cos": float(np.median(cos)),
+        "harmful": int(len(h)), "harmful_learned": float((h_cos_any >= match).mean()),
+        "harmful_selected": float((h_cos_sel >= match).mean()),
+        "harmful_median_cos_selected": float(np.median(h_cos_sel)),
+        "proximity_spearman": spearman(pa[ok], pb[ok]), "proximity_n": int(ok.sum()),
+    }
+
+
+COLUMNS = (("dictionary_learned", "latents B learned", "{:.0%}"),
+           ("dictionary_median_cos", "median cos of their matches", "{:.2f}"),
+           ("harmful_learned", "harmful latents B learned", "{:.0%}"),
+           ("harmful_selected", "harmful latents B selected", "{:.0%}"),
+           ("harmful_median_cos_selected", "median cos to B's harmful set", "{:.2f}"),
+           ("proximity_spearman", "proximity agreement (Spearman)", "{:.2f}"))
+
+
+def render(table: dict) -> str:
+    lines = ["# Which parts of geometry two SAEs share (issue 19 (e))\n", f"```\n{table['command']}\n```\n",
+             f"A latent of A is matched to B's latent of closest decoder direction; learned / selected: a match of cosine "
+             f">= {table['match']} in B's dictionary / in B's harmful set; A's latents: those on the references. Proximity "
+             "agreement: over A's latents that B learned, the Spearman correlation of their proximity to the harmful set in A and in B.\n",
+             "| A | B | A's latents | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+    for p in table["pairs"]:
+        lines.append(f"| {p['a']} | {p['b']} | {p['on_references']} | " + " | ".join(f.format(p[k]) for k, _, f in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("saes", nargs="+", help="label=SAE (folder or spec)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--match", type=float, default=0.7, help="decoder cosine from which two latents are the same")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    specs = {}
+    for spec in args.saes:
+        label, _, sae = spec.partition("=")
+        if not (label and sae):
+            raise SystemExit(f"{spec!r}: expected label=SAE")
+        specs[label] = sae
+    if len(specs) < 2:
+        raise SystemExit("give two SAEs or more")
+    fitted = {label: fitted_geometry(sae, args.cache_dir, args.progress) for label, sae in specs.items()}
+    pairs = [{"a": a, "b": b, **agreement(fitted[a], fitted[b], args.match)}
+             for a in fitted for b in fitted if a != b]
+    table = {"saes": specs, "match": args.match, "pairs": pairs, "command": script_command(__file__, argv)}
+    text = render(table)
+    write_json_and_markdown(args.out, "results", table, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""scripts/sae_feature_agreement.py: which parts of geometry (dictionary, harmful set, proximity field) two SAEs share,
+on hand-made decoder directions."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomfilter.geometry import feature_proximity, unit_directions
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+spec = importlib.util.spec_from_file_location("sae_feature_agreement", ROOT / "scripts" / "sae_feature_agreement.py")
+sfa = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sfa)
+
+E = np.eye(4, dtype=np.float32)
+#: six latents in R^4: the axes and two diagonals
+DIRS = unit_directions(np.stack([E[0], E[1], E[2], E[3], E[0] + E[1], E[2] + E[3]]))
+
+
+def _geometry(directions: np.ndarray, harmful: list[int], on_refs: list[int] | None = None) -> dict:
+    on = np.zeros(len(directions), dtype=bool)
+    on[on_refs if on_refs is not None else slice(None)] = True
+    return {"directions": directions, "harmful": np.array(harmful), "on_references": on,
+            "proximity": feature_proximity(directions, harmful)}
+
+
+def test_a_permuted_copy_shares_everything():
+    a = _geometry(DIRS, [0, 4])
+    perm = np.array([5, 3, 1, 0, 2, 4])  # b's latent i is a's latent perm[i]
+    b = _geometry(DIRS[perm], [int(np.flatnonzero(perm == 0)[0]), int(np.flatnonzero(perm == 4)[0])])
+    r = sfa.agreement(a, b)
+    assert r["on_references"] == 6
+    assert r["dictionary_learned"] == 1.0 and r["dictionary_median_cos"] == pytest.approx(1.0)
+    assert r["harmful_learned"] == 1.0 and r["harmful_selected"] == 1.0
+    assert r["proximity_spearman"] == pytest.approx(1.0)
+
+
+def test_same_dictionary_other_harmful_set():
+    a, b = _geometry(DIRS, [0]), _geometry(DIRS, [2])  # b learned latent 0 but selected latent 2
+    r = sfa.agreement(a, b)
+    assert r["harmful_learned"] == 1.0 and r["harmful_selected"] == 0.0
+    assert r["harmful_median_cos_selected"] == pytest.approx(0.0)
+    # latent 0's proximity is NaN in a (a lone harmful latent), latent 2's in b: the other four are compared.
+    # proximity to e0 in a: e1 0, e2 0, e3 0, d01 0.71, d23 0; to e2 in b: e1 0, e3 0, d01 0, d23 0.71, e0 0
+    assert r["proximity_n"] == 4
+    assert r["proximity_spearman"] == pytest.approx(-1 / 3)
+
+
+def test_a_latent_b_did_not_learn():
+    # b has e0 turned 60 degrees towards e1 instead of e0: cosine 0.5 < 0.7
+    turned = np.cos(np.pi / 3) * E[0] + np.sin(np.pi / 3) * E[1]
+    b_dirs = DIRS.copy()
+    b_dirs[0] = turned
+    a, b = _geometry(DIRS, [0], on_refs=[0, 2, 3]), _geometry(b_dirs, [0])
+    r = sfa.agreement(a, b, match=0.9)
+    assert r["on_references"] == 3  # only the latents on the references count
+    assert r["harmful_learned"] == 0.0 and r["harmful_selected"] == 0.0
+    assert r["dictionary_learned"] == pytest.approx(2 / 3)  # e2 and e3, not e0
+    assert r["harmful_median_cos_selected"] == pytest.approx(0.5)
+    # at 0.7, e0's closest latent in b, the diagonal d01 (cos 0.71), counts as learned; b's harmful latent does not
+    r = sfa.agreement(a, b)
+    assert r["dictionary_learned"] == 1.0 and r["harmful_learned"] == 1.0 and r["harmful_selected"] == 0.0
