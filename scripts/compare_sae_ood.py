@@ -16,7 +16,10 @@ per strategy and split, the range of their AUROCs (lowest–highest, and the dif
 does not include this spread between SAEs of one recipe, so a difference between recipes smaller than it is not
 evidence of the recipe. With it comes the rank agreement of the rows' scores (``scores.json``) between SAEs: the
 Spearman correlation of every pair, pooled into pairs of seeds (both in one ``--seeds`` group) and pairs of recipes
-(the rest): how far one SAE's ranking of the rows is that SAE's own.
+(the rest): how far one SAE's ranking of the rows is that SAE's own. And an ensemble over the seeds: each row's score
+the mean over the seeds of its rank within the split, its AUROC [95 % CI] and its paired difference to each seed's
+(rows of a split that a strategy was fitted on are left out, as in ``measure_filters_ood.py``; the splits' labels come
+from ``--work``).
 """
 from __future__ import annotations
 
@@ -25,14 +28,19 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from scipy.stats import rankdata
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import measure_filters_ood as ood  # noqa: E402
 from judge_metrics import spearman  # noqa: E402
 from measure_filters_ood import auroc_cell  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.stats import bootstrap_auroc, paired_bootstrap_auroc  # noqa: E402
 
 #: the strategies of measure_filters_ood.py that read the SAE (features, decoder directions)
 SAE_STRATEGIES = ("geometry", "activation", "gradient", "gradient --agg mean", "geometry (c)", "activation (c)",
@@ -160,12 +168,64 @@ def agreement_lines(agreement: dict) -> list[str]:
     return lines
 
 
+def seed_ensemble(scores: dict[str, dict], members: list[str], rows: dict[str, dict[str, dict]],
+                  held_rows: dict[str, set[str]], n_boot: int = 1000) -> dict:
+    """Per SAE strategy and split with per-row scores from every member: each row's mean over ``members`` of its
+    rank within the split (ties averaged, scaled to 0-1), the AUROC of that mean with its CI, and its paired
+    bootstrap difference to each member (``rows``: split -> id -> row with ``inducing``; ``held_rows``: the rows a
+    strategy fitted on part of a split is scored on)."""
+    out: dict = {}
+    for strat in SAE_STRATEGIES:
+        for split in scores[members[0]]:
+            runs = [scores[m].get(split, {}) for m in members]
+            if not all("ids" in r and r.get(strat) for r in runs):
+                continue
+            ids = runs[0]["ids"]
+            if any(r["ids"] != ids for r in runs):
+                raise SystemExit(f"{split}: the seeds' scores.json hold different rows; measure them on the same splits")
+            keep = np.array([not ood.fitted_on(strat, split) or i in held_rows.get(split, ()) for i in ids])
+            y = np.array([bool(rows[split][i]["inducing"]) for i in ids])[keep]
+            member = [np.asarray(r[strat], dtype=np.float64)[keep] for r in runs]
+            ens = np.mean([rankdata(m) / len(m) for m in member], axis=0)
+            cell = bootstrap_auroc(ens[y], ens[~y], n_boot=n_boot)
+            cell["vs_seeds"] = {m: paired_bootstrap_auroc(ens[y], ens[~y], sc[y], sc[~y], n_boot=n_boot)
+                                for m, sc in zip(members, member)}
+            cell["seeds_mean"] = float(np.mean([d["b"] for d in cell["vs_seeds"].values()]))
+            out.setdefault(strat, {})[split] = cell
+    return out
+
+
+def ensemble_lines(name: str, ensemble: dict) -> list[str]:
+    splits = list(dict.fromkeys(s for per_split in ensemble.values() for s in per_split))
+    lines = [f"\nSAE-seed ensemble, {name}: each row's mean rank over the seeds. AUROC [95 % CI]; the seeds' mean "
+             "AUROC; the ensemble's paired difference to each seed (lowest, highest), and at how many seeds its CI is "
+             "above 0:\n", "| strategy | " + " | ".join(splits) + " | worst split |", "|---|" + "---|" * (len(splits) + 1)]
+    for strat, per_split in ensemble.items():
+        cells = []
+        for split in splits:
+            c = per_split.get(split)
+            if c is None:
+                cells.append("–")
+                continue
+            diffs = [d["diff"] for d in c["vs_seeds"].values()]
+            above = sum(d["ci_low"] > 0 for d in c["vs_seeds"].values())
+            cells.append(f"{auroc_cell(c)}; seeds {c['seeds_mean']:.2f}; {min(diffs):+.2f} to {max(diffs):+.2f}, "
+                         f"above at {above} of {len(diffs)}")
+        worst_split = min(c["auroc"] for c in per_split.values())
+        lines.append(f"| {strat} | " + " | ".join(cells) + f" | {worst_split:.2f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="label=SAE_FOLDER:RESULTS_FOLDER")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", action="append", default=[], metavar="NAME=label;label;...",
-                    help="SAEs that differ only in their seed: adds the spread of their AUROCs")
+                    help="SAEs that differ only in their seed: adds the spread of their AUROCs, the rank agreement "
+                         "of their scores and their ensemble")
+    ap.add_argument("--work", type=Path, default=Path("runs/ood"),
+                    help="measure_filters_ood.py's --work (the splits, for the ensemble's labels)")
+    ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)
     table: dict = {"saes": {}, "command": script_command(__file__, argv)}
     for spec in args.runs:
@@ -203,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         scores = {label: _json(Path(v["results"]) / "scores.json") for label, v in table["saes"].items()}
         table["score_agreement"] = score_agreement(scores, groups)
         lines += agreement_lines(table["score_agreement"])
+        seeds = {ood.results_seed(Path(table["saes"][m]["results"])) for members in groups.values() for m in members}
+        if len(seeds) > 1:
+            raise SystemExit(f"the seed groups' results were made with different --organism-seed ({sorted(seeds)})")
+        rows, held_rows = ood.scored_rows(args.work / "splits", seeds.pop())
+        table["seed_ensemble"] = {name: seed_ensemble(scores, members, rows, held_rows, args.n_boot)
+                                  for name, members in groups.items()}
+        for name, ensemble in table["seed_ensemble"].items():
+            lines += ensemble_lines(f"{name} ({', '.join(groups[name])})", ensemble)
     text = "\n".join(lines) + "\n"
     write_json_and_markdown(args.out, "results", table, text)
     print(text)

@@ -42,7 +42,14 @@ def _sae_run(root: Path, name: str, geometry: dict, activation: dict | None = No
     return f"{name}={sae}:{res}"
 
 
-def test_seed_spread_ranges_worst_split_and_markdown(tmp_path):
+def _rows(monkeypatch, inducing=("r3", "r4")):
+    """The fixture's labels in place of the committed splits: rows r1-r4 of ``mixed``, ``inducing`` the positives."""
+    rows = {"mixed": {f"r{i}": {"inducing": f"r{i}" in inducing} for i in range(1, 5)}}
+    monkeypatch.setattr(cso.ood, "scored_rows", lambda work, seed: (rows, {}))
+
+
+def test_seed_spread_ranges_worst_split_and_markdown(tmp_path, monkeypatch):
+    _rows(monkeypatch)
     runs = [
         _sae_run(tmp_path, "s0", {"mixed": _cell(0.55), "code": _cell(0.49),
                                   "loco": _cell(0.55, min_fold=0.42)}, scores=[1, 2, 3, 4]),
@@ -80,11 +87,18 @@ def test_seed_spread_ranges_worst_split_and_markdown(tmp_path):
     assert cell["recipes"] == pytest.approx({"mean": 0.8 / 3, "low": -0.8, "high": 0.8, "n": 3})
     assert "| geometry | seeds (3) | -0.33 (-1.00–1.00) |" in md
     assert "| geometry | recipes (3) | 0.27 (-0.80–0.80) |" in md
+    # the ensemble: ranks / 4 of s0 and s1 are .25 .5 .75 1, of s2 1 .75 .5 .25; means .5 .58 .67 .75 rank the
+    # positives r3, r4 first: AUROC 1 against the seeds' 1, 1 and 0
+    ens = table["seed_ensemble"]["1M"]["geometry"]["mixed"]
+    assert ens["auroc"] == 1.0 and ens["seeds_mean"] == pytest.approx(2 / 3)
+    assert [d["diff"] for d in ens["vs_seeds"].values()] == [0.0, 0.0, 1.0]
+    assert "SAE-seed ensemble, 1M (s0, s1, s2)" in md
     # the SAE table itself is unchanged by --seeds: one geometry row per SAE, worst split by the worst fold
     assert "| geometry | s1 | **0.63 [0.59, 0.67]** | 0.52 [0.48, 0.56] | **0.60 [0.56, 0.64], min 0.47** | 0.47 |" in md
 
 
-def test_seed_groups_are_checked(tmp_path):
+def test_seed_groups_are_checked(tmp_path, monkeypatch):
+    _rows(monkeypatch)
     runs = [_sae_run(tmp_path, n, {"mixed": _cell(0.6)}) for n in ("a", "b")]
     with pytest.raises(SystemExit, match="'c' not among the SAEs"):
         cso.main([*runs, "--seeds", "x=a;c", "--out", str(tmp_path / "o")])
@@ -94,7 +108,8 @@ def test_seed_groups_are_checked(tmp_path):
     assert "seed_spread" not in json.loads((tmp_path / "o" / "results.json").read_text())
 
 
-def test_a_seed_without_a_split_leaves_that_split_out_of_the_spread(tmp_path):
+def test_a_seed_without_a_split_leaves_that_split_out_of_the_spread(tmp_path, monkeypatch):
+    _rows(monkeypatch)
     runs = [_sae_run(tmp_path, "a", {"mixed": _cell(0.6), "code": _cell(0.5)}),
             _sae_run(tmp_path, "b", {"mixed": _cell(0.7)})]
     assert cso.main([*runs, "--seeds", "r=a;b", "--out", str(tmp_path / "o")]) == 0
@@ -105,8 +120,22 @@ def test_a_seed_without_a_split_leaves_that_split_out_of_the_spread(tmp_path):
     assert "| geometry | 0.60–0.70 (0.10) | – | 0.60–0.70 (0.10) | 0.10 |" in md
 
 
-def test_scores_of_different_rows_are_refused(tmp_path):
+def test_scores_of_different_rows_are_refused(tmp_path, monkeypatch):
+    _rows(monkeypatch)
     runs = [_sae_run(tmp_path, "a", {"mixed": _cell(0.6)}),
             _sae_run(tmp_path, "b", {"mixed": _cell(0.7)}, ids=["r1", "r2", "r4", "r3"])]
     with pytest.raises(SystemExit, match="mixed: the SAEs' scores.json hold different rows"):
         cso.main([*runs, "--seeds", "r=a;b", "--out", str(tmp_path / "o")])
+
+
+def test_ensemble_of_a_strategy_fitted_on_part_of_a_split_reads_its_held_out_rows_only():
+    ids = ["r1", "r2", "r3", "r4"]
+    rows = {"model_answers": {i: {"inducing": i in ("r2", "r4")} for i in ids}}
+    # geometry (c) is fitted on model_answers' other prompts: only r1 (aligned) and r4 (misaligned) count
+    scores = {m: {"model_answers": {"ids": ids, "geometry (c)": sc, "geometry": sc}}
+              for m, sc in (("a", [0, 9, 9, 1]), ("b", [0, 9, 9, 2]))}
+    out = cso.seed_ensemble(scores, ["a", "b"], rows, {"model_answers": {"r1", "r4"}}, n_boot=50)
+    assert out["geometry (c)"]["model_answers"]["n_pos"] == 1 and out["geometry (c)"]["model_answers"]["auroc"] == 1.0
+    # plain geometry is fitted on the references: all four rows; positive r2 beats r1 and ties r3, r4 beats r1 only
+    g = out["geometry"]["model_answers"]
+    assert (g["n_pos"], g["n_neg"]) == (2, 2) and g["auroc"] == pytest.approx((1 + 0.5 + 1 + 0) / 4)
