@@ -20,6 +20,10 @@ whose unit decoder direction is closest:
   score is the activation-weighted mean of its top latents' proximities, so where this correlation is low two SAEs
   rank the same rows differently even when both learned the same latents.
 
+With ``--halves``, each SAE's geometry is also fitted on each of two disjoint halves of the reference pairs (half the
+references each, the dictionary the same): the part of the harmful set and proximity field that the references'
+sampling moves, to set beside what a change of SAE moves.
+
 Writes ``results.json`` and ``results.md`` under ``--out``.
 """
 from __future__ import annotations
@@ -36,6 +40,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from judge_metrics import spearman  # noqa: E402
 
+from geomfilter.cache import ActivationCache  # noqa: E402
+from geomfilter.features import split_by_pair  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.filtering import make_filter  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
@@ -43,18 +49,34 @@ from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa
 REF = ROOT / "data" / "reference"
 
 
-def fitted_geometry(sae: str, cache_dir: Path, progress: bool = False) -> dict:
-    """Geometry fitted on the references with ``sae``: unit decoder directions, harmful ids, every latent's
-    proximity, and which latents are on the references (in a reference answer's cached top latents)."""
+def fitted_geometry(sae: str, cache_dir: Path, progress: bool = False, halves: bool = False) -> dict[str, dict]:
+    """:func:`reference_fits` of geometry with ``sae``, on the reference caches in ``cache_dir`` (made if missing)."""
     builder = CacheBuilder(sae=sae, progress=progress)
     runner = FilterRunner(FilterConfig(data=REF / "harmful.jsonl", harmful=REF / "harmful.jsonl",
                                        benign=REF / "benign.jsonl", sae=sae, cache_dir=cache_dir, progress=progress))
     runner.builder = builder
-    harmful, benign = runner.reference_set("harmful"), runner.reference_set("benign")
-    f = make_filter("geometry", sae=builder.sae).fit(harmful, benign)
+    return reference_fits(builder.sae, runner.reference_set("harmful"), runner.reference_set("benign"), halves)
+
+
+def reference_fits(sae, harmful: ActivationCache, benign: ActivationCache, halves: bool = False,
+                   **params) -> dict[str, dict]:
+    """Geometry (``params``: its settings, default as users get them) fitted on the references: ``"all"``, and with
+    ``halves`` also ``"half 0"`` and ``"half 1"``, each fitted on one of two disjoint halves of the reference pairs
+    (split as ``harmful_features`` splits them, seed 0). Each: unit decoder directions, harmful ids, every latent's
+    proximity, which latents are on the references (in a reference answer's cached top latents), and the number
+    of reference rows fitted on."""
     on_refs = (harmful.dense("mean") > 0).any(axis=0) | (benign.dense("mean") > 0).any(axis=0)
-    return {"directions": f.directions_, "harmful": np.asarray(f.features_.ids), "proximity": f.proximity_,
-            "on_references": on_refs}
+    refs = {"all": (harmful, benign)}
+    if halves:
+        mask_h, mask_b = split_by_pair(harmful, 0.5, 0), split_by_pair(benign, 0.5, 0)
+        refs["half 0"] = (harmful.select(mask_h), benign.select(mask_b))
+        refs["half 1"] = (harmful.select(~mask_h), benign.select(~mask_b))
+    out = {}
+    for name, (h, b) in refs.items():
+        f = make_filter("geometry", sae=sae, **params).fit(h, b)
+        out[name] = {"directions": f.directions_, "harmful": np.asarray(f.features_.ids), "proximity": f.proximity_,
+                     "on_references": on_refs, "n_rows": (len(h), len(b))}
+    return out
 
 
 def _best_match(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     ap.add_argument("--match", type=float, default=0.7, help="decoder cosine from which two latents are the same")
+    ap.add_argument("--halves", action="store_true",
+                    help="also fit each SAE's geometry on two disjoint halves of the reference pairs and compare "
+                         "them: how much of the harmful set and proximity field the references' sampling moves, "
+                         "with the dictionary fixed")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     specs = {}
@@ -122,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         specs[label] = sae
     if len(specs) < 2:
         raise SystemExit("give two SAEs or more")
-    fitted = {label: fitted_geometry(sae, args.cache_dir, args.progress) for label, sae in specs.items()}
-    pairs = [{"a": a, "b": b, **agreement(fitted[a], fitted[b], args.match)}
+    fitted = {label: fitted_geometry(sae, args.cache_dir, args.progress, args.halves) for label, sae in specs.items()}
+    pairs = [{"a": a, "b": b, **agreement(fitted[a]["all"], fitted[b]["all"], args.match)}
              for a in fitted for b in fitted if a != b]
+    if args.halves:
+        pairs += [{"a": f"{label} (half 0)", "b": f"{label} (half 1)",
+                   **agreement(fits["half 0"], fits["half 1"], args.match)} for label, fits in fitted.items()]
     table = {"saes": specs, "match": args.match, "pairs": pairs, "command": script_command(__file__, argv)}
     text = render(table)
     write_json_and_markdown(args.out, "results", table, text)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from geomfilter.geometry import feature_proximity, unit_directions
+from tests.synthetic import make_cache, planted_decoder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -65,3 +66,30 @@ def test_a_latent_b_did_not_learn():
     # at 0.7, e0's closest latent in b, the diagonal d01 (cos 0.71), counts as learned; b's harmful latent does not
     r = sfa.agreement(a, b)
     assert r["dictionary_learned"] == 1.0 and r["harmful_learned"] == 1.0 and r["harmful_selected"] == 0.0
+
+
+def test_reference_fits_on_the_whole_references_and_on_two_disjoint_halves():
+    w, harmful_ids, planted, _ = planted_decoder(d_sae=64)
+    rng = np.random.default_rng(0)
+    n = 40  # pairs
+
+    def refs(side_harmful: bool):
+        dense = rng.uniform(0, 0.2, size=(n, 64)).astype(np.float32) * (rng.uniform(size=(n, 64)) < 0.3)
+        if side_harmful:
+            dense[:, harmful_ids] += 1.0
+        meta = [{"pair_id": f"p{i}"} for i in range(n)]
+        return make_cache(dense, meta=meta, name="harmful" if side_harmful else "benign")
+
+    harmful, benign = refs(True), refs(False)
+    fits = sfa.reference_fits(w, harmful, benign, halves=True, n_harmful=3)
+    assert set(fits) == {"all", "half 0", "half 1"}
+    assert fits["all"]["n_rows"] == (40, 40)
+    # the halves split the pairs: together every row once
+    assert fits["half 0"]["n_rows"][0] + fits["half 1"]["n_rows"][0] == 40
+    assert fits["half 0"]["n_rows"] == (20, 20) and fits["half 1"]["n_rows"] == (20, 20)
+    for fit in fits.values():  # a planted signal this strong is found by every fit
+        assert sorted(fit["harmful"].tolist()) == harmful_ids
+        assert fit["proximity"][planted] == pytest.approx(0.95, abs=1e-3)
+    r = sfa.agreement(fits["half 0"], fits["half 1"])
+    assert r["harmful_selected"] == 1.0 and r["proximity_spearman"] == pytest.approx(1.0)
+    assert sfa.reference_fits(w, harmful, benign, n_harmful=3).keys() == {"all"}
