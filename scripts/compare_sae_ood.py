@@ -119,8 +119,8 @@ def spread_lines(name: str, spread: dict, splits: list[str]) -> list[str]:
     lines = [f"| strategy | {' | '.join(cols)} | largest range |", "|---|" + "---|" * (len(cols) + 1)]
     for strat, per_split in spread.items():
         cells = [_range_cell(per_split.get(s)) for s in cols]
-        largest = max((_shown_range(per_split[s]) for s in splits if s in per_split), default=None)
-        lines.append(f"| {strat} | " + " | ".join(cells) + f" | {'–' if largest is None else f'{largest:.2f}'} |")
+        largest = max(_shown_range(per_split[s]) for s in splits if s in per_split)  # seed_spread keeps one or more
+        lines.append(f"| {strat} | " + " | ".join(cells) + f" | {largest:.2f} |")
     return [f"\nSpread between seeds, {name} (lowest–highest AUROC over the seeds, and the range; "
             "`references_loco` by its mean over folds, the worst split by its worst fold):\n", *lines]
 
