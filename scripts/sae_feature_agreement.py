@@ -14,7 +14,9 @@ whose unit decoder direction is closest:
   reference answer or more: the latents that geometry's targets are drawn from) that B learned too (a match of cosine
   >= ``--match``, 0.7 by default), and the median cosine of their matches;
 * the **harmful set**: the share of A's harmful latents that B learned, and the share B also *selected* as harmful
-  (a match of cosine >= ``--match`` within B's harmful set);
+  (a match of cosine >= ``--match`` within B's harmful set), and how much of A's harmful directions lies in the span
+  of B's (the mean squared length of their projection on it; random directions: the span's dimension over the
+  residual's, e.g. 100 / 576 = 0.17), whether or not single latents match;
 * the **proximity field**: over those latents of A that B learned, the Spearman correlation of each latent's
   proximity (its largest decoder cosine to the harmful set) in A with its match's proximity in B. A row's geometry
   score is the activation-weighted mean of its top latents' proximities, so where this correlation is low two SAEs
@@ -89,6 +91,14 @@ def _best_match(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> tuple[np.nda
     return idx, cos
 
 
+def span_overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The mean squared length of the projection of the unit rows ``a`` on the span of the rows ``b``, and what
+    random unit rows would give (the span's dimension over the space's)."""
+    q, r = np.linalg.qr(b.T.astype(np.float64))
+    q = q[:, np.abs(np.diag(r)) > 1e-8]  # the span's orthonormal basis (dependent rows add nothing)
+    return float(((a.astype(np.float64) @ q) ** 2).sum(axis=1).mean()), q.shape[1] / a.shape[1]
+
+
 def agreement(a: dict, b: dict, match: float = 0.7) -> dict:
     """How much of SAE ``a``'s geometry SAE ``b`` shares (see the module docstring)."""
     on_refs = np.flatnonzero(a["on_references"])
@@ -99,32 +109,37 @@ def agreement(a: dict, b: dict, match: float = 0.7) -> dict:
     _, h_cos_sel = _best_match(a["directions"][h], b["directions"][b["harmful"]])
     pa, pb = a["proximity"][on_refs[learned]], b["proximity"][j[learned]]
     ok = np.isfinite(pa) & np.isfinite(pb)
+    overlap, chance = span_overlap(a["directions"][h], b["directions"][b["harmful"]])
     return {
         "on_references": int(len(on_refs)), "dictionary_learned": float(learned.mean()),
         "dictionary_median_cos": float(np.median(cos)),
         "harmful": int(len(h)), "harmful_learned": float((h_cos_any >= match).mean()),
         "harmful_selected": float((h_cos_sel >= match).mean()),
         "harmful_median_cos_selected": float(np.median(h_cos_sel)),
+        "harmful_span_overlap": overlap, "harmful_span_chance": chance,
         "proximity_spearman": spearman(pa[ok], pb[ok]), "proximity_n": int(ok.sum()),
     }
 
 
-COLUMNS = (("dictionary_learned", "latents B learned", "{:.0%}"),
-           ("dictionary_median_cos", "median cos of their matches", "{:.2f}"),
-           ("harmful_learned", "harmful latents B learned", "{:.0%}"),
-           ("harmful_selected", "harmful latents B selected", "{:.0%}"),
-           ("harmful_median_cos_selected", "median cos to B's harmful set", "{:.2f}"),
-           ("proximity_spearman", "proximity agreement (Spearman)", "{:.2f}"))
+COLUMNS = (("latents B learned", lambda p: f"{p['dictionary_learned']:.0%}"),
+           ("median cos of their matches", lambda p: f"{p['dictionary_median_cos']:.2f}"),
+           ("harmful latents B learned", lambda p: f"{p['harmful_learned']:.0%}"),
+           ("harmful latents B selected", lambda p: f"{p['harmful_selected']:.0%}"),
+           ("median cos to B's harmful set", lambda p: f"{p['harmful_median_cos_selected']:.2f}"),
+           ("harmful span overlap (random)", lambda p: f"{p['harmful_span_overlap']:.2f} ({p['harmful_span_chance']:.2f})"),
+           ("proximity agreement (latents)", lambda p: f"{p['proximity_spearman']:.2f} ({p['proximity_n']})"))
 
 
 def render(table: dict) -> str:
     lines = ["# Which parts of geometry two SAEs share (issue 19 (e))\n", f"```\n{table['command']}\n```\n",
-             f"A latent of A is matched to B's latent of closest decoder direction; learned / selected: a match of cosine "
-             f">= {table['match']} in B's dictionary / in B's harmful set; A's latents: those on the references. Proximity "
-             "agreement: over A's latents that B learned, the Spearman correlation of their proximity to the harmful set in A and in B.\n",
-             "| A | B | A's latents | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+             "A latent of A is matched to B's latent of closest decoder direction; learned / selected: a match of "
+             f"cosine >= {table['match']} in B's dictionary / in B's harmful set; A's latents: those on the references. "
+             "Harmful span overlap: the mean squared length of the projection of A's harmful directions on the span of "
+             "B's (random directions: the value in brackets). Proximity agreement: over A's latents that B learned "
+             "(how many in brackets), the Spearman correlation of their proximity to the harmful set in A and in B.\n",
+             "| A | B | A's latents | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
     for p in table["pairs"]:
-        lines.append(f"| {p['a']} | {p['b']} | {p['on_references']} | " + " | ".join(f.format(p[k]) for k, _, f in COLUMNS) + " |")
+        lines.append(f"| {p['a']} | {p['b']} | {p['on_references']} | " + " | ".join(f(p) for _, f in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

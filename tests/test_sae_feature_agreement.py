@@ -39,6 +39,8 @@ def test_a_permuted_copy_shares_everything():
     assert r["dictionary_learned"] == 1.0 and r["dictionary_median_cos"] == pytest.approx(1.0)
     assert r["harmful_learned"] == 1.0 and r["harmful_selected"] == 1.0
     assert r["proximity_spearman"] == pytest.approx(1.0)
+    # the harmful directions e0 and d01 span the e0-e1 plane: 2 of 4 dimensions
+    assert r["harmful_span_overlap"] == pytest.approx(1.0) and r["harmful_span_chance"] == 0.5
 
 
 def test_same_dictionary_other_harmful_set():
@@ -46,6 +48,7 @@ def test_same_dictionary_other_harmful_set():
     r = sfa.agreement(a, b)
     assert r["harmful_learned"] == 1.0 and r["harmful_selected"] == 0.0
     assert r["harmful_median_cos_selected"] == pytest.approx(0.0)
+    assert r["harmful_span_overlap"] == pytest.approx(0.0) and r["harmful_span_chance"] == 0.25
     # latent 0's proximity is NaN in a (a lone harmful latent), latent 2's in b: the other four are compared.
     # proximity to e0 in a: e1 0, e2 0, e3 0, d01 0.71, d23 0; to e2 in b: e1 0, e3 0, d01 0, d23 0.71, e0 0
     assert r["proximity_n"] == 4
@@ -93,3 +96,16 @@ def test_reference_fits_on_the_whole_references_and_on_two_disjoint_halves():
     r = sfa.agreement(fits["half 0"], fits["half 1"])
     assert r["harmful_selected"] == 1.0 and r["proximity_spearman"] == pytest.approx(1.0)
     assert sfa.reference_fits(w, harmful, benign, n_harmful=3).keys() == {"all"}
+
+
+def test_span_overlap_reads_a_subspace_sliced_differently():
+    # a's two harmful directions are the axes e0, e1; b's are the diagonals of the same plane: no latent matches
+    # (cos 0.71 < 0.9), yet all of a's harmful directions lie in b's span
+    a = _geometry(DIRS, [0, 1])
+    b_dirs = unit_directions(np.stack([E[0] + E[1], E[0] - E[1], E[2], E[3], E[2] + E[3], E[2] - E[3]]))
+    b = _geometry(b_dirs, [0, 1])
+    r = sfa.agreement(a, b, match=0.9)
+    assert r["harmful_selected"] == 0.0
+    assert r["harmful_span_overlap"] == pytest.approx(1.0)
+    # a half-overlapping span: e0 inside, e2 orthogonal to the diagonal plane
+    assert sfa.span_overlap(DIRS[[0, 2]], b_dirs[[0, 1]]) == pytest.approx((0.5, 0.5))
