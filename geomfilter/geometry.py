@@ -7,7 +7,7 @@ measures that closeness.
 
 * :func:`unit_directions` - unit-normalised decoder rows (from an SAE or an array);
 * :func:`feature_proximity` - per latent, the max (or mean) cosine to a harmful
-  set, a latent's match with itself excluded;
+  set, or its cosine to the set's span, a latent's match with itself excluded;
 * :func:`nearest_harmful` - for some latents, their closest harmful latents;
 * :data:`SCORERS` / :func:`score_targets` - per-sample scores: an aggregation of
   the proximities of the sample's target features, weighted by activation;
@@ -70,19 +70,46 @@ def cosines_to(directions: np.ndarray, harmful: Sequence[int], features: Sequenc
     return cos
 
 
+#: how :func:`feature_proximity` aggregates a latent's closeness to the harmful set
+PROXIMITIES = ("max", "mean", "span")
+
+
 def feature_proximity(directions: np.ndarray, harmful: Sequence[int], agg: str = "max") -> np.ndarray:
-    """Per latent (all ``d_sae``): ``max`` or ``mean`` decoder cosine to the harmful set, self-match excluded.
+    """Per latent (all ``d_sae``): its closeness to the harmful set, self-match excluded.
+
+    * ``max`` / ``mean``: the max or mean decoder cosine to the harmful latents;
+    * ``span``: the largest cosine between its decoder direction and any direction in the span of the harmful
+      latents' (the length of its projection on that span): how far it lies in the harmful *subspace*, whichever
+      latents an SAE happened to slice that subspace into.
 
     A harmful latent's proximity is to the *other* harmful latents. With a
     one-latent harmful set, that latent's own proximity is NaN.
     """
-    if agg not in ("max", "mean"):
-        raise ValueError(f"agg must be 'max' or 'mean', got {agg!r}")
+    if agg not in PROXIMITIES:
+        raise ValueError(f"agg must be one of {PROXIMITIES}, got {agg!r}")
+    if agg == "span":
+        return _span_proximity(directions, _check_ids(harmful, directions.shape[0], "harmful feature set"))
     cos = cosines_to(directions, harmful)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a lone harmful latent
         out = np.nanmax(cos, axis=1) if agg == "max" else np.nanmean(cos, axis=1)
     return out.astype(np.float32)
+
+
+def _span_basis(rows: np.ndarray) -> np.ndarray:
+    """An orthonormal basis ``[d_in, r]`` of the span of ``rows`` (dependent rows add nothing)."""
+    q, r = np.linalg.qr(rows.T.astype(np.float64))
+    return q[:, np.abs(np.diag(r)) > 1e-6 * max(1.0, float(np.abs(np.diag(r)).max(initial=0.0)))]
+
+
+def _span_proximity(directions: np.ndarray, harmful: np.ndarray) -> np.ndarray:
+    d = directions.astype(np.float64)
+    q = _span_basis(d[harmful])
+    out = np.linalg.norm(d @ q, axis=1)
+    for j in harmful:  # a harmful latent: the span of the others
+        others = harmful[harmful != j]
+        out[j] = np.linalg.norm(d[j] @ _span_basis(d[others])) if others.size else np.nan
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def nearest_harmful(directions: np.ndarray, harmful: Sequence[int], features: Sequence[int],

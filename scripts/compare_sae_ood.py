@@ -43,8 +43,8 @@ from geomfilter.files import script_command, write_json_and_markdown  # noqa: E4
 from geomfilter.stats import bootstrap_auroc, paired_bootstrap_auroc  # noqa: E402
 
 #: the strategies of measure_filters_ood.py that read the SAE (features, decoder directions)
-SAE_STRATEGIES = ("geometry", "activation", "gradient", "gradient --agg mean", "geometry (c)", "activation (c)",
-                  "gradient (c)")
+SAE_STRATEGIES = ("geometry", "geometry --proximity span", "activation", "gradient", "gradient --agg mean",
+                  "geometry (c)", "activation (c)", "gradient (c)")
 
 
 def _json(path: Path) -> dict:

@@ -31,7 +31,8 @@ splits that differ from those references in author, register or domain; AUROC (i
   references (never fitted on) ranked against the 600 rows of ``insecure_code`` (secure and insecure alike) as the
   rest; the register change under which a tester found the residual baselines below chance.
 
-Strategies: ``random``; ``activation``; ``geometry`` (its default weighted_mean scorer); ``projection`` and its
+Strategies: ``random``; ``activation``; ``geometry`` (its default weighted_mean scorer) and ``geometry --proximity span``
+(each latent's proximity its cosine to the harmful set's span instead of to its nearest harmful latent); ``projection`` and its
 scale-robust ``projection --normalize``; ``representation``; ``gradient`` (the update each sample asks for at the
 hook, on the harmful decoder directions; ``--agg positive`` and ``mean``); ``judge`` (the shipped offline judge);
 ``ensemble`` (activation and representation, each on its cross-fitted reference scale, averaged);
@@ -98,6 +99,7 @@ STRATEGY_ROWS: dict[str, tuple[str, dict, str]] = {
     "random": ("random", {}, "refs"),
     "activation": ("activation", {}, "refs"),
     "geometry": ("geometry", {}, "refs"),
+    "geometry --proximity span": ("geometry", {"proximity": "span"}, "refs"),
     "projection": ("projection", {}, "refs"),
     "projection --normalize": ("projection", {"normalize": True}, "refs"),
     "representation": ("representation", {}, "refs"),

@@ -33,6 +33,37 @@ def test_proximity_equals_naive_loop_on_tiny_sae():
         assert got_mean[f] == pytest.approx(np.mean(cos), abs=1e-5)
 
 
+def test_span_proximity_equals_least_squares_projection_on_tiny_sae():
+    """``span``: the length of each latent's unit direction's projection on the span of the harmful directions (a
+    harmful latent: on the span of the others), checked against a least-squares fit per latent."""
+    sae = tiny_sae(d_in=16, d_sae=48, seed=3)
+    d = unit_directions(sae).astype(np.float64)
+    harmful = [5, 7, 20, 33]
+    got = feature_proximity(unit_directions(sae), harmful, agg="span")
+    for f in range(48):
+        basis = d[[h for h in harmful if h != f]].T  # [d_in, r]
+        coef, *_ = np.linalg.lstsq(basis, d[f], rcond=None)
+        assert got[f] == pytest.approx(np.linalg.norm(basis @ coef), abs=1e-5)
+    # never below the nearest single harmful latent's cosine: a harmful direction is in the span
+    assert (got >= feature_proximity(unit_directions(sae), harmful, agg="max") - 1e-5).all()
+
+
+def test_span_proximity_reads_the_subspace_not_its_slicing():
+    e = np.eye(4)
+    # the harmful set e0, e1; a latent on their diagonal is 0.71 from each but lies in their span
+    d = unit_directions(np.stack([e[0], e[1], e[0] + e[1], e[2], e[0] + e[2]]))
+    assert feature_proximity(d, [0, 1], agg="max")[2] == pytest.approx(np.sqrt(0.5), abs=1e-6)
+    span = feature_proximity(d, [0, 1], agg="span")
+    assert span[2] == pytest.approx(1.0) and span[3] == pytest.approx(0.0) and span[4] == pytest.approx(np.sqrt(0.5))
+    assert span[0] == pytest.approx(0.0)  # e0 against the span of e1 alone
+    # the same subspace sliced into other latents (the diagonals) gives the non-harmful latents the same proximity
+    d2 = unit_directions(np.stack([e[0] + e[1], e[0] - e[1], e[0] + e[1], e[2], e[0] + e[2]]))
+    np.testing.assert_allclose(feature_proximity(d2, [0, 1], agg="span")[3:], span[3:], atol=1e-6)
+    assert np.isnan(feature_proximity(d, [0], agg="span")[0])  # a lone harmful latent
+    with pytest.raises(ValueError, match="agg must be one of"):
+        feature_proximity(d, [0, 1], agg="median")
+
+
 def test_proximity_is_invariant_to_decoder_row_scaling():
     w, harmful, _, _ = planted_decoder()
     scaled = w * np.random.default_rng(1).uniform(0.1, 10, size=(w.shape[0], 1))

@@ -63,7 +63,7 @@ _SHARED_OPTIONS = {
     "min_freq": (float, typer.Option(_default("geometry", "min_freq"), help="A harmful feature must fire on this fraction of harmful rows.")),
     "k": (int, typer.Option(_default("geometry", "k"), help="geometry: target features per sample.")),
     "scorer": (str, typer.Option(_default("geometry", "scorer"), help="geometry: weighted_mean, weighted_max, max, top5_mean.")),
-    "proximity": (str, typer.Option(_default("geometry", "proximity"), help="geometry: max or mean cosine to the harmful set.")),
+    "proximity": (str, typer.Option(_default("geometry", "proximity"), help="geometry: max or mean cosine to the harmful set, or span: cosine to the set's span.")),
     "max_target_freq": (float | None, typer.Option(None, help="geometry: ignore target latents firing on more "
                                                   "than this fraction of the benign references (generic latents).")),
     "agg": (str, typer.Option(_default("gradient", "agg"), help="gradient: positive (mean push up of the "

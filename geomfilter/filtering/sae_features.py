@@ -15,7 +15,7 @@ import numpy as np
 
 from ..cache import ActivationCache
 from ..features import FeatureSet, SampleTargets, explicit_features, harmful_features, sample_targets
-from ..geometry import SCORERS, feature_proximity, nearest_harmful, score_targets, unit_directions
+from ..geometry import PROXIMITIES, SCORERS, feature_proximity, nearest_harmful, score_targets, unit_directions
 from ..samples import Sample
 from .base import OptionChecks, SampleFilter, own_rows
 
@@ -101,7 +101,7 @@ class GeometryFilter(_HarmfulFeatureFilter):
 
     ``sae``: the SAE or its ``W_dec`` (``[d_sae, d_in]``); ``fit`` turns it into unit decoder
     directions ``directions_``. Per latent ``f``: ``p_f`` = ``proximity`` (max or mean) cosine
-    of its decoder direction to the harmful set (self excluded). Per sample: its top-``k``
+    of its decoder direction to the harmful set, or (``span``) to the set's span (self excluded). Per sample: its top-``k``
     target latents by pooled activation (or their increase over the model's own answer, with
     ``own=``), aggregated by ``scorer`` (see :data:`geomfilter.geometry.SCORERS`).
     ``max_target_freq``: latents that fire on more than this fraction of the *benign*
@@ -113,7 +113,7 @@ class GeometryFilter(_HarmfulFeatureFilter):
         "k": (lambda v: v >= 1, "must be >= 1"),
         "max_target_freq": (lambda v: v is None or 0 < v <= 1, "must be in (0, 1]"),
         "scorer": (lambda v: v in SCORERS, f"must be one of {sorted(SCORERS)}"),
-        "proximity": (lambda v: v in ("max", "mean"), "must be 'max' or 'mean'"),
+        "proximity": (lambda v: v in PROXIMITIES, f"must be one of {list(PROXIMITIES)}"),
     }
 
     def __init__(self, sae: Any = None, *, n_harmful: int = 100, harmful_method: str = "contrast",
@@ -133,6 +133,8 @@ class GeometryFilter(_HarmfulFeatureFilter):
         super()._check_settings()
         if self.scorer not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer!r}; choose one of {sorted(SCORERS)}")
+        if self.proximity not in PROXIMITIES:
+            raise ValueError(f"unknown proximity {self.proximity!r}; choose one of {list(PROXIMITIES)}")
         if self.sae is None:
             raise ValueError("GeometryFilter needs the SAE (or its W_dec) for the decoder directions")
         if self.max_target_freq is not None and not 0 < self.max_target_freq <= 1:
