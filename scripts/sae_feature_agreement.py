@@ -26,6 +26,9 @@ With ``--halves``, each SAE's geometry is also fitted on each of two disjoint ha
 references each, the dictionary the same): the part of the harmful set and proximity field that the references'
 sampling moves, to set beside what a change of SAE moves.
 
+And per SAE, its proximity field by each way of measuring proximity (``max``, geometry's default; ``mean``; ``span``):
+its spread, and how far it follows which latents fire more on the harmful references than on the benign ones.
+
 Writes ``results.json`` and ``results.md`` under ``--out``.
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.features import split_by_pair  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.filtering import make_filter  # noqa: E402
+from geomfilter.geometry import PROXIMITIES, feature_proximity  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 
 REF = ROOT / "data" / "reference"
@@ -67,7 +71,8 @@ def reference_fits(sae, harmful: ActivationCache, benign: ActivationCache, halve
     (split as ``harmful_features`` splits them, seed 0). Each: unit decoder directions, harmful ids, every latent's
     proximity, which latents are on the references (in a reference answer's cached top latents), and the number
     of reference rows fitted on."""
-    on_refs = (harmful.dense("mean") > 0).any(axis=0) | (benign.dense("mean") > 0).any(axis=0)
+    fires_h, fires_b = (harmful.dense("mean") > 0).mean(axis=0), (benign.dense("mean") > 0).mean(axis=0)
+    on_refs = (fires_h > 0) | (fires_b > 0)
     refs = {"all": (harmful, benign)}
     if halves:
         mask_h, mask_b = split_by_pair(harmful, 0.5, 0), split_by_pair(benign, 0.5, 0)
@@ -77,7 +82,23 @@ def reference_fits(sae, harmful: ActivationCache, benign: ActivationCache, halve
     for name, (h, b) in refs.items():
         f = make_filter("geometry", sae=sae, **params).fit(h, b)
         out[name] = {"directions": f.directions_, "harmful": np.asarray(f.features_.ids), "proximity": f.proximity_,
-                     "on_references": on_refs, "n_rows": (len(h), len(b))}
+                     "on_references": on_refs, "n_rows": (len(h), len(b)), "harm_minus_benign": fires_h - fires_b}
+    return out
+
+
+def proximity_field(fit: dict) -> dict[str, dict]:
+    """For each way of measuring a latent's proximity (``PROXIMITIES``), over the latents on the references: its
+    10 %, 50 % and 90 % quantiles, and its Spearman correlation with how much more often a latent fires on the harmful
+    references than on the benign ones (``harm_minus_benign``: the share of harmful answers it is among the top latents
+    of minus the share of benign ones): how much of the harm signal the proximity carries."""
+    on = fit["on_references"]
+    out = {}
+    for agg in PROXIMITIES:
+        p = feature_proximity(fit["directions"], fit["harmful"], agg)[on]
+        ok = np.isfinite(p)
+        q10, q50, q90 = np.quantile(p[ok], [0.1, 0.5, 0.9])
+        out[agg] = {"q10": float(q10), "median": float(q50), "q90": float(q90),
+                    "spearman_harm_minus_benign": spearman(p[ok], fit["harm_minus_benign"][on][ok])}
     return out
 
 
@@ -140,6 +161,15 @@ def render(table: dict) -> str:
              "| A | B | A's latents | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
     for p in table["pairs"]:
         lines.append(f"| {p['a']} | {p['b']} | {p['on_references']} | " + " | ".join(f(p) for _, f in COLUMNS) + " |")
+    lines += ["\nEach SAE's proximity field over its latents on the references, by how proximity is measured (`max`: "
+              "the cosine to the nearest harmful latent, geometry's default; `mean`; `span`: the cosine to the harmful "
+              "set's span): quantiles, and the Spearman correlation with how much more often a latent is among the top "
+              "latents of harmful reference answers than of benign ones.\n",
+              "| SAE | proximity | 10 % | median | 90 % | Spearman with harmful − benign firing |", "|---|---|---|---|---|---|"]
+    for label, field in table["proximity_field"].items():
+        for agg, f in field.items():
+            lines.append(f"| {label} | {agg} | {f['q10']:.2f} | {f['median']:.2f} | {f['q90']:.2f} | "
+                         f"{f['spearman_harm_minus_benign']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.halves:
         pairs += [{"a": f"{label} (half 0)", "b": f"{label} (half 1)",
                    **agreement(fits["half 0"], fits["half 1"], args.match)} for label, fits in fitted.items()]
-    table = {"saes": specs, "match": args.match, "pairs": pairs, "command": script_command(__file__, argv)}
+    table = {"saes": specs, "match": args.match, "pairs": pairs,
+             "proximity_field": {label: proximity_field(fits["all"]) for label, fits in fitted.items()},
+             "command": script_command(__file__, argv)}
     text = render(table)
     write_json_and_markdown(args.out, "results", table, text)
     print(text)

@@ -109,3 +109,18 @@ def test_span_overlap_reads_a_subspace_sliced_differently():
     assert r["harmful_span_overlap"] == pytest.approx(1.0)
     # a half-overlapping span: e0 inside, e2 orthogonal to the diagonal plane
     assert sfa.span_overlap(DIRS[[0, 2]], b_dirs[[0, 1]]) == pytest.approx((0.5, 0.5))
+
+
+def test_proximity_field_follows_the_latents_that_fire_on_harm():
+    # harmful set e0, e1; the diagonal d01 lies in their plane; latents e2, e3, d23 are orthogonal to it. The latents
+    # that fire more on harmful references are those near the plane: the harm signal's order
+    a = _geometry(DIRS, [0, 1])
+    a["harm_minus_benign"] = np.array([0.9, 0.8, -0.3, -0.2, 0.5, -0.4])
+    field = sfa.proximity_field(a)
+    assert set(field) == {"max", "mean", "span"}
+    # span proximity: e0 / e1 against the other's span 0, e2 and e3 0, d01 1, d23 0
+    assert field["span"]["median"] == pytest.approx(0.0)
+    assert field["span"]["q90"] == pytest.approx(0.5)  # numpy's linear quantile of [0, 0, 0, 0, 0, 1]
+    # max proximity: e0 0, e1 0, e2 0, e3 0, d01 0.71, d23 0 - the same order, so the same correlation
+    assert field["max"]["spearman_harm_minus_benign"] == pytest.approx(field["span"]["spearman_harm_minus_benign"])
+    assert field["max"]["spearman_harm_minus_benign"] > 0
