@@ -126,23 +126,22 @@ def spread_lines(name: str, spread: dict, splits: list[str]) -> list[str]:
 
 
 def score_agreement(scores: dict[str, dict], groups: dict[str, list[str]]) -> dict:
-    """Per SAE strategy and split with per-row scores in every SAE's ``scores.json``: the Spearman correlation of
-    the rows' scores for every pair of SAEs, each pair a ``seeds`` pair (both in one group) or a ``recipes`` pair,
-    and per kind the mean, lowest and highest."""
+    """Per SAE strategy and split with per-row scores in two or more SAEs' ``scores.json``: the Spearman correlation
+    of the rows' scores for every pair of those SAEs, each pair a ``seeds`` pair (both in one group) or a ``recipes``
+    pair, and per kind the mean, lowest and highest (and how many pairs)."""
     same = {frozenset((a, b)) for members in groups.values() for a in members for b in members if a != b}
-    labels = list(scores)
     out: dict = {}
     for strat in SAE_STRATEGIES:
-        for split in scores[labels[0]]:
-            runs = [scores[lab].get(split, {}) for lab in labels]
-            if not all("ids" in r and r.get(strat) for r in runs):
-                continue  # a fold-averaged split, or a strategy not every SAE was measured with
-            if any(r["ids"] != runs[0]["ids"] for r in runs):
+        for split in dict.fromkeys(sp for sc in scores.values() for sp in sc):
+            runs = {lab: r for lab, sc in scores.items() if "ids" in (r := sc.get(split, {})) and r.get(strat)}
+            if len(runs) < 2:
+                continue  # a fold-averaged split, or a strategy measured with one SAE only
+            labels = list(runs)
+            if any(runs[lab]["ids"] != runs[labels[0]]["ids"] for lab in labels):
                 raise SystemExit(f"{split}: the SAEs' scores.json hold different rows; measure them on the same splits")
-            pairs = [{"a": labels[i], "b": labels[j],
-                      "kind": "seeds" if frozenset((labels[i], labels[j])) in same else "recipes",
-                      "spearman": spearman(runs[i][strat], runs[j][strat])}
-                     for i in range(len(labels)) for j in range(i + 1, len(labels))]
+            pairs = [{"a": a, "b": b, "kind": "seeds" if frozenset((a, b)) in same else "recipes",
+                      "spearman": spearman(runs[a][strat], runs[b][strat])}
+                     for i, a in enumerate(labels) for b in labels[i + 1:]]
             cell: dict = {"pairs": pairs}
             for kind in ("seeds", "recipes"):
                 vals = [p["spearman"] for p in pairs if p["kind"] == kind]

@@ -139,3 +139,15 @@ def test_ensemble_of_a_strategy_fitted_on_part_of_a_split_reads_its_held_out_row
     # plain geometry is fitted on the references: all four rows; positive r2 beats r1 and ties r3, r4 beats r1 only
     g = out["geometry"]["model_answers"]
     assert (g["n_pos"], g["n_neg"]) == (2, 2) and g["auroc"] == pytest.approx((1 + 0.5 + 1 + 0) / 4)
+
+
+def test_agreement_pairs_the_saes_that_have_the_strategy():
+    ids = ["r1", "r2", "r3"]
+    scores = {"s0": {"mixed": {"ids": ids, "geometry": [1, 2, 3], "geometry --proximity span": [1, 2, 3]}},
+              "s1": {"mixed": {"ids": ids, "geometry": [1, 3, 2], "geometry --proximity span": [3, 2, 1]}},
+              "old": {"mixed": {"ids": ids, "geometry": [1, 2, 3]}, "loco": {"folds": {}}}}  # measured before span
+    out = cso.score_agreement(scores, {"r": ["s0", "s1"]})
+    assert out["geometry"]["mixed"]["seeds"]["n"] == 1 and out["geometry"]["mixed"]["recipes"]["n"] == 2
+    span = out["geometry --proximity span"]["mixed"]
+    assert span["seeds"] == pytest.approx({"mean": -1.0, "low": -1.0, "high": -1.0, "n": 1}) and "recipes" not in span
+    assert "loco" not in out["geometry"]
