@@ -96,19 +96,21 @@ def feature_proximity(directions: np.ndarray, harmful: Sequence[int], agg: str =
     return out.astype(np.float32)
 
 
-def _span_basis(rows: np.ndarray) -> np.ndarray:
-    """An orthonormal basis ``[d_in, r]`` of the span of ``rows`` (dependent rows add nothing)."""
-    q, r = np.linalg.qr(rows.T.astype(np.float64))
-    return q[:, np.abs(np.diag(r)) > 1e-6 * max(1.0, float(np.abs(np.diag(r)).max(initial=0.0)))]
+def span_basis(rows: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """An orthonormal basis ``[d_in, r]`` of the span of ``rows`` ``[n, d_in]``: the left singular vectors of
+    ``rows.T`` whose singular value is above ``rtol`` times the largest (dependent rows add nothing)."""
+    u, sv, _ = np.linalg.svd(np.asarray(rows, dtype=np.float64).T, full_matrices=False)
+    return u[:, sv > rtol * sv.max(initial=0.0)] if sv.size else u
 
 
 def _span_proximity(directions: np.ndarray, harmful: np.ndarray) -> np.ndarray:
+    """Per latent, the length of its unit direction's projection on the span of the harmful directions (a harmful
+    latent: on the span of the others; NaN for a lone one)."""
     d = directions.astype(np.float64)
-    q = _span_basis(d[harmful])
-    out = np.linalg.norm(d @ q, axis=1)
-    for j in harmful:  # a harmful latent: the span of the others
+    out = np.linalg.norm(d @ span_basis(d[harmful]), axis=1)
+    for j in harmful:
         others = harmful[harmful != j]
-        out[j] = np.linalg.norm(d[j] @ _span_basis(d[others])) if others.size else np.nan
+        out[j] = np.linalg.norm(d[j] @ span_basis(d[others])) if others.size else np.nan
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

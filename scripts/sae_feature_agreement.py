@@ -49,7 +49,7 @@ from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.features import split_by_pair  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.filtering import make_filter  # noqa: E402
-from geomfilter.geometry import PROXIMITIES, feature_proximity  # noqa: E402
+from geomfilter.geometry import PROXIMITIES, feature_proximity, span_basis  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
 
 REF = ROOT / "data" / "reference"
@@ -115,8 +115,7 @@ def _best_match(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> tuple[np.nda
 def span_overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """The mean squared length of the projection of the unit rows ``a`` on the span of the rows ``b``, and what
     random unit rows would give (the span's dimension over the space's)."""
-    q, r = np.linalg.qr(b.T.astype(np.float64))
-    q = q[:, np.abs(np.diag(r)) > 1e-8]  # the span's orthonormal basis (dependent rows add nothing)
+    q = span_basis(b)
     return float(((a.astype(np.float64) @ q) ** 2).sum(axis=1).mean()), q.shape[1] / a.shape[1]
 
 

@@ -14,6 +14,7 @@ from geomfilter.geometry import (
     nearest_harmful,
     permutation_control,
     score_targets,
+    span_basis,
     unit_directions,
 )
 from geomfilter.stats import auroc, bootstrap_auroc, precision_at
@@ -203,3 +204,14 @@ def test_frequency_matched_sample_matches_bins_and_excludes():
     pick = frequency_matched_sample(freq, like, rng, exclude=like, n_bins=10)
     assert len(pick) == 5 and not set(pick) & set(like)
     assert (freq[pick] < 0.1).sum() == 3 and (freq[pick] >= 0.7).sum() == 2
+
+
+def test_span_basis_drops_dependent_rows_wherever_they_sit():
+    e = np.eye(5)
+    # a dependent row first, then two independent ones: the span is the e0-e1 plane (2 dimensions)
+    rows = np.stack([e[0] + e[1], 2 * (e[0] + e[1]), e[0], e[1] - e[0]])
+    q = span_basis(rows)
+    assert q.shape == (5, 2)
+    np.testing.assert_allclose(q.T @ q, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(e[:2] @ q, axis=1), [1, 1], atol=1e-12)
+    assert np.linalg.norm(e[2] @ q) == pytest.approx(0.0, abs=1e-12)

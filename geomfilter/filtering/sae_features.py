@@ -101,9 +101,10 @@ class GeometryFilter(_HarmfulFeatureFilter):
 
     ``sae``: the SAE or its ``W_dec`` (``[d_sae, d_in]``); ``fit`` turns it into unit decoder
     directions ``directions_``. Per latent ``f``: ``p_f`` = ``proximity`` (max or mean) cosine
-    of its decoder direction to the harmful set, or (``span``) to the set's span (self excluded). Per sample: its top-``k``
-    target latents by pooled activation (or their increase over the model's own answer, with
-    ``own=``), aggregated by ``scorer`` (see :data:`geomfilter.geometry.SCORERS`).
+    of its decoder direction to the harmful set, or (``span``) to the set's span (self excluded).
+    Per sample: its top-``k`` target latents by pooled activation (or their increase over the
+    model's own answer, with ``own=``), aggregated by ``scorer`` (see
+    :data:`geomfilter.geometry.SCORERS`).
     ``max_target_freq``: latents that fire on more than this fraction of the *benign*
     references (generic, dense latents) are not used as targets.
     """
