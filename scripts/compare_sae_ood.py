@@ -42,8 +42,9 @@ from measure_filters_ood import auroc_cell  # noqa: E402
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.stats import bootstrap_auroc, paired_bootstrap_auroc  # noqa: E402
 
-#: the strategies of measure_filters_ood.py that read the SAE (features, decoder directions)
-SAE_STRATEGIES = ("geometry", "geometry --proximity span", "activation", "gradient", "gradient --agg mean",
+#: the strategies of measure_filters_ood.py that read the SAE (features, decoder directions; the default ensemble
+#: through its activation member)
+SAE_STRATEGIES = ("geometry", "geometry --proximity span", "activation", "ensemble", "gradient", "gradient --agg mean",
                   "geometry (c)", "activation (c)", "gradient (c)")
 
 
