@@ -16,7 +16,8 @@ module can use it without an import loop.
   gives the per-draw part of per-item rates of 0/1 draws);
 * :func:`precision_at` - precision / recall of the top-scoring fraction against the base rate;
   :func:`wilson_interval` - a proportion's (e.g. that precision's) Wilson score interval;
-* :func:`group_stats` - score distribution per group label.
+* :func:`group_stats` - score distribution per group label;
+* :func:`spearman` - Spearman's rank correlation, NaN where no order can be correlated.
 
 Bootstraps are seeded (``numpy.random.default_rng(seed)``) and draw their
 resamples in a fixed order, so every number is reproducible from its seed.
@@ -114,6 +115,14 @@ def paired_bootstrap_auroc(pos_a: np.ndarray, neg_a: np.ndarray, pos_b: np.ndarr
     return {"diff": a - b, "a": a, "b": b, "ci_low": lo, "ci_high": hi,
             "mdd": minimum_detectable_difference(se=float(boots.std(ddof=1)), level=level, power=power),
             "level": level, "n_boot": n_boot, "n_pos": int(len(pa)), "n_neg": int(len(na))}
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation; NaN with fewer than 3 pairs or a constant side (no order to correlate)."""
+    from scipy.stats import spearmanr  # scipy is imported by the few callers only
+
+    x, y = np.asarray(x), np.asarray(y)
+    return float(spearmanr(x, y).statistic) if len(x) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------- bootstrap CIs

@@ -36,11 +36,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import measure_filters_ood as ood  # noqa: E402
-from judge_metrics import spearman  # noqa: E402
 from measure_filters_ood import auroc_cell  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
-from geomfilter.stats import bootstrap_auroc, paired_bootstrap_auroc  # noqa: E402
+from geomfilter.stats import bootstrap_auroc, paired_bootstrap_auroc, spearman  # noqa: E402
 
 #: the strategies of measure_filters_ood.py that read the SAE (features, decoder directions; the default ensemble
 #: through its activation member)

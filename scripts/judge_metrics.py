@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from judge_labels import col, judge_flag, label_flag, label_low_alignment
 
-from geomfilter.stats import auroc, cluster_bootstrap
+from geomfilter.stats import auroc, cluster_bootstrap, spearman
 
 
 def auroc_or_nan(pos, neg) -> float:
@@ -28,14 +28,6 @@ def kappa(a: np.ndarray, b: np.ndarray) -> float:
     po = (a == b).mean()
     pe = a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean())
     return float((po - pe) / (1 - pe)) if pe < 1 else float("nan")
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation; NaN with fewer than 3 pairs or a constant side (no order to correlate)."""
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x), np.asarray(y)
-    return float(spearmanr(x, y).statistic) if len(x) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
 
 
 def metric_fns(pred: dict, lab: dict) -> dict:

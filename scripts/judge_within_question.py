@@ -44,7 +44,7 @@ from judge_contrasts import contrast_rates, run_contrasts  # noqa: E402
 from judge_labels import col  # noqa: E402
 
 from geomfilter.files import script_command  # noqa: E402
-from geomfilter.stats import cluster_bootstrap, within_group_auroc  # noqa: E402
+from geomfilter.stats import cluster_bootstrap, spearman, within_group_auroc  # noqa: E402
 
 LABELS = "labels: mean misalignment"
 PAIRS = "geometry-0.50:random-0.50,geometry-0.50:misaligned,random-0.50:misaligned,misaligned:base"
@@ -86,8 +86,8 @@ def decomposition_fns(score: np.ndarray, label: np.ndarray, alignment: np.ndarra
     def within(i):
         return demean(label[i], groups[i]), demean(score[i], groups[i])
 
-    return {"between_slope": lambda i: _slope(*question_means(i)), "between_spearman": lambda i: jm.spearman(*question_means(i)),
-            "within_slope": lambda i: _slope(*within(i)), "within_spearman": lambda i: jm.spearman(*within(i)),
+    return {"between_slope": lambda i: _slope(*question_means(i)), "between_spearman": lambda i: spearman(*question_means(i)),
+            "within_slope": lambda i: _slope(*within(i)), "within_spearman": lambda i: spearman(*within(i)),
             "within_auroc": within_group_auroc(score, alignment < 30, alignment >= 70, groups),
             "pooled_auroc": lambda i: jm.auroc_or_nan(score[i][alignment[i] < 30], score[i][alignment[i] >= 70])}
 

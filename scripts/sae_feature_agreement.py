@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from judge_metrics import spearman  # noqa: E402
 
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.features import split_by_pair  # noqa: E402
@@ -51,6 +50,7 @@ from geomfilter.files import script_command, write_json_and_markdown  # noqa: E4
 from geomfilter.filtering import make_filter  # noqa: E402
 from geomfilter.geometry import PROXIMITIES, feature_proximity, span_basis  # noqa: E402
 from geomfilter.pipeline import CacheBuilder, FilterConfig, FilterRunner  # noqa: E402
+from geomfilter.stats import spearman  # noqa: E402
 
 REF = ROOT / "data" / "reference"
 

@@ -518,3 +518,12 @@ def test_difference_of_means_resamples_each_sample_on_its_own():
     assert difference_of_means([2.0] * 5, [2.0] * 3, n_boot=50) == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n_a": 5,
                                                                    "n_b": 3}
     assert np.isnan(difference_of_means([], [1.0])["mean"])
+
+
+def test_spearman_ranks_and_refuses_what_has_no_order():
+    from geomfilter.stats import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 2], [1, 2]))  # fewer than 3 pairs
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))  # a constant side
