@@ -125,6 +125,12 @@ def spread_lines(name: str, spread: dict, splits: list[str]) -> list[str]:
             "`references_loco` by its mean over folds, the worst split by its worst fold):\n", *lines]
 
 
+def _check_same_rows(split: str, runs: list[dict], who: str) -> None:
+    """Refuse per-row scores of ``split`` that do not cover the same rows in the same order."""
+    if any(r["ids"] != runs[0]["ids"] for r in runs):
+        raise SystemExit(f"{split}: the {who}' scores.json hold different rows; measure them on the same splits")
+
+
 def score_agreement(scores: dict[str, dict], groups: dict[str, list[str]]) -> dict:
     """Per SAE strategy and split with per-row scores in two or more SAEs' ``scores.json``: the Spearman correlation
     of the rows' scores for every pair of those SAEs, each pair a ``seeds`` pair (both in one group) or a ``recipes``
@@ -137,8 +143,7 @@ def score_agreement(scores: dict[str, dict], groups: dict[str, list[str]]) -> di
             if len(runs) < 2:
                 continue  # a fold-averaged split, or a strategy measured with one SAE only
             labels = list(runs)
-            if any(runs[lab]["ids"] != runs[labels[0]]["ids"] for lab in labels):
-                raise SystemExit(f"{split}: the SAEs' scores.json hold different rows; measure them on the same splits")
+            _check_same_rows(split, list(runs.values()), "SAEs")
             pairs = [{"a": a, "b": b, "kind": "seeds" if frozenset((a, b)) in same else "recipes",
                       "spearman": spearman(runs[a][strat], runs[b][strat])}
                      for i, a in enumerate(labels) for b in labels[i + 1:]]
@@ -179,9 +184,8 @@ def seed_ensemble(scores: dict[str, dict], members: list[str], rows: dict[str, d
             runs = [scores[m].get(split, {}) for m in members]
             if not all("ids" in r and r.get(strat) for r in runs):
                 continue
+            _check_same_rows(split, runs, "seeds")
             ids = runs[0]["ids"]
-            if any(r["ids"] != ids for r in runs):
-                raise SystemExit(f"{split}: the seeds' scores.json hold different rows; measure them on the same splits")
             keep = np.array([not ood.fitted_on(strat, split) or i in held_rows.get(split, ()) for i in ids])
             y = np.array([bool(rows[split][i]["inducing"]) for i in ids])[keep]
             member = [np.asarray(r[strat], dtype=np.float64)[keep] for r in runs]
