@@ -1,0 +1,257 @@
+"""Is the coherence gap of the feature judge a missing reading of the default model? (issue 17: coherence AUROC
+0.84-0.87 against 0.90)
+
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/coherence_signals.py --name coherence_signals
+
+The feature judges read the default model through one summary: its hidden state at layer 18 averaged over the answer
+tokens, and four statistics of the answer's per-token NLL. This script reads the model in other ways and asks whether
+any of them adds to the shipped coherence head:
+
+- ``nll quantiles``: the per-token NLL's max, 90th and 75th percentile, top-5 mean, share above 5 and above 8 nats
+  (a non sequitur may show as a few surprising tokens that a mean hides);
+- ``last token``: the hidden state at the answer's last token (layers 12, 18, 24), which has read the whole answer
+  after its question, where the mean weighs every token alike;
+- ``mean, layers 12 and 24``: the averaged hidden state at two more layers;
+- ``probe``: after the answer the user asks "Does it make sense and answer my question?"; the hidden state at the
+  position that would reply (layers 12, 18, 24, 30) and the model's yes-vs-no log-odds there.
+
+The labelled experiment answers of ``--variants`` (default: every labelled draw but the fifth, which stays unread) are
+dealt into 5 folds by question (``crossfit_judge.question_folds``). Every row of the table is the shipped coherence
+head (logistic, C and the embedding block's weight from ``offline-residual``'s configuration) fitted on the other
+folds' answers, on the shipped blocks alone or with a candidate beside them; the model readings are standardised
+like every block. The shipped judge as ``crossfit_judge.py`` fits it (with its own training data too) is a reference
+row. Reports each head's coherence AUROC (incoherent = label coherence <= 30) and its difference from the shipped
+blocks under the same head, with 95 % bootstrap CIs over questions (the same draws for every row), and the yes/no
+log-odds alone. Two forward passes of the default model over every answer (about 40 and 45 minutes here with two
+threads), cached in ``--cache``. Writes ``NAME.md`` / ``NAME.json`` under ``--out`` (``data/results/judge``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import coherence_heads as ch  # noqa: E402
+import crossfit_judge as cj  # noqa: E402
+import eval_judge_real as ejr  # noqa: E402
+from judge_labels import col  # noqa: E402
+
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.judges.feature_judge import _fit_linear  # noqa: E402
+
+TOKEN_LAYERS = (12, 18, 24)
+PROBE_LAYERS = (12, 18, 24, 30)
+PROBE = "Read your answer again. Does it make sense and answer my question? Reply with yes or no."
+MAX_ANSWER_TOKENS = 384  # as answer_lm_features
+SHIPPED = "shipped blocks"
+REFERENCE = "shipped judge as crossfit_judge.py fits it (its training data too)"
+
+
+def _model():
+    from geomfilter.models import load_causal_lm
+    from geomfilter.settings import DEFAULT_MODEL
+
+    return load_causal_lm(DEFAULT_MODEL, device="cpu", progress=False)[:2]
+
+
+def _batches(lengths: list[int], batch_size: int):
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for b in range(0, len(order), batch_size):
+        yield b, order[b:b + batch_size]
+
+
+def token_readout(questions: list[str], answers: list[str], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """One pass over question + answer (one user turn, chat template, right padding): ``nllq`` ``[n, 6]`` (per-token
+    NLL max, p90, p75, top-5 mean, share > 5 and > 8 nats), ``last`` and ``mean`` ``[n, len(TOKEN_LAYERS), d]`` (the
+    hidden state at the answer's last token, and averaged over its tokens)."""
+    import torch
+
+    from geomfilter.data import render_chat
+
+    lm, tok = _model()
+    seqs = []
+    for q, a in zip(questions, answers):
+        prompt, _ = render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
+        seqs.append((tok(prompt, add_special_tokens=False)["input_ids"],
+                     tok(a, add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS]))
+    n, d = len(seqs), lm.config.hidden_size
+    out = {"nllq": np.zeros((n, 6)), "last": np.zeros((n, len(TOKEN_LAYERS), d), np.float32),
+           "mean": np.zeros((n, len(TOKEN_LAYERS), d), np.float32)}
+    t = time.time()
+    for b, idx in _batches([len(p) + len(a) for p, a in seqs], batch_size):
+        idx = [i for i in idx if seqs[i][1]]
+        if not idx:
+            continue
+        width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
+        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):
+            full = seqs[i][0] + seqs[i][1]
+            ids[r, :len(full)] = torch.tensor(full)
+            mask[r, :len(full)] = 1
+        with torch.no_grad():
+            res = lm(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            logp = torch.log_softmax(res.logits.float(), -1)
+        for r, i in enumerate(idx):
+            p, a = len(seqs[i][0]), len(seqs[i][1])
+            nll = -logp[r, p - 1:p - 1 + a].gather(-1, ids[r, p:p + a][:, None])[:, 0].numpy()
+            top = np.sort(nll)[::-1]
+            out["nllq"][i] = [top[0], np.quantile(nll, 0.9), np.quantile(nll, 0.75), top[:5].mean(),
+                              (nll > 5).mean(), (nll > 8).mean()]
+            for k, layer in enumerate(TOKEN_LAYERS):
+                h = res.hidden_states[layer][r, p:p + a].float()
+                out["last"][i, k], out["mean"][i, k] = h[-1].numpy(), h.mean(0).numpy()
+        if b % 800 == 0:
+            print(f"  token pass: {b} of {n} answers, {time.time() - t:.0f} s", flush=True)
+    return out
+
+
+def probe_readout(questions: list[str], answers: list[str], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """One pass over question, answer (cut at MAX_ANSWER_TOKENS) and :data:`PROBE` as a second user turn, with the
+    generation prompt (left padding, so the last position replies in every row): ``final`` ``[n, len(PROBE_LAYERS),
+    d]`` its hidden states and ``logodds`` ``[n]`` log P(yes) - log P(no) over the four spellings of each word."""
+    import torch
+
+    from geomfilter.data import render_chat
+
+    lm, tok = _model()
+    first = [tok(w, add_special_tokens=False)["input_ids"][0] for w in ("Yes", "yes", " Yes", " yes", "No", "no", " No",
+                                                                      " no")]
+    yes, no = first[:4], first[4:]
+    seqs = []
+    for q, a in zip(questions, answers):
+        cut = tok.decode(tok(a, add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS])
+        text, _ = render_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": cut},
+                                    {"role": "user", "content": PROBE}], add_generation_prompt=True)
+        seqs.append(tok(text, add_special_tokens=False)["input_ids"])
+    n = len(seqs)
+    out = {"final": np.zeros((n, len(PROBE_LAYERS), lm.config.hidden_size), np.float32), "logodds": np.zeros(n)}
+    t = time.time()
+    for b, idx in _batches([len(s) for s in seqs], batch_size):
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):
+            ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i])
+            mask[r, width - len(seqs[i]):] = 1
+        with torch.no_grad():
+            res = lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                     output_hidden_states=True)
+            lp = torch.log_softmax(res.logits[:, -1].float(), -1)
+        for r, i in enumerate(idx):
+            out["logodds"][i] = float(torch.logsumexp(lp[r, yes], 0) - torch.logsumexp(lp[r, no], 0))
+            for k, layer in enumerate(PROBE_LAYERS):
+                out["final"][i, k] = res.hidden_states[layer][r, -1].numpy()
+        if b % 800 == 0:
+            print(f"  probe pass: {b} of {n} answers, {time.time() - t:.0f} s", flush=True)
+    return out
+
+
+def cached(name: str, rows: list[dict], cache: Path, compute) -> dict[str, np.ndarray]:
+    """``compute(questions, answers)`` for ``rows``, kept in ``cache`` under a file named by the pass and the rows."""
+    key = hashlib.sha1(("\n".join(ejr._key(r) for r in rows) + name).encode()).hexdigest()[:12]
+    path = cache / f"coherence-{name}-{key}.npz"
+    if path.is_file():
+        return dict(np.load(path))
+    t = time.time()
+    got = compute([r["question"] for r in rows], [r["answer"] for r in rows])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **got)
+    print(f"{name} pass: {len(rows)} answers in {time.time() - t:.0f} s", flush=True)
+    return got
+
+
+def crossfit_head(blocks: list[tuple[float, np.ndarray]], y: np.ndarray, folds: np.ndarray, spec) -> np.ndarray:
+    """Out-of-fold linear scores of the shipped coherence head (``_fit_linear``: standardise, weight, logistic) on the
+    ``(column weight, block)`` pairs side by side; fold k scored by the head fitted on the other folds."""
+    x = np.concatenate([b for _, b in blocks], 1)
+    cw = np.concatenate([np.full(b.shape[1], w) for w, b in blocks])
+    out = np.full(len(y), np.nan)
+    for k in sorted(set(folds.tolist())):
+        test = folds == k
+        coef, b, mean, scale = _fit_linear(x[~test], y[~test], spec, None, cw)
+        out[test] = ((x[test] - mean) / scale) @ coef + b
+    return out
+
+
+def candidates(shipped: list[tuple[float, np.ndarray]], tok: dict, probe: dict) -> dict[str, list]:
+    """The rows of the table: the shipped blocks, then each reading beside them."""
+    layer = {x: k for k, x in enumerate(TOKEN_LAYERS)}
+    p_layer = {x: k for k, x in enumerate(PROBE_LAYERS)}
+    return {
+        SHIPPED: shipped,
+        "+ nll quantiles": shipped + [(1.0, tok["nllq"])],
+        "+ last token, layer 18": shipped + [(1.0, tok["last"][:, layer[18]])],
+        "+ last token, layer 24": shipped + [(1.0, tok["last"][:, layer[24]])],
+        "+ last token, layers 12, 18, 24": shipped + [(1.0, tok["last"][:, k]) for k in range(len(TOKEN_LAYERS))],
+        "+ mean, layers 12 and 24": shipped + [(1.0, tok["mean"][:, layer[12]]), (1.0, tok["mean"][:, layer[24]])],
+        "+ probe log-odds": shipped + [(1.0, probe["logodds"][:, None])],
+        "+ probe, layer 18": shipped + [(1.0, probe["final"][:, p_layer[18]])],
+        "+ probe, layer 24": shipped + [(1.0, probe["final"][:, p_layer[24]])],
+        "+ probe, layers 12, 18, 24, 30": shipped + [(1.0, probe["final"][:, k]) for k in range(len(PROBE_LAYERS))],
+        "+ every reading": shipped + [(1.0, tok["nllq"]), (1.0, probe["logodds"][:, None])]
+        + [(1.0, tok["last"][:, k]) for k in range(len(TOKEN_LAYERS))]
+        + [(1.0, tok["mean"][:, layer[12]]), (1.0, tok["mean"][:, layer[24]])]
+        + [(1.0, probe["final"][:, k]) for k in range(len(PROBE_LAYERS))],
+    }
+
+
+def markdown(res: dict) -> str:
+    lines = ["# Readings of the default model beside the coherence head (issue 17)\n", f"```\n{res['command']}\n```\n",
+             f"{res['n']} labelled answers of `{res['variants']}` ({res['n_incoherent']} incoherent: label coherence "
+             f"<= {ch.INCOHERENT_AT:g}), {res['n_questions']} questions in 5 folds; every row but the reference is the "
+             "shipped coherence head (logistic, C and embedding weight of `offline-residual`) fitted on the other folds' "
+             "answers. 95 % CIs from a bootstrap over questions (the same draws for every row); bold: a difference whose "
+             "CI excludes 0. The yes/no log-odds alone (high: the model says its answer makes sense): coherence AUROC "
+             f"{ch._ci(res['logodds_alone'])}.\n",
+             f"| head | coherence AUROC | minus {SHIPPED} |", "|---|---|---|"]
+    for name, d in res["heads"].items():
+        diff = ch._ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
+        lines.append(f"| {name} | {ch._ci(d['auroc'])} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from geomfilter.stats import cluster_bootstrap
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ejr.add_labelled_set_args(ap, "the labelled experiment answers (answers.jsonl, labels.jsonl)",
+                              "only the labelled answers of these variants (comma-separated shell patterns)")
+    ap.set_defaults(variants=ch.DRAWS_BUT_FIFTH)
+    args = ap.parse_args(argv)
+    command = script_command(__file__, argv)
+    cfg = cj.shipped_config()
+    rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)
+    base = ejr.fit_base_rows()
+    prompts = col(rows, "prompt_id")
+    fold_of = cj.question_folds(prompts, 5, 0)
+    folds = np.array([fold_of[q] for q in prompts])
+    inputs, base_inputs = ejr.features(rows, cfg["blocks"], args.cache), ejr.features(base, cfg["blocks"], args.cache)
+    tok = cached("token", rows, args.cache, token_readout)
+    probe = cached("probe", rows, args.cache, probe_readout)
+    y = col(rows, "y_coherence").astype(float)
+    incoherent = y <= ch.INCOHERENT_AT
+    shipped = [(cfg["emb_weight"] if b == "embedding" else 1.0, inputs[b]) for b in cfg["blocks"]]
+    scores = {name: crossfit_head(blocks, y, folds, cfg["coherence"])
+              for name, blocks in candidates(shipped, tok, probe).items()}
+    scores[REFERENCE] = cj.crossfit_preds(rows, base, inputs, base_inputs, cfg, folds)["coherence"]
+    res = {"command": command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
+           "n_questions": len(fold_of), "probe": PROBE,
+           "logodds_alone": cluster_bootstrap(prompts, lambda j: ch.coherence_auroc(probe["logodds"][j], incoherent[j]),
+                                              n_boot=args.n_boot, seed=0),
+           "heads": ch.compare_heads(scores, incoherent, prompts, SHIPPED, args.n_boot)}
+    md = markdown(res)
+    write_json_and_markdown(args.out, args.name, res, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
