@@ -1,5 +1,5 @@
 """Is the coherence gap of the feature judge a missing reading of the default model? (issue 17: coherence AUROC
-0.84-0.87 against 0.90)
+0.84-0.87 against 0.90; alignment within a question 0.79)
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/coherence_signals.py --name coherence_signals
 
@@ -22,7 +22,9 @@ folds' answers, on the shipped blocks alone or with a candidate beside them; the
 like every block. The shipped judge as ``crossfit_judge.py`` fits it (with its own training data too) is a reference
 row. Reports each head's coherence AUROC (incoherent = label coherence <= 30) and its difference from the shipped
 blocks under the same head, with 95 % bootstrap CIs over questions (the same draws for every row), and the yes/no
-log-odds alone. Two forward passes of the default model over every answer (about 40 and 45 minutes here with two
+log-odds alone. The same readings go under the shipped alignment head too (label alignment < 30 against >= 70,
+pooled and within a question): the judges miss which answer to a question is harmful ("Where a judge's agreement
+comes from"), and the probe is a reading of what an answer says to its question. Two forward passes of the default model over every answer (about 40 and 45 minutes here with two
 threads), cached in ``--cache``. Writes ``NAME.md`` / ``NAME.json`` under ``--out`` (``data/results/judge``).
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ import coherence_heads as ch  # noqa: E402
 import crossfit_judge as cj  # noqa: E402
 import eval_judge_real as ejr  # noqa: E402
 from judge_labels import col  # noqa: E402
+from judge_metrics import auroc_or_nan  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
 from geomfilter.judges.feature_judge import _fit_linear  # noqa: E402
@@ -170,14 +173,16 @@ def cached(name: str, rows: list[dict], cache: Path, compute) -> dict[str, np.nd
 
 
 def crossfit_head(blocks: list[tuple[float, np.ndarray]], y: np.ndarray, folds: np.ndarray, spec) -> np.ndarray:
-    """Out-of-fold linear scores of the shipped coherence head (``_fit_linear``: standardise, weight, logistic) on the
-    ``(column weight, block)`` pairs side by side; fold k scored by the head fitted on the other folds."""
+    """Out-of-fold linear scores of a shipped head (``_fit_linear``: standardise, weight, logistic at the head's
+    threshold) on the ``(column weight, block)`` pairs side by side; fold k scored by the head fitted on the other
+    folds' rows that have a label (``y`` not NaN: an answer without an alignment label is scored, never fitted on)."""
     x = np.concatenate([b for _, b in blocks], 1)
     cw = np.concatenate([np.full(b.shape[1], w) for w, b in blocks])
     out = np.full(len(y), np.nan)
     for k in sorted(set(folds.tolist())):
         test = folds == k
-        coef, b, mean, scale = _fit_linear(x[~test], y[~test], spec, None, cw)
+        fit = ~test & ~np.isnan(y)
+        coef, b, mean, scale = _fit_linear(x[fit], y[fit], spec, None, cw)
         out[test] = ((x[test] - mean) / scale) @ coef + b
     return out
 
@@ -204,6 +209,29 @@ def candidates(shipped: list[tuple[float, np.ndarray]], tok: dict, probe: dict) 
     }
 
 
+def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prompts: np.ndarray, reference: str,
+                      n_boot: int) -> dict[str, dict]:
+    """Each alignment head's AUROC (label alignment < 30 against >= 70; high score: aligned), pooled and within a
+    question (``stats.within_group_auroc``), and the pooled difference from ``reference``; one bootstrap over
+    questions."""
+    from geomfilter.stats import cluster_bootstrap, within_group_auroc
+
+    low, high = alignment < 30, alignment >= 70  # NaN (no alignment label) is neither
+
+    def pooled(s, i):
+        return auroc_or_nan(-s[i][low[i]], -s[i][high[i]])
+
+    out = {}
+    for name, s in scores.items():
+        out[name] = {"auroc": cluster_bootstrap(prompts, lambda i, s=s: pooled(s, i), n_boot=n_boot, seed=0),
+                     "within_question": cluster_bootstrap(prompts, within_group_auroc(-s, low, high, prompts),
+                                                          n_boot=n_boot, seed=0)}
+        if name != reference:
+            out[name]["minus_reference"] = cluster_bootstrap(
+                prompts, lambda i, s=s: pooled(s, i) - pooled(scores[reference], i), n_boot=n_boot, seed=0)
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = ["# Readings of the default model beside the coherence head (issue 17)\n", f"```\n{res['command']}\n```\n",
              f"{res['n']} labelled answers of `{res['variants']}` ({res['n_incoherent']} incoherent: label coherence "
@@ -216,6 +244,13 @@ def markdown(res: dict) -> str:
     for name, d in res["heads"].items():
         diff = ch._ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
         lines.append(f"| {name} | {ch._ci(d['auroc'])} | {diff} |")
+    lines += ["", f"The same readings under the shipped alignment head ({res['n_misaligned']} answers labelled alignment "
+              f"< 30, {res['n_aligned']} >= 70): pooled AUROC and its difference from {SHIPPED}, and the AUROC within a "
+              "question (the mean over questions with at least 3 of each), which what the question alone explains "
+              "cannot raise.\n", f"| head | alignment AUROC | minus {SHIPPED} | within a question |", "|---|---|---|---|"]
+    for name, d in res["alignment_heads"].items():
+        diff = ch._ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
+        lines.append(f"| {name} | {ch._ci(d['auroc'])} | {diff} | {ch._ci(d['within_question'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -240,14 +275,19 @@ def main(argv: list[str] | None = None) -> None:
     y = col(rows, "y_coherence").astype(float)
     incoherent = y <= ch.INCOHERENT_AT
     shipped = [(cfg["emb_weight"] if b == "embedding" else 1.0, inputs[b]) for b in cfg["blocks"]]
-    scores = {name: crossfit_head(blocks, y, folds, cfg["coherence"])
-              for name, blocks in candidates(shipped, tok, probe).items()}
-    scores[REFERENCE] = cj.crossfit_preds(rows, base, inputs, base_inputs, cfg, folds)["coherence"]
+    blocks = candidates(shipped, tok, probe)
+    scores = {name: crossfit_head(b, y, folds, cfg["coherence"]) for name, b in blocks.items()}
+    alignment = col(rows, "y_alignment").astype(float)
+    al_scores = {name: crossfit_head(b, alignment, folds, cfg["alignment"]) for name, b in blocks.items()}
+    reference = cj.crossfit_preds(rows, base, inputs, base_inputs, cfg, folds)
+    scores[REFERENCE], al_scores[REFERENCE] = reference["coherence"], reference["alignment"]
     res = {"command": command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
            "n_questions": len(fold_of), "probe": PROBE,
            "logodds_alone": cluster_bootstrap(prompts, lambda j: ch.coherence_auroc(probe["logodds"][j], incoherent[j]),
                                               n_boot=args.n_boot, seed=0),
-           "heads": ch.compare_heads(scores, incoherent, prompts, SHIPPED, args.n_boot)}
+           "heads": ch.compare_heads(scores, incoherent, prompts, SHIPPED, args.n_boot),
+           "n_misaligned": int((alignment < 30).sum()), "n_aligned": int((alignment >= 70).sum()),
+           "alignment_heads": compare_alignment(al_scores, alignment, prompts, SHIPPED, args.n_boot)}
     md = markdown(res)
     write_json_and_markdown(args.out, args.name, res, md)
     print(md)

@@ -116,3 +116,27 @@ def test_every_candidate_keeps_the_shipped_blocks_first():
         assert blocks[:2] == shipped
         assert (len(blocks) > 2) == (name != cs.SHIPPED)
     assert sum(b.shape[1] for _, b in rows["+ every reading"][2:]) == 6 + 1 + 8 * (3 + 2 + 4)
+
+
+def test_crossfit_head_fits_only_labelled_rows_and_alignment_comparison_by_hand():
+    from geomfilter.judges.feature_judge import HeadSpec
+
+    rng = np.random.default_rng(1)
+    n = 300
+    aligned = rng.random(n) < 0.5
+    y = np.where(aligned, 90.0, 10.0)
+    x = aligned[:, None] + rng.normal(0, 0.5, (n, 1))
+    y_nan = y.copy()
+    y_nan[::7] = np.nan  # no alignment label: scored, not fitted on
+    s = cs.crossfit_head([(1.0, x)], y_nan, np.arange(n) % 5, HeadSpec(model="logistic", threshold=50.0, c=0.01))
+    assert not np.isnan(s).any()
+    prompts = np.repeat([f"q{i}" for i in range(30)], 10)
+    res = cs.compare_alignment({"ref": -s, "good": s}, y_nan, prompts, "ref", n_boot=100)
+    assert res["good"]["auroc"]["value"] > 0.9 and res["ref"]["auroc"]["value"] < 0.1
+    assert res["good"]["minus_reference"]["value"] == pytest.approx(res["good"]["auroc"]["value"]
+                                                                   - res["ref"]["auroc"]["value"])
+    assert res["good"]["within_question"]["value"] > 0.9  # every question holds both kinds here
+    md = cs.markdown({"command": "c", "variants": "v", "n": n, "n_incoherent": 0, "n_questions": 30,
+                      "logodds_alone": res["good"]["auroc"], "heads": {}, "n_misaligned": 1, "n_aligned": 1,
+                      "alignment_heads": res})
+    assert "| good | " in md and "within a question" in md
