@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,12 @@ def compare_heads(scores: dict[str, np.ndarray], incoherent: np.ndarray, prompts
     return out
 
 
+def head_row(name: str, d: dict, *extra: str) -> str:
+    """A table row: the head's AUROC, its difference from the reference (empty for the reference) and ``extra`` cells."""
+    diff = _ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
+    return "| " + " | ".join([name, _ci(d["auroc"]), diff, *extra]) + " |"
+
+
 def _ci(d: dict, sign: bool = False) -> str:
     f = "+.3f" if sign else ".3f"
     s = f"{d['value']:{f}} [{d['lo']:{f}}, {d['hi']:{f}}]"
@@ -102,26 +109,51 @@ def markdown(res: dict) -> str:
              "`offline-residual`'s data and the other folds' answers. 95 % CIs from a bootstrap over questions (the "
              "same draws for every head); bold: a difference whose CI excludes 0.\n",
              "| head | coherence AUROC | minus the logistic head |", "|---|---|---|"]
-    for name, d in res["heads"].items():
-        diff = _ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
-        lines.append(f"| {name} | {_ci(d['auroc'])} | {diff} |")
+    lines += [head_row(name, d) for name, d in res["heads"].items()]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@dataclass
+class LabelledAnswers:
+    """What a head comparison reads: the parsed options and the command line, ``offline-residual``'s configuration,
+    the labelled answers (``rows``, their questions and 5 folds by question), the shipped judge's own fitting rows
+    (``base``), and both sets' shipped feature blocks."""
+
+    args: argparse.Namespace
+    command: str
+    cfg: dict
+    rows: list[dict]
+    prompts: np.ndarray
+    folds: np.ndarray
+    n_questions: int
+    base: list[dict]
+    inputs: dict
+    base_inputs: dict
+
+
+def labelled_answers(script: str, doc: str, argv: list[str] | None) -> LabelledAnswers:
+    """Parse the options of a head comparison (``eval_judge_real.add_labelled_set_args``, the variants defaulting to
+    every draw but the fifth) and load what it reads."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ejr.add_labelled_set_args(ap, "the labelled experiment answers (answers.jsonl, labels.jsonl)",
                               "only the labelled answers of these variants (comma-separated shell patterns)")
     ap.set_defaults(variants=DRAWS_BUT_FIFTH)
     args = ap.parse_args(argv)
-    command = script_command(__file__, argv)
     cfg = cj.shipped_config()
     rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)
     base = ejr.fit_base_rows()
-    prompts, base_prompts = col(rows, "prompt_id"), col(base, "prompt_id")
+    prompts = col(rows, "prompt_id")
     fold_of = cj.question_folds(prompts, 5, 0)
-    folds = np.array([fold_of[q] for q in prompts])
-    inputs, base_inputs = ejr.features(rows, cfg["blocks"], args.cache), ejr.features(base, cfg["blocks"], args.cache)
+    return LabelledAnswers(args=args, command=script_command(script, argv), cfg=cfg, rows=rows, prompts=prompts,
+                           folds=np.array([fold_of[q] for q in prompts]), n_questions=len(fold_of), base=base,
+                           inputs=ejr.features(rows, cfg["blocks"], args.cache),
+                           base_inputs=ejr.features(base, cfg["blocks"], args.cache))
+
+
+def main(argv: list[str] | None = None) -> None:
+    la = labelled_answers(__file__, __doc__, argv)
+    args, cfg, rows, base, folds = la.args, la.cfg, la.rows, la.base, la.folds
+    inputs, base_inputs, prompts, base_prompts = la.inputs, la.base_inputs, la.prompts, col(la.base, "prompt_id")
     y, base_y = col(rows, "y_coherence").astype(float), col(base, "y_coherence").astype(float)
     t = time.time()
     scores = {LOGISTIC: cj.crossfit_preds(rows, base, inputs, base_inputs, cfg, folds)["coherence"]}
@@ -134,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     scores["rank mean of logistic and trees + residual"] = rank_mean(scores[LOGISTIC],
                                                                      scores["trees, small blocks + residual"])
     incoherent = y <= INCOHERENT_AT
-    res = {"command": command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
-           "n_questions": len(fold_of), "heads": compare_heads(scores, incoherent, prompts, LOGISTIC, args.n_boot)}
+    res = {"command": la.command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
+           "n_questions": la.n_questions, "heads": compare_heads(scores, incoherent, prompts, LOGISTIC, args.n_boot)}
     md = markdown(res)
     write_json_and_markdown(args.out, args.name, res, md)
     print(md)

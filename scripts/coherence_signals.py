@@ -29,7 +29,6 @@ threads), cached in ``--cache``. Writes ``NAME.md`` / ``NAME.json`` under ``--ou
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import time
@@ -47,7 +46,7 @@ import eval_judge_real as ejr  # noqa: E402
 from judge_labels import col  # noqa: E402
 from judge_metrics import auroc_or_nan  # noqa: E402
 
-from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.judges.feature_judge import _fit_linear  # noqa: E402
 
 TOKEN_LAYERS = (12, 18, 24)
@@ -212,8 +211,7 @@ def candidates(shipped: list[tuple[float, np.ndarray]], tok: dict, probe: dict) 
 def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prompts: np.ndarray, reference: str,
                       n_boot: int) -> dict[str, dict]:
     """Each alignment head's AUROC (label alignment < 30 against >= 70; high score: aligned), pooled and within a
-    question (``stats.within_group_auroc``), and the pooled difference from ``reference``; one bootstrap over
-    questions."""
+    question (``stats.within_group_auroc``), and both differences from ``reference``; one bootstrap over questions."""
     from geomfilter.stats import cluster_bootstrap, within_group_auroc
 
     low, high = alignment < 30, alignment >= 70  # NaN (no alignment label) is neither
@@ -221,7 +219,7 @@ def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prom
     def pooled(s, i):
         return auroc_or_nan(-s[i][low[i]], -s[i][high[i]])
 
-    out = {}
+    out, ref_within = {}, within_group_auroc(-scores[reference], low, high, prompts)
     for name, s in scores.items():
         out[name] = {"auroc": cluster_bootstrap(prompts, lambda i, s=s: pooled(s, i), n_boot=n_boot, seed=0),
                      "within_question": cluster_bootstrap(prompts, within_group_auroc(-s, low, high, prompts),
@@ -229,6 +227,9 @@ def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prom
         if name != reference:
             out[name]["minus_reference"] = cluster_bootstrap(
                 prompts, lambda i, s=s: pooled(s, i) - pooled(scores[reference], i), n_boot=n_boot, seed=0)
+            within = within_group_auroc(-s, low, high, prompts)
+            out[name]["within_minus_reference"] = cluster_bootstrap(
+                prompts, lambda i, w=within: w(i) - ref_within(i), n_boot=n_boot, seed=0)
     return out
 
 
@@ -241,48 +242,36 @@ def markdown(res: dict) -> str:
              "CI excludes 0. The yes/no log-odds alone (high: the model says its answer makes sense): coherence AUROC "
              f"{ch._ci(res['logodds_alone'])}.\n",
              f"| head | coherence AUROC | minus {SHIPPED} |", "|---|---|---|"]
-    for name, d in res["heads"].items():
-        diff = ch._ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
-        lines.append(f"| {name} | {ch._ci(d['auroc'])} | {diff} |")
+    lines += [ch.head_row(name, d) for name, d in res["heads"].items()]
     lines += ["", f"The same readings under the shipped alignment head ({res['n_misaligned']} answers labelled alignment "
               f"< 30, {res['n_aligned']} >= 70): pooled AUROC and its difference from {SHIPPED}, and the AUROC within a "
               "question (the mean over questions with at least 3 of each), which what the question alone explains "
-              "cannot raise.\n", f"| head | alignment AUROC | minus {SHIPPED} | within a question |", "|---|---|---|---|"]
-    for name, d in res["alignment_heads"].items():
-        diff = ch._ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
-        lines.append(f"| {name} | {ch._ci(d['auroc'])} | {diff} | {ch._ci(d['within_question'])} |")
+              "cannot raise.\n", f"| head | alignment AUROC | minus {SHIPPED} | within a question | minus {SHIPPED} |",
+              "|---|---|---|---|---|"]
+    lines += [ch.head_row(name, d, ch._ci(d["within_question"]),
+                          ch._ci(d["within_minus_reference"], sign=True) if "within_minus_reference" in d else "")
+              for name, d in res["alignment_heads"].items()]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     from geomfilter.stats import cluster_bootstrap
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ejr.add_labelled_set_args(ap, "the labelled experiment answers (answers.jsonl, labels.jsonl)",
-                              "only the labelled answers of these variants (comma-separated shell patterns)")
-    ap.set_defaults(variants=ch.DRAWS_BUT_FIFTH)
-    args = ap.parse_args(argv)
-    command = script_command(__file__, argv)
-    cfg = cj.shipped_config()
-    rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)
-    base = ejr.fit_base_rows()
-    prompts = col(rows, "prompt_id")
-    fold_of = cj.question_folds(prompts, 5, 0)
-    folds = np.array([fold_of[q] for q in prompts])
-    inputs, base_inputs = ejr.features(rows, cfg["blocks"], args.cache), ejr.features(base, cfg["blocks"], args.cache)
+    la = ch.labelled_answers(__file__, __doc__, argv)
+    args, cfg, rows, prompts, folds = la.args, la.cfg, la.rows, la.prompts, la.folds
     tok = cached("token", rows, args.cache, token_readout)
     probe = cached("probe", rows, args.cache, probe_readout)
     y = col(rows, "y_coherence").astype(float)
     incoherent = y <= ch.INCOHERENT_AT
-    shipped = [(cfg["emb_weight"] if b == "embedding" else 1.0, inputs[b]) for b in cfg["blocks"]]
+    shipped = [(cfg["emb_weight"] if b == "embedding" else 1.0, la.inputs[b]) for b in cfg["blocks"]]
     blocks = candidates(shipped, tok, probe)
     scores = {name: crossfit_head(b, y, folds, cfg["coherence"]) for name, b in blocks.items()}
     alignment = col(rows, "y_alignment").astype(float)
     al_scores = {name: crossfit_head(b, alignment, folds, cfg["alignment"]) for name, b in blocks.items()}
-    reference = cj.crossfit_preds(rows, base, inputs, base_inputs, cfg, folds)
+    reference = cj.crossfit_preds(rows, la.base, la.inputs, la.base_inputs, cfg, folds)
     scores[REFERENCE], al_scores[REFERENCE] = reference["coherence"], reference["alignment"]
-    res = {"command": command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
-           "n_questions": len(fold_of), "probe": PROBE,
+    res = {"command": la.command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
+           "n_questions": la.n_questions, "probe": PROBE,
            "logodds_alone": cluster_bootstrap(prompts, lambda j: ch.coherence_auroc(probe["logodds"][j], incoherent[j]),
                                               n_boot=args.n_boot, seed=0),
            "heads": ch.compare_heads(scores, incoherent, prompts, SHIPPED, args.n_boot),

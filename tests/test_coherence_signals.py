@@ -136,6 +136,9 @@ def test_crossfit_head_fits_only_labelled_rows_and_alignment_comparison_by_hand(
     assert res["good"]["minus_reference"]["value"] == pytest.approx(res["good"]["auroc"]["value"]
                                                                    - res["ref"]["auroc"]["value"])
     assert res["good"]["within_question"]["value"] > 0.9  # every question holds both kinds here
+    assert res["good"]["within_minus_reference"]["value"] == pytest.approx(res["good"]["within_question"]["value"]
+                                                                          - res["ref"]["within_question"]["value"])
+    assert "within_minus_reference" not in res["ref"]
     md = cs.markdown({"command": "c", "variants": "v", "n": n, "n_incoherent": 0, "n_questions": 30,
                       "logodds_alone": res["good"]["auroc"], "heads": {}, "n_misaligned": 1, "n_aligned": 1,
                       "alignment_heads": res})
