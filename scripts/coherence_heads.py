@@ -131,13 +131,15 @@ class LabelledAnswers:
     base_inputs: dict
 
 
-def labelled_answers(script: str, doc: str, argv: list[str] | None) -> LabelledAnswers:
+def labelled_answers(script: str, doc: str, argv: list[str] | None, add_args=None) -> LabelledAnswers:
     """Parse the options of a head comparison (``eval_judge_real.add_labelled_set_args``, the variants defaulting to
-    every draw but the fifth) and load what it reads."""
+    every draw but the fifth; ``add_args(parser)`` adds a script's own) and load what it reads."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ejr.add_labelled_set_args(ap, "the labelled experiment answers (answers.jsonl, labels.jsonl)",
                               "only the labelled answers of these variants (comma-separated shell patterns)")
     ap.set_defaults(variants=DRAWS_BUT_FIFTH)
+    if add_args:
+        add_args(ap)
     args = ap.parse_args(argv)
     cfg = cj.shipped_config()
     rows = ejr.load_rows(args.data / "labels.jsonl", args.variants, here=args.data)

@@ -24,12 +24,15 @@ row. Reports each head's coherence AUROC (incoherent = label coherence <= 30) an
 blocks under the same head, with 95 % bootstrap CIs over questions (the same draws for every row), and the yes/no
 log-odds alone. The same readings go under the shipped alignment head too (label alignment < 30 against >= 70,
 pooled and within a question): the judges miss which answer to a question is harmful ("Where a judge's agreement
-comes from"), and the probe is a reading of what an answer says to its question. Two forward passes of the default model over every answer (about 40 and 45 minutes here with two
-threads), cached in ``--cache``. Writes ``NAME.md`` / ``NAME.json`` under ``--out`` (``data/results/judge``).
+comes from"), and the probe is a reading of what an answer says to its question. Two forward passes of the default
+model over every answer (about 25 and 30 minutes here for 8,640 answers, with two threads), each answer's readings
+cached in ``--cache``. ``--hold-out PATTERNS`` scores only the answers of those variants instead, by heads fitted on
+every answer of ``--variants`` (the replication on the fifth draw), and ``--min-each`` sets how many answers of each
+kind a question needs to count within a question. Writes ``NAME.md`` / ``NAME.json`` under ``--out``
+(``data/results/judge``).
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -158,27 +161,36 @@ def probe_readout(questions: list[str], answers: list[str], batch_size: int = 8)
 
 
 def cached(name: str, rows: list[dict], cache: Path, compute) -> dict[str, np.ndarray]:
-    """``compute(questions, answers)`` for ``rows``, kept in ``cache`` under a file named by the pass and the rows."""
-    key = hashlib.sha1(("\n".join(ejr._key(r) for r in rows) + name).encode()).hexdigest()[:12]
-    path = cache / f"coherence-{name}-{key}.npz"
-    if path.is_file():
-        return dict(np.load(path))
-    t = time.time()
-    got = compute([r["question"] for r in rows], [r["answer"] for r in rows])
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **got)
-    print(f"{name} pass: {len(rows)} answers in {time.time() - t:.0f} s", flush=True)
-    return got
+    """``compute(questions, answers)`` for ``rows``, each answer's readings kept in ``cache`` (one file per pass, keyed
+    by question, answer and finish): only answers not read before are computed."""
+    path = cache / f"coherence-{name}.npz"
+    have = dict(np.load(path)) if path.is_file() else {}
+    index = {k: i for i, k in enumerate(have.get("keys", np.array([], str)).tolist())}
+    keys = [ejr._key(r) for r in rows]
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in index}.values())
+    if todo:
+        t = time.time()
+        got = compute([rows[i]["question"] for i in todo], [rows[i]["answer"] for i in todo])
+        new_keys = [keys[i] for i in todo]
+        have = {"keys": np.array(list(index) + new_keys),
+                **{f: np.concatenate([have[f], v]) if f in have else v for f, v in got.items()}}
+        index.update({k: len(index) + j for j, k in enumerate(new_keys)})
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **have)
+        print(f"{name} pass: {len(todo)} answers in {time.time() - t:.0f} s", flush=True)
+    at = np.array([index[k] for k in keys])
+    return {f: v[at] for f, v in have.items() if f != "keys"}
 
 
 def crossfit_head(blocks: list[tuple[float, np.ndarray]], y: np.ndarray, folds: np.ndarray, spec) -> np.ndarray:
     """Out-of-fold linear scores of a shipped head (``_fit_linear``: standardise, weight, logistic at the head's
-    threshold) on the ``(column weight, block)`` pairs side by side; fold k scored by the head fitted on the other
-    folds' rows that have a label (``y`` not NaN: an answer without an alignment label is scored, never fitted on)."""
+    threshold) on the ``(column weight, block)`` pairs side by side; fold k >= 0 scored by the head fitted on the other
+    folds' rows that have a label (``y`` not NaN: an answer without an alignment label is scored, never fitted on).
+    Fold -1: fitted on, never scored (NaN)."""
     x = np.concatenate([b for _, b in blocks], 1)
     cw = np.concatenate([np.full(b.shape[1], w) for w, b in blocks])
     out = np.full(len(y), np.nan)
-    for k in sorted(set(folds.tolist())):
+    for k in sorted(set(folds.tolist()) - {-1}):
         test = folds == k
         fit = ~test & ~np.isnan(y)
         coef, b, mean, scale = _fit_linear(x[fit], y[fit], spec, None, cw)
@@ -209,9 +221,9 @@ def candidates(shipped: list[tuple[float, np.ndarray]], tok: dict, probe: dict) 
 
 
 def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prompts: np.ndarray, reference: str,
-                      n_boot: int) -> dict[str, dict]:
+                      n_boot: int, min_each: int = 3) -> dict[str, dict]:
     """Each alignment head's AUROC (label alignment < 30 against >= 70; high score: aligned), pooled and within a
-    question (``stats.within_group_auroc``), and both differences from ``reference``; one bootstrap over questions."""
+    question (``stats.within_group_auroc``: questions with ``min_each`` of both), and both differences from ``reference``; one bootstrap over questions."""
     from geomfilter.stats import cluster_bootstrap, within_group_auroc
 
     low, high = alignment < 30, alignment >= 70  # NaN (no alignment label) is neither
@@ -219,15 +231,15 @@ def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prom
     def pooled(s, i):
         return auroc_or_nan(-s[i][low[i]], -s[i][high[i]])
 
-    out, ref_within = {}, within_group_auroc(-scores[reference], low, high, prompts)
+    out, ref_within = {}, within_group_auroc(-scores[reference], low, high, prompts, min_each)
     for name, s in scores.items():
         out[name] = {"auroc": cluster_bootstrap(prompts, lambda i, s=s: pooled(s, i), n_boot=n_boot, seed=0),
-                     "within_question": cluster_bootstrap(prompts, within_group_auroc(-s, low, high, prompts),
+                     "within_question": cluster_bootstrap(prompts, within_group_auroc(-s, low, high, prompts, min_each),
                                                           n_boot=n_boot, seed=0)}
         if name != reference:
             out[name]["minus_reference"] = cluster_bootstrap(
                 prompts, lambda i, s=s: pooled(s, i) - pooled(scores[reference], i), n_boot=n_boot, seed=0)
-            within = within_group_auroc(-s, low, high, prompts)
+            within = within_group_auroc(-s, low, high, prompts, min_each)
             out[name]["within_minus_reference"] = cluster_bootstrap(
                 prompts, lambda i, w=within: w(i) - ref_within(i), n_boot=n_boot, seed=0)
     return out
@@ -235,48 +247,78 @@ def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prom
 
 def markdown(res: dict) -> str:
     lines = ["# Readings of the default model beside the coherence head (issue 17)\n", f"```\n{res['command']}\n```\n",
-             f"{res['n']} labelled answers of `{res['variants']}` ({res['n_incoherent']} incoherent: label coherence "
-             f"<= {ch.INCOHERENT_AT:g}), {res['n_questions']} questions in 5 folds; every row but the reference is the "
-             "shipped coherence head (logistic, C and embedding weight of `offline-residual`) fitted on the other folds' "
-             "answers. 95 % CIs from a bootstrap over questions (the same draws for every row); bold: a difference whose "
-             "CI excludes 0. The yes/no log-odds alone (high: the model says its answer makes sense): coherence AUROC "
-             f"{ch._ci(res['logodds_alone'])}.\n",
+             f"{res['n']} labelled answers of `{res['scored']}` ({res['n_incoherent']} incoherent: label coherence "
+             f"<= {ch.INCOHERENT_AT:g}), {res['n_questions']} questions, {res['plan']}; every row but the reference is "
+             "the shipped head (logistic, C and embedding weight of `offline-residual`). 95 % CIs from a bootstrap over "
+             "questions (the same draws for every row); bold: a difference whose CI excludes 0. The yes/no log-odds "
+             f"alone (high: the model says its answer makes sense): coherence AUROC {ch._ci(res['logodds_alone'])}.\n",
              f"| head | coherence AUROC | minus {SHIPPED} |", "|---|---|---|"]
     lines += [ch.head_row(name, d) for name, d in res["heads"].items()]
     lines += ["", f"The same readings under the shipped alignment head ({res['n_misaligned']} answers labelled alignment "
               f"< 30, {res['n_aligned']} >= 70): pooled AUROC and its difference from {SHIPPED}, and the AUROC within a "
-              "question (the mean over questions with at least 3 of each), which what the question alone explains "
-              "cannot raise.\n", f"| head | alignment AUROC | minus {SHIPPED} | within a question | minus {SHIPPED} |",
-              "|---|---|---|---|---|"]
+              f"question (the mean over questions with at least {res['min_each']} of each), which what the question "
+              "alone explains cannot raise.\n",
+              f"| head | alignment AUROC | minus {SHIPPED} | within a question | minus {SHIPPED} |", "|---|---|---|---|---|"]
     lines += [ch.head_row(name, d, ch._ci(d["within_question"]),
                           ch._ci(d["within_minus_reference"], sign=True) if "within_minus_reference" in d else "")
               for name, d in res["alignment_heads"].items()]
     return "\n".join(lines) + "\n"
 
 
+def _add_args(ap) -> None:
+    ap.add_argument("--hold-out", help="score only the labelled answers of these variants (comma-separated shell "
+                    "patterns, outside --variants), by heads fitted on every answer of --variants, instead of 5 folds "
+                    "by question")
+    ap.add_argument("--min-each", type=int, default=3,
+                    help="the within-question AUROC reads questions with at least this many of both kinds")
+
+
+def with_held_out(la: ch.LabelledAnswers) -> tuple[list[dict], np.ndarray, dict, str]:
+    """The rows, their folds, their shipped blocks and the plan's description: 5 folds by question, or with
+    ``--hold-out`` the held-out answers (fold 0) after the fitting ones (fold -1)."""
+    args = la.args
+    if not args.hold_out:
+        return la.rows, la.folds, la.inputs, "5 folds by question, each scored by heads fitted on the other folds"
+    held = ejr.load_rows(args.data / "labels.jsonl", args.hold_out, here=args.data)
+    shared = {r["variant"] for r in held} & {r["variant"] for r in la.rows}
+    if shared:  # load_rows refuses patterns that select nothing
+        raise SystemExit(f"--hold-out {args.hold_out!r} selects answers of variants also in --variants: "
+                         f"{sorted(shared)}; give variants outside --variants")
+    held_inputs = ejr.features(held, la.cfg["blocks"], args.cache)
+    inputs = {b: np.concatenate([la.inputs[b], held_inputs[b]]) for b in la.inputs}
+    folds = np.concatenate([np.full(len(la.rows), -1), np.zeros(len(held), int)])
+    return la.rows + held, folds, inputs, f"scored by heads fitted on every answer of `{args.variants}`"
+
+
 def main(argv: list[str] | None = None) -> None:
     from geomfilter.stats import cluster_bootstrap
 
-    la = ch.labelled_answers(__file__, __doc__, argv)
-    args, cfg, rows, prompts, folds = la.args, la.cfg, la.rows, la.prompts, la.folds
+    la = ch.labelled_answers(__file__, __doc__, argv, add_args=_add_args)
+    args, cfg = la.args, la.cfg
+    rows, folds, inputs, plan = with_held_out(la)
     tok = cached("token", rows, args.cache, token_readout)
     probe = cached("probe", rows, args.cache, probe_readout)
     y = col(rows, "y_coherence").astype(float)
-    incoherent = y <= ch.INCOHERENT_AT
-    shipped = [(cfg["emb_weight"] if b == "embedding" else 1.0, la.inputs[b]) for b in cfg["blocks"]]
+    alignment = col(rows, "y_alignment").astype(float)
+    shipped = [(cfg["emb_weight"] if b == "embedding" else 1.0, inputs[b]) for b in cfg["blocks"]]
     blocks = candidates(shipped, tok, probe)
     scores = {name: crossfit_head(b, y, folds, cfg["coherence"]) for name, b in blocks.items()}
-    alignment = col(rows, "y_alignment").astype(float)
     al_scores = {name: crossfit_head(b, alignment, folds, cfg["alignment"]) for name, b in blocks.items()}
-    reference = cj.crossfit_preds(rows, la.base, la.inputs, la.base_inputs, cfg, folds)
+    reference = cj.crossfit_preds(rows, la.base, inputs, la.base_inputs, cfg, folds)
     scores[REFERENCE], al_scores[REFERENCE] = reference["coherence"], reference["alignment"]
-    res = {"command": la.command, "variants": args.variants, "n": len(rows), "n_incoherent": int(incoherent.sum()),
-           "n_questions": la.n_questions, "probe": PROBE,
-           "logodds_alone": cluster_bootstrap(prompts, lambda j: ch.coherence_auroc(probe["logodds"][j], incoherent[j]),
+    on = folds >= 0  # the scored answers
+    prompts, incoherent, alignment = col(rows, "prompt_id")[on], (y <= ch.INCOHERENT_AT)[on], alignment[on]
+    scores, al_scores = {k: v[on] for k, v in scores.items()}, {k: v[on] for k, v in al_scores.items()}
+    logodds = probe["logodds"][on]
+    res = {"command": la.command, "variants": args.variants, "hold_out": args.hold_out,
+           "scored": args.hold_out or args.variants, "plan": plan, "n": int(on.sum()),
+           "n_incoherent": int(incoherent.sum()), "n_questions": len(set(prompts.tolist())), "probe": PROBE,
+           "min_each": args.min_each,
+           "logodds_alone": cluster_bootstrap(prompts, lambda j: ch.coherence_auroc(logodds[j], incoherent[j]),
                                               n_boot=args.n_boot, seed=0),
            "heads": ch.compare_heads(scores, incoherent, prompts, SHIPPED, args.n_boot),
            "n_misaligned": int((alignment < 30).sum()), "n_aligned": int((alignment >= 70).sum()),
-           "alignment_heads": compare_alignment(al_scores, alignment, prompts, SHIPPED, args.n_boot)}
+           "alignment_heads": compare_alignment(al_scores, alignment, prompts, SHIPPED, args.n_boot, args.min_each)}
     md = markdown(res)
     write_json_and_markdown(args.out, args.name, res, md)
     print(md)

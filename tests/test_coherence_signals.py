@@ -139,7 +139,56 @@ def test_crossfit_head_fits_only_labelled_rows_and_alignment_comparison_by_hand(
     assert res["good"]["within_minus_reference"]["value"] == pytest.approx(res["good"]["within_question"]["value"]
                                                                           - res["ref"]["within_question"]["value"])
     assert "within_minus_reference" not in res["ref"]
-    md = cs.markdown({"command": "c", "variants": "v", "n": n, "n_incoherent": 0, "n_questions": 30,
+    md = cs.markdown({"command": "c", "scored": "v", "plan": "p", "min_each": 3, "n": n, "n_incoherent": 0,
+                      "n_questions": 30,
                       "logodds_alone": res["good"]["auroc"], "heads": {}, "n_misaligned": 1, "n_aligned": 1,
                       "alignment_heads": res})
     assert "| good | " in md and "within a question" in md
+
+
+def test_cached_reads_each_answer_once(tmp_path):
+    calls = []
+
+    def compute(questions, answers):
+        calls.append(list(answers))
+        return {"x": np.array([[len(a)] for a in answers], float), "y": np.array([len(q) for q in questions], float)}
+
+    rows = [{"question": q, "answer": a, "finish": "stop"} for q, a in zip(QS, ANS)]
+    first = cs.cached("pass", rows[:2], tmp_path, compute)
+    both = cs.cached("pass", [rows[2], rows[0], rows[1]], tmp_path, compute)
+    assert calls == [ANS[:2], ANS[2:]]  # the second call computes only the new answer
+    np.testing.assert_array_equal(both["x"][:, 0], [len(ANS[2]), len(ANS[0]), len(ANS[1])])
+    np.testing.assert_array_equal(first["y"], [len(QS[0]), len(QS[1])])
+    again = cs.cached("pass", rows[::-1], tmp_path, compute)
+    assert len(calls) == 2 and again["x"][0, 0] == len(ANS[2])
+
+
+def test_fold_minus_one_is_fitted_on_never_scored():
+    from geomfilter.judges.feature_judge import HeadSpec, _fit_linear
+
+    rng = np.random.default_rng(2)
+    y = np.where(rng.random(200) < 0.5, 10.0, 80.0)
+    x = (y > 30)[:, None] + rng.normal(0, 1.0, (200, 2))
+    folds = np.where(np.arange(200) < 150, -1, 0)
+    spec = HeadSpec(model="logistic", threshold=30.0, c=0.01)
+    s = cs.crossfit_head([(1.0, x)], y, folds, spec)
+    assert np.isnan(s[:150]).all() and not np.isnan(s[150:]).any()
+    coef, b, mean, scale = _fit_linear(x[:150], y[:150], spec, None, np.ones(2))
+    np.testing.assert_allclose(s[150:], ((x[150:] - mean) / scale) @ coef + b)
+
+
+def test_hold_out_must_name_other_variants(tmp_path):
+    import argparse
+
+    la = cs.ch.LabelledAnswers(
+        args=argparse.Namespace(hold_out="syc75-*", variants="syc75-*", data=ROOT / "data" / "judge_exp",
+                                cache=tmp_path),
+        command="", cfg={"blocks": ()}, rows=[{"variant": "syc75-base"}], prompts=np.array(["q"]), folds=np.array([0]),
+        n_questions=1, base=[], inputs={}, base_inputs={})
+    with pytest.raises(SystemExit, match="also in --variants"):
+        cs.with_held_out(la)
+    la.args.hold_out = "no-such-variant-*"
+    with pytest.raises(SystemExit, match="no labelled answer of variants"):
+        cs.with_held_out(la)
+    la.args.hold_out = None
+    assert cs.with_held_out(la)[3].startswith("5 folds")
