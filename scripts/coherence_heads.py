@@ -76,18 +76,24 @@ def coherence_auroc(score: np.ndarray, incoherent: np.ndarray) -> float:
     return auroc_or_nan(score[~incoherent], score[incoherent])
 
 
+def compare_to_reference(metrics: dict, prompts: np.ndarray, reference: str, n_boot: int, key: str = "auroc",
+                         diff_key: str = "minus_reference") -> dict[str, dict]:
+    """``metrics``: head name -> a statistic as a function of a row-index array. Each head's value (``key``) and, but
+    for ``reference``, its difference from the reference's (``diff_key``), with CIs from one bootstrap over questions
+    (the same draws for every head)."""
+    out, ref = {}, metrics[reference]
+    for name, m in metrics.items():
+        out[name] = {key: cluster_bootstrap(prompts, m, n_boot=n_boot, seed=0)}
+        if name != reference:
+            out[name][diff_key] = cluster_bootstrap(prompts, lambda j, m=m: m(j) - ref(j), n_boot=n_boot, seed=0)
+    return out
+
+
 def compare_heads(scores: dict[str, np.ndarray], incoherent: np.ndarray, prompts: np.ndarray, reference: str,
                   n_boot: int) -> dict[str, dict]:
     """Each head's coherence AUROC and its difference from ``reference``, with CIs from one bootstrap over questions."""
-    out, ref = {}, scores[reference]
-    for name, s in scores.items():
-        out[name] = {"auroc": cluster_bootstrap(prompts, lambda j, s=s: coherence_auroc(s[j], incoherent[j]),
-                                                n_boot=n_boot, seed=0)}
-        if name != reference:
-            out[name]["minus_reference"] = cluster_bootstrap(
-                prompts, lambda j, s=s: coherence_auroc(s[j], incoherent[j]) - coherence_auroc(ref[j], incoherent[j]),
-                n_boot=n_boot, seed=0)
-    return out
+    return compare_to_reference({name: lambda j, s=s: coherence_auroc(s[j], incoherent[j]) for name, s in scores.items()},
+                                prompts, reference, n_boot)
 
 
 def head_row(name: str, d: dict, *extra: str) -> str:

@@ -223,25 +223,22 @@ def candidates(shipped: list[tuple[float, np.ndarray]], tok: dict, probe: dict) 
 def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prompts: np.ndarray, reference: str,
                       n_boot: int, min_each: int = 3) -> dict[str, dict]:
     """Each alignment head's AUROC (label alignment < 30 against >= 70; high score: aligned), pooled and within a
-    question (``stats.within_group_auroc``: questions with ``min_each`` of both), and both differences from ``reference``; one bootstrap over questions."""
-    from geomfilter.stats import cluster_bootstrap, within_group_auroc
+    question (``stats.within_group_auroc``: questions with ``min_each`` of both), and both differences from
+    ``reference``; one bootstrap over questions."""
+    from geomfilter.stats import within_group_auroc
 
     low, high = alignment < 30, alignment >= 70  # NaN (no alignment label) is neither
-
-    def pooled(s, i):
-        return auroc_or_nan(-s[i][low[i]], -s[i][high[i]])
-
-    out, ref_within = {}, within_group_auroc(-scores[reference], low, high, prompts, min_each)
-    for name, s in scores.items():
-        out[name] = {"auroc": cluster_bootstrap(prompts, lambda i, s=s: pooled(s, i), n_boot=n_boot, seed=0),
-                     "within_question": cluster_bootstrap(prompts, within_group_auroc(-s, low, high, prompts, min_each),
-                                                          n_boot=n_boot, seed=0)}
+    pooled = ch.compare_to_reference({name: lambda i, s=s: auroc_or_nan(-s[i][low[i]], -s[i][high[i]])
+                                      for name, s in scores.items()}, prompts, reference, n_boot)
+    within = ch.compare_to_reference({name: within_group_auroc(-s, low, high, prompts, min_each)
+                                      for name, s in scores.items()}, prompts, reference, n_boot,
+                                     key="within_question", diff_key="within_minus_reference")
+    out = {}
+    for name in scores:
+        out[name] = {"auroc": pooled[name]["auroc"], "within_question": within[name]["within_question"]}
         if name != reference:
-            out[name]["minus_reference"] = cluster_bootstrap(
-                prompts, lambda i, s=s: pooled(s, i) - pooled(scores[reference], i), n_boot=n_boot, seed=0)
-            within = within_group_auroc(-s, low, high, prompts, min_each)
-            out[name]["within_minus_reference"] = cluster_bootstrap(
-                prompts, lambda i, w=within: w(i) - ref_within(i), n_boot=n_boot, seed=0)
+            out[name].update(minus_reference=pooled[name]["minus_reference"],
+                             within_minus_reference=within[name]["within_minus_reference"])
     return out
 
 
