@@ -33,6 +33,7 @@ kind a question needs to count within a question. Writes ``NAME.md`` / ``NAME.js
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,9 @@ SHIPPED = "shipped blocks"
 REFERENCE = "shipped judge as crossfit_judge.py fits it (its training data too)"
 
 
+@functools.cache
 def _model():
+    """The default model and its tokenizer, loaded once per process (both passes read them)."""
     from geomfilter.models import load_causal_lm
     from geomfilter.settings import DEFAULT_MODEL
 
@@ -79,7 +82,8 @@ def token_readout(questions: list[str], answers: list[str], batch_size: int = 8)
     hidden state at the answer's last token, and averaged over its tokens)."""
     import torch
 
-    from geomfilter.data import render_chat
+    from geomfilter.data import TokenizedSample, render_chat
+    from geomfilter.pooling import pad_batch
 
     lm, tok = _model()
     seqs = []
@@ -87,6 +91,8 @@ def token_readout(questions: list[str], answers: list[str], batch_size: int = 8)
         prompt, _ = render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
         seqs.append((tok(prompt, add_special_tokens=False)["input_ids"],
                      tok(a, add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS]))
+    samples = [TokenizedSample(id=str(i), input_ids=p + a, response_mask=[False] * len(p) + [True] * len(a))
+               for i, (p, a) in enumerate(seqs)]
     n, d = len(seqs), lm.config.hidden_size
     out = {"nllq": np.zeros((n, 6)), "last": np.zeros((n, len(TOKEN_LAYERS), d), np.float32),
            "mean": np.zeros((n, len(TOKEN_LAYERS), d), np.float32)}
@@ -95,13 +101,7 @@ def token_readout(questions: list[str], answers: list[str], batch_size: int = 8)
         idx = [i for i in idx if seqs[i][1]]
         if not idx:
             continue
-        width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
-        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(idx):
-            full = seqs[i][0] + seqs[i][1]
-            ids[r, :len(full)] = torch.tensor(full)
-            mask[r, :len(full)] = 1
+        ids, mask, _ = pad_batch([samples[i] for i in idx], tok.pad_token_id)
         with torch.no_grad():
             res = lm(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             logp = torch.log_softmax(res.logits.float(), -1)
