@@ -41,8 +41,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
 
 from geomfilter.cache import ActivationCache  # noqa: E402
 from geomfilter.features import split_by_pair  # noqa: E402
