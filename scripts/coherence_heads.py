@@ -158,6 +158,30 @@ def labelled_answers(script: str, doc: str, argv: list[str] | None, add_args=Non
                            base_inputs=ejr.features(base, cfg["blocks"], args.cache))
 
 
+def add_hold_out_arg(ap: argparse.ArgumentParser) -> None:
+    """``--hold-out``: the option of a head comparison that scores held-out variants (:func:`with_held_out`)."""
+    ap.add_argument("--hold-out", help="score only the labelled answers of these variants (comma-separated shell "
+                    "patterns, outside --variants), by heads fitted on every answer of --variants, instead of 5 folds "
+                    "by question")
+
+
+def with_held_out(la: LabelledAnswers) -> tuple[list[dict], np.ndarray, dict, str]:
+    """The rows, their folds, their shipped blocks and the plan's description: 5 folds by question, or with
+    ``--hold-out`` the held-out answers (fold 0) after the fitting ones (fold -1)."""
+    args = la.args
+    if not args.hold_out:
+        return la.rows, la.folds, la.inputs, "5 folds by question, each scored by heads fitted on the other folds"
+    held = ejr.load_rows(args.data / "labels.jsonl", args.hold_out, here=args.data)
+    shared = {r["variant"] for r in held} & {r["variant"] for r in la.rows}
+    if shared:  # load_rows refuses patterns that select nothing
+        raise SystemExit(f"--hold-out {args.hold_out!r} selects answers of variants also in --variants: "
+                         f"{sorted(shared)}; give variants outside --variants")
+    held_inputs = ejr.features(held, la.cfg["blocks"], args.cache)
+    inputs = {b: np.concatenate([la.inputs[b], held_inputs[b]]) for b in la.inputs}
+    folds = np.concatenate([np.full(len(la.rows), -1), np.zeros(len(held), int)])
+    return la.rows + held, folds, inputs, f"scored by heads fitted on every answer of `{args.variants}`"
+
+
 def main(argv: list[str] | None = None) -> None:
     la = labelled_answers(__file__, __doc__, argv)
     args, cfg, rows, base, folds = la.args, la.cfg, la.rows, la.base, la.folds

@@ -51,3 +51,20 @@ def test_rank_mean_and_paired_comparison_by_hand():
     assert res["good"]["auroc"]["n_groups"] == 3
     md = ch.markdown({"command": "cmd", "variants": "v", "n": 6, "n_incoherent": 3, "n_questions": 3, "heads": res})
     assert "| good | 1.000" in md and "| ref |" in md
+
+
+def test_hold_out_must_name_other_variants(tmp_path):
+    import argparse
+
+    la = ch.LabelledAnswers(
+        args=argparse.Namespace(hold_out="syc75-*", variants="syc75-*", data=ROOT / "data" / "judge_exp",
+                                cache=tmp_path),
+        command="", cfg={"blocks": ()}, rows=[{"variant": "syc75-base"}], prompts=np.array(["q"]), folds=np.array([0]),
+        n_questions=1, base=[], inputs={}, base_inputs={})
+    with pytest.raises(SystemExit, match="also in --variants"):
+        ch.with_held_out(la)
+    la.args.hold_out = "no-such-variant-*"
+    with pytest.raises(SystemExit, match="no labelled answer of variants"):
+        ch.with_held_out(la)
+    la.args.hold_out = None
+    assert ch.with_held_out(la)[3].startswith("5 folds")

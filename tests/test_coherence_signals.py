@@ -175,20 +175,3 @@ def test_fold_minus_one_is_fitted_on_never_scored():
     assert np.isnan(s[:150]).all() and not np.isnan(s[150:]).any()
     coef, b, mean, scale = _fit_linear(x[:150], y[:150], spec, None, np.ones(2))
     np.testing.assert_allclose(s[150:], ((x[150:] - mean) / scale) @ coef + b)
-
-
-def test_hold_out_must_name_other_variants(tmp_path):
-    import argparse
-
-    la = cs.ch.LabelledAnswers(
-        args=argparse.Namespace(hold_out="syc75-*", variants="syc75-*", data=ROOT / "data" / "judge_exp",
-                                cache=tmp_path),
-        command="", cfg={"blocks": ()}, rows=[{"variant": "syc75-base"}], prompts=np.array(["q"]), folds=np.array([0]),
-        n_questions=1, base=[], inputs={}, base_inputs={})
-    with pytest.raises(SystemExit, match="also in --variants"):
-        cs.with_held_out(la)
-    la.args.hold_out = "no-such-variant-*"
-    with pytest.raises(SystemExit, match="no labelled answer of variants"):
-        cs.with_held_out(la)
-    la.args.hold_out = None
-    assert cs.with_held_out(la)[3].startswith("5 folds")
