@@ -4,7 +4,8 @@
 
 The labelled experiment answers of ``--variants`` (default: every labelled draw but the fifth, as
 ``coherence_heads.py``) are scored out of fold by ``offline-residual``'s configuration (5 folds by question,
-``crossfit_judge.crossfit_preds``). Each incoherent answer (label coherence <= 30) is sorted into kinds of failure by
+``crossfit_judge.crossfit_preds``), or with ``--hold-out PATTERNS`` the answers of those variants are scored by heads
+fitted on every answer of ``--variants``. Each incoherent answer (label coherence <= 30) is sorted into kinds of failure by
 its labeller's note (``KINDS``: a note may name several kinds, or none), and each kind gets its own coherence AUROC:
 its incoherent answers against every coherent answer, with a 95 % CI from a bootstrap over questions. A kind the head
 reads well is one the features see; a kind near 0.5 is one they do not. Also reported: the share of each kind among
@@ -85,9 +86,9 @@ def by_kind(score: np.ndarray, label: np.ndarray, kinds: list[list[str]], prompt
 
 def markdown(res: dict) -> str:
     lines = ["# Which incoherent answers the feature judge misses (issue 17)\n", f"```\n{res['command']}\n```\n",
-             f"{res['n']} labelled answers of `{res['variants']}` ({res['n_incoherent']} incoherent: label coherence "
-             f"<= {ch.INCOHERENT_AT:g}), {res['n_questions']} questions; each scored out of fold (5 folds by question) "
-             f"by `offline-residual`'s configuration: coherence AUROC {res['kinds']['every incoherent answer']['auroc']['value']:.3f}. "
+             f"{res['n']} labelled answers of `{res['scored']}` ({res['n_incoherent']} incoherent: label coherence "
+             f"<= {ch.INCOHERENT_AT:g}), {res['n_questions']} questions, {res['plan']} (`offline-residual`'s "
+             f"configuration): coherence AUROC {res['kinds']['every incoherent answer']['auroc']['value']:.3f}. "
              "Each incoherent answer is sorted by its labeller's note (a note may name several kinds). AUROC: the "
              "kind's incoherent answers against every coherent answer, 95 % CI from a bootstrap over questions. "
              f"Missed: ranked by the head above the {MISSED_RANK:.0%} quantile of P(coherent).\n",
@@ -101,14 +102,18 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    la = ch.labelled_answers(__file__, __doc__, argv)
-    score = cj.crossfit_preds(la.rows, la.base, la.inputs, la.base_inputs, la.cfg, la.folds)["coherence"]
+    la = ch.labelled_answers(__file__, __doc__, argv, add_args=ch.add_hold_out_arg)
+    rows, folds, inputs, plan = ch.with_held_out(la)
+    on = folds >= 0  # the scored answers
+    score = cj.crossfit_preds(rows, la.base, inputs, la.base_inputs, la.cfg, folds)["coherence"][on]
     notes = load_notes(la.args.data / "labels.jsonl")
-    label = col(la.rows, "y_coherence").astype(float)
-    kinds = [kinds_of(notes[r["id"]]) for r in la.rows]
-    res = {"command": la.command, "variants": la.args.variants, "n": len(la.rows),
-           "n_incoherent": int((label <= ch.INCOHERENT_AT).sum()), "n_questions": la.n_questions, "missed_rank": MISSED_RANK,
-           "patterns": KINDS, "kinds": by_kind(score, label, kinds, la.prompts, la.args.n_boot)}
+    rows = [r for r, scored in zip(rows, on) if scored]
+    label, prompts = col(rows, "y_coherence").astype(float), col(rows, "prompt_id")
+    kinds = [kinds_of(notes[r["id"]]) for r in rows]
+    res = {"command": la.command, "variants": la.args.variants, "hold_out": la.args.hold_out,
+           "scored": la.args.hold_out or la.args.variants, "plan": plan, "n": len(rows),
+           "n_incoherent": int((label <= ch.INCOHERENT_AT).sum()), "n_questions": len(set(prompts.tolist())),
+           "missed_rank": MISSED_RANK, "patterns": KINDS, "kinds": by_kind(score, label, kinds, prompts, la.args.n_boot)}
     md = markdown(res)
     write_json_and_markdown(la.args.out, la.args.name, res, md)
     print(md)

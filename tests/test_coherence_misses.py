@@ -44,5 +44,6 @@ def test_by_kind_separates_a_seen_kind_from_an_unseen_one():
     # missed: above the 60 % quantile of P(coherent): the self-contradictory answers (rank 8-11 of 0-15), not the garbled
     assert res["self-contradiction"]["missed"] == 4 and res["garbled"]["missed"] == 0
     assert "no kind named" not in res and "vague" not in res
-    md = cm.markdown({"command": "cmd", "variants": "v", "n": 16, "n_incoherent": 8, "n_questions": 4, "kinds": res})
+    md = cm.markdown({"command": "cmd", "scored": "v", "plan": "5 folds", "n": 16, "n_incoherent": 8, "n_questions": 4, "kinds": res})
+    assert "5 folds (`offline-residual`'s configuration): coherence AUROC 0.750." in md
     assert "| garbled | 4 | 10.0 | 1.000" in md and "| self-contradiction | 4 | 30.0 | 0.500" in md
