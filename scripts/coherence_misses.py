@@ -63,9 +63,9 @@ def by_kind(score: np.ndarray, label: np.ndarray, kinds: list[list[str]], prompt
     """For each kind (and "no kind named", "every incoherent answer"): its number of incoherent answers, their mean
     label coherence (0-100), its AUROC against every coherent answer (CI over questions) and its share of the missed
     incoherent answers. ``label``: the labels' coherence (incoherent: <= ``INCOHERENT_AT``)."""
-    incoherent = label <= ch.INCOHERENT_AT
     from scipy.stats import rankdata
 
+    incoherent = label <= ch.INCOHERENT_AT
     quantile = (rankdata(score) - 1) / max(len(score) - 1, 1)  # ties share their mean rank
     missed = incoherent & (quantile > MISSED_RANK)
     masks = {k: np.array([k in ks for ks in kinds]) & incoherent for k in KINDS}
@@ -95,9 +95,8 @@ def markdown(res: dict) -> str:
              "| kind of failure (labeller's note) | incoherent answers | their mean label coherence | coherence AUROC | "
              "missed (share) |", "|---|---|---|---|---|"]
     for name, d in res["kinds"].items():
-        a = d["auroc"]
-        lines.append(f"| {name} | {d['n']} | {d['mean_label']:.1f} | {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] | "
-                     f"{d['missed']} ({d['share_missed']:.2f}) |")
+        lines.append(f"| {name} | {d['n']} | {d['mean_label']:.1f} | {ch._ci(d['auroc'])} | {d['missed']} "
+                     f"({d['share_missed']:.2f}) |")
     return "\n".join(lines) + "\n"
 
 
