@@ -182,6 +182,20 @@ def with_held_out(la: LabelledAnswers) -> tuple[list[dict], np.ndarray, dict, st
     return la.rows + held, folds, inputs, f"scored by heads fitted on every answer of `{args.variants}`"
 
 
+def scored_set(la: LabelledAnswers, plan: str, prompts: np.ndarray, incoherent: np.ndarray) -> dict:
+    """The results' first fields, what was scored: the command, ``--variants`` / ``--hold-out`` and which of them was
+    scored, the plan (:func:`with_held_out`), and the scored answers' count, incoherent count and questions."""
+    return {"command": la.command, "variants": la.args.variants, "hold_out": la.args.hold_out,
+            "scored": la.args.hold_out or la.args.variants, "plan": plan, "n": len(prompts),
+            "n_incoherent": int(incoherent.sum()), "n_questions": len(set(prompts.tolist()))}
+
+
+def scored_line(res: dict) -> str:
+    """The results' description of what was scored (the fields of :func:`scored_set`)."""
+    return (f"{res['n']} labelled answers of `{res['scored']}` ({res['n_incoherent']} incoherent: label coherence "
+            f"<= {INCOHERENT_AT:g}), {res['n_questions']} questions, {res['plan']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     la = labelled_answers(__file__, __doc__, argv)
     args, cfg, rows, base, folds = la.args, la.cfg, la.rows, la.base, la.folds

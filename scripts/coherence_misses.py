@@ -86,9 +86,7 @@ def by_kind(score: np.ndarray, label: np.ndarray, kinds: list[list[str]], prompt
 
 def markdown(res: dict) -> str:
     lines = ["# Which incoherent answers the feature judge misses (issue 17)\n", f"```\n{res['command']}\n```\n",
-             f"{res['n']} labelled answers of `{res['scored']}` ({res['n_incoherent']} incoherent: label coherence "
-             f"<= {ch.INCOHERENT_AT:g}), {res['n_questions']} questions, {res['plan']} (`offline-residual`'s "
-             f"configuration): coherence AUROC {res['kinds']['every incoherent answer']['auroc']['value']:.3f}. "
+             f"{ch.scored_line(res)} (`offline-residual`'s configuration): coherence AUROC {res['kinds']['every incoherent answer']['auroc']['value']:.3f}. "
              "Each incoherent answer is sorted by its labeller's note (a note may name several kinds). AUROC: the "
              "kind's incoherent answers against every coherent answer, 95 % CI from a bootstrap over questions. "
              f"Missed: ranked by the head above the {MISSED_RANK:.0%} quantile of P(coherent).\n",
@@ -109,10 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for r, scored in zip(rows, on) if scored]
     label, prompts = col(rows, "y_coherence").astype(float), col(rows, "prompt_id")
     kinds = [kinds_of(notes[r["id"]]) for r in rows]
-    res = {"command": la.command, "variants": la.args.variants, "hold_out": la.args.hold_out,
-           "scored": la.args.hold_out or la.args.variants, "plan": plan, "n": len(rows),
-           "n_incoherent": int((label <= ch.INCOHERENT_AT).sum()), "n_questions": len(set(prompts.tolist())),
-           "missed_rank": MISSED_RANK, "patterns": KINDS, "kinds": by_kind(score, label, kinds, prompts, la.args.n_boot)}
+    res = {**ch.scored_set(la, plan, prompts, label <= ch.INCOHERENT_AT), "missed_rank": MISSED_RANK, "patterns": KINDS,
+           "kinds": by_kind(score, label, kinds, prompts, la.args.n_boot)}
     md = markdown(res)
     write_json_and_markdown(la.args.out, la.args.name, res, md)
     print(md)

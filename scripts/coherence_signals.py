@@ -244,8 +244,7 @@ def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prom
 
 def markdown(res: dict) -> str:
     lines = ["# Readings of the default model beside the coherence head (issue 17)\n", f"```\n{res['command']}\n```\n",
-             f"{res['n']} labelled answers of `{res['scored']}` ({res['n_incoherent']} incoherent: label coherence "
-             f"<= {ch.INCOHERENT_AT:g}), {res['n_questions']} questions, {res['plan']}; every row but the reference is "
+             f"{ch.scored_line(res)}; every row but the reference is "
              "the shipped head (logistic, C and embedding weight of `offline-residual`). 95 % CIs from a bootstrap over "
              "questions (the same draws for every row); bold: a difference whose CI excludes 0. The yes/no log-odds "
              f"alone (high: the model says its answer makes sense): coherence AUROC {ch._ci(res['logodds_alone'])}.\n",
@@ -288,10 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts, incoherent, alignment = col(rows, "prompt_id")[on], (y <= ch.INCOHERENT_AT)[on], alignment[on]
     scores, al_scores = {k: v[on] for k, v in scores.items()}, {k: v[on] for k, v in al_scores.items()}
     logodds = probe["logodds"][on]
-    res = {"command": la.command, "variants": args.variants, "hold_out": args.hold_out,
-           "scored": args.hold_out or args.variants, "plan": plan, "n": int(on.sum()),
-           "n_incoherent": int(incoherent.sum()), "n_questions": len(set(prompts.tolist())), "probe": PROBE,
-           "min_each": args.min_each,
+    res = {**ch.scored_set(la, plan, prompts, incoherent), "probe": PROBE, "min_each": args.min_each,
            "logodds_alone": cluster_bootstrap(prompts, lambda j: ch.coherence_auroc(logodds[j], incoherent[j]),
                                               n_boot=args.n_boot, seed=0),
            "heads": ch.compare_heads(scores, incoherent, prompts, SHIPPED, args.n_boot),

@@ -68,3 +68,14 @@ def test_hold_out_must_name_other_variants(tmp_path):
         ch.with_held_out(la)
     la.args.hold_out = None
     assert ch.with_held_out(la)[3].startswith("5 folds")
+
+
+def test_scored_set_and_its_line():
+    import argparse
+
+    la = ch.LabelledAnswers(args=argparse.Namespace(hold_out="d5-*", variants="d1-*"), command="cmd", cfg={}, rows=[],
+                            prompts=np.array([]), folds=np.array([]), n_questions=0, base=[], inputs={}, base_inputs={})
+    res = ch.scored_set(la, "the plan", np.array(["q", "q", "r"]), np.array([True, False, True]))
+    assert res == {"command": "cmd", "variants": "d1-*", "hold_out": "d5-*", "scored": "d5-*", "plan": "the plan",
+                   "n": 3, "n_incoherent": 2, "n_questions": 2}
+    assert ch.scored_line(res) == "3 labelled answers of `d5-*` (2 incoherent: label coherence <= 30), 2 questions, the plan"
