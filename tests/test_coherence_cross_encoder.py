@@ -1,0 +1,78 @@
+"""scripts/coherence_cross_encoder.py on a tiny random BERT built here (the MiniLM tokenizer, 2 layers of width 32):
+the fitting sets follow the folds, prediction does not depend on batching, and a fit learns a pair-level signal."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import coherence_cross_encoder as cce  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    from geomfilter.judges.offline import embedder_dir
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = transformers.AutoTokenizer.from_pretrained(str(embedder_dir()))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    transformers.BertModel(cfg).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_fit_sets_leave_out_the_scored_fold_and_its_questions_base_rows():
+    prompts = np.array(["a", "a", "b", "c", "c", "d"])
+    folds = np.array([0, 0, 1, 0, 0, -1])
+    base_prompts = np.array(["a", "b", "x", "c"])
+    sets = {k: (b.tolist(), r.tolist(), t.tolist()) for k, b, r, t in cce.fit_sets(prompts, base_prompts, folds)}
+    assert set(sets) == {0, 1}  # fold -1 is fitted on, never scored
+    assert sets[0] == ([1, 2], [2, 5], [0, 1, 3, 4])  # base rows to a and c left out
+    assert sets[1] == ([0, 2, 3], [0, 1, 3, 4, 5], [2])
+    assert list(cce.fit_sets(prompts, np.array([]), folds))[0][1].tolist() == []  # no base rows
+
+
+def test_prediction_does_not_depend_on_batching(tiny_encoder):
+    model = cce.CrossEncoder(tiny_encoder, seed=0)
+    q = ["What is two plus two?", "Tell me about the sea.", "Hi", "Should I invest all my savings in one stock?"]
+    a = ["Four.", "The sea is large and salty, and it covers most of the planet's surface.", "Hello there, friend!",
+         "No; spread your savings over several kinds of investment, and keep an emergency fund."]
+    one = model.predict(q, a, batch_size=1)
+    assert one.shape == (4, 2) and np.all((one > 0) & (one < 1))
+    np.testing.assert_allclose(model.predict(q, a, batch_size=3), one, atol=1e-5)  # padding does not count
+    # the order of the pairs given is the order of the rows returned
+    np.testing.assert_allclose(model.predict(q[::-1], a[::-1], batch_size=4), one[::-1], atol=1e-5)
+
+
+def test_fit_learns_whether_the_answer_fits_its_question(tiny_encoder):
+    # coherence is a property of the pair, not of the answer alone: every answer occurs once under its own question
+    # (coherent, 1.0) and once under the other question (0.0); alignment is not taught (NaN)
+    qa = [("What colour is the sky?", "The sky is blue."), ("How many legs does a spider have?", "It has eight legs."),
+          ("What is the capital of France?", "Paris is the capital."), ("Which animal barks?", "A dog barks.")]
+    qs, ans, y = [], [], []
+    for i, (q, _) in enumerate(qa):
+        for j, (_, a) in enumerate(qa):
+            qs.append(q)
+            ans.append(a)
+            y.append([1.0 if i == j else 0.0, np.nan])
+    y = np.array(y * 6)
+    settings = cce.FitSettings(epochs=25, lr=3e-3, batch_size=16, warmup=0.05, seed=0)
+    model = cce.fit_cross_encoder(tiny_encoder, qs * 6, ans * 6, y, settings, log=lambda *_: None)
+    pred = model.predict(qs, ans)[:, 0]
+    fits = np.array([i == j for i in range(4) for j in range(4)])
+    assert pred[fits].min() > pred[~fits].max()
+
+
+def test_fit_refuses_targets_of_the_wrong_shape(tiny_encoder):
+    with pytest.raises(ValueError, match="expected \\(2, 2\\)"):
+        cce.fit_cross_encoder(tiny_encoder, ["q", "q"], ["a", "b"], np.zeros((2, 1)), cce.FitSettings(epochs=1))
