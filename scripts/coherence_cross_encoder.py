@@ -66,6 +66,22 @@ class FitSettings:
     weight_decay: float = 0.01
     warmup: float = 0.1
     seed: int = 0
+    length_buckets: int = 50  # batches per chunk sorted by length (less padding); 1: plain random batches
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, length_buckets: int, rng) -> list[np.ndarray]:
+    """One epoch's batches of row indices: a shuffle, cut into chunks of ``length_buckets`` batches, each chunk sorted
+    by ``lengths`` so that a batch holds rows of similar length, and the batches in random order. Every row once."""
+    order = rng.permutation(len(lengths))
+    if length_buckets <= 1:
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    chunk = batch_size * length_buckets
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = order[c:c + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[s:s + batch_size] for s in range(0, len(part), batch_size)]
+    return [batches[k] for k in rng.permutation(len(batches))]
 
 
 def _torch():
@@ -132,12 +148,12 @@ def fit_cross_encoder(model_dir: Path, questions: list[str], answers: list[str],
     rng = np.random.default_rng(settings.seed)
     y = torch.tensor(np.nan_to_num(targets, nan=0.0), dtype=torch.float32)
     taught = torch.tensor(~np.isnan(targets), dtype=torch.float32)
+    lengths = np.array([len(x) for x in model.tokenizer(questions, answers, truncation="longest_first",
+                                                         max_length=settings.max_length)["input_ids"]])
     model.train(True)
     for epoch in range(settings.epochs):
         t, seen, loss_sum = time.time(), 0, 0.0
-        order = rng.permutation(len(answers))  # one shuffle per epoch
-        for s in range(0, len(answers), settings.batch_size):
-            i = order[s:s + settings.batch_size]
+        for i in epoch_batches(lengths, settings.batch_size, settings.length_buckets, rng):
             pred = model.forward([questions[j] for j in i], [answers[j] for j in i], settings.max_length)
             w = taught[i]
             loss = ((pred - y[i]) ** 2 * w).sum() / w.sum().clamp(min=1.0)
@@ -145,7 +161,7 @@ def fit_cross_encoder(model_dir: Path, questions: list[str], answers: list[str],
             opt.step()
             sched.step()
             opt.zero_grad()
-            seen, loss_sum = seen + len(i), loss_sum + float(loss) * len(i)
+            seen, loss_sum = seen + len(i), loss_sum + loss.item() * len(i)
         log(f"    epoch {epoch + 1}/{settings.epochs}: mean loss {loss_sum / seen:.4f}, {time.time() - t:.0f} s")
     model.train(False)
     return model
@@ -195,13 +211,18 @@ def cached_crossfit(cache: Path, model_dir: Path, rows: list[dict], base: list[d
     return scores
 
 
+def _batching(settings: dict) -> str:
+    n = settings.get("length_buckets", 1)  # results written before the field existed used plain batches
+    return "plain random batches" if n <= 1 else f"batches of similar length, sorted in chunks of {n}"
+
+
 def markdown(res: dict) -> str:
     heads = list(res["heads"])
     lines = ["# A cross-encoder fine-tuned on the labels, beside the coherence head (issue 17)\n",
              f"```\n{res['command']}\n```\n",
              f"{ch.scored_line(res)}. The cross-encoder: all-MiniLM-L6-v2 fine-tuned on (question, answer) pairs "
              f"({res['settings']['epochs']} epochs, lr {res['settings']['lr']:g}, batch {res['settings']['batch_size']}, "
-             f"seed {res['settings']['seed']}) on the answers `offline-residual`'s configuration is fitted on. 95 % CIs "
+             f"seed {res['settings']['seed']}, {_batching(res['settings'])}) on the answers `offline-residual`'s configuration is fitted on. 95 % CIs "
              "from one bootstrap over questions; bold: a difference whose CI excludes 0.\n",
              "| head | coherence AUROC | minus the logistic head |", "|---|---|---|"]
     lines += [ch.head_row(name, d) for name, d in res["heads"].items()]

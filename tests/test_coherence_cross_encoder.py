@@ -76,3 +76,16 @@ def test_fit_learns_whether_the_answer_fits_its_question(tiny_encoder):
 def test_fit_refuses_targets_of_the_wrong_shape(tiny_encoder):
     with pytest.raises(ValueError, match="expected \\(2, 2\\)"):
         cce.fit_cross_encoder(tiny_encoder, ["q", "q"], ["a", "b"], np.zeros((2, 1)), cce.FitSettings(epochs=1))
+
+
+def test_epoch_batches_hold_every_row_once_and_bucket_by_length():
+    lengths = np.random.default_rng(1).integers(10, 200, size=1000)
+    for buckets in (1, 10):
+        batches = cce.epoch_batches(lengths, 32, buckets, np.random.default_rng(0))
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+        assert max(len(b) for b in batches) == 32
+    padded = {b: sum(lengths[i].max() * len(i) for i in cce.epoch_batches(lengths, 32, b, np.random.default_rng(0)))
+              for b in (1, 10)}
+    assert padded[10] < 0.7 * padded[1]  # sorted chunks pad far less than random batches
+    plain = cce.epoch_batches(lengths, 32, 1, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.concatenate(plain), np.random.default_rng(0).permutation(1000))
