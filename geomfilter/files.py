@@ -101,7 +101,10 @@ def write_json_and_markdown(folder: str | Path, stem: str, data: Any, markdown: 
 
 
 def script_command(script: str | Path, argv: list[str] | None = None) -> str:
-    """How a project script was run, as its results file records it: ``OMP_NUM_THREADS=1 .venv/bin/python
-    scripts/<name> <arguments>``, the arguments shell-quoted (``argv`` None: this process's own)."""
+    """How a project script was run, as its results file records it: ``OMP_NUM_THREADS=N .venv/bin/python
+    scripts/<name> <arguments>``, N this process's own setting (no prefix when it has none), the arguments
+    shell-quoted (``argv`` None: this process's own)."""
     args = shlex.join(sys.argv[1:] if argv is None else argv)
-    return f"OMP_NUM_THREADS=1 .venv/bin/python scripts/{Path(script).name} {args}".rstrip()
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={shlex.quote(threads)} " if threads else ""
+    return f"{prefix}.venv/bin/python scripts/{Path(script).name} {args}".rstrip()

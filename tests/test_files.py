@@ -7,11 +7,19 @@ from geomfilter.files import script_command
 
 
 def test_script_command_names_the_script_and_quotes_its_arguments(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert script_command("/repo/scripts/pool_rejudged.py", ["a.json", "b c.json", "--out", "x.md"]) == (
         "OMP_NUM_THREADS=1 .venv/bin/python scripts/pool_rejudged.py a.json 'b c.json' --out x.md")
     monkeypatch.setattr(sys, "argv", ["scripts/compare_runs.py", "--a", "r/m"])
     assert script_command("compare_runs.py") == "OMP_NUM_THREADS=1 .venv/bin/python scripts/compare_runs.py --a r/m"
     assert script_command("x.py", []) == "OMP_NUM_THREADS=1 .venv/bin/python scripts/x.py"  # no trailing space
+
+
+def test_script_command_records_the_thread_setting_it_ran_with(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert script_command("x.py", ["--a"]) == "OMP_NUM_THREADS=2 .venv/bin/python scripts/x.py --a"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert script_command("x.py", ["--a"]) == ".venv/bin/python scripts/x.py --a"
 
 
 def test_write_jsonl_round_trips_keeps_non_ascii_and_makes_the_folder(tmp_path):

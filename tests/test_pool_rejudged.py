@@ -50,7 +50,8 @@ def test_pooling_averages_each_question_and_recomputes_every_shared_comparison()
     assert "| geometry-0.50 − misaligned | -0.100 [-0.100, -0.100] | -0.200" in md and "| 3 of 3 |" in md
 
 
-def test_pool_reads_files_and_says_what_is_wrong(tmp_path):
+def test_pool_reads_files_and_says_what_is_wrong(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the command recorded names the thread setting
     paths = []
     for i, shift in enumerate((0.0, 0.2)):
         p = tmp_path / f"r{i}.json"
