@@ -144,7 +144,7 @@ def fit_cross_encoder(model_dir: Path, questions: list[str], answers: list[str],
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     per_epoch = -(-len(answers) // settings.batch_size)
     total, warm = per_epoch * settings.epochs, max(1, int(settings.warmup * per_epoch * settings.epochs))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / (total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     rng = np.random.default_rng(settings.seed)
     y = torch.tensor(np.nan_to_num(targets, nan=0.0), dtype=torch.float32)
     taught = torch.tensor(~np.isnan(targets), dtype=torch.float32)
@@ -250,8 +250,6 @@ def _add_args(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from scipy.stats import rankdata
-
     from geomfilter.judges.offline import embedder_dir
 
     la = ch.labelled_answers(__file__, __doc__, argv, add_args=_add_args)
@@ -267,9 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     prompts, label = col(scored, "prompt_id"), col(scored, "y_coherence").astype(float)
     alignment, incoherent = col(scored, "y_alignment").astype(float), label <= ch.INCOHERENT_AT
     coh = {LOGISTIC: reference["coherence"][on], CROSS: cross[on, 0]}
-    coh[RANK_MEAN] = (rankdata(coh[LOGISTIC]) + rankdata(coh[CROSS])) / 2
+    coh[RANK_MEAN] = ch.rank_mean(coh[LOGISTIC], coh[CROSS])
     al = {LOGISTIC: reference["alignment"][on], CROSS: cross[on, 1]}
-    al[RANK_MEAN] = (rankdata(al[LOGISTIC]) + rankdata(al[CROSS])) / 2
+    al[RANK_MEAN] = ch.rank_mean(al[LOGISTIC], al[CROSS])
     notes = cm.load_notes(args.data / "labels.jsonl")
     kinds = [cm.kinds_of(notes[r["id"]]) for r in scored]
     res = {**ch.scored_set(la, plan, prompts, incoherent), "settings": asdict(settings), "min_each": args.min_each,

@@ -89,3 +89,10 @@ def test_epoch_batches_hold_every_row_once_and_bucket_by_length():
     assert padded[10] < 0.7 * padded[1]  # sorted chunks pad far less than random batches
     plain = cce.epoch_batches(lengths, 32, 1, np.random.default_rng(0))
     np.testing.assert_array_equal(np.concatenate(plain), np.random.default_rng(0).permutation(1000))
+
+
+def test_a_fit_of_one_step_runs(tiny_encoder):
+    # one batch, one epoch: warm-up and decay share the only step (no division by zero in the schedule)
+    model = cce.fit_cross_encoder(tiny_encoder, ["q", "q"], ["a", "b"], np.array([[1.0, np.nan], [0.0, 0.5]]),
+                                  cce.FitSettings(epochs=1), log=lambda *_: None)
+    assert model.predict(["q"], ["a"]).shape == (1, 2)
