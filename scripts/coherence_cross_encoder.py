@@ -167,21 +167,12 @@ def fit_cross_encoder(model_dir: Path, questions: list[str], answers: list[str],
     return model
 
 
-def fit_sets(prompts: np.ndarray, base_prompts: np.ndarray, folds: np.ndarray):
-    """For each scored fold k (>= 0): ``(k, base rows fitted on, rows fitted on, rows scored)`` as index arrays; the
-    base rows to a question of fold k are left out (folds by question), as ``crossfit_judge.crossfit_preds`` does."""
-    for k in sorted(set(folds.tolist()) - {-1}):
-        test = np.flatnonzero(folds == k)
-        keep = cj.rows_outside(base_prompts, set(prompts[test].tolist())) if len(base_prompts) else np.zeros(0, bool)
-        yield k, np.flatnonzero(keep), np.flatnonzero(folds != k), test
-
-
 def crossfit_cross_encoder(model_dir: Path, rows: list[dict], base: list[dict], folds: np.ndarray,
                            settings: FitSettings, log=print) -> np.ndarray:
     """Out-of-fold fractions ``[n, 2]`` (coherence, alignment) on ``rows`` (NaN on fold -1: fitted on, never scored)."""
     prompts, base_prompts = col(rows, "prompt_id"), col(base, "prompt_id") if base else np.array([])
     out = np.full((len(rows), len(TARGETS)), np.nan, np.float32)
-    for k, b, r, test in fit_sets(prompts, base_prompts, np.asarray(folds)):
+    for k, b, r, test in cj.fit_sets(prompts, base_prompts, folds):
         fit_rows = [base[i] for i in b] + [rows[i] for i in r]
         t = time.time()
         log(f"  fold {k}: fitting on {len(fit_rows)} answers ({len(b)} of the base), scoring {len(test)}")
@@ -196,10 +187,11 @@ def crossfit_cross_encoder(model_dir: Path, rows: list[dict], base: list[dict], 
 
 def cached_crossfit(cache: Path, model_dir: Path, rows: list[dict], base: list[dict], folds: np.ndarray,
                     settings: FitSettings) -> np.ndarray:
-    """:func:`crossfit_cross_encoder`, kept in ``cache`` under a key of the answers (and their labels), the base rows,
-    the folds and the settings: the same plan is fitted once."""
+    """:func:`crossfit_cross_encoder`, kept in ``cache`` under a key of the answers and the base rows (with their
+    labels), the folds and the settings: the same plan is fitted once."""
     key = hashlib.sha1(json.dumps([[(r["id"], r["y_coherence"], r["y_alignment"]) for r in rows],
-                                   [(r["question"], r["answer"]) for r in base], np.asarray(folds).tolist(),
+                                   [(r["question"], r["answer"], r["y_coherence"], r["y_alignment"]) for r in base],
+                                   np.asarray(folds).tolist(),
                                    asdict(settings)], default=str).encode()).hexdigest()[:12]
     path = cache / f"cross-encoder-{key}.npz"
     if path.is_file():

@@ -52,13 +52,11 @@ def tree_scores(x: np.ndarray, y: np.ndarray, folds: np.ndarray, base_x: np.ndar
     from sklearn.ensemble import HistGradientBoostingClassifier  # training only
 
     out = np.full(len(y), np.nan)
-    for k in sorted(set(folds.tolist())):
-        test = folds == k
-        keep = cj.rows_outside(base_prompts, set(prompts[test].tolist()))
+    for _, keep, train, test in cj.fit_sets(prompts, base_prompts, folds):
         trees = HistGradientBoostingClassifier(max_iter=400, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40,
                                                l2_regularization=1.0, max_features=0.3, random_state=seed)
-        trees.fit(np.concatenate([base_x[keep], x[~test]]),
-                  np.concatenate([base_y[keep], y[~test]]) > INCOHERENT_AT)
+        trees.fit(np.concatenate([base_x[keep], x[train]]),
+                  np.concatenate([base_y[keep], y[train]]) > INCOHERENT_AT)
         out[test] = trees.predict_proba(x[test])[:, 1]
     return out
 

@@ -82,6 +82,19 @@ def rows_outside(prompts: np.ndarray, held: set[str]) -> np.ndarray:
     return np.array([q not in held for q in prompts], bool)
 
 
+def fit_sets(prompts: np.ndarray, base_prompts: np.ndarray, folds: np.ndarray, with_base: bool = True,
+             base_questions_out: bool = True):
+    """The cross-fitting plan: for each scored fold k (>= 0; -1: fitted on, never scored) ``(k, base rows kept,
+    rows fitted on, rows scored)`` as index arrays. The base rows kept: all of them, but (``base_questions_out``,
+    folds by question) those to a question of fold k; none without ``with_base``."""
+    folds = np.asarray(folds)
+    for k in sorted(set(folds.tolist()) - {-1}):
+        test = np.flatnonzero(folds == k)
+        held_questions = set(prompts[test].tolist()) if base_questions_out else set()
+        keep = rows_outside(base_prompts, held_questions) if with_base else np.zeros(len(base_prompts), bool)
+        yield k, np.flatnonzero(keep), np.flatnonzero(folds != k), test
+
+
 def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs: dict, cfg: dict,
                    folds: np.ndarray, with_base: bool = True, base_questions_out: bool = True) -> dict:
     """Out-of-fold predictions on ``rows``: for each fold k >= 0 of ``folds`` (one per row; -1: trained on, never
@@ -92,18 +105,15 @@ def crossfit_preds(rows: list[dict], base: list[dict], inputs: dict, base_inputs
     folds = np.asarray(folds)
     out = {"alignment": np.full(len(rows), np.nan), "coherence": np.full(len(rows), np.nan),
            "label": np.array([""] * len(rows), dtype=object)}
-    for k in sorted(set(folds.tolist()) - {-1}):
-        test, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
-        held_questions = set(prompts[test].tolist()) if base_questions_out else set()
-        keep = rows_outside(base_prompts, held_questions) if with_base and len(base) else np.zeros(len(base), bool)
-        fit_rows = [base[i] for i in np.flatnonzero(keep)] + [rows[i] for i in train]
+    for k, keep, train, test in fit_sets(prompts, base_prompts, folds, with_base, base_questions_out):
+        fit_rows = [base[i] for i in keep] + [rows[i] for i in train]
         fit_inputs = {b: np.concatenate([base_inputs[b][keep], inputs[b][train]]) for b in cfg["blocks"]}
         t = time.time()
         judge = ejr.fit(fit_rows, fit_inputs, cfg)[0]
         pred = ejr.judge_pred(judge, {b: v[test] for b, v in inputs.items()}, [rows[i]["answer"] for i in test])
         for h in out:
             out[h][test] = pred[h]
-        print(f"  fold {k}: fitted on {len(fit_rows)} answers ({int(keep.sum())} of the base), scored {len(test)} "
+        print(f"  fold {k}: fitted on {len(fit_rows)} answers ({len(keep)} of the base), scored {len(test)} "
               f"in {time.time() - t:.0f} s", flush=True)
     out["label"] = out["label"].astype(str)
     return out

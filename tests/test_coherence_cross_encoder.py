@@ -1,5 +1,5 @@
 """scripts/coherence_cross_encoder.py on a tiny random BERT built here (the MiniLM tokenizer, 2 layers of width 32):
-the fitting sets follow the folds, prediction does not depend on batching, and a fit learns a pair-level signal."""
+prediction does not depend on batching, and a fit learns a pair-level signal."""
 from __future__ import annotations
 
 import sys
@@ -29,17 +29,6 @@ def tiny_encoder(tmp_path_factory) -> Path:
     transformers.BertModel(cfg).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
-
-
-def test_fit_sets_leave_out_the_scored_fold_and_its_questions_base_rows():
-    prompts = np.array(["a", "a", "b", "c", "c", "d"])
-    folds = np.array([0, 0, 1, 0, 0, -1])
-    base_prompts = np.array(["a", "b", "x", "c"])
-    sets = {k: (b.tolist(), r.tolist(), t.tolist()) for k, b, r, t in cce.fit_sets(prompts, base_prompts, folds)}
-    assert set(sets) == {0, 1}  # fold -1 is fitted on, never scored
-    assert sets[0] == ([1, 2], [2, 5], [0, 1, 3, 4])  # base rows to a and c left out
-    assert sets[1] == ([0, 2, 3], [0, 1, 3, 4, 5], [2])
-    assert list(cce.fit_sets(prompts, np.array([]), folds))[0][1].tolist() == []  # no base rows
 
 
 def test_prediction_does_not_depend_on_batching(tiny_encoder):

@@ -176,3 +176,16 @@ def test_plan_folds_on_the_labelled_experiment_answers():
     assert all(len(f) == 1 for f in by_q.values())  # a question's answers share one fold
     with pytest.raises(SystemExit, match="needs --hold-out"):
         cj.plan_folds(rows, None, 8, 5, 0, "judge_exp")
+
+
+def test_fit_sets_leave_out_the_scored_fold_and_its_questions_base_rows():
+    prompts = np.array(["a", "a", "b", "c", "c", "d"])
+    folds = np.array([0, 0, 1, 0, 0, -1])
+    base_prompts = np.array(["a", "b", "x", "c"])
+    sets = {k: (b.tolist(), r.tolist(), t.tolist()) for k, b, r, t in cj.fit_sets(prompts, base_prompts, folds)}
+    assert set(sets) == {0, 1}  # fold -1 is fitted on, never scored
+    assert sets[0] == ([1, 2], [2, 5], [0, 1, 3, 4])  # base rows to a and c left out
+    assert sets[1] == ([0, 2, 3], [0, 1, 3, 4, 5], [2])
+    assert list(cj.fit_sets(prompts, np.array([]), folds))[0][1].tolist() == []  # no base rows
+    assert list(cj.fit_sets(prompts, base_prompts, folds, with_base=False))[0][1].tolist() == []
+    assert list(cj.fit_sets(prompts, base_prompts, folds, base_questions_out=False))[0][1].tolist() == [0, 1, 2, 3]
