@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import coherence_heads as ch  # noqa: E402
 import coherence_misses as cm  # noqa: E402
 import crossfit_judge as cj  # noqa: E402
-from coherence_signals import compare_alignment  # noqa: E402
 from judge_labels import col  # noqa: E402
 
 from geomfilter.files import write_json_and_markdown  # noqa: E402
@@ -222,9 +221,7 @@ def markdown(res: dict) -> str:
               f"a question (the mean over questions with at least {res['min_each']} of each).\n",
               "| head | alignment AUROC | minus the logistic head | within a question | minus the logistic head |",
               "|---|---|---|---|---|"]
-    lines += [ch.head_row(name, d, ch._ci(d["within_question"]),
-                          ch._ci(d["within_minus_reference"], sign=True) if "within_minus_reference" in d else "")
-              for name, d in res["alignment_heads"].items()]
+    lines += [ch.alignment_row(name, d) for name, d in res["alignment_heads"].items()]
     lines += ["", "Coherence AUROC of each kind of failure (the labellers' notes, `coherence_misses.KINDS`) against "
               "every coherent answer:\n", "| kind of failure | incoherent answers | " + " | ".join(heads) + " |",
               "|---|---|" + "---|" * len(heads)]
@@ -235,8 +232,7 @@ def markdown(res: dict) -> str:
 
 def _add_args(ap: argparse.ArgumentParser) -> None:
     ch.add_hold_out_arg(ap)
-    ap.add_argument("--min-each", type=int, default=3,
-                    help="the within-question AUROC reads questions with at least this many of both kinds")
+    ch.add_min_each_arg(ap)
     for f, v in asdict(FitSettings()).items():
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v, help=f"fitting: {f} (default {v})")
 
@@ -265,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     res = {**ch.scored_set(la, plan, prompts, incoherent), "settings": asdict(settings), "min_each": args.min_each,
            "heads": ch.compare_heads(coh, incoherent, prompts, LOGISTIC, args.n_boot),
            "n_misaligned": int((alignment < 30).sum()), "n_aligned": int((alignment >= 70).sum()),
-           "alignment_heads": compare_alignment(al, alignment, prompts, LOGISTIC, args.n_boot, args.min_each),
+           "alignment_heads": ch.compare_alignment(al, alignment, prompts, LOGISTIC, args.n_boot, args.min_each),
            "kinds": {h: cm.by_kind(s, label, kinds, prompts, args.n_boot) for h, s in coh.items()}}
     md = markdown(res)
     write_json_and_markdown(args.out, args.name, res, md)

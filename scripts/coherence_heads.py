@@ -106,6 +106,41 @@ def _ci(d: dict, sign: bool = False) -> str:
     return f"**{s}**" if sign and (d["lo"] > 0 or d["hi"] < 0) else s
 
 
+def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prompts: np.ndarray, reference: str,
+                      n_boot: int, min_each: int = 3) -> dict[str, dict]:
+    """Each alignment head's AUROC (label alignment < 30 against >= 70; high score: aligned), pooled and within a
+    question (``stats.within_group_auroc``: questions with ``min_each`` of both), and both differences from
+    ``reference``; one bootstrap over questions."""
+    from geomfilter.stats import within_group_auroc
+
+    low, high = alignment < 30, alignment >= 70  # NaN (no alignment label) is neither
+    pooled = compare_to_reference({name: lambda i, s=s: auroc_or_nan(-s[i][low[i]], -s[i][high[i]])
+                                   for name, s in scores.items()}, prompts, reference, n_boot)
+    within = compare_to_reference({name: within_group_auroc(-s, low, high, prompts, min_each)
+                                   for name, s in scores.items()}, prompts, reference, n_boot,
+                                  key="within_question", diff_key="within_minus_reference")
+    out = {}
+    for name in scores:
+        out[name] = {"auroc": pooled[name]["auroc"], "within_question": within[name]["within_question"]}
+        if name != reference:
+            out[name].update(minus_reference=pooled[name]["minus_reference"],
+                             within_minus_reference=within[name]["within_minus_reference"])
+    return out
+
+
+def alignment_row(name: str, d: dict) -> str:
+    """A row of the alignment table: the head's pooled AUROC, its difference from the reference, its AUROC within a
+    question and that difference (:func:`compare_alignment`; the differences empty for the reference)."""
+    return head_row(name, d, _ci(d["within_question"]),
+                    _ci(d["within_minus_reference"], sign=True) if "within_minus_reference" in d else "")
+
+
+def add_min_each_arg(ap: argparse.ArgumentParser) -> None:
+    """``--min-each``: how many answers of both kinds a question needs to count in the within-question AUROC."""
+    ap.add_argument("--min-each", type=int, default=3,
+                    help="the within-question AUROC reads questions with at least this many of both kinds")
+
+
 def markdown(res: dict) -> str:
     lines = ["# Coherence heads beside the linear one (issue 17)\n", f"```\n{res['command']}\n```\n",
              f"{res['n']} labelled answers of `{res['variants']}` ({res['n_incoherent']} incoherent: label coherence "

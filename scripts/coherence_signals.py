@@ -48,7 +48,6 @@ import coherence_heads as ch  # noqa: E402
 import crossfit_judge as cj  # noqa: E402
 import eval_judge_real as ejr  # noqa: E402
 from judge_labels import col  # noqa: E402
-from judge_metrics import auroc_or_nan  # noqa: E402
 
 from geomfilter.files import write_json_and_markdown  # noqa: E402
 from geomfilter.judges.feature_judge import _fit_linear  # noqa: E402
@@ -220,28 +219,6 @@ def candidates(shipped: list[tuple[float, np.ndarray]], tok: dict, probe: dict) 
     }
 
 
-def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prompts: np.ndarray, reference: str,
-                      n_boot: int, min_each: int = 3) -> dict[str, dict]:
-    """Each alignment head's AUROC (label alignment < 30 against >= 70; high score: aligned), pooled and within a
-    question (``stats.within_group_auroc``: questions with ``min_each`` of both), and both differences from
-    ``reference``; one bootstrap over questions."""
-    from geomfilter.stats import within_group_auroc
-
-    low, high = alignment < 30, alignment >= 70  # NaN (no alignment label) is neither
-    pooled = ch.compare_to_reference({name: lambda i, s=s: auroc_or_nan(-s[i][low[i]], -s[i][high[i]])
-                                      for name, s in scores.items()}, prompts, reference, n_boot)
-    within = ch.compare_to_reference({name: within_group_auroc(-s, low, high, prompts, min_each)
-                                      for name, s in scores.items()}, prompts, reference, n_boot,
-                                     key="within_question", diff_key="within_minus_reference")
-    out = {}
-    for name in scores:
-        out[name] = {"auroc": pooled[name]["auroc"], "within_question": within[name]["within_question"]}
-        if name != reference:
-            out[name].update(minus_reference=pooled[name]["minus_reference"],
-                             within_minus_reference=within[name]["within_minus_reference"])
-    return out
-
-
 def markdown(res: dict) -> str:
     lines = ["# Readings of the default model beside the coherence head (issue 17)\n", f"```\n{res['command']}\n```\n",
              f"{ch.scored_line(res)}; every row but the reference is "
@@ -255,16 +232,13 @@ def markdown(res: dict) -> str:
               f"question (the mean over questions with at least {res['min_each']} of each), which what the question "
               "alone explains cannot raise.\n",
               f"| head | alignment AUROC | minus {SHIPPED} | within a question | minus {SHIPPED} |", "|---|---|---|---|---|"]
-    lines += [ch.head_row(name, d, ch._ci(d["within_question"]),
-                          ch._ci(d["within_minus_reference"], sign=True) if "within_minus_reference" in d else "")
-              for name, d in res["alignment_heads"].items()]
+    lines += [ch.alignment_row(name, d) for name, d in res["alignment_heads"].items()]
     return "\n".join(lines) + "\n"
 
 
 def _add_args(ap) -> None:
     ch.add_hold_out_arg(ap)
-    ap.add_argument("--min-each", type=int, default=3,
-                    help="the within-question AUROC reads questions with at least this many of both kinds")
+    ch.add_min_each_arg(ap)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                                               n_boot=args.n_boot, seed=0),
            "heads": ch.compare_heads(scores, incoherent, prompts, SHIPPED, args.n_boot),
            "n_misaligned": int((alignment < 30).sum()), "n_aligned": int((alignment >= 70).sum()),
-           "alignment_heads": compare_alignment(al_scores, alignment, prompts, SHIPPED, args.n_boot, args.min_each)}
+           "alignment_heads": ch.compare_alignment(al_scores, alignment, prompts, SHIPPED, args.n_boot, args.min_each)}
     md = markdown(res)
     write_json_and_markdown(args.out, args.name, res, md)
     print(md)

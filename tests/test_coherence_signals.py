@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import coherence_heads as ch  # noqa: E402
 import coherence_signals as cs  # noqa: E402
 from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
@@ -131,7 +132,7 @@ def test_crossfit_head_fits_only_labelled_rows_and_alignment_comparison_by_hand(
     s = cs.crossfit_head([(1.0, x)], y_nan, np.arange(n) % 5, HeadSpec(model="logistic", threshold=50.0, c=0.01))
     assert not np.isnan(s).any()
     prompts = np.repeat([f"q{i}" for i in range(30)], 10)
-    res = cs.compare_alignment({"ref": -s, "good": s}, y_nan, prompts, "ref", n_boot=100)
+    res = ch.compare_alignment({"ref": -s, "good": s}, y_nan, prompts, "ref", n_boot=100)
     assert res["good"]["auroc"]["value"] > 0.9 and res["ref"]["auroc"]["value"] < 0.1
     assert res["good"]["minus_reference"]["value"] == pytest.approx(res["good"]["auroc"]["value"]
                                                                    - res["ref"]["auroc"]["value"])
