@@ -1,0 +1,144 @@
+"""The shipped and saved feature judges on ``data/judge_real``'s frozen held-out split, with paired differences
+(issue 17: the targets are set on that split).
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/judges_on_frozen_split.py --name organism_judge_frozen_split \\
+        --judges data/judges/organism-sycophancy75
+
+Reads the labelled answers of ``data/judge_real`` whose prompts ``split.json`` holds out (450: the default model and
+its fine-tuned, gated, SAE-gate-mirror and organism variants). No shipped judge was fitted on them, and no judge saved
+by ``crossfit_judge.py --save`` (those fit on the train split and on ``data/judge_exp``). The judges of
+``eval_judge_real.py --frozen`` (the offline judge, ``offline-real``, ``offline-residual``) and each ``--judges``
+folder score them. Per judge: the frozen report's metrics with 95 % CIs from a bootstrap over prompts, and, for the
+metrics in :data:`PAIRED`, the difference from ``--reference`` from one bootstrap over prompts (the same resampled
+prompts for every judge). Three sets: the whole split, its prompts that ``--seen`` also asks (a saved judge fitted on
+``--seen`` has read other models' answers to them) and the rest. Writes ``NAME.md`` / ``NAME.json`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import coherence_heads as ch  # noqa: E402
+import eval_judge_real as ejr  # noqa: E402
+from judge_labels import col  # noqa: E402
+from judge_metrics import COUNTS, DEFINITIONS, TARGETS, evaluate, fmt, labels_of, metric_fns  # noqa: E402
+
+from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+
+#: the metrics whose difference from the reference judge is bootstrapped, paired by prompt
+PAIRED = ("alignment_auroc", "coherence_auroc", "flag_f1", "low_alignment_f1")
+#: the per-judge columns of the report, after the paired ones
+SHOWN = ("judge_flag_rate", "low_alignment_precision", "low_alignment_recall", "code_flagged_share")
+
+
+def heldout_rows(labels: Path) -> list[dict]:
+    """The labelled answers of ``labels`` (``data/judge_real``) on the held-out side of its frozen split."""
+    rows = [r for r in ejr.load_rows(labels, None, here=labels.parent) if r["split"] == "heldout"]
+    if not rows:
+        raise SystemExit(f"{labels}: no labelled answer on the held-out side of {ejr.SPLIT}")
+    return rows
+
+
+def seen_prompts(seen: Path) -> set[str]:
+    """The prompt ids that ``seen``/answers.jsonl asks (what a judge fitted on that set has read answers to)."""
+    path = seen / "answers.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--seen {seen}: no answers.jsonl there")
+    out = set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.add(json.loads(line)["prompt_id"])
+            except (json.JSONDecodeError, KeyError) as e:
+                raise SystemExit(f"{path}:{n}: no readable prompt_id ({e})") from None
+    return out
+
+
+def compare_judges(preds: dict[str, dict], rows: list[dict], idx: np.ndarray, reference: str, n_boot: int) -> dict:
+    """On rows ``idx``: every judge's metrics (``judge_metrics.evaluate``) and, for :data:`PAIRED`, each judge's
+    value and difference from ``reference`` from one bootstrap over prompts (``coherence_heads.compare_to_reference``)."""
+    lab, prompts = labels_of(rows), col(rows, "prompt_id")
+    fns = {name: metric_fns(p, lab) for name, p in preds.items()}
+    paired = {key: ch.compare_to_reference({name: (lambda j, f=fns[name][key]: f(idx[j])) for name in preds},
+                                           prompts[idx], reference, n_boot, key="value")
+              for key in PAIRED}
+    return {"metrics": {name: evaluate(p, lab, prompts, idx, n_boot) for name, p in preds.items()},
+            "paired": paired}
+
+
+def measure(rows: list[dict], preds: dict[str, dict], seen: set[str], reference: str, n_boot: int) -> dict:
+    """:func:`compare_judges` on the whole split and on its prompts asked / not asked in the ``seen`` set."""
+    if reference not in preds:
+        raise SystemExit(f"--reference {reference!r}: not one of the judges read ({', '.join(preds)})")
+    asked = np.array([r["prompt_id"] in seen for r in rows])
+    idx = np.arange(len(rows))
+    sets = {"the frozen held-out split": idx, "its prompts also asked in --seen": idx[asked],
+            "its prompts not asked in --seen": idx[~asked]}
+    return {name: {"n_prompts": len(set(col(rows, "prompt_id")[i])), **compare_judges(preds, rows, i, reference,
+                                                                                        n_boot)}
+            for name, i in sets.items() if len(i)}
+
+
+def _cell(d: dict) -> str:
+    diff = d.get("minus_reference")
+    return fmt(d["value"]) + ("" if diff is None else " (" + ch._ci(diff, sign=True) + ")")
+
+
+def markdown(res: dict) -> str:
+    judges, ref = res["judges"], res["reference"]
+    out = [f"# Judges on `data/judge_real`'s frozen held-out split (issue 17)\n\n```\n{res['command']}\n```\n",
+           f"{res['n']} labelled answers to {res['n_prompts']} held-out prompts; no judge here was fitted on them. "
+           f"`--seen` {res['seen']} asks {res['n_seen_asked']} of these prompts. 95 % CIs from a bootstrap over "
+           f"prompts ({res['n_boot']} resamples); in brackets after a value, its difference from `{ref}` from the same "
+           f"resampled prompts (bold: the CI excludes 0). {DEFINITIONS} `low_alignment_*`: the judge's flag against "
+           "the labels' alignment < 30 at any coherence.\n"]
+    for name, s in res["sets"].items():
+        first = s["metrics"][judges[0]]
+        out += [f"\n## {name} ({s['n_prompts']} prompts; " + ", ".join(f"{c} {fmt(first[c], count=True)}"
+                                                                     for c in COUNTS)
+                + f"; labels' flag rate {fmt(first['label_flag_rate'], ci=False)}, alignment < 30 "
+                + f"{fmt(first['label_low_alignment_rate'], ci=False)})\n",
+                "| judge | " + " | ".join(f"{m} ({TARGETS[m]})" if m in TARGETS else m for m in PAIRED + SHOWN)
+                + " |", "|---|" + "---|" * (len(PAIRED) + len(SHOWN))]
+        for j in judges:
+            cells = [_cell(s["paired"][m][j]) for m in PAIRED] + [fmt(s["metrics"][j][m]) for m in SHOWN]
+            out.append(f"| {j} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", required=True, help="write NAME.md / NAME.json under --out")
+    ap.add_argument("--judges", default="", help="saved feature judges (folders, comma-separated) read beside the "
+                    "shipped ones, reported under their folder names")
+    ap.add_argument("--reference", default="offline-residual", help="the judge the others are compared with")
+    ap.add_argument("--seen", type=Path, default=ROOT / "data" / "judge_exp",
+                    help="a labelled set the saved judges were fitted on: the split's prompts it asks are reported "
+                    "apart")
+    ap.add_argument("--labels", type=Path, default=ejr.SPLIT.parent / "labels.jsonl")
+    ap.add_argument("--cache", type=Path, default=ejr.CACHE)
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "judge")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    args = ap.parse_args(argv)
+    saved = tuple(Path(d.strip()) for d in args.judges.split(",") if d.strip())
+    rows = heldout_rows(args.labels)
+    seen = seen_prompts(args.seen)
+    preds = ejr.frozen_preds(rows, args.cache, saved=saved)[0]
+    prompts = set(col(rows, "prompt_id"))
+    res = {"command": script_command(__file__, argv), "n": len(rows), "n_prompts": len(prompts),
+           "seen": str(args.seen.relative_to(ROOT) if args.seen.is_relative_to(ROOT) else args.seen),
+           "n_seen_asked": len(prompts & seen), "n_boot": args.n_boot, "judges": list(preds),
+           "reference": args.reference, "sets": measure(rows, preds, seen, args.reference, args.n_boot)}
+    print(write_json_and_markdown(args.out, args.name, res, markdown(res)).read_text())
+
+
+if __name__ == "__main__":
+    main()
