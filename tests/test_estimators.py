@@ -17,6 +17,7 @@ from geomfilter.filtering import (
     check_filter_params,
     make_filter,
 )
+from geomfilter.filtering.base import FilterOptionError
 from geomfilter.judges import JudgeScore
 from geomfilter.samples import Sample
 from tests.synthetic import make_cache, planted_decoder
@@ -89,8 +90,8 @@ def test_settings_are_checked_by_fit_not_by_the_constructor():
     w, h, b, c, _ = _setup()
     bad = [(RandomFilter(drop=None), "exactly one"), (RandomFilter(drop=2), "drop must be a fraction"),
            (RandomFilter(drop=None, threshold=float("nan")), "threshold must be a finite number"),
-           (GeometryFilter(w, scorer="median"), "unknown scorer"), (GeometryFilter(), "needs the SAE"),
-           (GeometryFilter(w, max_target_freq=0), "max_target_freq must be in")]
+           (GeometryFilter(w, scorer="median"), r"GeometryFilter\(scorer='median'\): scorer must be one of"), (GeometryFilter(), "needs the SAE"),
+           (GeometryFilter(w, max_target_freq=0), r"max_target_freq must be in \(0, 1\]")]
     for f, message in bad:
         with pytest.raises(ValueError, match=message):
             f.fit(h, b)
@@ -132,6 +133,23 @@ def test_report_params_are_unchanged():
     assert JudgeFilter(_LengthJudge()).params() == {**base, "judge": "length"}
     assert list(JudgeFilter("offline", drop=0.2).params().items()) == [
         ("drop", 0.2), ("threshold", None), ("judge", "offline"), ("_judge_obj", None)]
+
+
+def test_fit_refuses_what_the_option_checks_refuse():
+    # a Python user skips check_filter_params: fit runs the same table of checks on the instance's values
+    w, h, b, _, _ = _setup()
+    bad = [("representation", {"top_n": 0}, r"RepresentationFilter\(top_n=0\): top_n must be >= 1"),
+           ("projection", {"normalize": "yes"}, r"ProjectionFilter\(normalize='yes'\): normalize must be true or false"),
+           ("activation", {"min_freq": 2}, r"ActivationFilter\(min_freq=2\): min_freq must be a fraction"),
+           ("geometry", {"k": 0}, r"GeometryFilter\(k=0\): k must be >= 1"),
+           ("geometry", {"k": None}, r"GeometryFilter\(k=None\): k must be >= 1"),
+           ("gradient", {"agg": "max"}, r"GradientFilter\(agg='max'\): agg must be 'positive' or 'mean'"),
+           ("ensemble", {"members": ("judge",)}, r"EnsembleFilter\(members=\('judge',\)\): members must be distinct")]
+    for strategy, params, message in bad:
+        with pytest.raises(FilterOptionError, match=message):
+            make_filter(strategy, sae=w, drop=0.1, **params).fit(h, b)
+        with pytest.raises(ValueError, match="--" + next(iter(params)).replace("_", "-")):  # the CLI's wording
+            check_filter_params(strategy, drop=0.1, **params)
 
 
 def test_make_filter_and_check_filter_params():

@@ -98,7 +98,7 @@ def test_unfitted_and_bad_arguments_are_clear():
         make_filter("judgement")
     with pytest.raises(ValueError, match="scorer"):
         GeometryFilter(w, scorer="median").fit()
-    with pytest.raises(ValueError, match=r"unknown proximity 'median'; choose one of \['max', 'mean', 'span'\]"):
+    with pytest.raises(ValueError, match=r"GeometryFilter\(proximity='median'\): proximity must be one of \['max', 'mean', 'span'\]"):
         GeometryFilter(w, proximity="median").fit()
     assert set(STRATEGIES) == {"geometry", "random", "projection", "representation", "activation", "judge", "gradient",
                                "ensemble"}

@@ -41,7 +41,8 @@ name), ``requires_sae`` (it reads SAE latents; :func:`make_filter` passes it ``s
 options decide, as an ensemble's members do),
 ``uses_seed`` (its ``seed`` option changes its scores), ``needs_texts`` (it reads the rows'
 text), ``needs_gradients`` (it reads the loss gradients stored with the cache), and its options are :meth:`SampleFilter.param_names` (its constructor's ``get_params()``
-keys less ``sae``), checked by ``option_checks``.
+keys less ``sae``), checked by ``option_checks`` (before the CLI builds anything, and again by ``fit`` for
+an instance made in Python).
 
 To add a strategy: create ``geomfilter/filtering/<name>.py`` with a :class:`SampleFilter`
 subclass setting ``strategy`` and the facts above (``__init__`` storing its options, ``_fit``,

@@ -100,7 +100,8 @@ class SampleFilter(BaseEstimator):
     * ``needs_texts`` - it reads the rows' text: give ``samples=`` to :meth:`apply` / :meth:`score_samples`;
     * ``needs_gradients`` - it reads the per-row loss gradients stored with the cache
       (:mod:`geomfilter.gradients`; the pipeline computes them);
-    * ``option_checks`` - checks of its own options for :func:`check_filter_params` (inherited ones apply too).
+    * ``option_checks`` - checks of its own options (inherited ones apply too), run by
+      :func:`check_filter_params` before anything is built and by :meth:`fit` on the instance's values.
     """
 
     strategy: ClassVar[str] = ""
@@ -143,12 +144,26 @@ class SampleFilter(BaseEstimator):
         if unknown:
             raise FilterOptionError(f"strategy {cls.strategy!r} takes no option {unknown[0]!r}; "
                              f"its options: {', '.join(names)}")
+        for name, value, what in cls._refused_options(params):
+            raise FilterOptionError(f"--{name.replace('_', '-')} {value!r}: {what}")
+
+    @classmethod
+    def _refused_options(cls, params: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        """``(name, value, what a valid value is)`` for each of ``params`` that ``option_checks`` (the class's
+        and its bases') refuses; a check that cannot compare the value (``None`` where a number goes) refuses it."""
         checks: OptionChecks = {}
         for klass in reversed(cls.__mro__):
             checks.update(klass.__dict__.get("option_checks", {}))
+        refused = []
         for name, value in params.items():
-            if name in checks and not checks[name][0](value):
-                raise FilterOptionError(f"--{name.replace('_', '-')} {value!r}: {checks[name][1]}")
+            if name in checks:
+                try:
+                    ok = bool(checks[name][0](value))
+                except (TypeError, ValueError):
+                    ok = False
+                if not ok:
+                    refused.append((name, value, checks[name][1]))
+        return refused
 
     def params(self) -> dict:
         """The JSON-able settings, as written to ``report.json``: ``drop``, ``threshold``, then the other options."""
@@ -158,8 +173,11 @@ class SampleFilter(BaseEstimator):
 
     # -- to implement
     def _check_settings(self) -> None:
-        """Refuse settings the strategy cannot use (called by :meth:`fit`); extend with ``super()``."""
+        """Refuse settings the strategy cannot use (called by :meth:`fit`): the decision and every option that
+        ``option_checks`` refuses; extend with ``super()`` for what a table of checks cannot say."""
         _check_decision(self.drop, self.threshold)
+        for name, value, what in self._refused_options(self.get_params(deep=False)):
+            raise FilterOptionError(f"{type(self).__name__}({name}={value!r}): {name} {what}")
 
     def _fit(self, harmful: ActivationCache | None, benign: ActivationCache | None) -> None:
         """Set the fitted state (attributes ending in ``_``) from the reference caches; nothing by default."""

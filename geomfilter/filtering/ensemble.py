@@ -67,10 +67,6 @@ class EnsembleFilter(SampleFilter):
         members = (params or {}).get("members", DEFAULT_MEMBERS)
         return any(STRATEGIES[m].requires_sae for m in members if m in STRATEGIES)
 
-    def _check_settings(self) -> None:
-        super()._check_settings()
-        self.check_options(members=self.members, n_harmful=self.n_harmful, harmful_ids=self.harmful_ids)
-
     def _member(self, name: str) -> SampleFilter:
         """A member with its defaults, ``n_harmful`` and ``harmful_ids`` passed to those with a harmful feature set."""
         shared = {"n_harmful": self.n_harmful, "harmful_ids": self.harmful_ids}

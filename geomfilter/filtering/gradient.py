@@ -46,11 +46,9 @@ class GradientFilter(_HarmfulFeatureFilter):
         self.normalize = normalize
 
     def _check_settings(self) -> None:
-        super()._check_settings()
+        super()._check_settings()  # agg, normalize: option_checks
         if self.sae is None:
             raise FilterOptionError("GradientFilter needs the SAE (or its W_dec) for the decoder directions")
-        if self.agg not in ("positive", "mean"):
-            raise FilterOptionError(f"agg must be 'positive' or 'mean', got {self.agg!r}")
 
     def _fit(self, harmful: ActivationCache | None, benign: ActivationCache | None) -> None:
         """Select the harmful features; keep their unit decoder directions ``harmful_directions_``."""

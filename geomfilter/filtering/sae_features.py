@@ -131,15 +131,9 @@ class GeometryFilter(_HarmfulFeatureFilter):
         self.max_target_freq = max_target_freq
 
     def _check_settings(self) -> None:
-        super()._check_settings()
-        if self.scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer!r}; choose one of {sorted(SCORERS)}")
-        if self.proximity not in PROXIMITIES:
-            raise ValueError(f"unknown proximity {self.proximity!r}; choose one of {list(PROXIMITIES)}")
+        super()._check_settings()  # scorer, proximity, k, max_target_freq: option_checks
         if self.sae is None:
             raise ValueError("GeometryFilter needs the SAE (or its W_dec) for the decoder directions")
-        if self.max_target_freq is not None and not 0 < self.max_target_freq <= 1:
-            raise ValueError(f"max_target_freq must be in (0, 1], got {self.max_target_freq}")
 
     def _fit(self, harmful: ActivationCache | None, benign: ActivationCache | None) -> None:
         """Select the harmful features; compute every latent's proximity and nearest harmful latent."""
