@@ -16,7 +16,6 @@ prompts for every judge). Three sets: the whole split, its prompts that ``--seen
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from judge_labels import col  # noqa: E402
 from judge_metrics import COUNTS, DEFINITIONS, TARGETS, evaluate, fmt, labels_of, metric_fns  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
+from geomfilter.samples import jsonl_objects  # noqa: E402
 
 #: the metrics whose difference from the reference judge is bootstrapped, paired by prompt
 PAIRED = ("alignment_auroc", "coherence_auroc", "flag_f1", "low_alignment_f1")
@@ -52,14 +52,11 @@ def seen_prompts(seen: Path) -> set[str]:
     path = seen / "answers.jsonl"
     if not path.is_file():
         raise SystemExit(f"--seen {seen}: no answers.jsonl there")
-    out = set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.add(json.loads(line)["prompt_id"])
-            except (json.JSONDecodeError, KeyError) as e:
-                raise SystemExit(f"{path}:{n}: no readable prompt_id ({e})") from None
-    return out
+    rows = jsonl_objects(path, SystemExit)
+    for n, row in rows:
+        if "prompt_id" not in row:
+            raise SystemExit(f"{path}:{n}: field 'prompt_id': missing")
+    return {row["prompt_id"] for _, row in rows}
 
 
 def compare_judges(preds: dict[str, dict], rows: list[dict], idx: np.ndarray, reference: str, n_boot: int) -> dict:

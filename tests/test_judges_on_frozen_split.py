@@ -67,7 +67,10 @@ def test_unknown_reference_and_seen_without_answers_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="no answers.jsonl"):
         jf.seen_prompts(tmp_path)
     (tmp_path / "answers.jsonl").write_text(json.dumps({"prompt_id": "q1"}) + "\n\n" + json.dumps({"id": 2}) + "\n")
-    with pytest.raises(SystemExit, match=r"answers.jsonl:3: no readable prompt_id"):
+    with pytest.raises(SystemExit, match=r"answers.jsonl:3: field 'prompt_id': missing"):
+        jf.seen_prompts(tmp_path)
+    (tmp_path / "answers.jsonl").write_text(json.dumps({"prompt_id": "q1"}) + "\n{nope\n")
+    with pytest.raises(SystemExit, match=r"answers.jsonl:2: malformed JSON"):
         jf.seen_prompts(tmp_path)
 
 
