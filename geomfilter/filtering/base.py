@@ -144,17 +144,19 @@ class SampleFilter(BaseEstimator):
         if unknown:
             raise FilterOptionError(f"strategy {cls.strategy!r} takes no option {unknown[0]!r}; "
                              f"its options: {', '.join(names)}")
-        for name, value, what in cls._refused_options(params):
+        refused = cls._refused_option(params)
+        if refused:
+            name, value, what = refused
             raise FilterOptionError(f"--{name.replace('_', '-')} {value!r}: {what}")
 
     @classmethod
-    def _refused_options(cls, params: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
-        """``(name, value, what a valid value is)`` for each of ``params`` that ``option_checks`` (the class's
-        and its bases') refuses; a check that cannot compare the value (``None`` where a number goes) refuses it."""
+    def _refused_option(cls, params: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+        """``(name, value, what a valid value is)`` for the first of ``params`` that ``option_checks`` (the class's
+        and its bases') refuses, else None; a check that cannot compare the value (``None`` where a number goes)
+        refuses it."""
         checks: OptionChecks = {}
         for klass in reversed(cls.__mro__):
             checks.update(klass.__dict__.get("option_checks", {}))
-        refused = []
         for name, value in params.items():
             if name in checks:
                 try:
@@ -162,8 +164,8 @@ class SampleFilter(BaseEstimator):
                 except (TypeError, ValueError):
                     ok = False
                 if not ok:
-                    refused.append((name, value, checks[name][1]))
-        return refused
+                    return name, value, checks[name][1]
+        return None
 
     def params(self) -> dict:
         """The JSON-able settings, as written to ``report.json``: ``drop``, ``threshold``, then the other options."""
@@ -176,7 +178,9 @@ class SampleFilter(BaseEstimator):
         """Refuse settings the strategy cannot use (called by :meth:`fit`): the decision and every option that
         ``option_checks`` refuses; extend with ``super()`` for what a table of checks cannot say."""
         _check_decision(self.drop, self.threshold)
-        for name, value, what in self._refused_options(self.get_params(deep=False)):
+        refused = self._refused_option(self.get_params(deep=False))
+        if refused:
+            name, value, what = refused
             raise FilterOptionError(f"{type(self).__name__}({name}={value!r}): {name} {what}")
 
     def _fit(self, harmful: ActivationCache | None, benign: ActivationCache | None) -> None:
