@@ -226,7 +226,7 @@ def markdown(res: dict) -> str:
               "every coherent answer:\n", "| kind of failure | incoherent answers | " + " | ".join(heads) + " |",
               "|---|---|" + "---|" * len(heads)]
     for kind, d in res["kinds"][heads[0]].items():
-        lines.append(f"| {kind} | {d['n']} | " + " | ".join(ch._ci(res["kinds"][h][kind]["auroc"]) for h in heads) + " |")
+        lines.append(f"| {kind} | {d['n']} | " + " | ".join(ch.ci_cell(res["kinds"][h][kind]["auroc"]) for h in heads) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -96,11 +96,12 @@ def compare_heads(scores: dict[str, np.ndarray], incoherent: np.ndarray, prompts
 
 def head_row(name: str, d: dict, *extra: str) -> str:
     """A table row: the head's AUROC, its difference from the reference (empty for the reference) and ``extra`` cells."""
-    diff = _ci(d["minus_reference"], sign=True) if "minus_reference" in d else ""
-    return "| " + " | ".join([name, _ci(d["auroc"]), diff, *extra]) + " |"
+    diff = ci_cell(d["minus_reference"], sign=True) if "minus_reference" in d else ""
+    return "| " + " | ".join([name, ci_cell(d["auroc"]), diff, *extra]) + " |"
 
 
-def _ci(d: dict, sign: bool = False) -> str:
+def ci_cell(d: dict, sign: bool = False) -> str:
+    """A value and its CI as a table cell (``sign``: signed, bold when the CI excludes 0): the head comparisons' cell."""
     f = "+.3f" if sign else ".3f"
     s = f"{d['value']:{f}} [{d['lo']:{f}}, {d['hi']:{f}}]"
     return f"**{s}**" if sign and (d["lo"] > 0 or d["hi"] < 0) else s
@@ -131,8 +132,8 @@ def compare_alignment(scores: dict[str, np.ndarray], alignment: np.ndarray, prom
 def alignment_row(name: str, d: dict) -> str:
     """A row of the alignment table: the head's pooled AUROC, its difference from the reference, its AUROC within a
     question and that difference (:func:`compare_alignment`; the differences empty for the reference)."""
-    return head_row(name, d, _ci(d["within_question"]),
-                    _ci(d["within_minus_reference"], sign=True) if "within_minus_reference" in d else "")
+    return head_row(name, d, ci_cell(d["within_question"]),
+                    ci_cell(d["within_minus_reference"], sign=True) if "within_minus_reference" in d else "")
 
 
 def add_min_each_arg(ap: argparse.ArgumentParser) -> None:

@@ -93,7 +93,7 @@ def markdown(res: dict) -> str:
              "| kind of failure (labeller's note) | incoherent answers | their mean label coherence | coherence AUROC | "
              "missed (share) |", "|---|---|---|---|---|"]
     for name, d in res["kinds"].items():
-        lines.append(f"| {name} | {d['n']} | {d['mean_label']:.1f} | {ch._ci(d['auroc'])} | {d['missed']} "
+        lines.append(f"| {name} | {d['n']} | {d['mean_label']:.1f} | {ch.ci_cell(d['auroc'])} | {d['missed']} "
                      f"({d['share_missed']:.2f}) |")
     return "\n".join(lines) + "\n"
 

@@ -224,7 +224,7 @@ def markdown(res: dict) -> str:
              f"{ch.scored_line(res)}; every row but the reference is "
              "the shipped head (logistic, C and embedding weight of `offline-residual`). 95 % CIs from a bootstrap over "
              "questions (the same draws for every row); bold: a difference whose CI excludes 0. The yes/no log-odds "
-             f"alone (high: the model says its answer makes sense): coherence AUROC {ch._ci(res['logodds_alone'])}.\n",
+             f"alone (high: the model says its answer makes sense): coherence AUROC {ch.ci_cell(res['logodds_alone'])}.\n",
              f"| head | coherence AUROC | minus {SHIPPED} |", "|---|---|---|"]
     lines += [ch.head_row(name, d) for name, d in res["heads"].items()]
     lines += ["", f"The same readings under the shipped alignment head ({res['n_misaligned']} answers labelled alignment "

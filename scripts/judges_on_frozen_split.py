@@ -1,8 +1,8 @@
 """The shipped and saved feature judges on ``data/judge_real``'s frozen held-out split, with paired differences
 (issue 17: the targets are set on that split).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/judges_on_frozen_split.py --name organism_judge_frozen_split \\
-        --judges data/judges/organism-sycophancy75
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/judges_on_frozen_split.py --name organism_judges_frozen_split \\
+        --judges data/judges/organism-sycophancy75,runs/judges/organism-draws34,runs/judges/organism-all
 
 Reads the labelled answers of ``data/judge_real`` whose prompts ``split.json`` holds out (450: the default model and
 its fine-tuned, gated, SAE-gate-mirror and organism variants). No shipped judge was fitted on them, and no judge saved
@@ -86,7 +86,7 @@ def measure(rows: list[dict], preds: dict[str, dict], seen: set[str], reference:
 
 def _cell(d: dict) -> str:
     diff = d.get("minus_reference")
-    return fmt(d["value"]) + ("" if diff is None else " (" + ch._ci(diff, sign=True) + ")")
+    return fmt(d["value"]) + ("" if diff is None else " (" + ch.ci_cell(diff, sign=True) + ")")
 
 
 def markdown(res: dict) -> str:
