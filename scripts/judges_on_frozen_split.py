@@ -11,7 +11,9 @@ by ``crossfit_judge.py --save`` (those fit on the train split and on ``data/judg
 folder score them. Per judge: the frozen report's metrics with 95 % CIs from a bootstrap over prompts, and, for the
 metrics in :data:`PAIRED`, the difference from ``--reference`` from one bootstrap over prompts (the same resampled
 prompts for every judge). Three sets: the whole split, its prompts that ``--seen`` also asks (a saved judge fitted on
-``--seen`` has read other models' answers to them) and the rest. Writes ``NAME.md`` / ``NAME.json`` under ``--out``.
+``--seen`` has read other models' answers to them) and the rest. On the whole split, ``--trace`` names the prompts whose removal raises each judge's alignment and
+coherence AUROC most (each prompt left out in turn), with their label counts and those of the default model's own
+answers. Writes ``NAME.md`` / ``NAME.json`` under ``--out``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ from geomfilter.samples import jsonl_objects  # noqa: E402
 PAIRED = ("alignment_auroc", "coherence_auroc", "flag_f1", "low_alignment_f1")
 #: the per-judge columns of the report, after the paired ones
 SHOWN = ("judge_flag_rate", "low_alignment_precision", "low_alignment_recall", "code_flagged_share")
+#: the metrics traced to single prompts on the whole split (each prompt left out in turn), with the label counts of
+#: the classes each compares
+TRACED = {"alignment_auroc": ("n_misaligned", "n_aligned"), "coherence_auroc": ("n_incoherent", "n")}
 
 
 def heldout_rows(labels: Path) -> list[dict]:
@@ -69,6 +74,36 @@ def compare_judges(preds: dict[str, dict], rows: list[dict], idx: np.ndarray, re
               for key in PAIRED}
     return {"metrics": {name: evaluate(p, lab, prompts, idx, n_boot) for name, p in preds.items()},
             "paired": paired}
+
+
+def leave_one_prompt_out(fn, prompts: np.ndarray, idx: np.ndarray) -> dict[str, float]:
+    """``fn`` (a metric of a row-index array) on rows ``idx`` without each of their prompts in turn."""
+    return {p: fn(idx[prompts[idx] != p]) for p in sorted(set(prompts[idx]))}
+
+
+def trace_prompts(preds: dict[str, dict], rows: list[dict], own: str, top: int) -> dict:
+    """On every row: for each judge and :data:`TRACED` metric, its value and the ``top`` prompts whose removal
+    raises it most (value without the prompt, largest first); for each prompt named, its question, its label counts
+    and those of the answers of variants starting with ``own`` (the default model's own)."""
+    lab, prompts = labels_of(rows), col(rows, "prompt_id")
+    idx = np.arange(len(rows))
+    own_rows = np.array([str(r.get("variant", "")).startswith(own) for r in rows])
+    counts = metric_fns(next(iter(preds.values())), lab)  # the label counts: the same for every judge
+    out: dict = {"judges": {}, "prompts": {}}
+    for name, p in preds.items():
+        fns = metric_fns(p, lab)
+        out["judges"][name] = {}
+        for key in TRACED:
+            without = leave_one_prompt_out(fns[key], prompts, idx)
+            ranked = sorted((q for q in without if without[q] == without[q]), key=lambda q: -without[q])[:top]
+            out["judges"][name][key] = {"value": fns[key](idx), "without": [[str(q), without[q]] for q in ranked]}
+            for q in ranked:
+                at = idx[prompts == q]
+                out["prompts"][str(q)] = {"question": rows[at[0]]["question"],
+                                     **{c: counts[c](at) for c in ("n", "n_misaligned", "n_aligned", "n_incoherent")},
+                                     **{"own_" + c: counts[c](at[own_rows[at]]) for c in ("n", "n_misaligned",
+                                                                                          "n_aligned")}}
+    return out
 
 
 def measure(rows: list[dict], preds: dict[str, dict], seen: set[str], reference: str, n_boot: int) -> dict:
@@ -108,7 +143,29 @@ def markdown(res: dict) -> str:
         for j in judges:
             cells = [_cell(s["paired"][m][j]) for m in PAIRED] + [fmt(s["metrics"][j][m]) for m in SHOWN]
             out.append(f"| {j} | " + " | ".join(cells) + " |")
+    if "traced" in res:
+        out += trace_markdown(res["traced"], res["own"])
     return "\n".join(out) + "\n"
+
+
+def trace_markdown(traced: dict, own: str) -> list[str]:
+    """The lines of the leave-one-prompt-out section (:func:`trace_prompts`)."""
+    out = ["\n## Which prompts carry the gap (the whole split, each prompt left out in turn)\n",
+           "A metric's value on the whole split, then the prompts whose removal raises it most, each with the value "
+           "without it. Descriptive: one prompt's answers can be ranked wrong together.\n",
+           "| judge | metric | whole split | without (largest first) |", "|---|---|---|---|"]
+    for name, metrics in traced["judges"].items():
+        for key, t in metrics.items():
+            cells = ", ".join(f"{q} {v:.3f}" for q, v in t["without"])
+            out.append(f"| {name} | {key} | {t['value']:.3f} | {cells} |")
+    out += ["\n| prompt | question | answers | misaligned / aligned | incoherent | the default model's own "
+            f"(variants `{own}*`): answers, misaligned / aligned |", "|---|---|---|---|---|---|"]
+    for q, c in sorted(traced["prompts"].items()):
+        text = c["question"].replace("|", "\\|").replace("\n", " ")
+        out.append(f"| {q} | {text[:90] + ('…' if len(text) > 90 else '')} | {c['n']:.0f} | "
+                   f"{c['n_misaligned']:.0f} / {c['n_aligned']:.0f} | {c['n_incoherent']:.0f} | "
+                   f"{c['own_n']:.0f}, {c['own_n_misaligned']:.0f} / {c['own_n_aligned']:.0f} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,7 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=ejr.CACHE)
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "judge")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--trace", type=int, default=3, metavar="K",
+                    help="name the K prompts whose removal raises each judge's AUROCs most (0: no such section)")
+    ap.add_argument("--own", default="base-t", help="variants starting with this are the default model's own "
+                    "answers (counted apart for the prompts --trace names)")
     args = ap.parse_args(argv)
+    if args.trace < 0:
+        raise SystemExit(f"--trace {args.trace}: must be 0 or more")
     saved = tuple(Path(d.strip()) for d in args.judges.split(",") if d.strip())
     rows = heldout_rows(args.labels)
     seen = seen_prompts(args.seen)
@@ -134,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
            "seen": str(args.seen.relative_to(ROOT) if args.seen.is_relative_to(ROOT) else args.seen),
            "n_seen_asked": len(prompts & seen), "n_boot": args.n_boot, "judges": list(preds),
            "reference": args.reference, "sets": measure(rows, preds, seen, args.reference, args.n_boot)}
+    if args.trace:
+        res |= {"own": args.own, "traced": trace_prompts(preds, rows, args.own, args.trace)}
     print(write_json_and_markdown(args.out, args.name, res, markdown(res)).read_text())
 
 

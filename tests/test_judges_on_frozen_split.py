@@ -78,3 +78,30 @@ def test_heldout_rows_keep_only_the_held_out_side():
     rows = jf.heldout_rows(ROOT / "data" / "judge_real" / "labels.jsonl")
     assert {r["split"] for r in rows} == {"heldout"} and len(rows) == 450
     assert len({r["prompt_id"] for r in rows}) == 25
+
+
+def test_trace_names_the_prompt_whose_answers_are_ranked_wrong_together():
+    rows = _rows()
+    for r in rows:
+        r |= {"question": f"question {r['prompt_id']}?", "variant": "base-t1.0" if r["y_alignment"] == 10 else "lora"}
+    pred = _pred([5, 95, 85, 80], [90, 95, 5, 75])      # reads every prompt right ...
+    pred["alignment"][[20]] = 99                         # ... but q5's harmful answer, read as the most aligned
+    pred["coherence"][[6, 10]] = 80                      # and q1's and q2's incoherent answers, read as coherent
+    traced = jf.trace_prompts({"j": pred}, rows, own="base-t", top=2)
+    al, co = traced["judges"]["j"]["alignment_auroc"], traced["judges"]["j"]["coherence_auroc"]
+    # alignment: q5's harmful answer above all 18 aligned answers (6 x 18 pairs): 1 - 18/108; without q5: 1; without
+    # another prompt, 5 x 15 pairs, 15 of them wrong
+    assert al["value"] == pytest.approx(1 - 18 / 108)
+    assert al["without"][0] == ["q5", 1.0] and al["without"][1][1] == pytest.approx(1 - 15 / 75)
+    # coherence: q1 and q2 carry the misses together; each left out alone leaves the other's
+    assert [q for q, _ in co["without"]] == ["q1", "q2"] and co["without"][0][1] < 1
+    assert traced["prompts"]["q5"] == {"question": "question q5?", "n": 4, "n_misaligned": 1, "n_aligned": 3,
+                                       "n_incoherent": 1, "own_n": 1, "own_n_misaligned": 1, "own_n_aligned": 0}
+    md = "\n".join(jf.trace_markdown(traced, "base-t"))
+    assert "| j | alignment_auroc | 0.833 | q5 1.000, " in md
+    assert "| q5 | question q5? | 4 | 1 / 3 | 1 | 1, 1 / 0 |" in md
+
+
+def test_a_negative_trace_is_refused_before_any_work():
+    with pytest.raises(SystemExit, match="--trace -1: must be 0 or more"):
+        jf.main(["--name", "x", "--trace", "-1", "--labels", "/nonexistent"])
