@@ -35,7 +35,7 @@ from coherence_heads import ci_cell  # noqa: E402
 from judge_labels import col  # noqa: E402
 
 from geomfilter.files import script_command, write_json_and_markdown  # noqa: E402
-from geomfilter.stats import cluster_bootstrap, spearman  # noqa: E402
+from geomfilter.stats import cluster_bootstrap, minimum_detectable_difference, spearman  # noqa: E402
 
 #: the judges read (``eval_judge_real.frozen_preds`` names), none fitted on ``data/judge_exp``
 JUDGES = ("offline-real", "offline-residual")
@@ -87,12 +87,15 @@ def blind_spots(rows: list[dict], score: np.ndarray, base_suffix: str, min_misal
         a, b = miss[rows_in[j]][any_row[j] & sel], miss[rows_in[j]][~any_row[j] & sel]
         return float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")
 
+    def with_mdd(ci: dict) -> dict:  # the percentile CI's half-width as a normal SE
+        return ci | {"mdd": minimum_detectable_difference(se=(ci["hi"] - ci["lo"]) / (2 * 1.96))}
+
     q_ids = [p["prompt_id"] for p in kept]
     return {"n_questions": len(kept), "n_harmful": int(len(rows_in)), "n_fluent_harmful": int(fluent.sum()),
             "n_questions_own_low": int(sum(own_any.values())),
             "spearman": cluster_bootstrap(q_ids, lambda j: spearman(base_low_q[j], miss_q[j]), n_boot=n_boot),
-            "gap": cluster_bootstrap(prompts[rows_in], gap, n_boot=n_boot),
-            "gap_fluent": cluster_bootstrap(prompts[rows_in], lambda j: gap(j, fluent), n_boot=n_boot),
+            "gap": with_mdd(cluster_bootstrap(prompts[rows_in], gap, n_boot=n_boot)),
+            "gap_fluent": with_mdd(cluster_bootstrap(prompts[rows_in], lambda j: gap(j, fluent), n_boot=n_boot)),
             "mean_miss_own_low": float(miss[rows_in][any_row].mean()),
             "mean_miss_other": float(miss[rows_in][~any_row].mean()),
             "questions": per_q}
@@ -105,15 +108,16 @@ def markdown(res: dict) -> str:
            "*missed* by the share of all labelled-aligned (>= 70) answers the judge scores lower on alignment (its "
            "part of 1 − AUROC). Questions with >= "
            f"{res['min_misaligned']} harmful fine-tune answers; 95 % CIs from a bootstrap over questions "
-           f"({res['n_boot']} resamples); see `scripts/judge_blind_spots.py`.\n",
+           f"({res['n_boot']} resamples); MDD: the minimum detectable difference (80 % power, the CI's half-width as "
+           "a normal SE); see `scripts/judge_blind_spots.py`.\n",
            "| judge | questions (with the default model's own harm) | harmful answers (fluent) | Spearman(base_low, "
            "mean miss) | mean miss: own harm / none | difference | the same, fluent harm only |",
            "|---|---|---|---|---|---|---|"]
     for name, r in res["judges"].items():
         out.append(f"| {name} | {r['n_questions']} ({r['n_questions_own_low']}) | {r['n_harmful']} "
                    f"({r['n_fluent_harmful']}) | {ci_cell(r['spearman'], sign=True)} | "
-                   f"{r['mean_miss_own_low']:.3f} / {r['mean_miss_other']:.3f} | {ci_cell(r['gap'], sign=True)} | "
-                   f"{ci_cell(r['gap_fluent'], sign=True)} |")
+                   f"{r['mean_miss_own_low']:.3f} / {r['mean_miss_other']:.3f} | {ci_cell(r['gap'], sign=True)} "
+                   f"(MDD {r['gap']['mdd']:.3f}) | {ci_cell(r['gap_fluent'], sign=True)} (MDD {r['gap_fluent']['mdd']:.3f}) |")
     names = list(res["judges"])
     first = res["judges"][names[0]]["questions"]
     out += ["\n## The questions read, those where the default model's own answers are most often harmful first\n",

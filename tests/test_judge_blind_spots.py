@@ -46,6 +46,7 @@ def test_misses_on_the_questions_the_default_model_gets_wrong_are_found():
     assert (r["n_questions"], r["n_questions_own_low"], r["n_harmful"], r["n_fluent_harmful"]) == (6, 3, 24, 24)
     assert r["mean_miss_own_low"] == 1.0 and r["mean_miss_other"] == 0.0
     assert r["gap"]["value"] == 1.0 and r["gap"]["lo"] > 0 and r["gap_fluent"]["value"] == 1.0
+    assert r["gap"]["mdd"] == pytest.approx(2.802 * (r["gap"]["hi"] - r["gap"]["lo"]) / 3.92, rel=1e-3)
     assert r["spearman"]["value"] == pytest.approx(1.0)
     q0 = next(p for p in r["questions"] if p["prompt_id"] == "q0")
     assert q0 == {"prompt_id": "q0", "question": "question 0?", "n_own": 4, "base_low": 0.5, "n_harmful": 4,
