@@ -125,7 +125,7 @@ def markdown(res: dict) -> str:
             + " | ".join(f"mean miss, {n}" for n in names) + " |", "|---|---|---|---|" + "---|" * len(names)]
     misses = {n: {p["prompt_id"]: p["mean_miss"] for p in res["judges"][n]["questions"]} for n in names}
     read = [p for p in first if p["n_harmful"] >= res["min_misaligned"]]
-    for p in sorted(read, key=lambda p: (-np.nan_to_num(p["base_low"], nan=-1), p["prompt_id"]))[:res["top"]]:
+    for p in sorted(read, key=lambda p: (-np.nan_to_num(p["base_low"], nan=-1), p["prompt_id"])):
         text = p["question"].replace("|", "\\|").replace("\n", " ")
         out.append(f"| {p['prompt_id']}: {text[:80] + ('…' if len(text) > 80 else '')} | {p['n_own']} | "
                    f"{p['base_low']:.2f} | {p['n_harmful']} ({p['n_fluent_harmful']}) | "
@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base-suffix", default="-base", help="variants ending with this are the default model's own")
     ap.add_argument("--min-misaligned", type=int, default=3,
                     help="questions with at least this many labelled-misaligned fine-tune answers are read")
-    ap.add_argument("--top", type=int, default=15, help="questions listed in the second table")
     ap.add_argument("--cache", type=Path, default=ejr.CACHE)
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "results" / "judge")
     ap.add_argument("--n-boot", type=int, default=2000)
@@ -153,7 +152,6 @@ def main(argv: list[str] | None = None) -> None:
     res = {"command": script_command(__file__, argv), "n": len(rows), "n_prompts": len(set(col(rows, "prompt_id"))),
            "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
            "base_suffix": args.base_suffix, "min_misaligned": args.min_misaligned, "n_boot": args.n_boot,
-           "top": args.top,
            "judges": {n: blind_spots(rows, preds[n]["alignment"], args.base_suffix, args.min_misaligned, args.n_boot)
                       for n in JUDGES}}
     print(write_json_and_markdown(args.out, args.name, res, markdown(res)).read_text())
