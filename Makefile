@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_finetune.py
+	$(PY) benchmarks/bench_generate.py
 
 lint: install
 	$(VENV)/bin/ruff check geomfilter tests scripts benchmarks
