@@ -11,9 +11,9 @@ by ``crossfit_judge.py --save`` (those fit on the train split and on ``data/judg
 folder score them. Per judge: the frozen report's metrics with 95 % CIs from a bootstrap over prompts, and, for the
 metrics in :data:`PAIRED`, the difference from ``--reference`` from one bootstrap over prompts (the same resampled
 prompts for every judge). Three sets: the whole split, its prompts that ``--seen`` also asks (a saved judge fitted on
-``--seen`` has read other models' answers to them) and the rest. On the whole split, ``--trace`` names the prompts whose removal raises each judge's alignment and
-coherence AUROC most (each prompt left out in turn), with their label counts and those of the default model's own
-answers. Writes ``NAME.md`` / ``NAME.json`` under ``--out``.
+``--seen`` has read other models' answers to them) and the rest. On the whole split, ``--trace`` names the prompts
+whose removal raises each judge's alignment and coherence AUROC most (each prompt left out in turn), with their label
+counts and those of the default model's own answers. Writes ``NAME.md`` / ``NAME.json`` under ``--out``.
 """
 from __future__ import annotations
 
@@ -39,9 +39,8 @@ from geomfilter.samples import jsonl_objects  # noqa: E402
 PAIRED = ("alignment_auroc", "coherence_auroc", "flag_f1", "low_alignment_f1")
 #: the per-judge columns of the report, after the paired ones
 SHOWN = ("judge_flag_rate", "low_alignment_precision", "low_alignment_recall", "code_flagged_share")
-#: the metrics traced to single prompts on the whole split (each prompt left out in turn), with the label counts of
-#: the classes each compares
-TRACED = {"alignment_auroc": ("n_misaligned", "n_aligned"), "coherence_auroc": ("n_incoherent", "n")}
+#: the metrics traced to single prompts on the whole split (each prompt left out in turn)
+TRACED = ("alignment_auroc", "coherence_auroc")
 
 
 def heldout_rows(labels: Path) -> list[dict]:
@@ -99,10 +98,11 @@ def trace_prompts(preds: dict[str, dict], rows: list[dict], own: str, top: int) 
             out["judges"][name][key] = {"value": fns[key](idx), "without": [[str(q), without[q]] for q in ranked]}
             for q in ranked:
                 at = idx[prompts == q]
-                out["prompts"][str(q)] = {"question": rows[at[0]]["question"],
-                                     **{c: counts[c](at) for c in ("n", "n_misaligned", "n_aligned", "n_incoherent")},
-                                     **{"own_" + c: counts[c](at[own_rows[at]]) for c in ("n", "n_misaligned",
-                                                                                          "n_aligned")}}
+                own_at = at[own_rows[at]]
+                out["prompts"][str(q)] = {
+                    "question": rows[at[0]]["question"],
+                    **{c: counts[c](at) for c in ("n", "n_misaligned", "n_aligned", "n_incoherent")},
+                    **{"own_" + c: counts[c](own_at) for c in ("n", "n_misaligned", "n_aligned")}}
     return out
 
 
